@@ -1,0 +1,268 @@
+"""The NB API: typed verbs over the vnet64 OVSDB schema, on ovsdbapp's IDL backend.
+
+    api = connect("unix:/var/lib/vnet64/nb.sock")       # or "tcp:a:6641,tcp:b:6641,..."
+    info = api.subscribe("a-vm1", "analytics")           # one transaction
+    api.close()
+
+Every write goes through ``NbApi.run`` (one transaction, ``check_error=True``);
+errors come back as ``NbError`` subclasses with a message naming the object.
+Reads come from the IDL replica, which the connection keeps up to date. The
+connection is per instance (ovsdbapp's default shares one per class, which
+would make a second NbApi silently talk to the first one's server).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterable
+
+import ovs.db.idl
+from ovsdbapp.backend import ovs_idl
+from ovsdbapp.backend.ovs_idl import connection
+from ovsdbapp import exceptions as ovsdbapp_exc
+
+from .. import topology
+from . import commands as cmd
+from .commands import Conflict, Invalid, NbError, NotFound  # noqa: F401 (re-exported)
+from .server import SCHEMA_PATH
+
+LOG = logging.getLogger(__name__)
+SCHEMA_NAME = "VNet64_Northbound"
+
+
+class NbUnavailable(NbError):
+    pass
+
+
+class NbApi(ovs_idl.Backend):
+    schema = SCHEMA_NAME
+    lookup_table = {t: (t, "name", None) for t in cmd.NAMED_TABLES}
+
+    def __init__(self, conn: connection.Connection, start: bool = True):
+        self._conn = conn
+        super().__init__(conn, start=start, auto_index=True)
+
+    # ovsdbapp keeps the connection on the class; keep it on the instance.
+    @property
+    def ovsdb_connection(self) -> connection.Connection:
+        return self._conn
+
+    @ovsdb_connection.setter
+    def ovsdb_connection(self, value: connection.Connection) -> None:
+        self._conn = value
+
+    def autocreate_indices(self) -> None:
+        for table in cmd.NAMED_TABLES:
+            self.create_index(table, "name")
+        for table, columns in cmd.EXTRA_INDEXES.items():
+            for column in columns:
+                self.create_index(table, column)
+
+    # -- plumbing -----------------------------------------------------------
+
+    def run(self, *commands: Any, retries: int = 5) -> list:
+        """Commit ``commands`` in one transaction; return their results.
+
+        A server-side constraint violation (a concurrent writer won a race on a
+        unique index) is retried after the replica catches up, so the loser sees
+        the winner's row and fails with a clear Conflict (or, with may_exist,
+        returns the winner's result).
+        """
+        for attempt in range(retries):
+            seqno = self.idl.change_seqno
+            try:
+                with self.create_transaction(check_error=True, log_errors=False) as txn:
+                    for c in commands:
+                        txn.add(c)
+                return [c.result for c in commands]
+            except NbError:
+                raise
+            except ovsdbapp_exc.TimeoutException as exc:
+                raise NbUnavailable(f"the NB did not answer in time: {exc}") from None
+            except RuntimeError as exc:
+                if cmd.is_constraint_violation(exc) and attempt + 1 < retries:
+                    LOG.debug("constraint violation, retrying after the replica catches up: %s", exc)
+                    wait_for(lambda: self.idl.change_seqno != seqno, timeout=1.0)
+                    continue
+                raise NbError(str(exc)) from None
+        raise NbError("the transaction kept conflicting with concurrent writers")
+
+    def close(self) -> None:
+        conn = self.ovsdb_connection
+        try:
+            conn.stop(timeout=5)
+        except TypeError:  # older ovsdbapp: stop() without timeout
+            conn.stop()
+
+    def __enter__(self) -> "NbApi":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- writes -------------------------------------------------------------
+
+    def load_topology(self, topo: topology.Topology) -> dict:
+        return self.run(cmd.LoadTopologyCommand(self, topo))[0]
+
+    def add_region(self, region: topology.Region, may_exist: bool = False) -> None:
+        self.run(cmd.AddRegionCommand(self, region, may_exist))
+
+    def add_node(self, node: topology.Node, may_exist: bool = False) -> None:
+        self.run(cmd.AddNodeCommand(self, node, may_exist))
+
+    def set_platform(self, platform: topology.Platform) -> None:
+        self.run(cmd.SetPlatformCommand(self, platform))
+
+    def add_vnet(self, vnet: topology.VNet, may_exist: bool = False) -> None:
+        self.run(cmd.AddVNetCommand(self, vnet, may_exist))
+
+    def add_vm(self, name: str, vnet: str, ipv4: Any, host: str, mac: str | None = None,
+               subnet: str | None = None, may_exist: bool = False) -> dict:
+        self.run(cmd.AddVMCommand(self, name, vnet, ipv4, host, mac, subnet, may_exist))
+        return self.vm_info(name)
+
+    def add_service(self, service: topology.Service, may_exist: bool = False) -> None:
+        self.run(cmd.AddServiceCommand(self, service, may_exist))
+
+    def add_vms(self, vms: Iterable[topology.VM]) -> None:
+        """Bulk add in one transaction (benchmarks, large imports)."""
+        self.run(*[cmd.AddVMCommand(self, v.name, v.vnet, v.ipv4, v.host, v.mac, v.subnet)
+                   for v in vms])
+
+    def subscribe(self, vm: str, service: str, may_exist: bool = False) -> dict:
+        self.run(cmd.SubscribeCommand(self, vm, service, may_exist))
+        return self.subscription_info(vm, service)
+
+    def unsubscribe(self, vm: str, service: str, if_exists: bool = False) -> bool:
+        return self.run(cmd.UnsubscribeCommand(self, vm, service, if_exists))[0]
+
+    def move_vm(self, vm: str, host: str) -> dict:
+        self.run(cmd.MoveVMCommand(self, vm, host))
+        return self.vm_info(vm)
+
+    # -- reads --------------------------------------------------------------
+
+    def _rows(self, table: str) -> list:
+        return sorted(self.tables[table].rows.values(), key=lambda r: getattr(r, "name", ""))
+
+    def platform_info(self) -> dict | None:
+        row = next(iter(self.tables["Platform"].rows.values()), None)
+        if row is None:
+            return None
+        return {"platform_ip": row.platform_ip, "translator_prefix": row.translator_prefix,
+                "region": row.region[0].name if row.region else None,
+                "appliance": row.appliance[0].name if row.appliance else None}
+
+    def region_info(self, row: Any) -> dict:
+        return {"name": row.name, "region_id": f"{row.region_id:#06x}"}
+
+    def vnet_info(self, name_or_row: Any) -> dict:
+        row = cmd.get(self, "VNet", name_or_row) if isinstance(name_or_row, str) else name_or_row
+        model = cmd.vnet_model(self, row)
+        return {"name": row.name, "region": model.region, "vnet_id": f"{row.vnet_id:#06x}",
+                "cidrs": [str(c) for c in model.cidrs],
+                "subnets": [{"name": s.name, "subnet_id": f"{s.subnet_id:#06x}", "cidr": str(s.cidr)}
+                            for s in model.subnets],
+                "snat_vip": str(model.snat_vip) if model.snat_vip else None}
+
+    def node_info(self, row: Any) -> dict:
+        return {"name": row.name, "role": row.role, "underlay_ip": row.underlay_ip,
+                "datapath_id": f"{row.datapath_id:016x}"}
+
+    def vm_info(self, name_or_row: Any) -> dict:
+        row = cmd.get(self, "VM", name_or_row) if isinstance(name_or_row, str) else name_or_row
+        subs = sorted(s.service.name for s in cmd.lookup(self, "Subscription", vm=row))
+        return {"name": row.name, "vnet": row.vnet.name, "subnet": row.subnet.name,
+                "ipv4": row.ipv4, "mac": row.mac, "host": row.host.name,
+                "platform_ipv6": str(cmd.platform_address(self, row).ipv6),
+                "subscriptions": subs}
+
+    def service_info(self, name_or_row: Any) -> dict:
+        row = cmd.get(self, "Service", name_or_row) if isinstance(name_or_row, str) else name_or_row
+        eps = sorted(cmd.lookup(self, "Endpoint", service=row), key=lambda e: e.name)
+        subs = [s for s in self.tables["Subscription"].rows.values() if s.service.uuid == row.uuid]
+        return {"name": row.name,
+                "endpoints": [{"name": e.name, "ipv6": e.ipv6, "host": e.host.name, "mac": e.mac}
+                              for e in eps],
+                "subscriptions": sorted(s.vm.name for s in subs)}
+
+    def _subscription_dict(self, row: Any) -> dict:
+        mapping = next(iter(cmd.lookup(self, "Host_Mapping", ipv6=row.ipv6)), None)
+        return {"vm": row.vm.name, "service": row.service.name, "vnet": row.vm.vnet.name,
+                "ipv4": row.vm.ipv4, "ipv6": row.ipv6, "state": row.state,
+                "host": mapping.host.name if mapping else None}
+
+    def subscription_info(self, vm: str, service: str) -> dict:
+        vm_row = cmd.get(self, "VM", vm)
+        svc_row = cmd.get(self, "Service", service)
+        row = next(iter(cmd.lookup(self, "Subscription", vm=vm_row, service=svc_row)), None)
+        if row is None:
+            raise NotFound(f"VM {vm} is not subscribed to {service}")
+        return self._subscription_dict(row)
+
+    def list(self, kind: str) -> list[dict]:
+        if kind == "region":
+            return [self.region_info(r) for r in self._rows("Region")]
+        if kind == "vnet":
+            return [self.vnet_info(r) for r in self._rows("VNet")]
+        if kind == "node":
+            return [self.node_info(r) for r in self._rows("Node")]
+        if kind == "vm":
+            return [self.vm_info(r) for r in self._rows("VM")]
+        if kind == "service":
+            return [self.service_info(r) for r in self._rows("Service")]
+        if kind == "subscription":
+            rows = sorted(self.tables["Subscription"].rows.values(),
+                          key=lambda r: (r.vm.name, r.service.name))
+            return [self._subscription_dict(r) for r in rows]
+        if kind == "host-mapping":
+            rows = sorted(self.tables["Host_Mapping"].rows.values(), key=lambda r: r.ipv6)
+            return [{"ipv6": r.ipv6, "vnet": r.vnet.name, "ipv4": r.ipv4, "host": r.host.name}
+                    for r in rows]
+        raise ValueError(f"unknown kind {kind!r}")
+
+    def show(self, name: str) -> dict:
+        """Whatever object is called ``name`` (VM, VNet, service, endpoint, node, region)."""
+        for table, render in (("VM", self.vm_info), ("VNet", self.vnet_info),
+                              ("Service", self.service_info), ("Node", self.node_info),
+                              ("Region", self.region_info)):
+            row = cmd.find(self, table, name)
+            if row is not None:
+                return {"kind": table.lower(), **render(row)}
+        row = cmd.find(self, "Endpoint", name)
+        if row is not None:
+            return {"kind": "endpoint", "name": row.name, "service": row.service.name,
+                    "ipv6": row.ipv6, "host": row.host.name, "mac": row.mac}
+        raise NotFound(f"no VM, VNet, service, endpoint, node or region is called {name!r}")
+
+    def count(self, table: str) -> int:
+        return len(self.tables[table].rows)
+
+
+def connect(remote: str, timeout: float = 10.0) -> NbApi:
+    """Connect to an NB at ``remote`` (``unix:PATH``, ``tcp:IP:PORT``, or a
+    comma-separated list of Raft cluster members; the leader is found for you)."""
+    helper = ovs.db.idl.SchemaHelper(location=str(SCHEMA_PATH))
+    helper.register_all()
+    idl = ovs.db.idl.Idl(remote, helper, leader_only=True)
+    conn = connection.Connection(idl, timeout=timeout)
+    try:
+        return NbApi(conn)
+    except ovsdbapp_exc.OvsdbConnectionUnavailable as exc:
+        idl.close()
+        raise NbUnavailable(f"cannot reach the NB at {remote}: {exc.__cause__ or exc}") from None
+    except Exception as exc:  # TimeoutException from the first wait, socket errors
+        idl.close()
+        raise NbUnavailable(f"cannot reach the NB at {remote} within {timeout:g}s ({exc})") from None
+
+
+def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is true (for tests that watch the replica)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

@@ -1,0 +1,447 @@
+"""NB commands: each builds its rows inside one OVSDB transaction (``run_idl``).
+
+A command validates against the IDL replica with the same rules as topology
+files (``vnet64.topology``) and raises an ``NbError`` before anything is sent,
+so a failed call leaves nothing behind. Several commands can share one
+transaction (``LoadTopologyCommand`` does): rows inserted earlier in it are
+already in the replica's tables and indexes, so later commands find them.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from ovsdbapp.backend.ovs_idl import command, idlutils
+
+from .. import address, topology
+from ..topology import TopologyError
+
+
+class NbError(RuntimeError):
+    """A request the NB refuses; the message names the object and the problem."""
+
+
+class NotFound(NbError):
+    pass
+
+
+class Conflict(NbError):
+    pass
+
+
+class Invalid(NbError):
+    pass
+
+
+# Name-indexed tables and the IDL indexes commands use (created by NbApi).
+NAMED_TABLES = ("Region", "VNet", "Node", "VM", "Service", "Endpoint")
+# Only string columns: python-ovs cannot keep an index on a reference column
+# consistent when a transaction that inserted a row aborts.
+EXTRA_INDEXES = {
+    "Subscription": ["ipv6"],
+    "Host_Mapping": ["ipv6"],
+    "VM": ["ipv4"],
+    "Endpoint": ["ipv6"],
+}
+
+
+def _one(rows: Any) -> Any:
+    return next(iter(rows), None)
+
+
+def find(api: Any, table: str, name: str) -> Any:
+    """The row of ``table`` named ``name``, or None.
+
+    The IDL indexes include rows inserted earlier in the current (uncommitted)
+    transaction, so commands that share a transaction see each other's rows.
+    """
+    return _one(idlutils.index_lookup_all(api.tables[table], name=name))
+
+
+def get(api: Any, table: str, name: str) -> Any:
+    row = find(api, table, name)
+    if row is None:
+        raise NotFound(f"{table_label(table)} {name!r} does not exist")
+    return row
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    if hasattr(wanted, "uuid"):
+        return getattr(value, "uuid", None) == wanted.uuid
+    return value == wanted
+
+
+def lookup(api: Any, table: str, **match: Any) -> list:
+    """Rows of ``table`` whose columns equal ``match`` (references compared by row).
+
+    Uses the table's string index when one of the columns has one, else scans.
+    """
+    tab = api.tables[table]
+    indexed = next((c for c in match if c in tab.rows.indexes), None)
+    rows = idlutils.index_lookup_all(tab, **{indexed: match[indexed]}) if indexed \
+        else tab.rows.values()
+    return [r for r in rows if all(_same(getattr(r, c), v) for c, v in match.items())]
+
+
+def table_label(table: str) -> str:
+    return {"Node": "node", "Service": "service", "Endpoint": "endpoint", "Region": "region",
+            "Subnet": "subnet", "Subscription": "subscription"}.get(table, table)
+
+
+def _opt(value: list) -> Any:
+    return value[0] if value else None
+
+
+# ---------------------------------------------------------------------------
+# Row -> model (so rows are checked by the same rules as topology files)
+
+
+def vnet_model(api: Any, row: Any) -> topology.VNet:
+    subnets = tuple(
+        topology.Subnet(s.name, s.subnet_id, IPv4Network(s.cidr))
+        for s in sorted(lookup(api, "Subnet", vnet=row), key=lambda s: s.name))
+    vip = _opt(row.snat_vip)
+    return topology.VNet(row.name, row.region.name, row.vnet_id,
+                         tuple(IPv4Network(c) for c in sorted(row.cidrs)), subnets,
+                         IPv4Address(vip) if vip else None)
+
+
+def platform_address(api: Any, vm_row: Any) -> address.PlatformAddress:
+    """The platform IPv6 address of a VM row, validated against its VNet."""
+    vnet = vm_row.vnet
+    model = vnet_model(api, vnet)
+    ipv4 = IPv4Address(vm_row.ipv4)
+    try:
+        model.check_vm_ipv4(ipv4)
+    except (TopologyError, address.AddressError) as exc:
+        raise Invalid(f"VM {vm_row.name}: {exc}") from None
+    vip = _opt(vnet.snat_vip)
+    return address.PlatformAddress(
+        region=vnet.region.region_id, vnet=vnet.vnet_id, subnet=vm_row.subnet.subnet_id,
+        ipv4=ipv4, snat_vip=IPv4Address(vip) if vip else address.DEFAULT_SNAT_VIP)
+
+
+# ---------------------------------------------------------------------------
+# Helpers shared by the add commands
+
+
+class _Command(command.BaseCommand):
+    def __init__(self, api: Any):
+        super().__init__(api)
+
+    def _existing(self, table: str, name: str, may_exist: bool, wanted: dict[str, Any],
+                  current: Any) -> Any:
+        """Handle a name that already exists: identical + may_exist -> reuse, else Conflict."""
+        row = find(self.api, table, name)
+        if row is None:
+            return None
+        label = f"{table_label(table)} {name!r}"
+        diffs = [f"{k} is {current(row, k)!r}, not {v!r}" for k, v in wanted.items()
+                 if current(row, k) != v]
+        if diffs:
+            raise Conflict(f"{label} already exists with different settings: {'; '.join(diffs)}")
+        if not may_exist:
+            raise Conflict(f"{label} already exists (use --may-exist to accept an identical one)")
+        return row
+
+    def _insert(self, txn: Any, table: str, **columns: Any) -> Any:
+        row = txn.insert(self.api.tables[table])
+        for col, val in columns.items():
+            setattr(row, col, val)
+        return row
+
+
+def _attr(row: Any, col: str) -> Any:
+    value = getattr(row, col)
+    if hasattr(value, "name"):
+        return value.name
+    if isinstance(value, list):
+        return sorted(str(v) for v in value)
+    return value
+
+
+class SetPlatformCommand(_Command):
+    def __init__(self, api: Any, platform: topology.Platform):
+        super().__init__(api)
+        self.platform = platform
+
+    def run_idl(self, txn: Any) -> None:
+        p = self.platform
+        region = get(self.api, "Region", p.region)
+        appliance = get(self.api, "Node", p.appliance)
+        if appliance.role != "appliance":
+            raise Invalid(f"node {p.appliance!r} has role {appliance.role}, not appliance")
+        row = _one(self.api.tables["Platform"].rows.values()) or txn.insert(self.api.tables["Platform"])
+        row.platform_ip = str(p.platform_ip)
+        row.translator_prefix = str(p.translator_prefix)
+        row.region = [region]
+        row.appliance = [appliance]
+        self.result = row.uuid
+
+
+class AddRegionCommand(_Command):
+    def __init__(self, api: Any, region: topology.Region, may_exist: bool = False):
+        super().__init__(api)
+        self.region = region
+        self.may_exist = may_exist
+
+    def run_idl(self, txn: Any) -> None:
+        r = self.region
+        row = self._existing("Region", r.name, self.may_exist, {"region_id": r.region_id}, _attr)
+        if row is None:
+            clash = _one(r2 for r2 in self.api.tables["Region"].rows.values() if r2.region_id == r.region_id)
+            if clash is not None:
+                raise Conflict(f"region id {r.region_id:#x} is already used by region {clash.name!r}")
+            row = self._insert(txn, "Region", name=r.name, region_id=r.region_id)
+        self.result = row.uuid
+
+
+class AddNodeCommand(_Command):
+    def __init__(self, api: Any, node: topology.Node, may_exist: bool = False):
+        super().__init__(api)
+        self.node = node
+        self.may_exist = may_exist
+
+    def run_idl(self, txn: Any) -> None:
+        n = self.node
+        wanted = {"role": n.role, "underlay_ip": str(n.underlay_ip), "datapath_id": n.datapath_id}
+        row = self._existing("Node", n.name, self.may_exist, wanted, _attr)
+        if row is None:
+            for other in self.api.tables["Node"].rows.values():
+                if other.underlay_ip == str(n.underlay_ip):
+                    raise Conflict(f"underlay IP {n.underlay_ip} is already used by node {other.name!r}")
+                if other.datapath_id == n.datapath_id:
+                    raise Conflict(f"datapath id {n.datapath_id:#018x} is already used by node "
+                                   f"{other.name!r}")
+            row = self._insert(txn, "Node", name=n.name, **wanted)
+        self.result = row.uuid
+
+
+class AddVNetCommand(_Command):
+    def __init__(self, api: Any, vnet: topology.VNet, may_exist: bool = False):
+        super().__init__(api)
+        self.vnet = vnet
+        self.may_exist = may_exist
+
+    def run_idl(self, txn: Any) -> None:
+        v = self.vnet
+        region = get(self.api, "Region", v.region)
+        existing = find(self.api, "VNet", v.name)
+        if existing is not None:
+            current = vnet_model(self.api, existing)
+            if current != v:
+                raise Conflict(f"VNet {v.name!r} already exists with different settings "
+                               f"(id {current.vnet_id:#x}, ranges {', '.join(map(str, current.cidrs))}, "
+                               f"subnets {', '.join(f'{s.name} {s.subnet_id:#x} {s.cidr}' for s in current.subnets)})")
+            if not self.may_exist:
+                raise Conflict(f"VNet {v.name!r} already exists (use --may-exist to accept an identical one)")
+            self.result = existing.uuid
+            return
+        for other in self.api.tables["VNet"].rows.values():
+            if other.region.uuid == region.uuid and other.vnet_id == v.vnet_id:
+                raise Conflict(f"VNet id {v.vnet_id:#x} is already used by VNet {other.name!r} "
+                               f"in region {v.region}")
+        row = self._insert(txn, "VNet", name=v.name, region=region, vnet_id=v.vnet_id,
+                           cidrs=[str(c) for c in v.cidrs],
+                           snat_vip=[str(v.snat_vip)] if v.snat_vip else [])
+        for sub in v.subnets:
+            self._insert(txn, "Subnet", name=sub.name, vnet=row,
+                         subnet_id=sub.subnet_id, cidr=str(sub.cidr))
+        self.result = row.uuid
+
+
+class AddVMCommand(_Command):
+    """Add a VM: name, VNet, IPv4 (checked against the VNet), subnet, MAC, host."""
+
+    def __init__(self, api: Any, name: str, vnet: str, ipv4: IPv4Address, host: str,
+                 mac: str | None = None, subnet: str | None = None, may_exist: bool = False):
+        super().__init__(api)
+        self.name, self.vnet, self.ipv4, self.host = name, vnet, ipv4, host
+        self.mac = mac or topology.default_mac(name)
+        self.subnet, self.may_exist = subnet, may_exist
+
+    def run_idl(self, txn: Any) -> None:
+        vnet_row = get(self.api, "VNet", self.vnet)
+        host = get(self.api, "Node", self.host)
+        if host.role != "host":
+            raise Invalid(f"VM {self.name}: {self.host!r} is the {host.role}, not a host")
+        model = vnet_model(self.api, vnet_row)
+        try:
+            model.check_vm_ipv4(self.ipv4)
+            subnet = model.subnet_for(self.ipv4, self.subnet)
+        except (TopologyError, address.AddressError) as exc:
+            raise Invalid(f"VM {self.name}: {exc}") from None
+        wanted = {"vnet": self.vnet, "ipv4": str(self.ipv4), "mac": self.mac, "host": self.host,
+                  "subnet": subnet.name}
+        row = self._existing("VM", self.name, self.may_exist, wanted, _attr)
+        if row is None:
+            clash = lookup(self.api, "VM", vnet=vnet_row, ipv4=str(self.ipv4))
+            if clash:
+                raise Conflict(f"IPv4 {self.ipv4} is already used in VNet {self.vnet} by VM "
+                               f"{clash[0].name!r}")
+            subnet_row = _one(s for s in lookup(self.api, "Subnet", vnet=vnet_row)
+                              if s.name == subnet.name)
+            row = self._insert(txn, "VM", name=self.name, vnet=vnet_row, subnet=subnet_row,
+                               ipv4=str(self.ipv4), mac=self.mac, host=host)
+        self.result = row.uuid
+
+
+class AddServiceCommand(_Command):
+    """Add a service with its endpoints (each: name, IPv6, host, MAC)."""
+
+    def __init__(self, api: Any, service: topology.Service, may_exist: bool = False):
+        super().__init__(api)
+        self.service = service
+        self.may_exist = may_exist
+
+    def run_idl(self, txn: Any) -> None:
+        s = self.service
+        row = find(self.api, "Service", s.name)
+        if row is not None and not self.may_exist:
+            raise Conflict(f"service {s.name!r} already exists (use --may-exist, or "
+                           f"'service add-endpoint' to add endpoints)")
+        if row is None:
+            row = self._insert(txn, "Service", name=s.name)
+        for ep in s.endpoints:
+            AddEndpointCommand(self.api, s.name, ep, may_exist=self.may_exist).run_idl(txn)
+        self.result = row.uuid
+
+
+class AddEndpointCommand(_Command):
+    def __init__(self, api: Any, service: str, endpoint: topology.Endpoint, may_exist: bool = False):
+        super().__init__(api)
+        self.service = service
+        self.endpoint = endpoint
+        self.may_exist = may_exist
+
+    def run_idl(self, txn: Any) -> None:
+        e = self.endpoint
+        service = get(self.api, "Service", self.service)
+        host = get(self.api, "Node", e.host)
+        if host.role != "host":
+            raise Invalid(f"endpoint {e.name}: {e.host!r} is the {host.role}, not a host")
+        wanted = {"service": self.service, "ipv6": str(e.ipv6), "host": e.host, "mac": e.mac}
+        row = self._existing("Endpoint", e.name, self.may_exist, wanted, _attr)
+        if row is None:
+            clash = _one(idlutils.index_lookup_all(self.api.tables["Endpoint"], ipv6=str(e.ipv6)))
+            if clash is not None:
+                raise Conflict(f"IPv6 {e.ipv6} is already used by endpoint {clash.name!r}")
+            row = self._insert(txn, "Endpoint", name=e.name, service=service,
+                               ipv6=str(e.ipv6), host=host, mac=e.mac)
+        self.result = row.uuid
+
+
+class SubscribeCommand(_Command):
+    """Subscribe a VM to a service: assign its platform IPv6, record the host mapping.
+
+    Result: a dict describing the subscription (see ``NbApi.subscription_info``).
+    """
+
+    def __init__(self, api: Any, vm: str, service: str, may_exist: bool = False):
+        super().__init__(api)
+        self.vm, self.service, self.may_exist = vm, service, may_exist
+
+    def run_idl(self, txn: Any) -> None:
+        vm = get(self.api, "VM", self.vm)
+        service = get(self.api, "Service", self.service)
+        # Verified so that a concurrent change of the VM (moved, readdressed)
+        # makes this transaction retry against the new state.
+        if vm.uuid not in txn._txn_rows:  # not inserted by this transaction
+            for col in ("vnet", "ipv4", "subnet", "host"):
+                vm.verify(col)
+        addr = platform_address(self.api, vm)
+        existing = _one(lookup(self.api, "Subscription", vm=vm, service=service))
+        if existing is not None:
+            if not self.may_exist:
+                raise Conflict(f"VM {self.vm} is already subscribed to {self.service} "
+                               f"(address {existing.ipv6})")
+            self.result = existing.uuid
+            return
+        ipv6 = str(addr.ipv6)
+        self._insert(txn, "Subscription", vm=vm, service=service,
+                     ipv6=ipv6, state="active")
+        mapping = _one(lookup(self.api, "Host_Mapping", ipv6=ipv6))
+        if mapping is None:
+            self._insert(txn, "Host_Mapping", ipv6=ipv6, vnet=vm.vnet,
+                         ipv4=vm.ipv4, host=vm.host)
+        elif mapping.host.uuid != vm.host.uuid:
+            mapping.host = vm.host
+        self.result = (self.vm, self.service)
+
+
+class UnsubscribeCommand(_Command):
+    def __init__(self, api: Any, vm: str, service: str, if_exists: bool = False):
+        super().__init__(api)
+        self.vm, self.service, self.if_exists = vm, service, if_exists
+
+    def run_idl(self, txn: Any) -> None:
+        vm = get(self.api, "VM", self.vm)
+        service = get(self.api, "Service", self.service)
+        sub = _one(lookup(self.api, "Subscription", vm=vm, service=service))
+        self.result = False
+        if sub is None:
+            if self.if_exists:
+                return
+            raise NotFound(f"VM {self.vm} is not subscribed to {self.service}")
+        others = [s for s in lookup(self.api, "Subscription", vm=vm) if s.uuid != sub.uuid]
+        if not others:
+            for mapping in lookup(self.api, "Host_Mapping", ipv6=sub.ipv6):
+                mapping.delete()
+        sub.delete()
+        self.result = True
+
+
+class MoveVMCommand(_Command):
+    """Move a VM to another host: the VM row and its host mapping change together."""
+
+    def __init__(self, api: Any, vm: str, host: str):
+        super().__init__(api)
+        self.vm, self.host = vm, host
+
+    def run_idl(self, txn: Any) -> None:
+        vm = get(self.api, "VM", self.vm)
+        host = get(self.api, "Node", self.host)
+        if host.role != "host":
+            raise Invalid(f"{self.host!r} is the {host.role}, not a host")
+        vm.host = host
+        addr = str(platform_address(self.api, vm).ipv6)
+        for mapping in lookup(self.api, "Host_Mapping", ipv6=addr):
+            mapping.host = host
+        self.result = True
+
+
+class LoadTopologyCommand(_Command):
+    """Write a whole validated topology in one transaction (identical objects are kept)."""
+
+    def __init__(self, api: Any, topo: topology.Topology):
+        super().__init__(api)
+        self.topo = topo
+
+    def run_idl(self, txn: Any) -> None:
+        t = self.topo
+        for region in t.regions:
+            AddRegionCommand(self.api, region, True).run_idl(txn)
+        for node in t.nodes:
+            AddNodeCommand(self.api, node, True).run_idl(txn)
+        SetPlatformCommand(self.api, t.platform).run_idl(txn)
+        for vnet in t.vnets:
+            AddVNetCommand(self.api, vnet, True).run_idl(txn)
+        for vm in t.vms:
+            AddVMCommand(self.api, vm.name, vm.vnet, vm.ipv4, vm.host, vm.mac, vm.subnet,
+                         True).run_idl(txn)
+        for service in t.services:
+            AddServiceCommand(self.api, service, True).run_idl(txn)
+        for sub in t.subscriptions:
+            SubscribeCommand(self.api, sub.vm, sub.service, True).run_idl(txn)
+        self.result = {"regions": len(t.regions), "nodes": len(t.nodes), "vnets": len(t.vnets),
+                       "vms": len(t.vms), "services": len(t.services),
+                       "subscriptions": len(t.subscriptions)}
+
+
+def is_constraint_violation(exc: BaseException) -> bool:
+    return "constraint violation" in str(exc) or "referential integrity" in str(exc)
+
+
+__all__ = [name for name in dir() if name.endswith("Command")] + [
+    "NbError", "NotFound", "Conflict", "Invalid"]
