@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import yaml
 
-from . import address
+from . import address, gateway
 from .address import AddressError
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
@@ -249,7 +249,19 @@ class VNet:
                                 f"in VNet {self.name}")
 
     def subnet_for(self, ipv4: IPv4Address, name: str | None = None) -> Subnet:
-        """The subnet holding ``ipv4`` (or the named one, checked to hold it)."""
+        """The subnet holding ``ipv4`` (or the named one, checked to hold it).
+
+        The subnet's network, broadcast and gateway addresses are not VM addresses.
+        """
+        sub = self._subnet_for(ipv4, name)
+        reserved = {sub.cidr.network_address: "network", sub.cidr.broadcast_address: "broadcast",
+                    gateway.vm_gateway(sub.cidr): "virtual gateway"}
+        if ipv4 in reserved:
+            raise TopologyError(f"IPv4 {ipv4} is the {reserved[ipv4]} address of subnet {sub.name} "
+                                f"({sub.cidr}) in VNet {self.name}")
+        return sub
+
+    def _subnet_for(self, ipv4: IPv4Address, name: str | None) -> Subnet:
         if name is not None:
             for sub in self.subnets:
                 if sub.name == name:
@@ -494,6 +506,8 @@ def validate(doc: Any, source: str = "<topology>") -> Topology:
             sid = _wrap(s.key(rs, "id"), address.parse_id, rs["id"], "subnet id")
             sub_names.claim("subnet id", f"{sid:#x}", s.key(rs, "id"))
             scidr = _wrap(s.key(rs, "cidr"), parse_cidr, rs["cidr"], "subnet cidr")
+            if scidr.prefixlen > 29:
+                raise s.key(rs, "cidr").error(f"subnet {scidr} is too small: use /29 or larger")
             if not any(scidr.subnet_of(n) for n in cidrs):
                 raise s.key(rs, "cidr").error(f"subnet {scidr} is not inside the VNet's ranges "
                                               f"({', '.join(map(str, cidrs))})")
