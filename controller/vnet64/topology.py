@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -73,9 +73,9 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str):
-            raise TopologyError(f"keys must be strings, got {key!r}", f"line {key_node.start_mark.line + 1}")
+            raise TopologyError(f"keys must be strings, got {key!r}", str(key_node.start_mark.line + 1))
         if key in result:
-            raise TopologyError(f"duplicate key {key!r}", f"line {key_node.start_mark.line + 1}")
+            raise TopologyError(f"duplicate key {key!r}", str(key_node.start_mark.line + 1))
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = key_node.start_mark.line + 1
     return result
@@ -406,6 +406,86 @@ def _parse_platform(doc: dict, ctx: _Ctx, regions: dict[str, Region]) -> dict:
             "appliance": raw.get("appliance"), "ctx": pctx, "raw": raw}
 
 
+def _parse_node(raw: Any, c: _Ctx, names: _Names) -> Node:
+    raw = _mapping(raw, c, ("name", "role", "underlay_ip"), ("datapath_id",))
+    name = _wrap(c.key(raw, "name"), parse_name, raw["name"], "node name")
+    names.claim("node", name, c.key(raw, "name"))
+    role = _wrap(c.key(raw, "role"), parse_role, raw["role"])
+    uip = _wrap(c.key(raw, "underlay_ip"), address.parse_ipv4, str(raw["underlay_ip"]), "underlay_ip")
+    if uip.is_multicast or uip.is_loopback or uip.is_unspecified:
+        raise c.key(raw, "underlay_ip").error(f"underlay_ip {uip} is not a unicast address")
+    names.claim("underlay IP", uip, c.key(raw, "underlay_ip"))
+    dpid = _wrap(c.key(raw, "datapath_id"), parse_dpid, raw["datapath_id"]) \
+        if "datapath_id" in raw else default_dpid(uip)
+    names.claim("datapath id", f"{dpid:#018x}", c.key(raw, "datapath_id") if "datapath_id" in raw else c)
+    return Node(name, role, uip, dpid)
+
+
+def _parse_vnet(raw: Any, c: _Ctx, names: _Names, regions: dict[str, Region], default_region: str,
+                platform_ip: IPv4Address) -> VNet:
+    raw = _mapping(raw, c, ("name", "id", "cidrs", "subnets"), ("region", "snat_vip"))
+    name = _wrap(c.key(raw, "name"), parse_name, raw["name"], "VNet name")
+    names.claim("VNet", name, c.key(raw, "name"))
+    region = raw.get("region", default_region)
+    if region not in regions:
+        raise c.key(raw, "region").error(f"unknown region {region!r} (regions: {', '.join(regions)})")
+    vid = _wrap(c.key(raw, "id"), address.parse_id, raw["id"], "VNet id")
+    names.claim(f"VNet id in region {region}:", f"{vid:#x}", c.key(raw, "id"))
+    cc = c.key(raw, "cidrs")
+    raw_cidrs = _list(raw["cidrs"], cc)
+    if not raw_cidrs:
+        raise cc.error("a VNet needs at least one IPv4 range")
+    cidrs = tuple(_wrap(cc.item(raw_cidrs, j), parse_cidr, v) for j, v in enumerate(raw_cidrs))
+    for j, a in enumerate(cidrs):
+        for b in cidrs[:j]:
+            if a.overlaps(b):
+                raise cc.item(raw_cidrs, j).error(f"range {a} overlaps {b} of the same VNet")
+        if platform_ip in a:
+            raise cc.item(raw_cidrs, j).error(
+                f"range {a} contains platform_ip {platform_ip}: VMs could not tell "
+                f"the platform from a neighbour")
+    snat_vip = None
+    if raw.get("snat_vip") is not None:
+        snat_vip = _wrap(c.key(raw, "snat_vip"), address.parse_ipv4, str(raw["snat_vip"]), "snat_vip")
+        _wrap(c.key(raw, "snat_vip"), address.check_snat_vip, snat_vip)
+    sc = c.key(raw, "subnets")
+    raw_subs = _list(raw["subnets"], sc)
+    if not raw_subs:
+        raise sc.error("a VNet needs at least one subnet")
+    subnets: list[Subnet] = []
+    sub_names = _Names()
+    for j, rs in enumerate(raw_subs):
+        s = sc.item(raw_subs, j)
+        rs = _mapping(rs, s, ("name", "id", "cidr"), ())
+        sname = _wrap(s.key(rs, "name"), parse_name, rs["name"], "subnet name")
+        sub_names.claim("subnet", sname, s.key(rs, "name"))
+        sid = _wrap(s.key(rs, "id"), address.parse_id, rs["id"], "subnet id")
+        sub_names.claim("subnet id", f"{sid:#x}", s.key(rs, "id"))
+        scidr = _wrap(s.key(rs, "cidr"), parse_cidr, rs["cidr"], "subnet cidr")
+        if scidr.prefixlen > 29:
+            raise s.key(rs, "cidr").error(f"subnet {scidr} is too small: use /29 or larger")
+        if not any(scidr.subnet_of(n) for n in cidrs):
+            raise s.key(rs, "cidr").error(f"subnet {scidr} is not inside the VNet's ranges "
+                                          f"({', '.join(map(str, cidrs))})")
+        for other in subnets:
+            if scidr.overlaps(other.cidr):
+                raise s.key(rs, "cidr").error(f"subnet {scidr} overlaps subnet {other.name} ({other.cidr})")
+        subnets.append(Subnet(sname, sid, scidr))
+    return VNet(name, region, vid, cidrs, tuple(subnets), snat_vip)
+
+
+def node_from_fields(item: dict, source: str = "command line") -> Node:
+    """Validate one node given as a mapping (the CLI's ``node add``)."""
+    return _parse_node(item, _Ctx(source), _Names())
+
+
+def vnet_from_fields(item: dict, regions: Sequence[Region], platform_ip: IPv4Address,
+                     source: str = "command line") -> VNet:
+    """Validate one VNet given as a mapping (the CLI's ``vnet add``)."""
+    by_name = {r.name: r for r in regions}
+    return _parse_vnet(item, _Ctx(source), _Names(), by_name, item.get("region", ""), platform_ip)
+
+
 def validate(doc: Any, source: str = "<topology>") -> Topology:
     """Check a parsed topology document completely; return the model or raise TopologyError."""
     top = _Ctx(source, "", getattr(doc, "line", 0))
@@ -431,19 +511,8 @@ def validate(doc: Any, source: str = "<topology>") -> Topology:
     nctx = top.key(doc, "nodes")
     raw_nodes = _list(doc["nodes"], nctx)
     for i, raw in enumerate(raw_nodes):
-        c = nctx.item(raw_nodes, i)
-        raw = _mapping(raw, c, ("name", "role", "underlay_ip"), ("datapath_id",))
-        name = _wrap(c.key(raw, "name"), parse_name, raw["name"], "node name")
-        names.claim("node", name, c.key(raw, "name"))
-        role = _wrap(c.key(raw, "role"), parse_role, raw["role"])
-        uip = _wrap(c.key(raw, "underlay_ip"), address.parse_ipv4, str(raw["underlay_ip"]), "underlay_ip")
-        if uip.is_multicast or uip.is_loopback or uip.is_unspecified:
-            raise c.key(raw, "underlay_ip").error(f"underlay_ip {uip} is not a unicast address")
-        names.claim("underlay IP", uip, c.key(raw, "underlay_ip"))
-        dpid = _wrap(c.key(raw, "datapath_id"), parse_dpid, raw["datapath_id"]) \
-            if "datapath_id" in raw else default_dpid(uip)
-        names.claim("datapath id", f"{dpid:#018x}", c.key(raw, "datapath_id") if "datapath_id" in raw else c)
-        nodes[name] = Node(name, role, uip, dpid)
+        node = _parse_node(raw, nctx.item(raw_nodes, i), names)
+        nodes[node.name] = node
     appliances = [n for n in nodes.values() if n.role == "appliance"]
     appliance = platform["appliance"]
     if appliance is None:
@@ -466,56 +535,9 @@ def validate(doc: Any, source: str = "<topology>") -> Topology:
     vctx = top.key(doc, "vnets")
     raw_vnets = _list(doc["vnets"], vctx)
     for i, raw in enumerate(raw_vnets):
-        c = vctx.item(raw_vnets, i)
-        raw = _mapping(raw, c, ("name", "id", "cidrs", "subnets"), ("region", "snat_vip"))
-        name = _wrap(c.key(raw, "name"), parse_name, raw["name"], "VNet name")
-        names.claim("VNet", name, c.key(raw, "name"))
-        region = raw.get("region", platform["region"])
-        if region not in regions:
-            raise c.key(raw, "region").error(f"unknown region {region!r} (regions: {', '.join(regions)})")
-        vid = _wrap(c.key(raw, "id"), address.parse_id, raw["id"], "VNet id")
-        names.claim(f"VNet id in region {region}:", f"{vid:#x}", c.key(raw, "id"))
-        cc = c.key(raw, "cidrs")
-        raw_cidrs = _list(raw["cidrs"], cc)
-        if not raw_cidrs:
-            raise cc.error("a VNet needs at least one IPv4 range")
-        cidrs = tuple(_wrap(cc.item(raw_cidrs, j), parse_cidr, v) for j, v in enumerate(raw_cidrs))
-        for j, a in enumerate(cidrs):
-            for b in cidrs[:j]:
-                if a.overlaps(b):
-                    raise cc.item(raw_cidrs, j).error(f"range {a} overlaps {b} of the same VNet")
-            if platform["platform_ip"] in a:
-                raise cc.item(raw_cidrs, j).error(
-                    f"range {a} contains platform_ip {platform['platform_ip']}: VMs could not tell "
-                    f"the platform from a neighbour")
-        snat_vip = None
-        if raw.get("snat_vip") is not None:
-            snat_vip = _wrap(c.key(raw, "snat_vip"), address.parse_ipv4, str(raw["snat_vip"]), "snat_vip")
-            _wrap(c.key(raw, "snat_vip"), address.check_snat_vip, snat_vip)
-        sc = c.key(raw, "subnets")
-        raw_subs = _list(raw["subnets"], sc)
-        if not raw_subs:
-            raise sc.error("a VNet needs at least one subnet")
-        subnets: list[Subnet] = []
-        sub_names = _Names()
-        for j, rs in enumerate(raw_subs):
-            s = sc.item(raw_subs, j)
-            rs = _mapping(rs, s, ("name", "id", "cidr"), ())
-            sname = _wrap(s.key(rs, "name"), parse_name, rs["name"], "subnet name")
-            sub_names.claim("subnet", sname, s.key(rs, "name"))
-            sid = _wrap(s.key(rs, "id"), address.parse_id, rs["id"], "subnet id")
-            sub_names.claim("subnet id", f"{sid:#x}", s.key(rs, "id"))
-            scidr = _wrap(s.key(rs, "cidr"), parse_cidr, rs["cidr"], "subnet cidr")
-            if scidr.prefixlen > 29:
-                raise s.key(rs, "cidr").error(f"subnet {scidr} is too small: use /29 or larger")
-            if not any(scidr.subnet_of(n) for n in cidrs):
-                raise s.key(rs, "cidr").error(f"subnet {scidr} is not inside the VNet's ranges "
-                                              f"({', '.join(map(str, cidrs))})")
-            for other in subnets:
-                if scidr.overlaps(other.cidr):
-                    raise s.key(rs, "cidr").error(f"subnet {scidr} overlaps subnet {other.name} ({other.cidr})")
-            subnets.append(Subnet(sname, sid, scidr))
-        vnets[name] = VNet(name, region, vid, cidrs, tuple(subnets), snat_vip)
+        vnet = _parse_vnet(raw, vctx.item(raw_vnets, i), names, regions, platform["region"],
+                           platform["platform_ip"])
+        vnets[vnet.name] = vnet
 
     vms: dict[str, VM] = {}
     mctx = top.key(doc, "vms")

@@ -1,0 +1,430 @@
+"""``vnet64``: the operator CLI for the NB database and the address codec.
+
+Without ``--nb`` every NB command uses the embedded NB: a local ovsdb-server
+with the vnet64 schema under ``--run-dir`` (default ``$VNET64_RUN_DIR`` or
+/var/lib/vnet64), started on first use and left running for the next command.
+``--nb`` (or ``$VNET64_NB``) names a running NB instead: ``unix:PATH``,
+``tcp:IP:PORT``, or a comma-separated list of Raft cluster members.
+
+Errors go to stderr with exit status 1 (2 for usage errors); nothing is
+half-applied: every write is one OVSDB transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import __version__, address, topology
+from .address import AddressError
+from .topology import TopologyError
+
+EXAMPLES = """\
+examples:
+  vnet64 load topologies/two-tenants.yaml
+  vnet64 subscribe a-vm1 analytics
+  vnet64 subscription list
+  vnet64 show a-vm1 --json
+  vnet64 address decode fd41:0:0:3930:1f:6600:a00:4
+  vnet64 address encode --region 0x3930 --vnet 0x1f --subnet 0x6600 --ipv4 10.0.0.4
+  vnet64 --nb tcp:10.0.0.1:6641,tcp:10.0.0.2:6641,tcp:10.0.0.3:6641 vm list
+"""
+
+
+class CliError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+
+def _table(rows: list[dict], columns: Sequence[str]) -> str:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, list):
+            return ",".join(cell(x) if not isinstance(x, dict) else x.get("name", str(x)) for x in v) or "-"
+        return str(v)
+
+    grid = [list(columns)] + [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in grid) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in grid]
+    lines[0] = lines[0].upper()
+    return "\n".join(lines)
+
+
+def _emit(args: argparse.Namespace, data: Any, columns: Sequence[str] | None = None) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=False))
+    elif isinstance(data, list):
+        print(_table(data, columns or (list(data[0]) if data else ["name"])))
+    elif isinstance(data, dict):
+        width = max(len(k) for k in data) if data else 0
+        for key, value in data.items():
+            if isinstance(value, list) and value and isinstance(value[0], dict):
+                print(f"{key}:")
+                for item in value:
+                    print("  - " + ", ".join(f"{k}={v}" for k, v in item.items()))
+            else:
+                shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+                print(f"{key.ljust(width)}  {shown if shown not in (None, '') else '-'}")
+    else:
+        print(data)
+
+
+# ---------------------------------------------------------------------------
+# NB access
+
+
+def _nb(args: argparse.Namespace):
+    from .nb import api as nbapi
+    from .nb.server import NbServer
+
+    remote = args.nb or os.environ.get("VNET64_NB")
+    if not remote:
+        server = NbServer(Path(args.run_dir))
+        server.start()
+        remote = server.remote
+    return nbapi.connect(remote, timeout=args.timeout)
+
+
+def _with_nb(fn: Callable[[Any, argparse.Namespace], Any]) -> Callable[[argparse.Namespace], Any]:
+    def run(args: argparse.Namespace) -> Any:
+        api = _nb(args)
+        try:
+            return fn(api, args)
+        finally:
+            api.close()
+    return run
+
+
+# ---------------------------------------------------------------------------
+# Commands
+
+
+def cmd_address_encode(args: argparse.Namespace) -> None:
+    addr = address.PlatformAddress(args.region, args.vnet, args.subnet, args.ipv4, args.snat_vip)
+    _emit(args, addr.as_dict() if args.json else str(addr.ipv6))
+
+
+def cmd_address_decode(args: argparse.Namespace) -> None:
+    _emit(args, address.decode(args.address).as_dict())
+
+
+def cmd_nb_start(args: argparse.Namespace) -> None:
+    from .nb.server import NbServer
+    server = NbServer(Path(args.run_dir))
+    pid = server.start()
+    print(f"NB running (pid {pid}) at {server.remote}, data in {server.db_path}")
+
+
+def cmd_nb_stop(args: argparse.Namespace) -> None:
+    from .nb.server import NbServer
+    server = NbServer(Path(args.run_dir))
+    print("NB stopped" if server.stop() else f"no NB running in {args.run_dir}")
+
+
+def cmd_nb_status(args: argparse.Namespace) -> None:
+    from .nb.server import NbServer
+    server = NbServer(Path(args.run_dir))
+    pid = server.pid()
+    data = {"running": bool(pid), "pid": pid, "remote": server.remote, "db": str(server.db_path),
+            "rss_kib": server.memory_kib()}
+    _emit(args, data)
+    if not pid:
+        raise SystemExit(3)
+
+
+def cmd_load(api: Any, args: argparse.Namespace) -> None:
+    topo = topology.load(args.topology)
+    counts = api.load_topology(topo)
+    print(f"loaded {topo.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+def _parse_subnet_arg(text: str) -> topology.Subnet:
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise CliError(f"--subnet must be NAME:ID:CIDR (e.g. default:0x6600:10.0.0.0/24), got {text!r}")
+    name, sid, cidr = parts
+    return topology.Subnet(topology.parse_name(name, "subnet name"), address.parse_id(sid, "subnet id"),
+                           topology.parse_cidr(cidr, "subnet cidr"))
+
+
+def cmd_vnet_add(api: Any, args: argparse.Namespace) -> None:
+    platform = api.platform_info() or {}
+    region = args.region or platform.get("region")
+    if not region:
+        raise CliError("no --region given and the NB has no platform region (load a topology first)")
+    regions = [topology.Region(r["name"], int(r["region_id"], 16)) for r in api.list("region")]
+    item = {"name": args.name, "id": args.id, "region": region, "cidrs": args.cidr,
+            "subnets": [{"name": s.name, "id": s.subnet_id, "cidr": str(s.cidr)}
+                        for s in map(_parse_subnet_arg, args.subnet)]}
+    if args.snat_vip:
+        item["snat_vip"] = args.snat_vip
+    platform_ip = IPv4Address(platform.get("platform_ip") or topology.DEFAULT_PLATFORM_IP)
+    vnet = topology.vnet_from_fields(item, regions, platform_ip)
+    api.add_vnet(vnet, may_exist=args.may_exist)
+    _emit(args, api.vnet_info(vnet.name))
+
+
+def cmd_node_add(api: Any, args: argparse.Namespace) -> None:
+    item = {"name": args.name, "role": args.role, "underlay_ip": args.underlay_ip}
+    if args.datapath_id:
+        item["datapath_id"] = args.datapath_id
+    node = topology.node_from_fields(item)
+    api.add_node(node, may_exist=args.may_exist)
+    _emit(args, api.show(node.name))
+
+
+def cmd_region_add(api: Any, args: argparse.Namespace) -> None:
+    region = topology.Region(topology.parse_name(args.name, "region name"),
+                             address.parse_id(args.id, "region id"))
+    api.add_region(region, may_exist=args.may_exist)
+    _emit(args, api.show(region.name))
+
+
+def cmd_vm_add(api: Any, args: argparse.Namespace) -> None:
+    name = topology.parse_name(args.name, "VM name")
+    ipv4 = address.parse_ipv4(args.ipv4, "VM IPv4")
+    mac = topology.parse_mac(args.mac) if args.mac else None
+    _emit(args, api.add_vm(name, args.vnet, ipv4, args.host, mac, args.subnet, args.may_exist))
+
+
+def cmd_vm_move(api: Any, args: argparse.Namespace) -> None:
+    _emit(args, api.move_vm(args.name, args.host))
+
+
+def _parse_endpoint_arg(text: str) -> topology.Endpoint:
+    name, sep, rest = text.partition("=")
+    ipv6, sep2, host = rest.rpartition("@")
+    if not sep or not sep2:
+        raise CliError(f"--endpoint must be NAME=IPV6@HOST (e.g. svc1=fd00:5e:1::10@host2), got {text!r}")
+    name = topology.parse_name(name, "endpoint name")
+    return topology.Endpoint(name, topology.parse_service_ipv6(ipv6), topology.parse_name(host, "host"),
+                             topology.default_mac(name))
+
+
+def cmd_service_add(api: Any, args: argparse.Namespace) -> None:
+    if not args.endpoint:
+        raise CliError("a service needs at least one --endpoint NAME=IPV6@HOST")
+    service = topology.Service(topology.parse_name(args.name, "service name"),
+                               tuple(_parse_endpoint_arg(e) for e in args.endpoint))
+    api.add_service(service, may_exist=args.may_exist)
+    _emit(args, api.service_info(service.name))
+
+
+def cmd_subscribe(api: Any, args: argparse.Namespace) -> None:
+    info = api.subscribe(args.vm, args.service, may_exist=args.may_exist)
+    _emit(args, info if args.json else info["ipv6"])
+
+
+def cmd_unsubscribe(api: Any, args: argparse.Namespace) -> None:
+    removed = api.unsubscribe(args.vm, args.service, if_exists=args.if_exists)
+    print(f"unsubscribed {args.vm} from {args.service}" if removed
+          else f"{args.vm} was not subscribed to {args.service}")
+
+
+LIST_COLUMNS = {
+    "region": ("name", "region_id"),
+    "node": ("name", "role", "underlay_ip", "datapath_id"),
+    "vnet": ("name", "region", "vnet_id", "cidrs", "subnets", "snat_vip"),
+    "vm": ("name", "vnet", "subnet", "ipv4", "host", "mac", "platform_ipv6", "subscriptions"),
+    "service": ("name", "endpoints", "subscriptions"),
+    "subscription": ("vm", "service", "vnet", "ipv4", "ipv6", "host", "state"),
+    "host-mapping": ("ipv6", "vnet", "ipv4", "host"),
+}
+
+
+def _lister(kind: str) -> Callable[[Any, argparse.Namespace], None]:
+    def run(api: Any, args: argparse.Namespace) -> None:
+        rows = api.list(kind)
+        if kind == "service" and not args.json:
+            rows = [{**r, "endpoints": [f"{e['name']}={e['ipv6']}@{e['host']}" for e in r["endpoints"]]}
+                    for r in rows]
+        _emit(args, rows, LIST_COLUMNS[kind])
+    return run
+
+
+def cmd_show(api: Any, args: argparse.Namespace) -> None:
+    _emit(args, api.show(args.name))
+
+
+def cmd_platform_show(api: Any, args: argparse.Namespace) -> None:
+    info = api.platform_info()
+    if info is None:
+        raise CliError("the NB has no platform settings yet (load a topology first)")
+    _emit(args, info)
+
+
+# ---------------------------------------------------------------------------
+# Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vnet64", description=__doc__.split("\n\n")[0].strip("`"),
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"vnet64 {__version__}")
+    p.add_argument("--nb", metavar="REMOTE",
+                   help="NB to use: unix:PATH, tcp:IP:PORT or a comma-separated list of Raft "
+                        "members (default: $VNET64_NB, else the embedded NB in --run-dir)")
+    p.add_argument("--run-dir", default=os.environ.get("VNET64_RUN_DIR", "/var/lib/vnet64"),
+                   help="directory of the embedded NB (database, socket, pidfile, log); "
+                        "default $VNET64_RUN_DIR or /var/lib/vnet64")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the NB (default 10)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def reader(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--json", action="store_true", help="print JSON")
+        return sp
+
+    def may_exist(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--may-exist", action="store_true",
+                        help="succeed if an identical object already exists")
+
+    # address
+    a = sub.add_parser("address", help="encode or decode a platform IPv6 address (no NB needed)")
+    asub = a.add_subparsers(dest="address_cmd", metavar="ACTION", required=True)
+    enc = reader(asub.add_parser("encode", help="build the platform IPv6 address from its fields"))
+    enc.add_argument("--region", required=True, help="region id, 0..0xffff")
+    enc.add_argument("--vnet", required=True, help="VNet id, 0..0xffff")
+    enc.add_argument("--subnet", required=True, help="subnet id, 0..0xffff")
+    enc.add_argument("--ipv4", required=True, help="the VM's private IPv4")
+    enc.add_argument("--snat-vip", default="0.0.0.0", help="SNAT VIP (default 0.0.0.0 = Platform_IP)")
+    enc.set_defaults(func=cmd_address_encode)
+    dec = reader(asub.add_parser("decode", help="split a platform IPv6 address into its fields"))
+    dec.add_argument("address")
+    dec.set_defaults(func=cmd_address_decode)
+
+    # nb
+    n = sub.add_parser("nb", help="manage the embedded NB server")
+    nsub = n.add_subparsers(dest="nb_cmd", metavar="ACTION", required=True)
+    nsub.add_parser("start", help="start the embedded NB (no-op if running)").set_defaults(func=cmd_nb_start)
+    nsub.add_parser("stop", help="stop the embedded NB (data stays on disk)").set_defaults(func=cmd_nb_stop)
+    reader(nsub.add_parser("status", help="is the embedded NB running? (exit 3 if not)")).set_defaults(
+        func=cmd_nb_status)
+
+    load = sub.add_parser("load", help="load a topology file (one transaction; identical objects kept)")
+    load.add_argument("topology", help="a file like topologies/two-tenants.yaml")
+    load.set_defaults(func=_with_nb(cmd_load))
+
+    # objects
+    r = sub.add_parser("region", help="regions")
+    rsub = r.add_subparsers(dest="region_cmd", metavar="ACTION", required=True)
+    ra = reader(rsub.add_parser("add", help="add a region"))
+    ra.add_argument("name")
+    ra.add_argument("id", help="region id, 0..0xffff")
+    may_exist(ra)
+    ra.set_defaults(func=_with_nb(cmd_region_add))
+    reader(rsub.add_parser("list", help="list regions")).set_defaults(func=_with_nb(_lister("region")))
+
+    nd = sub.add_parser("node", help="host nodes and the SDN appliance")
+    ndsub = nd.add_subparsers(dest="node_cmd", metavar="ACTION", required=True)
+    nda = reader(ndsub.add_parser("add", help="add a node"))
+    nda.add_argument("name")
+    nda.add_argument("--role", choices=topology.ROLES, required=True)
+    nda.add_argument("--underlay-ip", required=True, help="the node's underlay IPv4 (Geneve endpoint)")
+    nda.add_argument("--datapath-id", help="br-int datapath id (default derived from the underlay IP)")
+    may_exist(nda)
+    nda.set_defaults(func=_with_nb(cmd_node_add))
+    reader(ndsub.add_parser("list", help="list nodes")).set_defaults(func=_with_nb(_lister("node")))
+
+    v = sub.add_parser("vnet", help="customer VNets")
+    vsub = v.add_subparsers(dest="vnet_cmd", metavar="ACTION", required=True)
+    va = reader(vsub.add_parser("add", help="add a VNet with its ranges and subnets"))
+    va.add_argument("name")
+    va.add_argument("--id", required=True, help="VNet id, 0..0xffff, unique in the region")
+    va.add_argument("--cidr", action="append", required=True, help="IPv4 range (repeat for several)")
+    va.add_argument("--subnet", action="append", required=True, metavar="NAME:ID:CIDR",
+                    help="subnet, e.g. default:0x6600:10.0.0.0/24 (repeat for several)")
+    va.add_argument("--region", help="region name (default: the platform's region)")
+    va.add_argument("--snat-vip", help="SNAT VIP carried in this VNet's addresses (default: Platform_IP)")
+    may_exist(va)
+    va.set_defaults(func=_with_nb(cmd_vnet_add))
+    reader(vsub.add_parser("list", help="list VNets")).set_defaults(func=_with_nb(_lister("vnet")))
+
+    m = sub.add_parser("vm", help="customer VMs")
+    msub = m.add_subparsers(dest="vm_cmd", metavar="ACTION", required=True)
+    ma = reader(msub.add_parser("add", help="add a VM"))
+    ma.add_argument("name")
+    ma.add_argument("--vnet", required=True)
+    ma.add_argument("--ipv4", required=True, help="private IPv4, inside the VNet's ranges")
+    ma.add_argument("--host", required=True, help="the host node it runs on")
+    ma.add_argument("--subnet", help="subnet name (default: the subnet holding the IPv4)")
+    ma.add_argument("--mac", help="MAC (default: derived from the name)")
+    may_exist(ma)
+    ma.set_defaults(func=_with_nb(cmd_vm_add))
+    mm = reader(msub.add_parser("move", help="move a VM to another host (its host mapping follows)"))
+    mm.add_argument("name")
+    mm.add_argument("host")
+    mm.set_defaults(func=_with_nb(cmd_vm_move))
+    reader(msub.add_parser("list", help="list VMs")).set_defaults(func=_with_nb(_lister("vm")))
+
+    s = sub.add_parser("service", help="multi-tenant services")
+    ssub = s.add_subparsers(dest="service_cmd", metavar="ACTION", required=True)
+    sa = reader(ssub.add_parser("add", help="add a service with its endpoints"))
+    sa.add_argument("name")
+    sa.add_argument("--endpoint", action="append", metavar="NAME=IPV6@HOST",
+                    help="endpoint, e.g. svc1=fd00:5e:1::10@host2 (repeat for several)")
+    may_exist(sa)
+    sa.set_defaults(func=_with_nb(cmd_service_add))
+    reader(ssub.add_parser("list", help="list services")).set_defaults(func=_with_nb(_lister("service")))
+
+    sb = reader(sub.add_parser("subscribe", help="subscribe a VM to a service; prints its platform IPv6"))
+    sb.add_argument("vm")
+    sb.add_argument("service")
+    may_exist(sb)
+    sb.set_defaults(func=_with_nb(cmd_subscribe))
+    us = sub.add_parser("unsubscribe", help="remove a subscription")
+    us.add_argument("vm")
+    us.add_argument("service")
+    us.add_argument("--if-exists", action="store_true", help="succeed if there is no such subscription")
+    us.set_defaults(func=_with_nb(cmd_unsubscribe))
+
+    sl = sub.add_parser("subscription", help="subscriptions")
+    slsub = sl.add_subparsers(dest="subscription_cmd", metavar="ACTION", required=True)
+    reader(slsub.add_parser("list", help="list subscriptions with their IPv6 and host")).set_defaults(
+        func=_with_nb(_lister("subscription")))
+    hm = sub.add_parser("host-mapping", help="the host mapping (platform IPv6 -> host)")
+    hmsub = hm.add_subparsers(dest="hm_cmd", metavar="ACTION", required=True)
+    reader(hmsub.add_parser("list", help="list the host mapping")).set_defaults(
+        func=_with_nb(_lister("host-mapping")))
+
+    pl = reader(sub.add_parser("platform", help="show the platform settings"))
+    pl.set_defaults(func=_with_nb(cmd_platform_show))
+
+    sh = reader(sub.add_parser("show", help="show any object by name (VM, VNet, service, endpoint, node, region)"))
+    sh.add_argument("name")
+    sh.set_defaults(func=_with_nb(cmd_show))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("ovsdbapp").setLevel(logging.CRITICAL)
+    from .nb.commands import NbError
+    from .nb.server import NbServerError
+    try:
+        args.func(args)
+    except (AddressError, TopologyError, NbError, NbServerError, CliError) as exc:
+        print(f"vnet64: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
