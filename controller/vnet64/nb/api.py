@@ -20,22 +20,22 @@ from typing import Any, Iterable
 import ovs.db.idl
 from ovsdbapp.backend import ovs_idl
 from ovsdbapp.backend.ovs_idl import connection
+from ovsdbapp import api as ovsdbapp_api
 from ovsdbapp import exceptions as ovsdbapp_exc
 
 from .. import topology
 from . import commands as cmd
 from .commands import Conflict, Invalid, NbError, NotFound  # noqa: F401 (re-exported)
-from .server import SCHEMA_PATH
+from .server import SCHEMA_NAME, SCHEMA_PATH
 
 LOG = logging.getLogger(__name__)
-SCHEMA_NAME = "VNet64_Northbound"
 
 
 class NbUnavailable(NbError):
     pass
 
 
-class NbApi(ovs_idl.Backend):
+class NbApi(ovs_idl.Backend, ovsdbapp_api.API):
     schema = SCHEMA_NAME
     lookup_table = {t: (t, "name", None) for t in cmd.NAMED_TABLES}
 
@@ -72,7 +72,7 @@ class NbApi(ovs_idl.Backend):
         for attempt in range(retries):
             seqno = self.idl.change_seqno
             try:
-                with self.create_transaction(check_error=True, log_errors=False) as txn:
+                with self.transaction(check_error=True, log_errors=False) as txn:
                     for c in commands:
                         txn.add(c)
                 return [c.result for c in commands]

@@ -36,8 +36,9 @@ class Invalid(NbError):
 
 # Name-indexed tables and the IDL indexes commands use (created by NbApi).
 NAMED_TABLES = ("Region", "VNet", "Node", "VM", "Service", "Endpoint")
-# Only string columns: python-ovs cannot keep an index on a reference column
-# consistent when a transaction that inserted a row aborts.
+# Only string columns that no command ever modifies: python-ovs cannot keep an
+# index on a reference column consistent when a transaction that inserted a row
+# aborts, nor an index whose column this client changes in a transaction.
 EXTRA_INDEXES = {
     "Subscription": ["ipv6"],
     "Host_Mapping": ["ipv6"],

@@ -12,6 +12,10 @@ Layout of a run directory (``--run-dir``, default ``$VNET64_RUN_DIR`` or
 The server is started detached and keeps running after the command that
 started it, so later commands reuse it. A database written by an older schema
 version is converted in place before the server starts.
+
+The same class runs one member of a Raft cluster (``cluster_local`` and, to
+join, ``cluster_remotes``); clients then connect with the comma-separated list
+of the members' client remotes and the IDL finds the leader.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SCHEMA_PATH = Path(__file__).with_name("vnet64_nb.ovsschema")
+SCHEMA_NAME = "VNet64_Northbound"
 DEFAULT_RUN_DIR = "/var/lib/vnet64"
 
 
@@ -68,6 +73,10 @@ class NbServer:
 
     run_dir: Path
     extra_remotes: list[str] = field(default_factory=list)  # e.g. ["ptcp:6641:10.0.0.1"]
+    # Raft: this member's cluster address (e.g. "tcp:10.0.0.1:6643"); with no
+    # ``cluster_remotes`` it creates the cluster, otherwise it joins the members named.
+    cluster_local: str | None = None
+    cluster_remotes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -106,8 +115,16 @@ class NbServer:
     def _prepare_db(self) -> None:
         tool = _tool("ovsdb-tool")
         if not self.db_path.exists():
-            _run(tool, "create", str(self.db_path), str(SCHEMA_PATH))
+            if self.cluster_local and self.cluster_remotes:
+                _run(tool, "join-cluster", str(self.db_path), SCHEMA_NAME, self.cluster_local,
+                     *self.cluster_remotes)
+            elif self.cluster_local:
+                _run(tool, "create-cluster", str(self.db_path), str(SCHEMA_PATH), self.cluster_local)
+            else:
+                _run(tool, "create", str(self.db_path), str(SCHEMA_PATH))
             return
+        if self.cluster_local:
+            return  # a clustered database is upgraded online (ovsdb-client convert), by its leader
         needs = subprocess.run([tool, "needs-conversion", str(self.db_path), str(SCHEMA_PATH)],
                                capture_output=True, text=True)
         if needs.returncode:

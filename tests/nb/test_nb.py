@@ -1,0 +1,210 @@
+"""The NB database and the subscription workflow, against a real ovsdb-server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from ipaddress import IPv4Address
+
+import pytest
+
+from vnet64 import topology
+from vnet64.nb import api as nbapi
+from vnet64.nb.api import Conflict, Invalid, NbError, NotFound
+
+
+def _counts(api) -> dict:
+    return {t: api.count(t) for t in ("Region", "Node", "VNet", "Subnet", "VM", "Service",
+                                       "Endpoint", "Subscription", "Host_Mapping", "Platform")}
+
+
+def test_load_default_topology_subscribes_both_vms_with_different_ipv6(loaded_nb):
+    subs = {s["vm"]: s for s in loaded_nb.list("subscription")}
+    assert set(subs) == {"a-vm1", "b-vm1"}
+    assert subs["a-vm1"]["ipv4"] == subs["b-vm1"]["ipv4"] == "10.0.0.4"
+    assert subs["a-vm1"]["ipv6"] == "fd41::3930:1f:6600:a00:4"
+    assert subs["b-vm1"]["ipv6"] == "fd41::3930:20:6600:a00:4"
+    assert subs["a-vm1"]["host"] == subs["b-vm1"]["host"] == "host1"
+    mapping = {m["ipv6"]: (m["vnet"], m["ipv4"], m["host"]) for m in loaded_nb.list("host-mapping")}
+    assert mapping == {"fd41::3930:1f:6600:a00:4": ("customer-a", "10.0.0.4", "host1"),
+                       "fd41::3930:20:6600:a00:4": ("customer-b", "10.0.0.4", "host1")}
+    assert loaded_nb.platform_info() == {"platform_ip": "100.100.0.1", "translator_prefix": "fd64:64::/96",
+                                         "region": "westeurope", "appliance": "appliance"}
+
+
+def test_load_is_idempotent(loaded_nb, default_topology):
+    before = _counts(loaded_nb)
+    uuids = {r.name: r.uuid for r in loaded_nb.tables["VM"].rows.values()}
+    loaded_nb.load_topology(default_topology)
+    assert _counts(loaded_nb) == before
+    assert {r.name: r.uuid for r in loaded_nb.tables["VM"].rows.values()} == uuids
+
+
+def test_conflicting_load_writes_nothing(loaded_nb, default_topology):
+    """A file that fails half-way through (at its VMs) leaves no region, node or VNet behind."""
+    before = _counts(loaded_nb)
+    loaded_nb.add_vm("squatter", "customer-a", IPv4Address("10.0.0.9"), "host1")
+    before["VM"] += 1
+    text = (default_topology.source and open(_default_path()).read())
+    text = text.replace("  - {name: westeurope, id: 0x3930}",
+                        "  - {name: westeurope, id: 0x3930}\n  - {name: northeurope, id: 0x3931}")
+    text = text.replace("  - {name: host2, role: host, underlay_ip: 192.168.64.12}",
+                        "  - {name: host2, role: host, underlay_ip: 192.168.64.12}\n"
+                        "  - {name: host3, role: host, underlay_ip: 192.168.64.13}")
+    text = text.replace("vms:\n", "vms:\n  - {name: c-vm1, vnet: customer-a, ipv4: 10.0.0.9, host: host3}\n")
+    topo = topology.loads(text, "conflict.yaml")
+    with pytest.raises(Conflict, match="IPv4 10.0.0.9 is already used in VNet customer-a by VM 'squatter'"):
+        loaded_nb.load_topology(topo)
+    assert _counts(loaded_nb) == before
+    assert {r.name for r in loaded_nb.tables["Region"].rows.values()} == {"westeurope"}
+    # The replica is still consistent after the aborted transaction: writes still work.
+    loaded_nb.add_vm("after-abort", "customer-b", IPv4Address("10.0.0.10"), "host1")
+    assert loaded_nb.vm_info("after-abort")["host"] == "host1"
+
+
+def _default_path():
+    from tests.conftest import DEFAULT_TOPOLOGY
+    return DEFAULT_TOPOLOGY
+
+
+def test_changed_object_in_a_topology_is_a_conflict_not_an_overwrite(loaded_nb):
+    text = open(_default_path()).read().replace("id: 0x1f", "id: 0x2f")
+    with pytest.raises(Conflict, match=r"VNet 'customer-a' already exists with different settings \(id 0x1f"):
+        loaded_nb.load_topology(topology.loads(text, "changed.yaml"))
+    assert loaded_nb.vnet_info("customer-a")["vnet_id"] == "0x001f"
+
+
+def test_subscribe_validates_vm_and_service(loaded_nb):
+    with pytest.raises(NotFound, match="VM 'nope' does not exist"):
+        loaded_nb.subscribe("nope", "analytics")
+    with pytest.raises(NotFound, match="service 'nope' does not exist"):
+        loaded_nb.subscribe("a-vm1", "nope")
+    with pytest.raises(Conflict, match="VM a-vm1 is already subscribed to analytics "
+                                       r"\(address fd41::3930:1f:6600:a00:4\)"):
+        loaded_nb.subscribe("a-vm1", "analytics")
+    again = loaded_nb.subscribe("a-vm1", "analytics", may_exist=True)
+    assert again["ipv6"] == "fd41::3930:1f:6600:a00:4"
+    assert loaded_nb.count("Subscription") == 2
+
+
+def test_subscribe_refuses_a_vm_whose_ipv4_left_its_vnet(loaded_nb):
+    """Rows written behind the API's back are re-checked: nothing is assigned."""
+    loaded_nb.add_vm("drifter", "customer-a", IPv4Address("10.0.0.20"), "host1")
+    vnet = next(r for r in loaded_nb.tables["VNet"].rows.values() if r.name == "customer-a")
+    loaded_nb.db_set("VNet", vnet.uuid, ("cidrs", ["10.1.0.0/16"])).execute(check_error=True, log_errors=False)
+    with pytest.raises(Invalid, match=r"VM drifter: IPv4 10.0.0.20 is outside the ranges of VNet customer-a"):
+        loaded_nb.subscribe("drifter", "analytics")
+    assert loaded_nb.count("Subscription") == 2 and loaded_nb.count("Host_Mapping") == 2
+
+
+def test_unsubscribe_keeps_the_host_mapping_while_another_service_uses_it(loaded_nb):
+    loaded_nb.add_service(topology.Service("backup", (topology.Endpoint(
+        "bk1", nbapi_ipv6("fd00:5e:2::10"), "host2", topology.default_mac("bk1")),)))
+    loaded_nb.subscribe("a-vm1", "backup")
+    assert loaded_nb.count("Host_Mapping") == 2
+    assert loaded_nb.unsubscribe("a-vm1", "analytics") is True
+    assert {m["ipv6"] for m in loaded_nb.list("host-mapping")} >= {"fd41::3930:1f:6600:a00:4"}
+    assert loaded_nb.unsubscribe("a-vm1", "backup") is True
+    assert {m["ipv6"] for m in loaded_nb.list("host-mapping")} == {"fd41::3930:20:6600:a00:4"}
+    with pytest.raises(NotFound, match="VM a-vm1 is not subscribed to analytics"):
+        loaded_nb.unsubscribe("a-vm1", "analytics")
+    assert loaded_nb.unsubscribe("a-vm1", "analytics", if_exists=True) is False
+
+
+def nbapi_ipv6(text):
+    from ipaddress import IPv6Address
+    return IPv6Address(text)
+
+
+def test_moving_a_vm_moves_its_host_mapping(loaded_nb):
+    loaded_nb.move_vm("a-vm1", "host2")
+    assert loaded_nb.subscription_info("a-vm1", "analytics")["host"] == "host2"
+    assert loaded_nb.vm_info("a-vm1")["host"] == "host2"
+    assert loaded_nb.subscription_info("b-vm1", "analytics")["host"] == "host1"
+    with pytest.raises(Invalid, match="'appliance' is the appliance, not a host"):
+        loaded_nb.move_vm("a-vm1", "appliance")
+
+
+def test_concurrent_subscribes_of_one_pair_give_one_subscription(nb_server, loaded_nb):
+    """Two clients race on the same (VM, service): the schema's index lets one win."""
+    loaded_nb.unsubscribe("a-vm1", "analytics")
+    clients = [nbapi.connect(nb_server.remote) for _ in range(2)]
+    try:
+        for _round in range(5):
+            start = threading.Barrier(2)
+            outcomes: list = [None, None]
+
+            def race(i: int) -> None:
+                start.wait()
+                try:
+                    outcomes[i] = clients[i].subscribe("a-vm1", "analytics")["ipv6"]
+                except NbError as exc:
+                    outcomes[i] = exc
+
+            threads = [threading.Thread(target=race, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            wins = [o for o in outcomes if isinstance(o, str)]
+            losses = [o for o in outcomes if isinstance(o, Exception)]
+            assert wins == ["fd41::3930:1f:6600:a00:4"], outcomes
+            assert len(losses) == 1 and isinstance(losses[0], Conflict), outcomes
+            assert "already subscribed" in str(losses[0])
+            assert nbapi.wait_for(lambda: sum(
+                1 for s in loaded_nb.tables["Subscription"].rows.values() if s.vm.name == "a-vm1") == 1)
+            loaded_nb.unsubscribe("a-vm1", "analytics")
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_data_survives_an_ovsdb_server_restart(nb_server, loaded_nb):
+    before = sorted((s["vm"], s["ipv6"]) for s in loaded_nb.list("subscription"))
+    loaded_nb.close()
+    old_pid = nb_server.pid()
+    assert nb_server.stop()
+    assert nb_server.pid() is None
+    assert nb_server.start() != old_pid
+    with nbapi.connect(nb_server.remote) as api:
+        assert sorted((s["vm"], s["ipv6"]) for s in api.list("subscription")) == before
+        assert api.platform_info()["platform_ip"] == "100.100.0.1"
+
+
+def test_schema_holds_integrity_against_raw_writes(nb_server, loaded_nb):
+    """Even a client that skips our checks cannot break references or uniqueness."""
+    vm = next(r for r in loaded_nb.tables["VM"].rows.values() if r.name == "a-vm1")
+    with pytest.raises(RuntimeError, match="referential integrity"):
+        loaded_nb.db_destroy("VM", vm.uuid).execute(check_error=True, log_errors=False)
+    with pytest.raises(RuntimeError, match="constraint violation"):
+        loaded_nb.db_create("Region", name="westeurope", region_id=7).execute(
+            check_error=True, log_errors=False)
+    # python-ovs refuses an out-of-range value before sending it; a raw client
+    # shows the server itself enforces the schema's range.
+    op = {"op": "update", "table": "VNet", "where": [["name", "==", "customer-a"]],
+          "row": {"vnet_id": 70000}}
+    out = subprocess.run(["ovsdb-client", "transact", nb_server.remote,
+                          json.dumps(["VNet64_Northbound", op])], capture_output=True, text=True)
+    assert "constraint violation" in out.stdout + out.stderr
+    assert "70000 is not in the valid range 0 to 65535" in out.stdout + out.stderr
+    assert loaded_nb.count("VM") == 2 and loaded_nb.count("Region") == 1
+    assert loaded_nb.vnet_info("customer-a")["vnet_id"] == "0x001f"
+
+
+def test_two_apis_talk_to_their_own_servers(tmp_path, loaded_nb):
+    """ovsdbapp shares a connection per class by default; ours is per instance."""
+    from vnet64.nb.server import NbServer
+    other = NbServer(tmp_path / "other")
+    other.start()
+    try:
+        with nbapi.connect(other.remote) as api2:
+            assert api2.count("VM") == 0
+            assert loaded_nb.count("VM") == 2
+    finally:
+        other.stop()
+
+
+def test_unreachable_nb_is_a_clear_error(tmp_path):
+    with pytest.raises(nbapi.NbUnavailable, match="cannot reach the NB at unix:"):
+        nbapi.connect(f"unix:{tmp_path}/missing.sock", timeout=1)
