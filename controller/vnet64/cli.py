@@ -131,15 +131,14 @@ def cmd_nb_stop(args: argparse.Namespace) -> None:
     print("NB stopped" if server.stop() else f"no NB running in {args.run_dir}")
 
 
-def cmd_nb_status(args: argparse.Namespace) -> None:
+def cmd_nb_status(args: argparse.Namespace) -> int:
     from .nb.server import NbServer
     server = NbServer(Path(args.run_dir))
     pid = server.pid()
     data = {"running": bool(pid), "pid": pid, "remote": server.remote, "db": str(server.db_path),
             "rss_kib": server.memory_kib()}
     _emit(args, data)
-    if not pid:
-        raise SystemExit(3)
+    return 0 if pid else 3
 
 
 def cmd_load(api: Any, args: argparse.Namespace) -> None:
@@ -417,13 +416,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .nb.commands import NbError
     from .nb.server import NbServerError
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (AddressError, TopologyError, NbError, NbServerError, CliError) as exc:
         print(f"vnet64: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":
