@@ -1,0 +1,183 @@
+"""``vnet64-lab``: build, inspect and remove an OVS lab of a topology.
+
+    vnet64-lab up [TOPOLOGY]            build it (default topologies/two-tenants.yaml)
+    vnet64-lab down                     remove everything the lab made
+    vnet64-lab status [--json]          processes, bridges, controller, VM addresses
+    vnet64-lab exec TARGET -- CMD...    run CMD inside a node / VM / endpoint namespace
+    vnet64-lab flows NODE [--bridge B]  ovs-ofctl dump-flows of that node, with table names
+    vnet64-lab capture TARGET IFACE     tcpdump inside that namespace
+
+TARGET is a node, VM or service-endpoint name, or ``kind:name`` with kind one of
+node, vm, endpoint, xlat (a host's translator), or ``ctl`` / ``fabric``.
+Options before the subcommand: ``--prefix`` (namespace prefix, env
+``VNET64_LAB_PREFIX``, default ``v64-``) and ``--run-dir`` (env
+``VNET64_LAB_RUN_DIR``, default ``/run/vnet64-lab``). Exit status 2 = bad input
+(nothing was created), 1 = the lab failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from vnet64.topology import TopologyError
+
+from . import plan as P
+from . import sh
+from .lab import DEFAULT_TOPOLOGY, Lab
+from .ovs import OvsNode
+from .sh import LabError
+
+
+def resolve(plan: P.Plan, target: str) -> tuple[str, str, P.NodePlan | None]:
+    """TARGET -> (kind:name, namespace, node plan if it is a node)."""
+    targets = plan.targets()
+    if target in targets:
+        key = target
+    else:
+        # Bare names are nodes, VMs and endpoints; a translator is always xlat:HOST.
+        matches = [k for k in targets
+                   if k.split(":", 1)[-1] == target and not k.startswith("xlat:")]
+        if not matches:
+            raise LabError(f"unknown target {target!r}; one of: {', '.join(sorted(targets))}")
+        if len(matches) > 1:
+            raise LabError(f"{target!r} is ambiguous ({', '.join(matches)}): use kind:name")
+        key = matches[0]
+    node = next((n for n in plan.nodes if key == f"node:{n.name}"), None)
+    return key, targets[key], node
+
+
+def _print_status(st: dict) -> None:
+    if not st.get("phase"):
+        left = st.get("namespaces") or []
+        print("lab: down" + (f" (but namespaces left: {', '.join(left)})" if left else ""))
+        return
+    print(f"lab: {st['phase']}  topology: {st['topology']}  prefix: {st['prefix']}  "
+          f"run dir: {st['run_dir']}" + (f"  (up in {st['up_seconds']}s)" if st.get("up_seconds")
+                                         else ""))
+    print(f"nb: {'pid ' + str(st['nb']['pid']) if st['nb']['pid'] else 'NOT RUNNING'}  "
+          f"remotes: {', '.join(st['nb']['remotes'])}")
+    print(f"controller: {st['controller']['state']}  target: {st['controller']['target']}")
+    print()
+    for n in st["nodes"]:
+        procs = " ".join(f"{d}={'pid ' + str(n[k]) if n[k] else 'DOWN'}"
+                         for d, k in (("ovsdb-server", "ovsdb_server"),
+                                      ("ovs-vswitchd", "ovs_vswitchd")))
+        print(f"{n['name']} ({n['role']}) ns {n['namespace']}  underlay {n['underlay_ip']}  "
+              f"mgmt {n['management_ip']}  {procs}")
+        for name, br in sorted(n.get("bridges", {}).items()):
+            ctl = ", ".join(f"{c['target']} {'connected' if c['connected'] else 'not connected'}"
+                            for c in br["controllers"]) or "none"
+            dpid = f" dpid {br['datapath_id']}" if br["datapath_id"] else ""
+            print(f"    {name}: {br['datapath_type']}{dpid} fail-mode {br['fail_mode'] or '-'} "
+                  f"controller {ctl}; ports {' '.join(br['ports'])}")
+        if n.get("ovsdb_error"):
+            print(f"    ovsdb: {n['ovsdb_error']}")
+    print()
+    for t in st["translators"]:
+        print(f"translator of {t['host']}: ns {t['namespace']}  "
+              f"TAYGA {'pid ' + str(t['tayga']) if t['tayga'] else 'DOWN'}")
+    for v in st["vifs"]:
+        got = v["addresses"]
+        mark = "" if got is not None and sorted(got) == sorted(v["expected"]) else \
+            f"  (expected {', '.join(v['expected'])})"
+        print(f"{v['kind']} {v['name']} on {v['host']} port {v['port']}: "
+              f"{', '.join(got) if got else 'no address'}{mark}")
+    if st.get("problems"):
+        print("\nproblems:\n  " + "\n  ".join(st["problems"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vnet64-lab", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prefix", help="namespace prefix (default $VNET64_LAB_PREFIX or v64-)")
+    parser.add_argument("--run-dir", help="run directory (default $VNET64_LAB_RUN_DIR or "
+                                          "/run/vnet64-lab)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("up", help="build the lab of a topology file")
+    p.add_argument("topology", nargs="?", default=DEFAULT_TOPOLOGY)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("down", help="remove everything the lab made")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("status", help="processes, bridges, controller, addresses")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("exec", help="run a command inside a lab namespace")
+    p.add_argument("target")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p = sub.add_parser("flows", help="dump a node's flows (table names shown)")
+    p.add_argument("node")
+    p.add_argument("--bridge", default="br-int")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="more ovs-ofctl dump-flows args")
+    p = sub.add_parser("capture", help="tcpdump on an interface inside a lab namespace")
+    p.add_argument("target")
+    p.add_argument("iface")
+    p.add_argument("filter", nargs=argparse.REMAINDER, help="tcpdump options / filter")
+    args = parser.parse_args(argv)
+
+    try:
+        lab = Lab(args.prefix, args.run_dir)
+        if args.cmd == "up":
+            result = lab.up(args.topology)
+            if args.json:
+                print(json.dumps(result, indent=2))
+            elif result["already_up"]:
+                print(f"lab of {result['topology']} is already up")
+            else:
+                steps = ", ".join(f"{k} {v}s" for k, v in result["steps"].items())
+                print(f"lab of {result['topology']} up in {result['seconds']}s ({steps}); "
+                      f"controller: {result['controller']}")
+            return 0
+        if args.cmd == "down":
+            result = lab.down()
+            print(json.dumps(result, indent=2) if args.json else
+                  f"lab down in {result['seconds']}s: {result['namespaces']} namespaces removed, "
+                  f"{len(result['stopped'])} processes stopped")
+            return 0
+        if args.cmd == "status":
+            st = lab.status()
+            if args.json:
+                print(json.dumps(st, indent=2, default=str))
+            else:
+                _print_status(st)
+            return 0 if st.get("up") and not st.get("problems") else 1
+        plan = lab.plan()
+        if args.cmd == "exec":
+            cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+            if not cmd:
+                raise LabError("exec needs a command: vnet64-lab exec TARGET -- CMD...")
+            _, ns, node = resolve(plan, args.target)
+            env = dict(os.environ)
+            if node:  # ovs-vsctl / ovs-appctl / ovs-ofctl find this node's daemons
+                env.update(OvsNode(node.name, node.ns, node.run_dir).env())
+            os.execvpe(sh.tool("ip"), ["ip", "netns", "exec", ns, *cmd], env)
+        if args.cmd == "flows":
+            key, _, node = resolve(plan, args.node if ":" in args.node else f"node:{args.node}")
+            assert node is not None
+            extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+            ovs = OvsNode(node.name, node.ns, node.run_dir)
+            sys.stdout.write(ovs.ofctl("-O", "OpenFlow15", "dump-flows", "--names", args.bridge,
+                                       *extra))
+            return 0
+        if args.cmd == "capture":
+            _, ns, _ = resolve(plan, args.target)
+            extra = args.filter[1:] if args.filter[:1] == ["--"] else args.filter
+            os.execv(sh.tool("ip"), ["ip", "netns", "exec", ns, "tcpdump", "-i", args.iface,
+                                     "-nn", "-e", "-l", *extra])
+    except TopologyError as exc:
+        print(f"vnet64-lab: invalid topology: {exc}", file=sys.stderr)
+        return 2
+    except LabError as exc:
+        print(f"vnet64-lab: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _main_guard() -> Any:  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _main_guard()
