@@ -56,7 +56,8 @@ DEFAULT_TOPOLOGY = "topologies/two-tenants.yaml"
 STATE_FILE = "state.json"
 TOPOLOGY_COPY = "topology.yaml"
 CONTROLLER_MODULE = "vnet64.controller"
-OF_PROTOCOLS = ["OpenFlow13", "OpenFlow14", "OpenFlow15"]
+# OpenFlow10 too, so a plain `ovs-ofctl dump-flows br-int` (no -O) works in the lab.
+OF_PROTOCOLS = ["OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15"]
 PIDFILE_COMMS = {"ovsdb-server.pid": "ovsdb-server", "ovs-vswitchd.pid": "ovs-vswitchd",
                  "nb.pid": "ovsdb-server", "tayga.pid": "tayga"}
 
@@ -214,7 +215,7 @@ class Lab:
         code = ("import sys; from vnet64.nb.server import NbServer; "
                 "NbServer(sys.argv[1], extra_remotes=[sys.argv[2]]).start()")
         sh.in_ns(plan.ctl_ns, [sys.executable, "-c", code, plan.nb_run_dir,
-                               f"p{plan.nb_tcp_remote}"])
+                               plan.nb_listen_remote])
         api = nb_api.connect(NbServer(Path(plan.nb_run_dir)).remote)
         try:
             api.load_topology(plan.topology)
@@ -285,9 +286,12 @@ class Lab:
             api.close()
 
         # The underlay address lives on br-phy's tap (created by vswitchd).
-        sh.wait_for(lambda: sh.ip(n.ns, "link", "show", "br-phy", check=False).returncode == 0,
-                    10, f"br-phy device in {n.ns}")
-        sh.ip_batch(n.ns, [f"addr replace {n.underlay_ip} dev br-phy", "link set br-phy up"])
+        for dev in ("br-phy", "br-int"):
+            sh.wait_for(lambda: sh.ip(n.ns, "link", "show", dev, check=False).returncode == 0,
+                        10, f"the {dev} device in {n.ns}")
+        # br-int's own tap carries no address; it is up so tests and users can capture on it.
+        sh.ip_batch(n.ns, [f"addr replace {n.underlay_ip} dev br-phy", "link set br-phy up",
+                           "link set br-int up"])
         # OVS drops the packet that triggers a tunnel-neighbour lookup: seed them all.
         for other in plan.nodes:
             if other.name != n.name:

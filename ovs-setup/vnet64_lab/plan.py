@@ -121,6 +121,11 @@ class Plan:
         return f"tcp:{self.controller_ip.ip}:{NB_PORT}"
 
     @property
+    def nb_listen_remote(self) -> str:
+        """ovsdb-server's passive remote on the management network (``ptcp:PORT:IP``)."""
+        return f"ptcp:{NB_PORT}:{self.controller_ip.ip}"
+
+    @property
     def nb_run_dir(self) -> str:
         return f"{self.run_dir}/nb"
 
