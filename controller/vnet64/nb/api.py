@@ -135,6 +135,12 @@ class NbApi(ovs_idl.Backend, ovsdbapp_api.API):
         self.run(cmd.SubscribeCommand(self, vm, service, may_exist))
         return self.subscription_info(vm, service)
 
+    def subscribe_many(self, pairs: Iterable[tuple[str, str]], may_exist: bool = False) -> int:
+        """Several subscriptions in one transaction (bulk imports): all or none."""
+        commands = [cmd.SubscribeCommand(self, vm, service, may_exist) for vm, service in pairs]
+        self.run(*commands)
+        return len(commands)
+
     def unsubscribe(self, vm: str, service: str, if_exists: bool = False) -> bool:
         return self.run(cmd.UnsubscribeCommand(self, vm, service, if_exists))[0]
 
@@ -173,10 +179,10 @@ class NbApi(ovs_idl.Backend, ovsdbapp_api.API):
 
     def vm_info(self, name_or_row: Any) -> dict:
         row = cmd.get(self, "VM", name_or_row) if isinstance(name_or_row, str) else name_or_row
-        subs = sorted(s.service.name for s in cmd.lookup(self, "Subscription", vm=row))
+        subs = sorted(s.service.name for s in cmd.subscriptions_of(self, row))
         return {"name": row.name, "vnet": row.vnet.name, "subnet": row.subnet.name,
                 "ipv4": row.ipv4, "mac": row.mac, "host": row.host.name,
-                "platform_ipv6": str(cmd.platform_address(self, row).ipv6),
+                "platform_ipv6": str(cmd.vm_address(row).ipv6),
                 "subscriptions": subs}
 
     def service_info(self, name_or_row: Any) -> dict:
@@ -197,7 +203,7 @@ class NbApi(ovs_idl.Backend, ovsdbapp_api.API):
     def subscription_info(self, vm: str, service: str) -> dict:
         vm_row = cmd.get(self, "VM", vm)
         svc_row = cmd.get(self, "Service", service)
-        row = next(iter(cmd.lookup(self, "Subscription", vm=vm_row, service=svc_row)), None)
+        row = next(iter(cmd.subscriptions_of(self, vm_row, svc_row)), None)
         if row is None:
             raise NotFound(f"VM {vm} is not subscribed to {service}")
         return self._subscription_dict(row)

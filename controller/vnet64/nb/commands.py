@@ -108,19 +108,30 @@ def vnet_model(api: Any, row: Any) -> topology.VNet:
                          IPv4Address(vip) if vip else None)
 
 
-def platform_address(api: Any, vm_row: Any) -> address.PlatformAddress:
-    """The platform IPv6 address of a VM row, validated against its VNet."""
+def vm_address(vm_row: Any) -> address.PlatformAddress:
+    """The platform IPv6 address the codec gives a VM row (no range check)."""
     vnet = vm_row.vnet
-    model = vnet_model(api, vnet)
-    ipv4 = IPv4Address(vm_row.ipv4)
-    try:
-        model.check_vm_ipv4(ipv4)
-    except (TopologyError, address.AddressError) as exc:
-        raise Invalid(f"VM {vm_row.name}: {exc}") from None
     vip = _opt(vnet.snat_vip)
     return address.PlatformAddress(
         region=vnet.region.region_id, vnet=vnet.vnet_id, subnet=vm_row.subnet.subnet_id,
-        ipv4=ipv4, snat_vip=IPv4Address(vip) if vip else address.DEFAULT_SNAT_VIP)
+        ipv4=IPv4Address(vm_row.ipv4), snat_vip=IPv4Address(vip) if vip else address.DEFAULT_SNAT_VIP)
+
+
+def platform_address(api: Any, vm_row: Any) -> address.PlatformAddress:
+    """The platform IPv6 address of a VM row, validated against its VNet."""
+    try:
+        vnet_model(api, vm_row.vnet).check_vm_ipv4(IPv4Address(vm_row.ipv4))
+    except (TopologyError, address.AddressError) as exc:
+        raise Invalid(f"VM {vm_row.name}: {exc}") from None
+    return vm_address(vm_row)
+
+
+def subscriptions_of(api: Any, vm_row: Any, service_row: Any = None) -> list:
+    """A VM's subscriptions (to one service, if given), found through the ipv6 index."""
+    match = {"ipv6": str(vm_address(vm_row).ipv6), "vm": vm_row}
+    if service_row is not None:
+        match["service"] = service_row
+    return lookup(api, "Subscription", **match)
 
 
 # ---------------------------------------------------------------------------
@@ -352,7 +363,7 @@ class SubscribeCommand(_Command):
             for col in ("vnet", "ipv4", "subnet", "host"):
                 vm.verify(col)
         addr = platform_address(self.api, vm)
-        existing = _one(lookup(self.api, "Subscription", vm=vm, service=service))
+        existing = _one(subscriptions_of(self.api, vm, service))
         if existing is not None:
             if not self.may_exist:
                 raise Conflict(f"VM {self.vm} is already subscribed to {self.service} "
@@ -379,13 +390,13 @@ class UnsubscribeCommand(_Command):
     def run_idl(self, txn: Any) -> None:
         vm = get(self.api, "VM", self.vm)
         service = get(self.api, "Service", self.service)
-        sub = _one(lookup(self.api, "Subscription", vm=vm, service=service))
+        sub = _one(subscriptions_of(self.api, vm, service))
         self.result = False
         if sub is None:
             if self.if_exists:
                 return
             raise NotFound(f"VM {self.vm} is not subscribed to {self.service}")
-        others = [s for s in lookup(self.api, "Subscription", vm=vm) if s.uuid != sub.uuid]
+        others = [s for s in subscriptions_of(self.api, vm) if s.uuid != sub.uuid]
         if not others:
             for mapping in lookup(self.api, "Host_Mapping", ipv6=sub.ipv6):
                 mapping.delete()

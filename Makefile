@@ -1,0 +1,27 @@
+# The two commands a user needs (as root, on Debian 12):
+#   make demo   set everything up and run the main demo on topologies/two-tenants.yaml
+#   make test   set everything up and run the whole test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TOPOLOGY ?= topologies/two-tenants.yaml
+PYTEST_ARGS ?=
+
+.PHONY: setup test unit demo bench clean
+
+setup:
+	@VENV=$(VENV) ./scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: setup
+	@VENV=$(VENV) ./scripts/demo.sh $(TOPOLOGY)
+
+bench: setup
+	$(PY) benchmarks/nb_scale.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info controller/*.egg-info
