@@ -241,6 +241,11 @@ class VNet:
     subnets: tuple[Subnet, ...] = ()
     snat_vip: IPv4Address | None = None
 
+    def normalized(self) -> "VNet":
+        """The same VNet with ranges and subnets in a canonical order (for comparison)."""
+        return VNet(self.name, self.region, self.vnet_id, tuple(sorted(self.cidrs)),
+                    tuple(sorted(self.subnets, key=lambda s: s.name)), self.snat_vip)
+
     def check_vm_ipv4(self, ipv4: IPv4Address) -> None:
         address.check_in_ranges(ipv4, self.cidrs, f"VNet {self.name}")
         net = next(n for n in self.cidrs if ipv4 in n)

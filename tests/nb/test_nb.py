@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from tests.conftest import ROOT
 from vnet64 import topology
 from vnet64.nb import api as nbapi
 from vnet64.nb.api import Conflict, Invalid, NbError, NotFound
@@ -39,6 +40,28 @@ def test_load_is_idempotent(loaded_nb, default_topology):
     loaded_nb.load_topology(default_topology)
     assert _counts(loaded_nb) == before
     assert {r.name: r.uuid for r in loaded_nb.tables["VM"].rows.values()} == uuids
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "topologies").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_topology_loads_twice_unchanged(nb, path):
+    topo = topology.load(path)
+    nb.load_topology(topo)
+    before = _counts(nb)
+    assert before["Subscription"] == len(topo.subscriptions) and before["VM"] == len(topo.vms)
+    nb.load_topology(topo)
+    assert _counts(nb) == before
+
+
+def test_vnet_order_of_ranges_and_subnets_does_not_matter(loaded_nb):
+    vnet = topology.VNet("multi", "westeurope", 0x77,
+                         (IPv4Network("10.2.0.0/16"), IPv4Network("10.1.0.0/16")),
+                         (topology.Subnet("zeta", 2, IPv4Network("10.2.0.0/24")),
+                          topology.Subnet("alpha", 1, IPv4Network("10.1.0.0/24"))))
+    loaded_nb.add_vnet(vnet)
+    loaded_nb.add_vnet(vnet, may_exist=True)
+    with pytest.raises(Conflict, match="already exists with different settings"):
+        loaded_nb.add_vnet(topology.VNet("multi", "westeurope", 0x77, vnet.cidrs, vnet.subnets[:1]),
+                           may_exist=True)
 
 
 def test_conflicting_load_writes_nothing(loaded_nb, default_topology):

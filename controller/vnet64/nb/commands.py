@@ -139,9 +139,6 @@ def subscriptions_of(api: Any, vm_row: Any, service_row: Any = None) -> list:
 
 
 class _Command(command.BaseCommand):
-    def __init__(self, api: Any):
-        super().__init__(api)
-
     def _existing(self, table: str, name: str, may_exist: bool, wanted: dict[str, Any],
                   current: Any) -> Any:
         """Handle a name that already exists: identical + may_exist -> reuse, else Conflict."""
@@ -149,7 +146,10 @@ class _Command(command.BaseCommand):
         if row is None:
             return None
         label = f"{table_label(table)} {name!r}"
-        diffs = [f"{k} is {current(row, k)!r}, not {v!r}" for k, v in wanted.items()
+        def show(key: str, value: Any) -> str:
+            return f"{value:#018x}" if key == "datapath_id" else repr(value)
+
+        diffs = [f"{k} is {show(k, current(row, k))}, not {show(k, v)}" for k, v in wanted.items()
                  if current(row, k) != v]
         if diffs:
             raise Conflict(f"{label} already exists with different settings: {'; '.join(diffs)}")
@@ -242,7 +242,7 @@ class AddVNetCommand(_Command):
         existing = find(self.api, "VNet", v.name)
         if existing is not None:
             current = vnet_model(self.api, existing)
-            if current != v:
+            if current.normalized() != v.normalized():
                 raise Conflict(f"VNet {v.name!r} already exists with different settings "
                                f"(id {current.vnet_id:#x}, ranges {', '.join(map(str, current.cidrs))}, "
                                f"subnets {', '.join(f'{s.name} {s.subnet_id:#x} {s.cidr}' for s in current.subnets)})")
