@@ -22,15 +22,15 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 
-from vnet64_lab import Lab  # noqa: E402
-from vnet64_lab import settings as lab_settings  # noqa: E402
+from vnet64_lab import Lab
+from vnet64_lab import settings as lab_settings
 
 PREFIX = "v64k-"
 RUN_DIR = "/run/vnet64-lab-bench"
@@ -76,7 +76,7 @@ def main() -> int:
     lines = [
         "# Lab bring-up / tear-down",
         "",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
         f"{os.cpu_count()} CPUs, kernel {platform.release()}, {args.runs} runs per topology. "
         "Seconds: median (min-max). `up` is from the call until every node's OVS has "
         "learned its underlay route; `down` until no namespace, process or run dir is left.",

@@ -287,7 +287,7 @@ class Lab:
 
         # The underlay address lives on br-phy's tap (created by vswitchd).
         for dev in ("br-phy", "br-int"):
-            sh.wait_for(lambda: sh.ip(n.ns, "link", "show", dev, check=False).returncode == 0,
+            sh.wait_for(lambda d=dev: sh.ip(n.ns, "link", "show", d, check=False).returncode == 0,
                         10, f"the {dev} device in {n.ns}")
         # br-int's own tap carries no address; it is up so tests and users can capture on it.
         sh.ip_batch(n.ns, [f"addr replace {n.underlay_ip} dev br-phy", "link set br-phy up",
@@ -352,7 +352,7 @@ class Lab:
                 f"dev {P.XLAT_NS_IF} nud permanent"], family="-6")
             pidfile = run_dir / "tayga.pid"
             sh.in_ns(t.ns, [sh.tool("tayga"), "-c", str(conf), "-p", str(pidfile)])
-            sh.wait_for(lambda: (pid := sh.read_pid(pidfile)) and sh.proc_alive(pid, "tayga"),
+            sh.wait_for(lambda f=pidfile: (pid := sh.read_pid(f)) and sh.proc_alive(pid, "tayga"),
                         10, f"TAYGA of {t.host}")
 
     def _controller(self, plan: P.Plan) -> str:
@@ -361,15 +361,14 @@ class Lab:
             return "not installed"
         ctl_dir = self.run_dir / "ctl"
         ctl_dir.mkdir(parents=True, exist_ok=True)
-        log = open(ctl_dir / "controller.log", "ab")
-        proc = subprocess.Popen(
-            [sh.tool("ip"), "netns", "exec", plan.ctl_ns, sys.executable, "-m", CONTROLLER_MODULE,
-             "--ofp-listen-host", str(plan.controller_ip.ip),
-             "--ofp-tcp-listen-port", str(P.OF_PORT),
-             "--vnet64-nb-remote", plan.nb_tcp_remote],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        log.close()
+        with open(ctl_dir / "controller.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sh.tool("ip"), "netns", "exec", plan.ctl_ns, sys.executable, "-m",
+                 CONTROLLER_MODULE, "--ofp-listen-host", str(plan.controller_ip.ip),
+                 "--ofp-tcp-listen-port", str(P.OF_PORT),
+                 "--vnet64-nb-remote", plan.nb_tcp_remote],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
         (ctl_dir / "controller.pid").write_text(f"{proc.pid}\n")
         return f"started (pid {proc.pid})"
 
@@ -378,7 +377,7 @@ class Lab:
         net = str(plan.settings.underlay_cidr)
         for n in plan.nodes:
             node = OvsNode(n.name, n.ns, n.run_dir)
-            sh.wait_for(lambda: net in node.appctl("ovs/route/show", check=False), 10,
+            sh.wait_for(lambda node=node: net in node.appctl("ovs/route/show", check=False), 10,
                         f"the underlay route {net} in {n.name}'s OVS")
 
     # -- down ---------------------------------------------------------------
@@ -398,9 +397,9 @@ class Lab:
                 if not pid or not sh.proc_alive(pid):
                     continue
                 comm = PIDFILE_COMMS.get(pidfile.name)
-                if (comm and sh.proc_alive(pid, comm)) or _proc_ns_inode(pid) in inodes:
-                    if terminate(pid, _comm(pid)):
-                        stopped.append(f"{pidfile.name.removesuffix('.pid')}[{pid}]")
+                ours_ = (comm and sh.proc_alive(pid, comm)) or _proc_ns_inode(pid) in inodes
+                if ours_ and terminate(pid, _comm(pid)):
+                    stopped.append(f"{pidfile.name.removesuffix('.pid')}[{pid}]")
         # Anything else still running inside the lab's namespaces was started in them
         # (by the lab, or through `vnet64-lab exec`): stop it so the namespaces can go.
         for ns in ours:

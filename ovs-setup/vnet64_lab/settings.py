@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from vnet64 import topology
 from vnet64.topology import Topology, TopologyError
 
@@ -76,7 +75,7 @@ def _key_lines(topo: Topology) -> dict[str, int]:
     """Line of each key under ``lab:`` (the model keeps values only); {} if unknown."""
     try:
         text = Path(topo.source).read_text() if Path(topo.source).is_file() else ""
-        doc = yaml.load(text, Loader=topology._LineLoader) if text else None  # noqa: S506
+        doc = yaml.load(text, Loader=topology._LineLoader) if text else None
     except Exception:  # best effort: only used to point at a line
         return {}
     lab = doc.get("lab") if isinstance(doc, dict) else None

@@ -10,8 +10,8 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 
 class LabError(RuntimeError):
@@ -40,7 +40,7 @@ def check_tools() -> None:
 def run(args: list[str], env: Mapping[str, str] | None = None, check: bool = True,
         input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **env} if env else None
-    proc = subprocess.run(args, capture_output=True, text=True, env=full_env, input=input,
+    proc = subprocess.run(args, check=False, capture_output=True, text=True, env=full_env, input=input,
                           timeout=timeout)
     if check and proc.returncode:
         raise LabError(f"{' '.join(args)} failed ({proc.returncode}): "

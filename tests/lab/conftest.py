@@ -16,10 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from vnet64_lab import Lab
+from vnet64_lab import Lab, sh
 from vnet64_lab import plan as P
-from vnet64_lab import sh
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGIES = sorted((ROOT / "topologies").glob("*.yaml"))
@@ -91,7 +89,7 @@ class Capture:
         out, _ = self.proc.communicate(timeout=5)
         return out
 
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from vnet64.topology import TopologyError
 from vnet64_lab import Lab, sh
 
@@ -104,7 +103,7 @@ def test_cli_reports_bad_input_with_exit_status_2(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "vnet64_lab.cli", "--prefix", PREFIX,
                            "--run-dir", str(run_dir), "up", str(path)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "invalid topology: bad.yaml:" in proc.stderr and "duplicate underlay IP" in proc.stderr
     _assert_nothing_created(run_dir)

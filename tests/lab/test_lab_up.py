@@ -13,12 +13,11 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
-
 from vnet64 import gateway
 from vnet64.nb import api as nb_api
 from vnet64.nb.server import NbServer
-from vnet64_lab import sh
 from vnet64_lab import plan as P
+from vnet64_lab import sh
 from vnet64_lab.ovs import OvsNode
 
 from .conftest import TEST_PREFIX, TEST_RUN_DIR, Capture, node_ofctl, until_captured
@@ -129,7 +128,7 @@ def test_geneve_packets_cross_the_fabric(lab, test_flows):
         underlay = Capture(plan.fabric_ns, dst.fabric_if, "udp dst port 6081")
         inner = Capture(dst.ns, "br-int", f"udp port {40000 + i}", extra=("-A",))
 
-        def send() -> None:
+        def send(src=src, dst=dst, frame=frame, vni=vni) -> None:
             node_ofctl(plan, src.name, "packet-out", "br-int",
                        f"in_port=controller packet={frame} actions="
                        f"set_field:{dst.underlay_ip.ip}->tun_dst,set_field:{vni}->tun_id,"
@@ -198,7 +197,7 @@ def test_translator_namespace_translates(lab, test_flows):
               / Raw(PROBE_PAYLOAD))
         ns = plan.node(t.host).ns
         with Capture(ns, P.XLAT_PORT, "udp and (port 41000 or port 41001)", count=4) as cap:
-            out, = until_captured([cap], lambda: [node_ofctl(
+            out, = until_captured([cap], lambda t=t, v6=v6, v4=v4: [node_ofctl(
                 plan, t.host, "packet-out", "br-int",
                 f"in_port=controller packet={bytes(p).hex()} actions=output:{P.XLAT_PORT}")
                 for p in (v6, v4)])
@@ -218,7 +217,7 @@ def test_up_twice_is_harmless(lab):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*LAB_CLI, "--prefix", TEST_PREFIX, "--run-dir", TEST_RUN_DIR, *args],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_cli_status_exec_flows(lab, test_flows):

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from vnet64_lab import sh
 from vnet64_lab.ovs import OvsNode
 

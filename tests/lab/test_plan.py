@@ -5,7 +5,6 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 import pytest
-
 from vnet64 import topology
 from vnet64_lab import plan as P
 from vnet64_lab import settings
@@ -25,7 +24,7 @@ def test_shipped_topologies_are_valid_lab_topologies(path):
 
 
 def test_default_mtus_make_translated_and_encapsulated_packets_fit():
-    topo, s = settings.load(ROOT / "topologies" / "two-tenants.yaml")
+    _, s = settings.load(ROOT / "topologies" / "two-tenants.yaml")
     assert (s.underlay_mtu, s.geneve_option_bytes) == (1500, 8)
     assert s.overlay_mtu == 1500 - 50 - 8 == 1442
     assert s.vm_mtu == s.overlay_mtu - 20 == 1422
