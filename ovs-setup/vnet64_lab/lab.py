@@ -128,7 +128,7 @@ class Lab:
 
     def up(self, topology_path: str | Path = DEFAULT_TOPOLOGY) -> dict:
         """Build the lab; a no-op when the same topology is already up and healthy."""
-        topology_path = Path(topology_path).resolve()
+        topology_path = find_topology(topology_path)
         plan = self.plan(topology_path)  # validation: raises before anything exists
         sh.check_tools()
         digest = hashlib.sha256(topology_path.read_bytes()).hexdigest()
@@ -481,6 +481,15 @@ class Lab:
                 "controller": {"state": controller, "target": plan.controller_target},
                 "nodes": nodes, "vifs": vifs, "translators": translators,
                 "problems": self.health() if state.get("phase") == "up" else []}
+
+
+def find_topology(path: str | Path) -> Path:
+    """``path`` as given (relative to the current directory), else relative to the repo."""
+    path = Path(path)
+    repo_relative = Path(__file__).resolve().parents[2] / path
+    if not path.exists() and not path.is_absolute() and repo_relative.exists():
+        return repo_relative
+    return path.resolve()
 
 
 def tayga_conf(t: P.TranslatorPlan, prefix: str) -> str:
