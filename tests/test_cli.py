@@ -172,3 +172,17 @@ def test_installed_script_reports_errors_on_stderr_with_exit_status(run_dir):
     assert proc.returncode == 0
     for word in ("address", "load", "vnet", "vm", "service", "subscribe", "unsubscribe", "show", "--nb"):
         assert word in proc.stdout
+
+
+def test_nb_option_talks_to_a_named_server_and_not_the_embedded_one(vnet64, run_dir, tmp_path):
+    other = NbServer(tmp_path / "elsewhere")
+    other.start()
+    try:
+        assert vnet64("--nb", other.remote, "load", DEFAULT)[0] == 0
+        code, out, _ = vnet64("--nb", other.remote, "vm", "list", "--json")
+        assert code == 0 and len(json.loads(out)) == 2
+        assert not run_dir.exists()  # the embedded NB was never started
+        code, _, err = vnet64("--nb", f"unix:{tmp_path}/nothing.sock", "--timeout", "1", "vm", "list")
+        assert code == 1 and "cannot reach the NB at unix:" in err
+    finally:
+        other.stop()

@@ -231,3 +231,29 @@ def test_two_apis_talk_to_their_own_servers(tmp_path, loaded_nb):
 def test_unreachable_nb_is_a_clear_error(tmp_path):
     with pytest.raises(nbapi.NbUnavailable, match="cannot reach the NB at unix:"):
         nbapi.connect(f"unix:{tmp_path}/missing.sock", timeout=1)
+
+
+def test_database_from_an_older_schema_is_converted_on_start(tmp_path):
+    """An NB written by an older vnet64 is upgraded in place, its data kept."""
+    from vnet64.nb.server import SCHEMA_PATH, NbServer
+    old = json.loads(SCHEMA_PATH.read_text())
+    old["version"] = "0.9.0"
+    del old["tables"]["VNet"]["columns"]["snat_vip"]
+    old_schema = tmp_path / "old.ovsschema"
+    old_schema.write_text(json.dumps(old))
+    server = NbServer(tmp_path / "nb")
+    server.run_dir.mkdir()
+    subprocess.run(["ovsdb-tool", "create", str(server.db_path), str(old_schema)], check=True)
+    op = {"op": "insert", "table": "Region", "row": {"name": "legacy", "region_id": 9}}
+    subprocess.run(["ovsdb-tool", "transact", str(server.db_path),
+                    json.dumps(["VNet64_Northbound", op])], check=True, capture_output=True)
+    server.start()
+    try:
+        version = subprocess.run(["ovsdb-client", "get-schema-version", server.remote, "VNet64_Northbound"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        assert version == json.loads(SCHEMA_PATH.read_text())["version"]
+        with nbapi.connect(server.remote) as api:
+            assert [r["name"] for r in api.list("region")] == ["legacy"]
+            assert "snat_vip" in api.tables["VNet"].columns
+    finally:
+        server.stop()

@@ -14,6 +14,7 @@ would make a second NbApi silently talk to the first one's server).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Iterable
 
@@ -250,18 +251,30 @@ class NbApi(ovs_idl.Backend, ovsdbapp_api.API):
 def connect(remote: str, timeout: float = 10.0) -> NbApi:
     """Connect to an NB at ``remote`` (``unix:PATH``, ``tcp:IP:PORT``, or a
     comma-separated list of Raft cluster members; the leader is found for you)."""
+    members = [r.strip() for r in remote.split(",") if r.strip()]
+    if not members:
+        raise NbUnavailable("no NB remote given")
+    missing = [m for m in members if m.startswith("unix:") and not os.path.exists(m[5:])]
+    if missing and len(missing) == len(members):
+        raise NbUnavailable(f"cannot reach the NB at {remote}: {missing[0][5:]} does not exist "
+                            f"(is the NB running? 'vnet64 nb start' starts the embedded one)")
     helper = ovs.db.idl.SchemaHelper(location=str(SCHEMA_PATH))
     helper.register_all()
     idl = ovs.db.idl.Idl(remote, helper, leader_only=True)
     conn = connection.Connection(idl, timeout=timeout)
     try:
         return NbApi(conn)
-    except ovsdbapp_exc.OvsdbConnectionUnavailable as exc:
+    except Exception as exc:  # OvsdbConnectionUnavailable wrapping a timeout or socket error
         idl.close()
-        raise NbUnavailable(f"cannot reach the NB at {remote}: {exc.__cause__ or exc}") from None
-    except Exception as exc:  # TimeoutException from the first wait, socket errors
-        idl.close()
-        raise NbUnavailable(f"cannot reach the NB at {remote} within {timeout:g}s ({exc})") from None
+        cause = exc.__cause__ or exc
+        if isinstance(cause, ovsdbapp_exc.TimeoutException):
+            reason = f"no answer within {timeout:g}s"
+        else:
+            try:
+                reason = str(cause) or type(cause).__name__
+            except Exception:  # some ovsdbapp exceptions cannot format themselves
+                reason = type(cause).__name__
+        raise NbUnavailable(f"cannot reach the NB at {remote}: {reason}") from None
 
 
 def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> bool:
