@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import DEFAULT_TOPOLOGY, ROOT
 from vnet64 import topology
 from vnet64.nb import api as nbapi
 from vnet64.nb.api import Conflict, Invalid, NbError, NotFound
@@ -69,7 +69,7 @@ def test_conflicting_load_writes_nothing(loaded_nb, default_topology):
     before = _counts(loaded_nb)
     loaded_nb.add_vm("squatter", "customer-a", IPv4Address("10.0.0.9"), "host1")
     before["VM"] += 1
-    text = (default_topology.source and open(_default_path()).read())
+    text = DEFAULT_TOPOLOGY.read_text()
     text = text.replace("  - {name: westeurope, id: 0x3930}",
                         "  - {name: westeurope, id: 0x3930}\n  - {name: northeurope, id: 0x3931}")
     text = text.replace("  - {name: host2, role: host, underlay_ip: 192.168.64.12}",
@@ -86,13 +86,8 @@ def test_conflicting_load_writes_nothing(loaded_nb, default_topology):
     assert loaded_nb.vm_info("after-abort")["host"] == "host1"
 
 
-def _default_path():
-    from tests.conftest import DEFAULT_TOPOLOGY
-    return DEFAULT_TOPOLOGY
-
-
 def test_changed_object_in_a_topology_is_a_conflict_not_an_overwrite(loaded_nb):
-    text = open(_default_path()).read().replace("id: 0x1f", "id: 0x2f")
+    text = DEFAULT_TOPOLOGY.read_text().replace("id: 0x1f", "id: 0x2f")
     with pytest.raises(Conflict, match=r"VNet 'customer-a' already exists with different settings \(id 0x1f"):
         loaded_nb.load_topology(topology.loads(text, "changed.yaml"))
     assert loaded_nb.vnet_info("customer-a")["vnet_id"] == "0x001f"
@@ -123,7 +118,7 @@ def test_subscribe_refuses_a_vm_whose_ipv4_left_its_vnet(loaded_nb):
 
 def test_unsubscribe_keeps_the_host_mapping_while_another_service_uses_it(loaded_nb):
     loaded_nb.add_service(topology.Service("backup", (topology.Endpoint(
-        "bk1", nbapi_ipv6("fd00:5e:2::10"), "host2", topology.default_mac("bk1")),)))
+        "bk1", IPv6Address("fd00:5e:2::10"), "host2", topology.default_mac("bk1")),)))
     loaded_nb.subscribe("a-vm1", "backup")
     assert loaded_nb.count("Host_Mapping") == 2
     assert loaded_nb.unsubscribe("a-vm1", "analytics") is True
@@ -133,11 +128,6 @@ def test_unsubscribe_keeps_the_host_mapping_while_another_service_uses_it(loaded
     with pytest.raises(NotFound, match="VM a-vm1 is not subscribed to analytics"):
         loaded_nb.unsubscribe("a-vm1", "analytics")
     assert loaded_nb.unsubscribe("a-vm1", "analytics", if_exists=True) is False
-
-
-def nbapi_ipv6(text):
-    from ipaddress import IPv6Address
-    return IPv6Address(text)
 
 
 def test_moving_a_vm_moves_its_host_mapping(loaded_nb):
