@@ -158,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             assert node is not None
             extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
             ovs = OvsNode(node.name, node.ns, node.run_dir)
-            sys.stdout.write(ovs.ofctl("-O", "OpenFlow15", "dump-flows", "--names", args.bridge,
-                                       *extra))
+            out = ovs.ofctl("-O", "OpenFlow15", "dump-flows", "--names", args.bridge, *extra)
+            sys.stdout.write(out)
+            if not out.strip():
+                print(f"(no flows on {args.bridge} of {node.name})", file=sys.stderr)
             return 0
         if args.cmd == "capture":
             _, ns, _ = resolve(plan, args.target)
