@@ -24,6 +24,8 @@ Order of ``up`` (each step idempotent):
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -53,6 +55,7 @@ LOG = logging.getLogger(__name__)
 DEFAULT_PREFIX = "v64-"
 DEFAULT_RUN_DIR = "/run/vnet64-lab"
 DEFAULT_TOPOLOGY = "topologies/two-tenants.yaml"
+LOCK_DIR = Path("/run/lock")  # a 0-byte lock file per prefix stays there, as usual
 STATE_FILE = "state.json"
 TOPOLOGY_COPY = "topology.yaml"
 CONTROLLER_MODULE = "vnet64.controller"
@@ -126,9 +129,22 @@ class Lab:
 
     # -- up -----------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """One up/down at a time per lab (a second caller waits)."""
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        with open(LOCK_DIR / f"vnet64-lab-{self.prefix.rstrip('-')}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def up(self, topology_path: str | Path = DEFAULT_TOPOLOGY) -> dict:
         """Build the lab; a no-op when the same topology is already up and healthy."""
         topology_path = find_topology(topology_path)
+        self.plan(topology_path)  # validation first: raises before anything exists
+        with self._locked():
+            return self._up(topology_path)
+
+    def _up(self, topology_path: Path) -> dict:
         plan = self.plan(topology_path)  # validation: raises before anything exists
         sh.check_tools()
         digest = hashlib.sha256(topology_path.read_bytes()).hexdigest()
@@ -143,7 +159,7 @@ class Lab:
                 raise LabError(f"a lab from {state.get('topology')} is up under {self.run_dir}; "
                                f"run `vnet64-lab down` first")
         if state or self.namespaces() or self.run_dir.exists():
-            self.down()  # leftovers of a crash or a half-finished up
+            self._down()  # leftovers of a crash or a half-finished up
 
         timings = Timings()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -384,6 +400,10 @@ class Lab:
 
     def down(self) -> dict:
         """Remove everything of this lab; safe to run any time, any number of times."""
+        with self._locked():
+            return self._down()
+
+    def _down(self) -> dict:
         t0 = time.monotonic()
         stopped: list[str] = []
         ours = self.namespaces()
