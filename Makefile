@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TOPOLOGY ?= topologies/two-tenants.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup test unit demo bench clean
+.PHONY: setup test unit lab demo bench bench-lab clean
 
 setup:
 	@VENV=$(VENV) ./scripts/setup.sh
@@ -17,11 +17,17 @@ test: setup
 unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+lab: setup
+	$(PY) -m pytest tests/lab $(PYTEST_ARGS)
+
 demo: setup
 	@VENV=$(VENV) ./scripts/demo.sh $(TOPOLOGY)
 
 bench: setup
 	$(PY) benchmarks/nb_scale.py
+
+bench-lab: setup
+	$(PY) benchmarks/lab_up.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info controller/*.egg-info

@@ -341,6 +341,8 @@ class Topology:
     subscriptions: tuple[Subscription, ...]
     lab: dict = field(default_factory=dict)  # lab-only settings, validated by vnet64-lab
     source: str = ""
+    # Line of each key under ``lab:`` ("" = the ``lab:`` key itself), for error messages.
+    lab_lines: dict = field(default_factory=dict)
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -618,7 +620,9 @@ def validate(doc: Any, source: str = "<topology>") -> Topology:
         regions=tuple(regions.values()), nodes=tuple(nodes.values()),
         vnets=tuple(vnets.values()), vms=tuple(vms.values()),
         services=tuple(services.values()), subscriptions=tuple(subs),
-        lab=dict(lab), source=source)
+        lab=dict(lab), source=source,
+        lab_lines={"": getattr(doc, "key_lines", {}).get("lab", 0),
+                   **dict(getattr(lab, "key_lines", {}))})
 
 
 def loads(text: str, source: str = "<topology>") -> Topology:

@@ -228,11 +228,10 @@ class Lab:
 
     def _nb(self, plan: P.Plan) -> dict:
         """Start the NB in the controller namespace and load the topology into it."""
-        code = ("import sys; from vnet64.nb.server import NbServer; "
-                "NbServer(sys.argv[1], extra_remotes=[sys.argv[2]]).start()")
-        sh.in_ns(plan.ctl_ns, [sys.executable, "-c", code, plan.nb_run_dir,
-                               plan.nb_listen_remote])
-        api = nb_api.connect(NbServer(Path(plan.nb_run_dir)).remote)
+        server = NbServer(Path(plan.nb_run_dir), extra_remotes=[plan.nb_listen_remote],
+                          netns=plan.ctl_ns)
+        server.start()
+        api = nb_api.connect(server.remote)
         try:
             api.load_topology(plan.topology)
             return api.platform_info() or {}

@@ -26,7 +26,6 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-import yaml
 from vnet64 import topology
 from vnet64.topology import Topology, TopologyError
 
@@ -71,24 +70,10 @@ class LabSettings:
         return self.management_cidr.network_address + FIRST_NODE_MGMT_OFFSET + node_index
 
 
-def _key_lines(topo: Topology) -> dict[str, int]:
-    """Line of each key under ``lab:`` (the model keeps values only); {} if unknown."""
-    try:
-        text = Path(topo.source).read_text() if Path(topo.source).is_file() else ""
-        doc = yaml.load(text, Loader=topology._LineLoader) if text else None
-    except Exception:  # best effort: only used to point at a line
-        return {}
-    lab = doc.get("lab") if isinstance(doc, dict) else None
-    lines = dict(getattr(lab, "key_lines", {}) or {})
-    if isinstance(doc, dict) and "lab" in doc:
-        lines[""] = getattr(doc, "key_lines", {}).get("lab", 0)
-    return lines
-
-
 def from_topology(topo: Topology, path: str | Path | None = None) -> LabSettings:
     """Validate ``topo.lab`` against the topology; raise TopologyError naming the field."""
     source = str(path) if path else topo.source
-    lines = _key_lines(topo) if not path else _key_lines_of(Path(path))
+    lines = topo.lab_lines
     name = Path(source).name or "<topology>"
 
     def err(key: str, message: str) -> TopologyError:
@@ -167,12 +152,6 @@ def from_topology(topo: Topology, path: str | Path | None = None) -> LabSettings
                 raise err("translator_ipv4", f"{tr_ip} lies in VNet {vnet.name}'s range {net}: "
                                              f"the translator could not tell itself from a VM")
     return LabSettings(underlay, mgmt, mtu, options, tr_ip)
-
-
-def _key_lines_of(path: Path) -> dict[str, int]:
-    class _Src:  # minimal stand-in so _key_lines can read an explicit path
-        source = str(path)
-    return _key_lines(_Src())  # type: ignore[arg-type]
 
 
 def load(path: str | Path) -> tuple[Topology, LabSettings]:

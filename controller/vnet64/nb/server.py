@@ -77,6 +77,9 @@ class NbServer:
     # ``cluster_remotes`` it creates the cluster, otherwise it joins the members named.
     cluster_local: str | None = None
     cluster_remotes: list[str] = field(default_factory=list)
+    # Run the server inside this network namespace (its TCP remotes listen there;
+    # the unix socket and files are shared through the filesystem).
+    netns: str | None = None
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -141,7 +144,8 @@ class NbServer:
         for stale in (self.sock_path, self.ctl_path, self.pidfile):
             stale.unlink(missing_ok=True)
         self._prepare_db()
-        args = [_tool("ovsdb-server"), str(self.db_path),
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        args = [*prefix, _tool("ovsdb-server"), str(self.db_path),
                 f"--remote=punix:{self.sock_path}",
                 *[f"--remote={r}" for r in self.extra_remotes],
                 f"--pidfile={self.pidfile}", f"--unixctl={self.ctl_path}",
