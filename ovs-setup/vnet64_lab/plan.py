@@ -17,20 +17,17 @@ Namespaces (``P`` is the lab prefix, ``v64-`` by default)::
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
 
 from vnet64 import gateway
+from vnet64.ports import GENEVE_PORT, IFNAMSIZ, XLAT_PORT, ifname, translator_mac, vif_port  # noqa: F401
 from vnet64.topology import Topology, default_mac
 
 from .settings import LabSettings
 
-IFNAMSIZ = 15
 OF_PORT = 6653
 NB_PORT = 6641
-GENEVE_PORT = "geneve0"
-XLAT_PORT = "xlat0"  # br-int side of the translator veth
 XLAT_NS_IF = "ovs0"  # translator-namespace side
 XLAT_TUN = "nat64"
 UNDERLAY_IF = "ul0"  # node side of the fabric veth (a port of br-phy)
@@ -45,15 +42,6 @@ OFPORT_FIRST_VIF = 10
 XLAT_TABLE_TO_TUN = 100
 XLAT_TABLE_TO_OVS = 200
 XLAT_NEXTHOP_V4 = IPv4Address("169.254.0.1")  # stands for br-int; neighbour = gateway MAC
-
-
-def ifname(tag: str, name: str) -> str:
-    """A Linux interface name (<= 15 chars) for ``name``: readable when it fits, else hashed."""
-    plain = f"{tag}{name}"
-    if len(plain) <= IFNAMSIZ:
-        return plain
-    digest = hashlib.sha1(name.encode()).hexdigest()[:4]
-    return f"{tag}{name[:IFNAMSIZ - len(tag) - 5]}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -174,7 +162,7 @@ def build(topo: Topology, settings: LabSettings, prefix: str, run_dir: str) -> P
         next_ofport[vm.host] = ofport + 1
         vifs.append(VifPlan(
             kind="vm", name=vm.name, ns=f"{prefix}vm-{vm.name}", host=vm.host,
-            port=ifname("v-", vm.name), ofport=ofport, mac=vm.mac, mtu=settings.vm_mtu,
+            port=vif_port("vm", vm.name), ofport=ofport, mac=vm.mac, mtu=settings.vm_mtu,
             ipv4=IPv4Interface(f"{vm.ipv4}/{subnet.cidr.prefixlen}"),
             ipv4_gateway=gateway.vm_gateway(subnet.cidr), vnet=vm.vnet))
     for ep in topo.endpoints:
@@ -182,12 +170,12 @@ def build(topo: Topology, settings: LabSettings, prefix: str, run_dir: str) -> P
         next_ofport[ep.host] = ofport + 1
         vifs.append(VifPlan(
             kind="endpoint", name=ep.name, ns=f"{prefix}ep-{ep.name}", host=ep.host,
-            port=ifname("s-", ep.name), ofport=ofport, mac=ep.mac, mtu=settings.overlay_mtu,
+            port=vif_port("endpoint", ep.name), ofport=ofport, mac=ep.mac, mtu=settings.overlay_mtu,
             ipv6=IPv6Interface(f"{ep.ipv6}/128")))
 
     translators = tuple(
         TranslatorPlan(host=h.name, ns=f"{prefix}xl-{h.name}",
-                       mac=default_mac(f"{h.name}/translator"), mtu=settings.overlay_mtu,
+                       mac=translator_mac(h.name), mtu=settings.overlay_mtu,
                        ipv4=settings.translator_ipv4, run_dir=f"{run_dir}/xlat/{h.name}")
         for h in topo.hosts)
 

@@ -34,6 +34,14 @@ def test_load_default_topology_subscribes_both_vms_with_different_ipv6(loaded_nb
                                          "region": "westeurope", "appliance": "appliance"}
 
 
+def test_each_vnet_gets_its_own_conntrack_zone(loaded_nb):
+    zones = {v["name"]: v["ct_zone"] for v in loaded_nb.list("vnet")}
+    assert sorted(zones.values()) == [1, 2]
+    loaded_nb.add_vnet(topology.VNet("c3", "westeurope", 0x21, (IPv4Network("10.0.0.0/16"),),
+                                     (topology.Subnet("s", 1, IPv4Network("10.0.0.0/24")),)))
+    assert loaded_nb.vnet_info("c3")["ct_zone"] == 3
+
+
 def test_load_is_idempotent(loaded_nb, default_topology):
     before = _counts(loaded_nb)
     uuids = {r.name: r.uuid for r in loaded_nb.tables["VM"].rows.values()}

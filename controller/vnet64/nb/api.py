@@ -172,7 +172,8 @@ class NbApi(ovs_idl.Backend, ovsdbapp_api.API):
                 "cidrs": [str(c) for c in model.cidrs],
                 "subnets": [{"name": s.name, "subnet_id": f"{s.subnet_id:#06x}", "cidr": str(s.cidr)}
                             for s in model.subnets],
-                "snat_vip": str(model.snat_vip) if model.snat_vip else None}
+                "snat_vip": str(model.snat_vip) if model.snat_vip else None,
+                "ct_zone": row.ct_zone}
 
     def node_info(self, row: Any) -> dict:
         return {"name": row.name, "role": row.role, "underlay_ip": row.underlay_ip,

@@ -34,6 +34,10 @@ class Invalid(NbError):
     pass
 
 
+# Conntrack zones 1..MAX_VNET_ZONE belong to VNets (allocated here, one per VNet,
+# platform-wide); the zones above are the controller's own.
+MAX_VNET_ZONE = 65279
+
 # Name-indexed tables and the IDL indexes commands use (created by NbApi).
 NAMED_TABLES = ("Region", "VNet", "Node", "VM", "Service", "Endpoint")
 # Only string columns that no command ever modifies: python-ovs cannot keep an
@@ -250,11 +254,16 @@ class AddVNetCommand(_Command):
                 raise Conflict(f"VNet {v.name!r} already exists (use --may-exist to accept an identical one)")
             self.result = existing.uuid
             return
+        used_zones = set()
         for other in self.api.tables["VNet"].rows.values():
+            used_zones.add(other.ct_zone)
             if other.region.uuid == region.uuid and other.vnet_id == v.vnet_id:
                 raise Conflict(f"VNet id {v.vnet_id:#x} is already used by VNet {other.name!r} "
                                f"in region {v.region}")
-        row = self._insert(txn, "VNet", name=v.name, region=region, vnet_id=v.vnet_id,
+        zone = next((z for z in range(1, MAX_VNET_ZONE + 1) if z not in used_zones), None)
+        if zone is None:
+            raise Conflict(f"no conntrack zone left for VNet {v.name!r} (all {MAX_VNET_ZONE} in use)")
+        row = self._insert(txn, "VNet", name=v.name, region=region, vnet_id=v.vnet_id, ct_zone=zone,
                            cidrs=[str(c) for c in v.cidrs],
                            snat_vip=[str(v.snat_vip)] if v.snat_vip else [])
         for sub in v.subnets:
