@@ -60,6 +60,8 @@ FIELDS = {
     "icmpv4_type": (8, "int"), "icmpv4_code": (8, "int"),
     "icmpv6_type": (8, "int"), "icmpv6_code": (8, "int"),
     "ipv6_nd_target": (128, "ipv6"), "ipv6_nd_sll": (48, "mac"), "ipv6_nd_tll": (48, "mac"),
+    # OVS extensions (ERICOXM class 0x1000): NA flags (R,S,O) and the ND option type.
+    "nd_reserved": (32, "hex"), "nd_options_type": (8, "int"),
     "arp_op": (16, "int"), "arp_spa": (32, "ipv4"), "arp_tpa": (32, "ipv4"),
     "arp_sha": (48, "mac"), "arp_tha": (48, "mac"),
     "tunnel_id": (64, "hex"), "tun_ipv4_src": (32, "ipv4"), "tun_ipv4_dst": (32, "ipv4"),
