@@ -368,6 +368,19 @@ class DeleteFlows:
 
 
 @dataclass(frozen=True)
+class DeleteStrict:
+    """Delete exactly one flow: the one at (table, priority, match)."""
+
+    table: str
+    priority: int
+    match: Match
+
+    @classmethod
+    def of(cls, f: "Flow") -> "DeleteStrict":
+        return cls(f.table, f.priority, f.match)
+
+
+@dataclass(frozen=True)
 class MeterMod:
     """A packet-rate meter (drop band) for the packet-in path."""
 
@@ -376,7 +389,7 @@ class MeterMod:
     burst: int = 0
 
 
-Message = Union[Flow, PacketOut, DeleteFlows, MeterMod]
+Message = Union[Flow, PacketOut, DeleteFlows, DeleteStrict, MeterMod]
 
 
 @dataclass(frozen=True)
