@@ -1,0 +1,228 @@
+"""The controller's brain: per-switch state and the reactions to events.
+
+Pure with respect to I/O: every method takes plain values (datapath id, port
+names, packet bytes, the clock) and returns flow-language messages; the os-ken
+app (``app.py``) sends them. The NB model comes from a callable, so tests hand
+in fixed models.
+
+Per switch it keeps: the node (picked from the NB by datapath id), its ports,
+the proactive flows last sent (to diff against when the NB changes), and, on
+hosts, the pair allocator.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from ipaddress import IPv6Address
+from typing import Callable, Iterable
+
+from ..ports import translator_mac
+from .flows import (ETH_IPV6, DeleteFlows, DeleteStrict, Flow, Match, Message, MeterMod,
+                    PacketOut, Resubmit, TableMap)
+from .model import Model, Node
+from .pipeline import (PACKET_IN_METER, Cookie, cookie, tables_for)
+from .roles import Ports, appliance, customer, service
+
+LOG = logging.getLogger(__name__)
+EXACT = 0xFFFFFFFFFFFFFFFF       # cookie mask: this cookie only
+DEFAULT_PACKET_IN_RATE = 5000   # pps on the new-pair path; the excess is dropped by the meter
+
+
+@dataclass
+class Switch:
+    dpid: int
+    node: Node
+    ports: Ports
+    tables: TableMap
+    proactive: dict = field(default_factory=dict)          # flow key -> Flow last sent
+    allocator: customer.Allocator = field(default_factory=customer.Allocator)
+    pairs: dict = field(default_factory=dict)              # alias index -> (endpoint, vm) names
+
+
+def desired_flows(model: Model, node: Node, ports: Ports) -> list[Flow]:
+    """Every proactive flow a node should hold for this model."""
+    if node.role == "appliance":
+        return appliance.appliance_flows(model, node, ports)
+    flows = service.nd_responder_flows()
+    flows += service.endpoint_flows(model, node, ports)
+    flows += service.peer_flows(model, node)
+    flows += customer.host_flows(model, node, ports, translator_mac(node.name))
+    return flows
+
+
+def parse_ipv6_pair(data: bytes) -> tuple[IPv6Address, IPv6Address] | None:
+    """(source, destination) of an untagged Ethernet/IPv6 frame, else None."""
+    if len(data) < 54 or struct.unpack_from("!H", data, 12)[0] != ETH_IPV6:
+        return None
+    return IPv6Address(data[22:38]), IPv6Address(data[38:54])
+
+
+class Logic:
+    """Implements the app's ``Logic`` protocol for vnet64's roles."""
+
+    def __init__(self, load_model: Callable[[], Model], packet_in_rate: int = DEFAULT_PACKET_IN_RATE):
+        self._load_model = load_model
+        self.model = load_model()
+        self.packet_in_rate = packet_in_rate
+        self.switches: dict[int, Switch] = {}
+        self.stats: Counter = Counter()
+
+    # -- switches -----------------------------------------------------------
+
+    def switch_connected(self, dpid: int, port_names: dict[str, int]) -> tuple[TableMap, list[Message]] | None:
+        node = self.model.node_by_dpid(dpid)
+        if node is None:
+            LOG.warning("switch %016x is not a node of the NB; leaving it alone", dpid)
+            return None
+        ports = Ports.from_names(port_names)
+        sw = Switch(dpid, node, ports, tables_for(node.role))
+        old = self.switches.get(dpid)
+        if old is not None and old.node == node:
+            sw.allocator, sw.pairs = old.allocator, old.pairs   # a reconnect keeps allocations
+        self.switches[dpid] = sw
+        flows = desired_flows(self.model, node, ports)
+        sw.proactive = {f.key: f for f in flows}
+        LOG.info("switch %016x is %s (%s): %d proactive flows", dpid, node.name, node.role, len(flows))
+        msgs: list[Message] = []
+        if node.role == "host":
+            msgs.append(MeterMod(PACKET_IN_METER, self.packet_in_rate, burst=self.packet_in_rate // 10))
+        return sw.tables, msgs + flows
+
+    def switch_disconnected(self, dpid: int) -> None:
+        # Allocations stay: flows survive in the switch (fail-mode secure) and the
+        # reconnect's resync re-adopts them.
+        LOG.info("switch %016x disconnected", dpid)
+
+    def ports_changed(self, dpid: int, port_names: dict[str, int]) -> list[Message]:
+        sw = self.switches.get(dpid)
+        if sw is None:
+            return []
+        sw.ports = Ports.from_names(port_names)
+        return self._reconcile(sw)
+
+    def resynced(self, dpid: int, found: Iterable[tuple[int, int, int, dict]]) -> list[Message]:
+        """After connect: adopt live pairs, delete what the NB no longer wants.
+
+        ``found`` holds (cookie, table id, priority, match dict) of the switch's flows.
+        """
+        sw = self.switches.get(dpid)
+        if sw is None:
+            return []
+        out: list[Message] = []
+        stale_pairs: set[int] = set()
+        for ck, table_id, priority, match in found:
+            try:
+                c = Cookie.decode(ck)
+            except ValueError:
+                continue
+            if c.feature == "pair":
+                if sw.tables.name(table_id) != "pair":
+                    continue
+                src, dst = match.get("ipv6_src"), match.get("ipv6_dst")
+                allowed = self.model.allowed(IPv6Address(src), IPv6Address(dst)) if src and dst else None
+                pair = customer.Pair(IPv6Address(src), IPv6Address(dst)) if src and dst else None
+                if allowed and allowed[1].host == sw.node.name and sw.allocator.adopt(pair, c.obj):
+                    sw.pairs[c.obj] = (allowed[0].name, allowed[1].name)
+                    self.stats["pairs_adopted"] += 1
+                else:
+                    stale_pairs.add(c.obj)
+            elif c.feature != "deny":
+                try:
+                    key = (sw.tables.name(table_id), priority, _match_of(match))
+                except ValueError:
+                    continue
+                if key not in sw.proactive:
+                    out.append(DeleteStrict(*key))
+                    self.stats["stale_flows_swept"] += 1
+        for index in sorted(stale_pairs):
+            out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
+            self.stats["stale_pairs_swept"] += 1
+        return out
+
+    # -- NB -----------------------------------------------------------------
+
+    def nb_changed(self) -> dict[int, list[Message]]:
+        self.model = self._load_model()
+        return {dpid: msgs for dpid, sw in list(self.switches.items()) if (msgs := self._reconcile(sw))}
+
+    def _reconcile(self, sw: Switch) -> list[Message]:
+        node = self.model.node(sw.node.name)
+        out: list[Message] = []
+        if node is None or node.datapath_id != sw.dpid:
+            LOG.warning("node %s left the NB; its switch keeps its flows", sw.node.name)
+            return out
+        sw.node = node
+        wanted = {f.key: f for f in desired_flows(self.model, node, sw.ports)}
+        for key, f in sw.proactive.items():
+            if key not in wanted:
+                out.append(DeleteStrict(*key))
+        for key, f in wanted.items():
+            if sw.proactive.get(key) != f:
+                out.append(f)
+        sw.proactive = wanted
+        for index, (ep_name, vm_name) in list(sw.pairs.items()):
+            pair = sw.allocator.by_index.get(index)
+            allowed = self.model.allowed(pair.service, pair.vm) if pair else None
+            if allowed is None or allowed[1].host != node.name:
+                out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
+                self._release(sw, index)
+                self.stats["pairs_revoked"] += 1
+        return out
+
+    # -- packet path --------------------------------------------------------
+
+    def packet_in(self, dpid: int, table_id: int, in_port: int, data: bytes) -> list[Message]:
+        sw = self.switches.get(dpid)
+        self.stats["packet_ins"] += 1
+        if sw is None or sw.node.role != "host" or sw.tables.name(table_id) != "pair":
+            self.stats["packet_ins_ignored"] += 1
+            return []
+        addrs = parse_ipv6_pair(data)
+        if addrs is None:
+            self.stats["packet_ins_ignored"] += 1
+            return []
+        src, dst = addrs
+        allowed = self.model.allowed(src, dst)
+        if allowed is None or allowed[1].host != sw.node.name or sw.ports.vif("vm", allowed[1].name) is None:
+            self.stats["pairs_denied"] += 1
+            LOG.info("%s: refused pair %s -> %s (no active subscription here)", sw.node.name, src, dst)
+            return [customer.deny_flow(src, dst)]
+        ep, vm = allowed
+        pair = customer.Pair(src, dst)
+        avoid = frozenset(v.ipv4 for v in self.model.vms_on(sw.node.name))
+        try:
+            index = sw.allocator.allocate(pair, avoid)
+        except customer.PoolExhausted:
+            self.stats["pairs_pool_exhausted"] += 1
+            LOG.error("%s: alias pool exhausted; pair %s -> %s refused", sw.node.name, src, dst)
+            return [customer.deny_flow(src, dst)]
+        if index not in sw.pairs:
+            self.stats["pairs_installed"] += 1
+            LOG.info("%s: pair %s (%s) -> %s (%s) gets alias %s", sw.node.name, ep.name, src,
+                     vm.name, dst, sw.allocator.alias(index))
+        sw.pairs[index] = (ep.name, vm.name)
+        flows = customer.pair_flows(self.model, sw.ports, ep, vm, index, sw.allocator.alias(index))
+        return [*flows, PacketOut(data, in_port, (Resubmit("pair"),))]
+
+    def flow_removed(self, dpid: int, ck: int) -> list[Message]:
+        sw = self.switches.get(dpid)
+        try:
+            c = Cookie.decode(ck)
+        except ValueError:
+            return []
+        if sw is None or c.feature != "pair":
+            return []
+        self._release(sw, c.obj)
+        self.stats["pairs_expired"] += 1
+        return [DeleteFlows(ck, EXACT)]
+
+    def _release(self, sw: Switch, index: int) -> None:
+        sw.allocator.release(index)
+        sw.pairs.pop(index, None)
+
+
+def _match_of(fields: dict) -> Match:
+    return Match.of(fields)

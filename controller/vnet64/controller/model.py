@@ -1,0 +1,138 @@
+"""What the controller knows from the NB: a frozen snapshot the roles read.
+
+``from_nb(api)`` copies the IDL replica into plain values once per change;
+role logic never touches OVSDB rows, so it can be tested with hand-built
+models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
+
+from .. import address, gateway
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    role: str                # "host" | "appliance"
+    underlay_ip: IPv4Address
+    datapath_id: int
+
+
+@dataclass(frozen=True)
+class VM:
+    name: str
+    vnet: str
+    host: str
+    ipv4: IPv4Address
+    mac: str
+    ipv6: IPv6Address        # its platform address
+    zone: int                # its VNet's conntrack zone
+    gateway: IPv4Address     # its subnet's virtual gateway
+    snat_ip: IPv4Address     # Platform_IP, or the SNAT VIP carried in its address
+    services: frozenset[str] = frozenset()   # services with an active subscription
+
+    @property
+    def subscribed(self) -> bool:
+        return bool(self.services)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    service: str
+    ipv6: IPv6Address
+    mac: str
+    host: str
+
+
+@dataclass(frozen=True)
+class Model:
+    platform_ip: IPv4Address
+    translator_prefix: IPv6Network
+    appliance: str | None
+    nodes: tuple[Node, ...] = ()
+    vms: tuple[VM, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+    _index: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        idx = self._index
+        idx["node"] = {n.name: n for n in self.nodes}
+        idx["dpid"] = {n.datapath_id: n for n in self.nodes}
+        idx["vm6"] = {vm.ipv6: vm for vm in self.vms}
+        idx["ep6"] = {ep.ipv6: ep for ep in self.endpoints}
+
+    def node(self, name: str) -> Node | None:
+        return self._index["node"].get(name)
+
+    def node_by_dpid(self, dpid: int) -> Node | None:
+        return self._index["dpid"].get(dpid)
+
+    def vm_by_ipv6(self, ipv6: IPv6Address) -> VM | None:
+        return self._index["vm6"].get(ipv6)
+
+    def endpoint_by_ipv6(self, ipv6: IPv6Address) -> Endpoint | None:
+        return self._index["ep6"].get(ipv6)
+
+    def vms_on(self, host: str) -> list[VM]:
+        return [vm for vm in self.vms if vm.host == host]
+
+    def endpoints_on(self, host: str) -> list[Endpoint]:
+        return [ep for ep in self.endpoints if ep.host == host]
+
+    def hosts(self) -> list[Node]:
+        return [n for n in self.nodes if n.role == "host"]
+
+    def appliance_node(self) -> Node | None:
+        return self.node(self.appliance) if self.appliance else None
+
+    def translated(self, ipv4: IPv4Address) -> IPv6Address:
+        """``<translator /96>::<ipv4>``: how the stateless translator sees an IPv4 address."""
+        return IPv6Address(int(self.translator_prefix.network_address) | int(ipv4))
+
+    def allowed(self, service_ipv6: IPv6Address, vm_ipv6: IPv6Address) -> tuple[Endpoint, VM] | None:
+        """The (endpoint, VM) of a pair when that endpoint's service holds an active
+        subscription of that VM; None otherwise."""
+        vm = self.vm_by_ipv6(vm_ipv6)
+        ep = self.endpoint_by_ipv6(service_ipv6)
+        if vm is None or ep is None or ep.service not in vm.services:
+            return None
+        return ep, vm
+
+
+def from_nb(api: Any) -> Model:
+    """Copy what the roles need out of an ``NbApi``'s replica."""
+    tables = api.tables
+    platform = next(iter(tables["Platform"].rows.values()), None)
+    nodes = tuple(Node(r.name, r.role, IPv4Address(r.underlay_ip), r.datapath_id)
+                  for r in tables["Node"].rows.values())
+    services_of: dict[Any, set[str]] = {}
+    for sub in tables["Subscription"].rows.values():
+        if sub.state == "active":
+            services_of.setdefault(sub.vm.uuid, set()).add(sub.service.name)
+    platform_ip = IPv4Address(platform.platform_ip) if platform else IPv4Address("100.100.0.1")
+    vms = []
+    for r in tables["VM"].rows.values():
+        vnet = r.vnet
+        vip = IPv4Address(vnet.snat_vip[0]) if vnet.snat_vip else address.DEFAULT_SNAT_VIP
+        addr = address.PlatformAddress(vnet.region.region_id, vnet.vnet_id, r.subnet.subnet_id,
+                                       IPv4Address(r.ipv4), vip)
+        vms.append(VM(
+            name=r.name, vnet=vnet.name, host=r.host.name, ipv4=IPv4Address(r.ipv4), mac=r.mac,
+            ipv6=addr.ipv6, zone=vnet.ct_zone,
+            gateway=gateway.vm_gateway(IPv4Network(r.subnet.cidr)),
+            snat_ip=platform_ip if vip == address.DEFAULT_SNAT_VIP else vip,
+            services=frozenset(services_of.get(r.uuid, ()))))
+    endpoints = tuple(Endpoint(r.name, r.service.name, IPv6Address(r.ipv6), r.mac, r.host.name)
+                      for r in tables["Endpoint"].rows.values())
+    return Model(
+        platform_ip=platform_ip,
+        translator_prefix=IPv6Network(platform.translator_prefix) if platform else IPv6Network("fd64:64::/96"),
+        appliance=platform.appliance[0].name if platform and platform.appliance else None,
+        nodes=tuple(sorted(nodes, key=lambda n: n.name)),
+        vms=tuple(sorted(vms, key=lambda v: v.name)),
+        endpoints=tuple(sorted(endpoints, key=lambda e: e.name)))

@@ -1,0 +1,157 @@
+"""The pipelines: one table map per node role, priority bands, cookies, zones.
+
+A *host* runs two roles on one br-int: the encapsulator for its service
+endpoints and the decapsulator + stateful translator for its customer VMs.
+The *appliance* runs the SDN appliance. Each stage has a name; the same names
+go into OVS's Flow_Table rows, so ``ovs-ofctl dump-flows --names`` reads well.
+
+Host pipeline (table ids in brackets)::
+
+  classify [0] ── in_port=geneve0 ──► from_tunnel [1]
+     │                                 ├ tun_src=appliance, dst=local VM's platform IPv6 ─► pair [20]
+     │                                 └ tun_src=a known host ─► to_endpoint [11]
+     ├ in_port=s-<endpoint> ─► from_endpoint [10]: NS for fe80::1 ─► nd_reply [12] ─► nd_tll [13]
+     │                                          dst in fd41::/16 ─► Geneve to the appliance
+     ├ in_port=xlat0 ─► from_translator [30]: IPv4 from a pair alias ─► ct(VNet zone, SNAT) ─► to_vm [33]
+     │                                       IPv6 back from TAYGA ─► ct(v6 DNAT zone) ─► v6_unsnat [31]
+     │                                                    ─► ct(v6 SNAT zone) ─► to_service [32]
+     └ in_port=v-<vm> ─► from_vm [40]: ARP for the gateway ─► arp_reply [41]
+                                      IPv4 to Platform_IP ─► ct(VNet zone) ─► vm_return [42] ─► to_translator [23]
+  pair [20]: (service IPv6, VM platform IPv6) ─► ct(v6 SNAT zone, src=<xlat /96>::<alias>) ─► v6_dnat [21]
+             miss ─► meter ─► controller (first packet of a new pair)
+  v6_dnat [21]: ─► ct(v6 DNAT zone, dst=<xlat /96>::<VM IPv4>) ─► to_translator [23] ─► xlat0
+
+Appliance pipeline::
+
+  classify [0] ── in_port=geneve0 ──► from_tunnel [1]: tun_src = a known host ─► route [2]
+  route [2]: ipv6_dst = a subscribed VM's platform IPv6 ─► tun_dst = its host, out IN_PORT
+             anything else: dropped and counted (never punted)
+
+Cookies (64 bits): ``role (8) | feature (8) | object (48)``. ``object`` is the
+pair's alias index for per-pair flows (so a restarted controller can rebuild
+its allocations from the switch) and a hash of the NB object otherwise.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from .flows import TableMap
+
+# ---------------------------------------------------------------------------
+# Table maps
+
+HOST_TABLES = TableMap("host", (
+    ("classify", 0),
+    ("from_tunnel", 1),
+    ("from_endpoint", 10),
+    ("to_endpoint", 11),
+    ("nd_reply", 12),
+    ("nd_tll", 13),
+    ("pair", 20),
+    ("v6_dnat", 21),
+    ("to_translator", 23),
+    ("from_translator", 30),
+    ("v6_unsnat", 31),
+    ("to_service", 32),
+    ("to_vm", 33),
+    ("from_vm", 40),
+    ("arp_reply", 41),
+    ("vm_return", 42),
+))
+
+APPLIANCE_TABLES = TableMap("appliance", (
+    ("classify", 0),
+    ("from_tunnel", 1),
+    ("route", 2),
+))
+
+
+def tables_for(role: str) -> TableMap:
+    return {"host": HOST_TABLES, "appliance": APPLIANCE_TABLES}[role]
+
+
+# ---------------------------------------------------------------------------
+# Priority bands (higher wins)
+
+PRIO_MISS = 0          # table-miss: drop (counted) or punt
+PRIO_DEFAULT = 10      # catch-all of a stage (e.g. "all other IPv6 from TAYGA")
+PRIO_MATCH = 100       # the normal, specific flows
+PRIO_SPECIFIC = 110    # exceptions inside a stage (ND before routing, +snat before +rel)
+PRIO_DENY = 200        # short-lived drops of refused pairs
+
+# ---------------------------------------------------------------------------
+# Conntrack zones of the controller (VNet zones 1..65279 come from the NB)
+
+ZONE_V6_SNAT = 65534   # service IPv6 -> <xlat /96>::<alias>
+ZONE_V6_DNAT = 65533   # VM platform IPv6 -> <xlat /96>::<VM IPv4>
+
+# Geneve VNI carried by every platform packet (key=flow)
+VNI = 0x6464
+
+# NA flags in nd_reserved: Router, Solicited, Override
+NA_FLAGS_RSO = 0xE0000000
+
+# Meter on the packet-in path (new pairs)
+PACKET_IN_METER = 1
+
+# ---------------------------------------------------------------------------
+# Cookies
+
+ROLE_IDS = {"host": 0x01, "appliance": 0x02}
+ROLE_NAMES = {v: k for k, v in ROLE_IDS.items()}
+
+FEATURES = {
+    "base": 0x01,        # classify, catch-alls, miss flows
+    "endpoint": 0x02,    # a local service endpoint: encapsulation, delivery, ND
+    "peer": 0x03,        # a known host (tunnel source check), return-path encapsulation
+    "vm": 0x04,          # a local subscribed VM: decap steering, DNAT, delivery, ARP
+    "pair": 0x05,        # a (service endpoint, VM) pair: alias, SNAT, return rule
+    "deny": 0x06,        # a refused pair, dropped for a while without punting
+    "route": 0x07,       # appliance: a subscribed VM's host mapping
+}
+FEATURE_NAMES = {v: k for k, v in FEATURES.items()}
+
+OBJECT_BITS = 48
+OBJECT_MASK = (1 << OBJECT_BITS) - 1
+ROLE_MASK = 0xFF << 56
+FEATURE_MASK = 0xFF << 48
+ALL_OURS_MASK = ROLE_MASK
+
+
+@dataclass(frozen=True)
+class Cookie:
+    role: str
+    feature: str
+    obj: int = 0
+
+    @property
+    def value(self) -> int:
+        return (ROLE_IDS[self.role] << 56) | (FEATURES[self.feature] << 48) | (self.obj & OBJECT_MASK)
+
+    @classmethod
+    def decode(cls, value: int) -> "Cookie":
+        role = ROLE_NAMES.get((value >> 56) & 0xFF)
+        feature = FEATURE_NAMES.get((value >> 48) & 0xFF)
+        if role is None or feature is None:
+            raise ValueError(f"cookie {value:#018x} was not installed by vnet64")
+        return cls(role, feature, value & OBJECT_MASK)
+
+    def __str__(self) -> str:
+        return f"{self.role}/{self.feature}/{self.obj:#x}"
+
+
+def cookie(role: str, feature: str, obj: int | str = 0) -> int:
+    """The cookie for ``feature`` flows of ``role``; ``obj`` a number or an NB name."""
+    return Cookie(role, feature, obj if isinstance(obj, int) else name_id(obj)).value
+
+
+def feature_mask(role: str, feature: str) -> tuple[int, int]:
+    """(cookie, mask) selecting every flow of one feature of one role."""
+    return Cookie(role, feature).value, ROLE_MASK | FEATURE_MASK
+
+
+def name_id(name: str) -> int:
+    """A stable 32-bit id for an NB object's name (crc32), for cookies."""
+    return zlib.crc32(name.encode())

@@ -1,0 +1,260 @@
+"""Decapsulator, stateful translator and return path: a host's customer VMs.
+
+Stages owned: ``from_tunnel`` (forward traffic), ``pair``, ``v6_dnat``,
+``to_translator``, ``from_translator``, ``v6_unsnat``, ``to_service``,
+``to_vm``, ``from_vm``, ``arp_reply``, ``vm_return``.
+
+Forward (service -> VM), per DESIGN §4b:
+ 1. from the tunnel, outer source = the appliance, inner destination = the
+    platform IPv6 of a local subscribed VM -> ``pair``;
+ 2. ``pair``: (service IPv6, VM IPv6) identifies a pair. Its flow (installed
+    by the controller on the pair's first packet) SNATs the source to
+    ``<xlat /96>::<alias>`` in the v6 SNAT zone; a miss is metered and punted;
+ 3. ``v6_dnat``: DNAT the destination to ``<xlat /96>::<VM IPv4>``; out to TAYGA;
+ 4. TAYGA returns IPv4 alias -> VM IPv4; ``from_translator`` (per pair) SNATs to
+    Platform_IP (or the SNAT VIP) in the VM's VNet zone, ports chosen by
+    conntrack from the pair's port range;
+ 5. ``to_vm`` outputs to the VM only if the SNAT really happened (+snat) or the
+    packet is related (ICMP error): OVS NAT fails open when ports run out.
+Return (VM -> service):
+ 6. ``from_vm``: IPv4 from the VM's own address to Platform_IP -> conntrack in
+    the VNet zone (un-SNAT: destination becomes the alias);
+ 7. ``vm_return`` (per pair): only replies (+est/+rel, never +new) from this
+    VM's port to one of this VM's pairs' aliases go on to TAYGA;
+ 8. TAYGA returns IPv6; un-DNAT then un-SNAT rebuild (VM platform IPv6 ->
+    service IPv6); ``to_service`` encapsulates it straight to the endpoint's
+    host (not via the appliance).
+
+Pairs and aliases: every pair on a host owns one alias from ``ALIAS_POOL``; the
+alias is what tells TAYGA's IPv4 output apart per pair (hence per VNet and VM,
+although two VMs share 10.0.0.4). Port policy: each pair may use the whole
+``PORT_RANGE`` of Platform_IP towards its VM; conntrack keeps reply tuples
+unique within the VNet zone, so pairs to one VM share its port space safely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
+
+from ... import gateway
+from ..flows import (CT, ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, Controller, Flow, Match,
+                     Move, Nat, Output, Resubmit, SetField, ct_state, flow)
+from ..model import VM, Endpoint, Model, Node
+from ..pipeline import (PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_MATCH, PRIO_MISS,
+                        PRIO_SPECIFIC, VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, cookie)
+from . import Ports
+
+ALIAS_POOL = IPv4Network("198.18.0.0/15")   # RFC 2544 benchmarking space: never a customer's
+PORT_RANGE = (1024, 65535)
+PAIR_IDLE_TIMEOUT = 300                      # s; RFC 6146's UDP default; renewed by any packet
+DENY_HOLD = 5                                # s a refused pair is dropped without punting
+
+CT_REPLY_OR_RELATED = ct_state("+trk", "-new", "-inv")
+CT_SNATTED = ct_state("+trk", "+snat", "-inv")
+CT_RELATED = ct_state("+trk", "+rel", "-inv")
+CT_TRACKED_OK = ct_state("+trk", "-inv")
+
+
+# ---------------------------------------------------------------------------
+# Pair allocation (per host)
+
+
+@dataclass(frozen=True)
+class Pair:
+    service: IPv6Address
+    vm: IPv6Address
+
+
+class PoolExhausted(RuntimeError):
+    pass
+
+
+@dataclass
+class Allocator:
+    """Alias indexes for pairs on one host.
+
+    A pair that comes back (after its flows idled out) gets its old alias when
+    that is still free, so conntrack entries that outlived the flows stay
+    valid; new pairs take indexes round-robin, so a released alias is not
+    handed to another pair soon after.
+    """
+
+    pool: IPv4Network = ALIAS_POOL
+    by_pair: dict = field(default_factory=dict)      # Pair -> index (live)
+    by_index: dict = field(default_factory=dict)     # index -> Pair (live)
+    remembered: dict = field(default_factory=dict)   # Pair -> index (released)
+    cursor: int = 1
+
+    @property
+    def size(self) -> int:
+        return self.pool.num_addresses - 2   # no network / broadcast-looking addresses
+
+    def alias(self, index: int) -> IPv4Address:
+        return self.pool.network_address + index
+
+    def index_of(self, alias: IPv4Address) -> int:
+        return int(alias) - int(self.pool.network_address)
+
+    def allocate(self, pair: Pair, avoid: frozenset = frozenset()) -> int:
+        if pair in self.by_pair:
+            return self.by_pair[pair]
+        old = self.remembered.pop(pair, None)
+        if old is not None and old not in self.by_index and self.alias(old) not in avoid:
+            return self._take(pair, old)
+        for _ in range(self.size):
+            index = self.cursor
+            self.cursor = self.cursor % self.size + 1
+            if index not in self.by_index and self.alias(index) not in avoid:
+                return self._take(pair, index)
+        raise PoolExhausted(f"no alias left in {self.pool} for a new pair")
+
+    def adopt(self, pair: Pair, index: int) -> bool:
+        """Take over an allocation found on the switch (resync); False on a clash."""
+        if self.by_index.get(index, pair) != pair or self.by_pair.get(pair, index) != index:
+            return False
+        self._take(pair, index)
+        return True
+
+    def release(self, index: int) -> Pair | None:
+        pair = self.by_index.pop(index, None)
+        if pair is not None:
+            del self.by_pair[pair]
+            self.remembered[pair] = index
+            if len(self.remembered) > self.size:
+                self.remembered.pop(next(iter(self.remembered)))
+        return pair
+
+    def _take(self, pair: Pair, index: int) -> int:
+        self.by_pair[pair] = index
+        self.by_index[index] = pair
+        return index
+
+
+# ---------------------------------------------------------------------------
+# Proactive flows
+
+
+def base_flows(ports: Ports, xlat_mac: str) -> list[Flow]:
+    """Host-wide flows of the translator side (independent of VMs and pairs)."""
+    c = cookie("host", "base", "translator")
+    out = [
+        # pair miss: first packet of a new pair, metered, to the controller
+        flow("pair", PRIO_MISS, {}, [Controller()], meter=PACKET_IN_METER, cookie=c),
+        # the generic ARP responder (from_vm decides who may use it)
+        flow("arp_reply", PRIO_MATCH, {"eth_type": ETH_ARP, "arp_op": 1},
+             [Move("eth_src", "eth_dst", 48), SetField("eth_src", gateway.GATEWAY_MAC),
+              SetField("arp_op", 2), Move("arp_sha", "arp_tha", 48),
+              SetField("arp_sha", gateway.GATEWAY_MAC), Move("arp_tpa", "reg2", 32),
+              Move("arp_spa", "arp_tpa", 32), Move("reg2", "arp_spa", 32),
+              Output(OFPP_IN_PORT)], cookie=c),
+        # IPv6 back from TAYGA: undo the DNAT, then the SNAT (zones in reverse order)
+        flow("v6_unsnat", PRIO_DEFAULT, {"eth_type": ETH_IPV6},
+             [CT(zone=ZONE_V6_SNAT, table="to_service", nat=Nat())], cookie=c),
+    ]
+    if ports.xlat is not None:
+        out += [
+            flow("classify", PRIO_MATCH, {"in_port": ports.xlat}, goto="from_translator", cookie=c),
+            flow("from_translator", PRIO_DEFAULT, {"eth_type": ETH_IPV6},
+                 [CT(zone=ZONE_V6_DNAT, table="v6_unsnat", nat=Nat())], cookie=c),
+            flow("to_translator", PRIO_MATCH, {"ct_state": CT_TRACKED_OK},
+                 [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", xlat_mac),
+                  Output(ports.xlat)], cookie=c),
+        ]
+    return out
+
+
+def vm_flows(model: Model, node: Node, ports: Ports, vm: VM) -> list[Flow]:
+    """Steering, DNAT, delivery and the return entry for one local VM."""
+    port = ports.vif("vm", vm.name)
+    appliance = model.appliance_node()
+    if port is None:
+        return []
+    c = cookie("host", "vm", vm.name)
+    out = [
+        flow("classify", PRIO_MATCH, {"in_port": port}, goto="from_vm", cookie=c),
+        flow("from_vm", PRIO_MATCH,
+             {"in_port": port, "eth_type": ETH_ARP, "arp_op": 1, "arp_spa": vm.ipv4,
+              "arp_tpa": vm.gateway}, goto="arp_reply", cookie=c),
+    ]
+    if not vm.subscribed:
+        return out
+    out += [
+        flow("from_vm", PRIO_MATCH,
+             {"in_port": port, "eth_type": ETH_IPV4, "ipv4_src": vm.ipv4, "ipv4_dst": vm.snat_ip},
+             [CT(zone=vm.zone, table="vm_return", nat=Nat())], cookie=c),
+        flow("v6_dnat", PRIO_MATCH, {"eth_type": ETH_IPV6, "ipv6_dst": vm.ipv6},
+             [CT(zone=ZONE_V6_DNAT, commit=True, table="to_translator",
+                 nat=Nat("dst", str(model.translated(vm.ipv4))))], cookie=c),
+        flow("to_vm", PRIO_SPECIFIC,
+             {"eth_type": ETH_IPV4, "ct_zone": vm.zone, "ipv4_dst": vm.ipv4, "ct_state": CT_SNATTED},
+             [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", vm.mac), Output(port)],
+             cookie=c),
+        flow("to_vm", PRIO_MATCH,
+             {"eth_type": ETH_IPV4, "ct_zone": vm.zone, "ipv4_dst": vm.ipv4, "ct_state": CT_RELATED},
+             [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", vm.mac), Output(port)],
+             cookie=c),
+    ]
+    if appliance is not None:
+        out.append(flow("from_tunnel", PRIO_MATCH,
+                        {"tun_ipv4_src": appliance.underlay_ip, "tunnel_id": VNI,
+                         "eth_type": ETH_IPV6, "ipv6_dst": vm.ipv6},
+                        goto="pair", cookie=c))
+    return out
+
+
+def to_service_flows(model: Model, node: Node, ports: Ports) -> list[Flow]:
+    """Return path: rebuilt IPv6 to an endpoint goes straight to that endpoint's host."""
+    out = []
+    for ep in model.endpoints:
+        c = cookie("host", "endpoint", ep.name)
+        m = {"eth_type": ETH_IPV6, "ipv6_dst": ep.ipv6, "ct_state": CT_REPLY_OR_RELATED}
+        if ep.host == node.name:
+            out.append(flow("to_service", PRIO_MATCH, m, [Resubmit("to_endpoint")], cookie=c))
+            continue
+        host = model.node(ep.host)
+        if host is None or ports.geneve is None:
+            continue
+        out.append(flow("to_service", PRIO_MATCH, m,
+                        [SetField("tunnel_id", VNI), SetField("tun_ipv4_dst", host.underlay_ip),
+                         Output(ports.geneve)], cookie=c))
+    return out
+
+
+def host_flows(model: Model, node: Node, ports: Ports, xlat_mac: str) -> list[Flow]:
+    out = base_flows(ports, xlat_mac)
+    for vm in model.vms_on(node.name):
+        out += vm_flows(model, node, ports, vm)
+    out += to_service_flows(model, node, ports)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Per-pair flows (installed on the pair's first packet)
+
+
+def pair_flows(model: Model, ports: Ports, ep: Endpoint, vm: VM, index: int, alias: IPv4Address,
+               idle_timeout: int = PAIR_IDLE_TIMEOUT) -> list[Flow]:
+    """The pair's forward rule (alias SNAT), its SNAT to Platform_IP, and its return rule."""
+    port = ports.vif("vm", vm.name)
+    c = cookie("host", "pair", index)
+    alias6 = model.translated(alias)
+    return [
+        flow("pair", PRIO_MATCH, {"eth_type": ETH_IPV6, "ipv6_src": ep.ipv6, "ipv6_dst": vm.ipv6},
+             [CT(zone=ZONE_V6_SNAT, commit=True, table="v6_dnat", nat=Nat("src", str(alias6)))],
+             cookie=c, idle_timeout=idle_timeout, send_flow_rem=True),
+        flow("from_translator", PRIO_MATCH,
+             {"eth_type": ETH_IPV4, "ipv4_src": alias, "ipv4_dst": vm.ipv4},
+             [CT(zone=vm.zone, commit=True, table="to_vm",
+                 nat=Nat("src", str(vm.snat_ip), port_min=PORT_RANGE[0], port_max=PORT_RANGE[1]))],
+             cookie=c),
+        flow("vm_return", PRIO_MATCH,
+             {"in_port": port, "eth_type": ETH_IPV4, "ipv4_dst": alias, "ct_state": CT_REPLY_OR_RELATED},
+             goto="to_translator", cookie=c),
+    ]
+
+
+def deny_flow(service: IPv6Address, vm_ipv6: IPv6Address) -> Flow:
+    """Drop a refused pair for a while so its packets are not punted again."""
+    return flow("pair", PRIO_DENY, Match.of(eth_type=ETH_IPV6, ipv6_src=service, ipv6_dst=vm_ipv6),
+                [], cookie=cookie("host", "deny", f"{service}>{vm_ipv6}"), hard_timeout=DENY_HOLD)
