@@ -48,6 +48,8 @@ from vnet64.topology import TopologyError
 from . import plan as P
 from . import settings as lab_settings
 from . import sh
+from vnet64.controller.pipeline import tables_for
+
 from .ovs import EnsureBridge, EnsurePort, OvsNode, SetSystem, terminate
 from .sh import LabError
 
@@ -274,7 +276,8 @@ class Lab:
                                            "disable-in-band": "true"},
                              protocols=OF_PROTOCOLS, controllers=[plan.controller_target],
                              internal_mtu=s.overlay_mtu,
-                             external_ids={"vnet64-node": n.name, "vnet64-role": n.role}),
+                             external_ids={"vnet64-node": n.name, "vnet64-role": n.role},
+                             flow_tables={tid: name for name, tid in tables_for(n.role).stages}),
                 EnsurePort(api, "br-int", P.GENEVE_PORT, type="geneve",
                            options={"remote_ip": "flow", "key": "flow"},
                            ofport_request=P.OFPORT_GENEVE,

@@ -87,8 +87,10 @@ class EnsureBridge(command.BaseCommand):
     def __init__(self, api: NodeOvsdb, name: str, *, datapath_type: str = "netdev",
                  fail_mode: str | None = None, other_config: dict | None = None,
                  protocols: list[str] | None = None, external_ids: dict | None = None,
-                 controllers: list[str] | None = None, internal_mtu: int | None = None):
+                 controllers: list[str] | None = None, internal_mtu: int | None = None,
+                 flow_tables: dict[int, str] | None = None):
         super().__init__(api)
+        self.flow_tables = dict(flow_tables or {})
         self.name, self.datapath_type, self.fail_mode = name, datapath_type, fail_mode
         self.other_config = dict(other_config or {})
         self.protocols = list(protocols or [])
@@ -121,6 +123,19 @@ class EnsureBridge(command.BaseCommand):
         _set(br, "external_ids", {**dict(_get(br, 'external_ids', {})), **self.external_ids})
         if self.internal_mtu:
             _set(iface, "mtu_request", [self.internal_mtu])
+        if self.flow_tables:
+            # Names for the pipeline's tables (Flow_Table rows): dump-flows --names shows them.
+            current = {tid: row for tid, row in dict(_get(br, "flow_tables", {})).items()}
+            rows = {}
+            for tid, name in sorted(self.flow_tables.items()):
+                row = current.get(tid)
+                if row is None:
+                    row = txn.insert(tables["Flow_Table"])
+                if _get(row, "name", []) != [name]:
+                    _set(row, "name", [name])
+                rows[tid] = row
+            if {t: r.uuid for t, r in current.items()} != {t: r.uuid for t, r in rows.items()}:
+                br.flow_tables = rows
         if self.controllers:
             existing = _get(br, "controller", [])
             current = {c.target: c for c in existing}
