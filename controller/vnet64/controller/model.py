@@ -136,3 +136,29 @@ def from_nb(api: Any) -> Model:
         nodes=tuple(sorted(nodes, key=lambda n: n.name)),
         vms=tuple(sorted(vms, key=lambda v: v.name)),
         endpoints=tuple(sorted(endpoints, key=lambda e: e.name)))
+
+
+def from_topology(topo: Any) -> Model:
+    """The model a freshly loaded NB would give for a topology file (zones in file order).
+
+    For tests and offline tools (e.g. printing the flows a topology implies).
+    """
+    zones = {v.name: i + 1 for i, v in enumerate(topo.vnets)}
+    services_of: dict[str, set[str]] = {}
+    for sub in topo.subscriptions:
+        services_of.setdefault(sub.vm, set()).add(sub.service)
+    vms = []
+    for vm in topo.vms:
+        vnet = topo.vnet(vm.vnet)
+        addr = topo.platform_address(vm.name)
+        subnet = next(s for s in vnet.subnets if s.name == vm.subnet)
+        vms.append(VM(vm.name, vm.vnet, vm.host, vm.ipv4, vm.mac, addr.ipv6, zones[vm.vnet],
+                      gateway.vm_gateway(subnet.cidr), vnet.snat_vip or topo.platform.platform_ip,
+                      frozenset(services_of.get(vm.name, ()))))
+    return Model(
+        platform_ip=topo.platform.platform_ip, translator_prefix=topo.platform.translator_prefix,
+        appliance=topo.platform.appliance,
+        nodes=tuple(Node(n.name, n.role, n.underlay_ip, n.datapath_id) for n in topo.nodes),
+        vms=tuple(vms),
+        endpoints=tuple(Endpoint(e.name, s.name, e.ipv6, e.mac, e.host)
+                        for s in topo.services for e in s.endpoints))

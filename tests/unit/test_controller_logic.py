@@ -1,0 +1,187 @@
+"""Controller logic without a switch: cookies, the allocator, and Logic's reactions."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from ipaddress import IPv4Network, IPv6Address
+
+import pytest
+
+from tests.conftest import DEFAULT_TOPOLOGY
+from vnet64 import topology
+from vnet64.controller import model as M
+from vnet64.controller.flows import DeleteFlows, DeleteStrict, Flow, MeterMod, PacketOut, Resubmit
+from vnet64.controller.logic import Logic, desired_flows
+from vnet64.controller.pipeline import HOST_TABLES, Cookie, cookie
+from vnet64.controller.roles import Ports
+from vnet64.controller.roles.customer import Allocator, Pair, PoolExhausted
+from vnet64.ports import GENEVE_PORT, XLAT_PORT, vif_port
+
+SVC1 = IPv6Address("fd00:5e:1::10")
+A_VM1 = IPv6Address("fd41::3930:1f:6600:a00:4")
+B_VM1 = IPv6Address("fd41::3930:20:6600:a00:4")
+HOST1_PORTS = {GENEVE_PORT: 1, XLAT_PORT: 2, vif_port("vm", "a-vm1"): 10, vif_port("vm", "b-vm1"): 11}
+HOST2_PORTS = {GENEVE_PORT: 1, XLAT_PORT: 2, vif_port("endpoint", "svc1"): 10}
+
+
+@pytest.fixture
+def topo():
+    return topology.load(DEFAULT_TOPOLOGY)
+
+
+@pytest.fixture
+def model(topo):
+    return M.from_topology(topo)
+
+
+def frame(src: IPv6Address, dst: IPv6Address, payload: bytes = b"\x00" * 20) -> bytes:
+    eth = bytes.fromhex("020000000001") + bytes.fromhex("020000000002") + struct.pack("!H", 0x86DD)
+    ip6 = struct.pack("!IHBB", 6 << 28, len(payload), 6, 64) + src.packed + dst.packed
+    return eth + ip6 + payload
+
+
+def dpid(model, name):
+    return model.node(name).datapath_id
+
+
+def test_cookie_round_trip_and_owner():
+    c = cookie("host", "pair", 42)
+    assert Cookie.decode(c) == Cookie("host", "pair", 42)
+    assert str(Cookie.decode(c)) == "host/pair/0x2a"
+    with pytest.raises(ValueError, match="not installed by vnet64"):
+        Cookie.decode(0x1234)
+
+
+def test_allocator_reuses_a_returning_pair_and_rotates_new_ones():
+    alloc = Allocator(IPv4Network("198.18.0.0/29"))   # 6 usable indexes
+    p1, p2, p3 = (Pair(SVC1, IPv6Address(f"fd41::{i}")) for i in (1, 2, 3))
+    assert alloc.allocate(p1) == 1 and alloc.allocate(p1) == 1
+    assert alloc.allocate(p2) == 2
+    alloc.release(1)
+    assert alloc.allocate(p3) == 3            # not the just-released 1
+    assert alloc.allocate(p1) == 1            # p1 comes back to its old alias
+    assert str(alloc.alias(1)) == "198.18.0.1"
+    assert not alloc.adopt(Pair(SVC1, IPv6Address("fd41::9")), 2)   # 2 belongs to p2
+    for i in range(4, 7):
+        alloc.allocate(Pair(SVC1, IPv6Address(f"fd41::{i}")))
+    with pytest.raises(PoolExhausted):
+        alloc.allocate(Pair(SVC1, IPv6Address("fd41::99")))
+
+
+def test_allocator_skips_aliases_equal_to_a_local_vm_address():
+    alloc = Allocator(IPv4Network("198.18.0.0/29"))
+    from ipaddress import IPv4Address
+    assert alloc.allocate(Pair(SVC1, A_VM1), avoid=frozenset({IPv4Address("198.18.0.1")})) == 2
+
+
+def test_flows_use_declared_stages_and_forward_gotos(model):
+    for node in model.nodes:
+        ports = Ports.from_names(HOST1_PORTS if node.name == "host1" else HOST2_PORTS)
+        from vnet64.controller.pipeline import tables_for
+        tables = tables_for(node.role)
+        flows = desired_flows(model, node, ports)
+        assert flows, node
+        keys = [f.key for f in flows]
+        assert len(keys) == len(set(keys)), f"duplicate flows on {node.name}"
+        for f in flows:
+            assert f.table in tables, f.ofctl()
+            if f.goto:
+                assert tables.id(f.goto) > tables.id(f.table), f.ofctl()
+            Cookie.decode(f.cookie)
+
+
+def test_host_connect_installs_meter_and_flows_for_its_vms(model):
+    logic = Logic(lambda: model)
+    tables, msgs = logic.switch_connected(dpid(model, "host1"), HOST1_PORTS)
+    assert tables is HOST_TABLES
+    assert isinstance(msgs[0], MeterMod)
+    text = "\n".join(m.ofctl() for m in msgs if isinstance(m, Flow))
+    assert "ipv6_dst=fd41::3930:1f:6600:a00:4" in text and "ipv6_dst=fd41::3930:20:6600:a00:4" in text
+    assert "nat(dst=[fd64:64::a00:4])" in text
+    assert logic.switch_connected(0xDEAD, {}) is None
+
+
+def test_first_packet_of_a_subscribed_pair_installs_it_and_reinjects(model):
+    logic = Logic(lambda: model)
+    d = dpid(model, "host1")
+    logic.switch_connected(d, HOST1_PORTS)
+    data = frame(SVC1, A_VM1)
+    msgs = logic.packet_in(d, HOST_TABLES.id("pair"), 1, data)
+    flows = [m for m in msgs if isinstance(m, Flow)]
+    assert [f.table for f in flows] == ["pair", "from_translator", "vm_return"]
+    assert {Cookie.decode(f.cookie).feature for f in flows} == {"pair"}
+    assert flows[0].idle_timeout > 0 and flows[0].send_flow_rem
+    assert "nat(src=[fd64:64::c612:1])" in flows[0].ofctl()          # 198.18.0.1 in the /96
+    assert "nat(src=100.100.0.1:1024-65535)" in flows[1].ofctl()
+    out = msgs[-1]
+    assert isinstance(out, PacketOut) and out.data == data and out.actions == (Resubmit("pair"),)
+    # b-vm1 (same 10.0.0.4, other VNet) gets its own alias and its own VNet zone
+    flows_b = [m for m in logic.packet_in(d, HOST_TABLES.id("pair"), 1, frame(SVC1, B_VM1))
+               if isinstance(m, Flow)]
+    assert "fd64:64::c612:2" in flows_b[0].ofctl()
+    assert "zone=1" in flows[1].ofctl() and "zone=2" in flows_b[1].ofctl()
+    assert logic.stats["pairs_installed"] == 2
+
+
+def test_unsubscribed_or_forged_pairs_are_refused_with_a_drop_flow(model):
+    logic = Logic(lambda: model)
+    d = dpid(model, "host1")
+    logic.switch_connected(d, HOST1_PORTS)
+    for src, dst in [(IPv6Address("fd00:5e:1::99"), A_VM1),                      # not an endpoint
+                     (SVC1, IPv6Address("fd41::3930:1f:6600:a00:5")),            # other IPv4
+                     (SVC1, IPv6Address("fd41::3930:21:6600:a00:4"))]:           # other VNet id
+        msgs = logic.packet_in(d, HOST_TABLES.id("pair"), 1, frame(src, dst))
+        assert len(msgs) == 1 and Cookie.decode(msgs[0].cookie).feature == "deny"
+        assert msgs[0].hard_timeout > 0 and msgs[0].actions == ()
+    assert logic.stats["pairs_denied"] == 3 and not logic.switches[d].pairs
+
+
+def test_unsubscribe_removes_the_pair_and_the_vm_steering(model):
+    current = {"model": model}
+    logic = Logic(lambda: current["model"])
+    d = dpid(model, "host1")
+    logic.switch_connected(d, HOST1_PORTS)
+    logic.packet_in(d, HOST_TABLES.id("pair"), 1, frame(SVC1, A_VM1))
+    vms = tuple(dataclasses.replace(v, services=frozenset()) if v.name == "a-vm1" else v
+                for v in model.vms)
+    current["model"] = dataclasses.replace(model, vms=vms, _index={})
+    msgs = logic.nb_changed()[d]
+    assert DeleteFlows(cookie("host", "pair", 1), 0xFFFFFFFFFFFFFFFF) in msgs
+    deleted = [m for m in msgs if isinstance(m, DeleteStrict)]
+    assert any(m.table == "from_tunnel" and m.match.get("ipv6_dst") == str(A_VM1) for m in deleted)
+    assert not logic.switches[d].pairs
+
+
+def test_flow_removed_releases_the_alias(model):
+    logic = Logic(lambda: model)
+    d = dpid(model, "host1")
+    logic.switch_connected(d, HOST1_PORTS)
+    logic.packet_in(d, HOST_TABLES.id("pair"), 1, frame(SVC1, A_VM1))
+    msgs = logic.flow_removed(d, cookie("host", "pair", 1))
+    assert msgs == [DeleteFlows(cookie("host", "pair", 1), 0xFFFFFFFFFFFFFFFF)]
+    assert not logic.switches[d].pairs and logic.stats["pairs_expired"] == 1
+
+
+def test_resync_adopts_live_pairs_and_sweeps_stale_flows(model):
+    logic = Logic(lambda: model)
+    d = dpid(model, "host1")
+    logic.switch_connected(d, HOST1_PORTS)
+    pair_id = HOST_TABLES.id("pair")
+    found = [
+        (cookie("host", "pair", 7), pair_id, 100,
+         {"eth_type": 0x86DD, "ipv6_src": str(SVC1), "ipv6_dst": str(A_VM1)}),
+        (cookie("host", "pair", 8), pair_id, 100,                      # no longer allowed
+         {"eth_type": 0x86DD, "ipv6_src": "fd00:5e:1::99", "ipv6_dst": str(A_VM1)}),
+        (cookie("host", "vm", "gone-vm"), HOST_TABLES.id("v6_dnat"), 100,   # VM left the NB
+         {"eth_type": 0x86DD, "ipv6_dst": "fd41::3930:1f:6600:a00:9"}),
+        (0x1234, 0, 1, {}),                                             # not ours: left alone
+    ]
+    msgs = logic.resynced(d, found)
+    sw = logic.switches[d]
+    assert sw.pairs == {7: ("svc1", "a-vm1")}
+    assert DeleteFlows(cookie("host", "pair", 8), 0xFFFFFFFFFFFFFFFF) in msgs
+    assert [m.table for m in msgs if isinstance(m, DeleteStrict)] == ["v6_dnat"]
+    # the adopted pair keeps its alias when its traffic comes back
+    flows = [m for m in logic.packet_in(d, pair_id, 1, frame(SVC1, A_VM1)) if isinstance(m, Flow)]
+    assert Cookie.decode(flows[0].cookie).obj == 7
