@@ -15,7 +15,7 @@ names into numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any, Iterable, Mapping, Union
 
 # ---------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def _norm(name: str, value: Any) -> Any:
     if kind == "mac":
         return str(value).lower()
     if kind in ("ipv4", "ipv6"):
-        return str(value)
+        return str(ip_address(str(value)))  # canonical text: what a switch's flow dump gives back
     return int(value)
 
 

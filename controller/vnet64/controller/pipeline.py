@@ -16,10 +16,10 @@ Host pipeline (table ids in brackets)::
      │                                       IPv6 back from TAYGA ─► ct(v6 DNAT zone) ─► v6_unsnat [31]
      │                                                    ─► ct(v6 SNAT zone) ─► to_service [32]
      └ in_port=v-<vm> ─► from_vm [40]: ARP for the gateway ─► arp_reply [41]
-                                      IPv4 to Platform_IP ─► ct(VNet zone) ─► vm_return [42] ─► to_translator [23]
+                                      IPv4 to Platform_IP ─► ct(VNet zone) ─► vm_return [42] ─► to_translator [50]
   pair [20]: (service IPv6, VM platform IPv6) ─► ct(v6 SNAT zone, src=<xlat /96>::<alias>) ─► v6_dnat [21]
              miss ─► meter ─► controller (first packet of a new pair)
-  v6_dnat [21]: ─► ct(v6 DNAT zone, dst=<xlat /96>::<VM IPv4>) ─► to_translator [23] ─► xlat0
+  v6_dnat [21]: ─► ct(v6 DNAT zone, dst=<xlat /96>::<VM IPv4>) ─► to_translator [50] ─► xlat0
 
 Appliance pipeline::
 
@@ -51,7 +51,6 @@ HOST_TABLES = TableMap("host", (
     ("nd_tll", 13),
     ("pair", 20),
     ("v6_dnat", 21),
-    ("to_translator", 23),
     ("from_translator", 30),
     ("v6_unsnat", 31),
     ("to_service", 32),
@@ -59,6 +58,7 @@ HOST_TABLES = TableMap("host", (
     ("from_vm", 40),
     ("arp_reply", 41),
     ("vm_return", 42),
+    ("to_translator", 50),
 ))
 
 APPLIANCE_TABLES = TableMap("appliance", (

@@ -152,6 +152,9 @@ def base_flows(ports: Ports, xlat_mac: str) -> list[Flow]:
         flow("v6_unsnat", PRIO_DEFAULT, {"eth_type": ETH_IPV6},
              [CT(zone=ZONE_V6_SNAT, table="to_service", nat=Nat())], cookie=c),
     ]
+    if ports.geneve is not None:
+        out.append(flow("classify", PRIO_MATCH, {"in_port": ports.geneve, "tunnel_id": VNI},
+                        goto="from_tunnel", cookie=c))
     if ports.xlat is not None:
         out += [
             flow("classify", PRIO_MATCH, {"in_port": ports.xlat}, goto="from_translator", cookie=c),

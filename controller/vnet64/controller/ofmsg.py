@@ -1,0 +1,331 @@
+"""The flow language (``flows.py``) as os-ken OpenFlow 1.3 messages, and back.
+
+Pure functions, no I/O: role logic returns :mod:`flows` values with tables
+given by name; :func:`to_messages` turns them into os-ken message objects for
+one datapath (a connected ``Datapath`` or :func:`protocol` for tests), and
+:func:`serialize` packs a list of them into write-sized byte strings, so that a
+flow-mod and the packet-out that needs it leave in one write.
+
+Going back, :func:`flow_entry` turns one entry of a flow-stats reply (the
+resync dump a switch gives on connect) into a :class:`FlowEntry` whose
+``match`` is a plain dict in the flow language's canonical form, so that
+``flows.Match.of(entry.match) == flow.match`` for a flow this module installed.
+
+Choices worth knowing:
+- A ``MeterMod`` becomes ADD followed by MODIFY: whether or not the meter
+  exists yet, it ends with the given rate (the ADD fails with METER_EXISTS on a
+  switch that kept it; the app does not log that error). A meter must exist
+  before a flow that uses it is added (OVS answers INVALID_METER), so return
+  the ``MeterMod`` first.
+- ``DeleteFlows`` matches every flow with the cookie under the mask
+  (``out_port``/``out_group`` ANY; a plain OFPFlowMod would default to port 0).
+- ``DeleteStrict`` removes the one flow at (table, priority, match), whatever
+  its cookie.
+- ``CT`` zones are immediate (``zone_src`` empty, the zone in
+  ``zone_ofs_nbits``); a missing ``table`` means no recirculation.
+- os-ken does not know OVS's ``nd_reserved``/``nd_options_type`` (OXM class
+  0x1000, "ERICOXM"); importing this module teaches them to os-ken's OpenFlow
+  1.3 field table (the encoding was read off OVS 3.1's own flow-stats replies).
+"""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+from typing import Any, Iterable, NamedTuple
+
+from os_ken.lib import type_desc
+from os_ken.ofproto import nicira_ext
+from os_ken.ofproto import ofproto_protocol
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import oxm_fields
+
+from . import flows
+from .flows import (CT, Controller, DeleteFlows, DeleteStrict, Flow, FlowError, Match, MeterMod,
+                    Move, Nat, Output, PacketOut, Resubmit, SetField, TableMap)
+
+# NAT flags of NXAST_NAT (OVS include/openflow/nicira-ext.h); os-ken has no names for them.
+NX_NAT_F_SRC = 1 << 0
+NX_NAT_F_DST = 1 << 1
+NX_NAT_F_PERSISTENT = 1 << 2
+NX_NAT_F_PROTO_HASH = 1 << 3
+NX_NAT_F_PROTO_RANDOM = 1 << 4
+
+# Pre-serialised messages are joined into writes of about this size (DESIGN §4c:
+# ≈64 KB writes were the fastest way to push many flow-mods).
+WRITE_SIZE = 64 * 1024
+
+
+class _EricssonOxm(oxm_fields._OxmClass):
+    """OXM class 0x1000 (OVS: ERICOXM_OF_*), a plain 32-bit header like OpenFlow basic."""
+
+    _class = 0x1000
+
+
+def _teach_os_ken_ovs_fields() -> None:
+    known = {f.name for f in ofp.oxm_types}
+    extra = [f for f in (_EricssonOxm("nd_reserved", 1, type_desc.Int4),
+                         _EricssonOxm("nd_options_type", 2, type_desc.Int1))
+             if f.name not in known]
+    if extra:
+        ofp.oxm_types.extend(extra)
+        oxm_fields.generate(ofp.__name__)  # rebuilds the name/number lookups from oxm_types
+
+
+_teach_os_ken_ovs_fields()
+
+
+def protocol() -> ofproto_protocol.ProtocolDesc:
+    """A stand-in datapath (OpenFlow 1.3) for building messages without a switch."""
+    return ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
+
+
+# ---------------------------------------------------------------------------
+# flow language -> os-ken
+
+
+def to_messages(datapath: Any, tables: TableMap | None, msgs: Iterable[flows.Message]) -> list:
+    """One os-ken message per flow-language message (two for a ``MeterMod``), in order.
+
+    ``tables`` names the role's stages; it may be None only when no message
+    refers to a table by name.
+    """
+    out: list = []
+    for m in msgs:
+        if isinstance(m, Flow):
+            out.append(flow_mod(datapath, tables, m))
+        elif isinstance(m, PacketOut):
+            out.append(packet_out(datapath, tables, m))
+        elif isinstance(m, DeleteFlows):
+            out.append(delete_flows(datapath, tables, m))
+        elif isinstance(m, DeleteStrict):
+            out.append(delete_strict(datapath, tables, m))
+        elif isinstance(m, MeterMod):
+            out.extend(meter_mods(datapath, m))
+        else:
+            raise FlowError(f"not a flow-language message: {m!r}")
+    return out
+
+
+def _table_id(tables: TableMap | None, name: str) -> int:
+    if tables is None:
+        raise FlowError(f"table {name!r} used without a table map")
+    return tables.id(name)
+
+
+def match(datapath: Any, m: Match) -> Any:
+    """``OFPMatch`` with os-ken's field names; values or (value, mask) pairs as they are."""
+    return datapath.ofproto_parser.OFPMatch(**m.as_dict())
+
+
+def nat_action(datapath: Any, nat: Nat) -> Any:
+    parser = datapath.ofproto_parser
+    if nat.kind is None:
+        if nat.addr_min or nat.port_min is not None or nat.random:
+            raise FlowError("nat without src/dst takes no addresses, ports or flags")
+        return parser.NXActionNAT(flags=0)
+    if nat.kind == "src":
+        flags = NX_NAT_F_SRC
+    elif nat.kind == "dst":
+        flags = NX_NAT_F_DST
+    else:
+        raise FlowError(f"nat kind must be 'src', 'dst' or None, not {nat.kind!r}")
+    if nat.random:
+        flags |= NX_NAT_F_PROTO_RANDOM
+    kw: dict[str, Any] = {}
+    if nat.addr_min:
+        family = ip_address(nat.addr_min).version
+        if nat.addr_max and ip_address(nat.addr_max).version != family:
+            raise FlowError(f"nat range mixes IPv4 and IPv6: {nat.addr_min}-{nat.addr_max}")
+        key = "range_ipv4" if family == 4 else "range_ipv6"
+        kw[f"{key}_min"] = str(ip_address(nat.addr_min))
+        if nat.addr_max:
+            kw[f"{key}_max"] = str(ip_address(nat.addr_max))
+    elif nat.addr_max:
+        raise FlowError("nat addr_max without addr_min")
+    if nat.port_min is not None:
+        kw["range_proto_min"] = nat.port_min
+        if nat.port_max is not None:
+            kw["range_proto_max"] = nat.port_max
+    elif nat.port_max is not None:
+        raise FlowError("nat port_max without port_min")
+    return parser.NXActionNAT(flags=flags, **kw)
+
+
+def action(datapath: Any, tables: TableMap | None, a: flows.Action) -> Any:
+    parser = datapath.ofproto_parser
+    if isinstance(a, Output):
+        if a.port == ofp.OFPP_CONTROLLER:
+            return parser.OFPActionOutput(a.port, ofp.OFPCML_NO_BUFFER)
+        return parser.OFPActionOutput(a.port)
+    if isinstance(a, SetField):
+        return parser.OFPActionSetField(**{a.field: a.value})
+    if isinstance(a, Move):
+        return parser.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=a.n_bits,
+                                      src_ofs=a.src_ofs, dst_ofs=a.dst_ofs)
+    if isinstance(a, CT):
+        if not 0 <= a.zone <= 0xFFFF:
+            raise FlowError(f"conntrack zone {a.zone} is not 0..65535")
+        recirc = (_table_id(tables, a.table) if a.table is not None
+                  else nicira_ext.NX_CT_RECIRC_NONE)
+        nested = [nat_action(datapath, a.nat)] if a.nat is not None else []
+        return parser.NXActionCT(flags=nicira_ext.NX_CT_F_COMMIT if a.commit else 0,
+                                 zone_src="", zone_ofs_nbits=a.zone, recirc_table=recirc,
+                                 alg=0, actions=nested)
+    if isinstance(a, Controller):
+        return parser.OFPActionOutput(ofp.OFPP_CONTROLLER, a.max_len)
+    if isinstance(a, Resubmit):
+        return parser.NXActionResubmitTable(table_id=_table_id(tables, a.table))
+    raise FlowError(f"not a flow-language action: {a!r}")
+
+
+def actions(datapath: Any, tables: TableMap | None, acts: Iterable[flows.Action]) -> list:
+    return [action(datapath, tables, a) for a in acts]
+
+
+def flow_mod(datapath: Any, tables: TableMap | None, f: Flow) -> Any:
+    """``OFPFlowMod(ADD)``: instructions meter, apply-actions, goto-table (in that order)."""
+    parser = datapath.ofproto_parser
+    inst = []
+    if f.meter is not None:
+        inst.append(parser.OFPInstructionMeter(f.meter))
+    if f.actions:
+        inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS,
+                                                 actions(datapath, tables, f.actions)))
+    if f.goto is not None:
+        inst.append(parser.OFPInstructionGotoTable(_table_id(tables, f.goto)))
+    return parser.OFPFlowMod(
+        datapath, cookie=f.cookie, cookie_mask=0, table_id=_table_id(tables, f.table),
+        command=ofp.OFPFC_ADD, idle_timeout=f.idle_timeout, hard_timeout=f.hard_timeout,
+        priority=f.priority, buffer_id=ofp.OFP_NO_BUFFER, out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY, flags=ofp.OFPFF_SEND_FLOW_REM if f.send_flow_rem else 0,
+        match=match(datapath, f.match), instructions=inst)
+
+
+def delete_flows(datapath: Any, tables: TableMap | None, d: DeleteFlows) -> Any:
+    """``OFPFlowMod(DELETE)`` of every flow whose cookie matches under the mask."""
+    parser = datapath.ofproto_parser
+    table_id = _table_id(tables, d.table) if d.table is not None else ofp.OFPTT_ALL
+    return parser.OFPFlowMod(
+        datapath, cookie=d.cookie, cookie_mask=d.cookie_mask, table_id=table_id,
+        command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+        match=parser.OFPMatch())
+
+
+def delete_strict(datapath: Any, tables: TableMap | None, d: DeleteStrict) -> Any:
+    """``OFPFlowMod(DELETE_STRICT)`` of the flow at (table, priority, match)."""
+    parser = datapath.ofproto_parser
+    return parser.OFPFlowMod(
+        datapath, table_id=_table_id(tables, d.table), command=ofp.OFPFC_DELETE_STRICT,
+        priority=d.priority, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+        match=match(datapath, d.match))
+
+
+def meter_mods(datapath: Any, m: MeterMod) -> list:
+    """ADD then MODIFY of a packets-per-second meter with one drop band."""
+    parser = datapath.ofproto_parser
+    flags = ofp.OFPMF_PKTPS | (ofp.OFPMF_BURST if m.burst else 0)
+    return [parser.OFPMeterMod(datapath, command=command, flags=flags, meter_id=m.meter_id,
+                               bands=[parser.OFPMeterBandDrop(rate=m.rate_pps,
+                                                              burst_size=m.burst)])
+            for command in (ofp.OFPMC_ADD, ofp.OFPMC_MODIFY)]
+
+
+def packet_out(datapath: Any, tables: TableMap | None, p: PacketOut) -> Any:
+    """The whole frame goes with the message (OVS never buffers packet-ins)."""
+    parser = datapath.ofproto_parser
+    return parser.OFPPacketOut(datapath, buffer_id=ofp.OFP_NO_BUFFER, in_port=p.in_port,
+                               actions=actions(datapath, tables, p.actions), data=p.data)
+
+
+def set_config(datapath: Any) -> Any:
+    """Full packets in packet-ins; os-ken never sends SET_CONFIG by itself."""
+    return datapath.ofproto_parser.OFPSetConfig(datapath, ofp.OFPC_FRAG_NORMAL, 0xFFFF)
+
+
+def flow_stats_request(datapath: Any, cookie: int = 0, cookie_mask: int = 0,
+                       table_id: int = ofp.OFPTT_ALL) -> Any:
+    """Ask for every flow whose cookie matches under the mask (mask 0: every flow)."""
+    parser = datapath.ofproto_parser
+    return parser.OFPFlowStatsRequest(datapath, 0, table_id, ofp.OFPP_ANY, ofp.OFPG_ANY,
+                                      cookie, cookie_mask, parser.OFPMatch())
+
+
+def serialize(datapath: Any, msgs: Iterable[Any], size: int = WRITE_SIZE) -> list[bytes]:
+    """Serialise ``msgs`` (giving each an xid) and join them into writes of about ``size``.
+
+    A message is never split; one larger than ``size`` is a write of its own.
+    """
+    writes: list[bytes] = []
+    chunk = bytearray()
+    for msg in msgs:
+        if msg.xid is None:
+            if hasattr(datapath, "set_xid"):
+                datapath.set_xid(msg)
+            else:
+                msg.set_xid(0)
+        msg.serialize()
+        if chunk and len(chunk) + len(msg.buf) > size:
+            writes.append(bytes(chunk))
+            chunk = bytearray()
+        chunk += msg.buf
+    if chunk:
+        writes.append(bytes(chunk))
+    return writes
+
+
+# ---------------------------------------------------------------------------
+# os-ken -> flow language
+
+
+class FlowEntry(NamedTuple):
+    """One flow of a flow-stats reply, as the resync needs it."""
+
+    cookie: int
+    table_id: int
+    priority: int
+    match: dict
+    idle_timeout: int
+
+
+def _canon(name: str, value: Any) -> Any:
+    kind = flows.FIELDS[name][1]
+    if kind in ("ipv4", "ipv6"):
+        return str(ip_address(value))
+    if kind == "mac":
+        return str(value).lower()
+    return int(value)
+
+
+def _full_mask(name: str, mask: Any) -> bool:
+    bits, kind = flows.FIELDS[name]
+    if kind in ("ipv4", "ipv6"):
+        return int(ip_address(mask)) == (1 << bits) - 1
+    if kind == "mac":
+        return str(mask).lower() == "ff:ff:ff:ff:ff:ff"
+    return int(mask) == (1 << bits) - 1
+
+
+def match_dict(ofp_match: Any) -> dict:
+    """An os-ken ``OFPMatch`` as a flow-language match dict.
+
+    Addresses in canonical text form, a mask covering every bit dropped (the
+    switch stores an exact match either way). A field the flow language does
+    not know is kept under os-ken's name with os-ken's value.
+    """
+    out: dict = {}
+    for name, value in ofp_match.items():
+        if name not in flows.FIELDS:
+            out[name] = value
+        elif isinstance(value, tuple):
+            v, mask = value
+            out[name] = (_canon(name, v) if _full_mask(name, mask)
+                         else (_canon(name, v), _canon(name, mask)))
+        else:
+            out[name] = _canon(name, value)
+    return out
+
+
+def flow_entry(stats: Any) -> FlowEntry:
+    """A ``OFPFlowStats`` body entry -> :class:`FlowEntry`."""
+    return FlowEntry(stats.cookie, stats.table_id, stats.priority, match_dict(stats.match),
+                     stats.idle_timeout)

@@ -1,0 +1,236 @@
+"""The whole data path of the default topology, traced through strict fake switches.
+
+svc1 (host2) -> a-vm1 / b-vm1 (host1, both 10.0.0.4) and back, step by step as
+the patent's FIG. 2A/2B: encapsulator, appliance, decapsulator, pair setup by
+the controller, the translator's conntrack stages (TAYGA is played by the test:
+it is stateless), delivery from Platform_IP, return rule, reconstruction of the
+IPv6 pair, and direct encapsulation to the service's host.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv6Address
+
+import pytest
+
+from tests.conftest import DEFAULT_TOPOLOGY
+from vnet64 import gateway, topology
+from vnet64.controller import model as M
+from vnet64.controller.fake import FakeSwitch
+from vnet64.controller.flows import ETH_ARP, ETH_IPV4, ETH_IPV6, Flow, PacketOut
+from vnet64.controller.logic import Logic
+from vnet64.controller.pipeline import VNI, tables_for
+from vnet64.ports import GENEVE_PORT, XLAT_PORT, translator_mac, vif_port
+
+GENEVE, XLAT = 1, 2
+PORTS = {
+    "appliance": {GENEVE_PORT: GENEVE},
+    "host1": {GENEVE_PORT: GENEVE, XLAT_PORT: XLAT, vif_port("vm", "a-vm1"): 10,
+              vif_port("vm", "b-vm1"): 11},
+    "host2": {GENEVE_PORT: GENEVE, XLAT_PORT: XLAT, vif_port("endpoint", "svc1"): 10},
+}
+SVC1 = "fd00:5e:1::10"
+A6, B6 = "fd41::3930:1f:6600:a00:4", "fd41::3930:20:6600:a00:4"
+PREFIX = "fd64:64::"
+
+
+class Platform:
+    """Three fake switches programmed by one Logic, like the lab's nodes by the controller."""
+
+    def __init__(self):
+        self.topo = topology.load(DEFAULT_TOPOLOGY)
+        self.model = M.from_topology(self.topo)
+        self.logic = Logic(lambda: self.model)
+        self.sw: dict[str, FakeSwitch] = {}
+        for node in self.model.nodes:
+            tables, msgs = self.logic.switch_connected(node.datapath_id, PORTS[node.name])
+            self.sw[node.name] = FakeSwitch(tables)
+            self.sw[node.name].apply(msgs)
+
+    def ip(self, name: str) -> str:
+        return str(self.model.node(name).underlay_ip)
+
+    def host1_in(self, packet: dict):
+        """A packet arriving at host1 from the tunnel; punts go through the controller."""
+        trace = self.sw["host1"].trace(packet, GENEVE)
+        if trace.punts:
+            dpid = self.model.node("host1").datapath_id
+            msgs = self.logic.packet_in(dpid, tables_for("host").id("pair"), GENEVE, _frame(packet))
+            self.sw["host1"].apply([m for m in msgs if isinstance(m, Flow)])
+            assert any(isinstance(m, PacketOut) for m in msgs), msgs
+            trace = self.sw["host1"].trace(packet, GENEVE, table="pair")   # the re-injection
+        return trace
+
+
+def arrive(pkt: dict, **outer) -> dict:
+    """What the next node sees: the frame (metadata dropped) plus new tunnel metadata."""
+    keep = {k: v for k, v in pkt.items()
+            if k != "in_port" and not k.startswith(("ct_", "reg", "tun_", "tunnel_id"))}
+    return {**keep, **outer}
+
+
+def _frame(packet: dict) -> bytes:
+    src, dst = IPv6Address(packet["ipv6_src"]), IPv6Address(packet["ipv6_dst"])
+    return (b"\x02\x00\x00\x00\x00\x01" * 2 + b"\x86\xdd" + b"\x60\x00\x00\x00\x00\x14\x06\x40"
+            + src.packed + dst.packed + b"\x00" * 20)
+
+
+@pytest.fixture
+def p():
+    return Platform()
+
+
+def tcp6(src, dst, sport, dport, **extra):
+    return {"eth_type": ETH_IPV6, "ipv6_src": src, "ipv6_dst": dst, "ip_proto": 6,
+            "tcp_src": sport, "tcp_dst": dport, **extra}
+
+
+def tcp4(src, dst, sport, dport, **extra):
+    return {"eth_type": ETH_IPV4, "ipv4_src": src, "ipv4_dst": dst, "ip_proto": 6,
+            "tcp_src": sport, "tcp_dst": dport, **extra}
+
+
+def tayga_6to4(pkt: dict, **l2) -> dict:
+    """The stateless translator: <prefix>::a.b.c.d -> a.b.c.d, ports kept."""
+    out = {k: v for k, v in pkt.items() if not k.startswith(("ipv6", "eth", "in_port", "ct_", "reg"))}
+    out.update(eth_type=ETH_IPV4, ipv4_src=str(IPv4Address(int(IPv6Address(pkt["ipv6_src"])) & 0xFFFFFFFF)),
+               ipv4_dst=str(IPv4Address(int(IPv6Address(pkt["ipv6_dst"])) & 0xFFFFFFFF)), **l2)
+    return out
+
+
+def tayga_4to6(pkt: dict, **l2) -> dict:
+    out = {k: v for k, v in pkt.items() if not k.startswith(("ipv4", "eth", "in_port", "ct_", "reg"))}
+    out.update(eth_type=ETH_IPV6, ipv6_src=PREFIX + _hex(pkt["ipv4_src"]),
+               ipv6_dst=PREFIX + _hex(pkt["ipv4_dst"]), **l2)
+    return out
+
+
+def _hex(v4: str) -> str:
+    n = int(IPv4Address(v4))
+    return f"{n >> 16:x}:{n & 0xFFFF:x}"
+
+
+def round_trip(p: Platform, vm_ipv6: str, vm_port: int, sport: int):
+    ep_mac = p.model.endpoint_by_ipv6(IPv6Address(SVC1)).mac
+    # 210 -> 216: the encapsulator on host2
+    t = p.sw["host2"].trace(tcp6(SVC1, vm_ipv6, sport, 80, eth_src=ep_mac,
+                                 eth_dst=gateway.GATEWAY_MAC), 10)
+    assert t.is_output(GENEVE, tun_ipv4_dst=p.ip("appliance"), tunnel_id=VNI), str(t)
+    # 216 -> 234: the appliance rewrites the outer destination and hairpins
+    pkt = arrive(t.output_packet(GENEVE), tun_ipv4_src=p.ip("host2"), tunnel_id=VNI)
+    t = p.sw["appliance"].trace(pkt, GENEVE)
+    assert t.is_output(GENEVE, tun_ipv4_dst=p.ip("host1")), str(t)
+    # 234 -> decapsulated on host1 -> pair -> two IPv6 NATs -> the translator
+    pkt = arrive(t.output_packet(GENEVE), tun_ipv4_src=p.ip("appliance"), tunnel_id=VNI)
+    t = p.host1_in(pkt)
+    to_xlat = t.output_packet(XLAT)
+    assert to_xlat["eth_dst"] == translator_mac("host1")
+    assert to_xlat["ipv6_dst"] == PREFIX + "a00:4"
+    alias6 = to_xlat["ipv6_src"]
+    assert alias6.startswith(PREFIX + "c612:")      # 198.18.x.y
+    # TAYGA -> 248: SNAT to Platform_IP in the VNet's zone, out to the VM
+    t = p.sw["host1"].trace(tayga_6to4(arrive(to_xlat), eth_src=translator_mac("host1"),
+                                       eth_dst=gateway.GATEWAY_MAC), XLAT)
+    at_vm = t.output_packet(vm_port)
+    assert at_vm["ipv4_src"] == "100.100.0.1" and at_vm["ipv4_dst"] == "10.0.0.4"
+    assert at_vm["eth_src"] == gateway.GATEWAY_MAC and at_vm["tcp_dst"] == 80
+    # 253: the VM answers Platform_IP:port -> un-SNAT -> return rule -> the translator
+    reply = tcp4("10.0.0.4", "100.100.0.1", 80, at_vm["tcp_src"], eth_dst=gateway.GATEWAY_MAC)
+    t = p.sw["host1"].trace(reply, vm_port)
+    back = t.output_packet(XLAT)
+    assert back["ipv4_dst"] == str(IPv4Address(int(IPv6Address(alias6)) & 0xFFFFFFFF))
+    assert back["tcp_dst"] == sport
+    # TAYGA -> 258: undo both IPv6 NATs -> 262: straight to host2, not to the appliance
+    t = p.sw["host1"].trace(tayga_4to6(arrive(back), eth_src=translator_mac("host1")), XLAT)
+    assert t.is_output(GENEVE, tun_ipv4_dst=p.ip("host2"), ipv6_src=vm_ipv6, ipv6_dst=SVC1,
+                       tcp_src=80, tcp_dst=sport), str(t)
+    # decapsulated on host2 and delivered to svc1
+    pkt = arrive(t.output_packet(GENEVE), tun_ipv4_src=p.ip("host1"), tunnel_id=VNI)
+    t = p.sw["host2"].trace(pkt, GENEVE)
+    assert t.is_output(10, eth_dst=ep_mac, ipv6_src=vm_ipv6, ipv6_dst=SVC1), str(t)
+    return alias6, at_vm
+
+
+def test_service_reaches_both_vms_with_the_same_ipv4_and_gets_answers(p):
+    alias_a, at_a = round_trip(p, A6, 10, 40000)
+    alias_b, at_b = round_trip(p, B6, 11, 40000)
+    assert alias_a != alias_b
+    # same 10.0.0.4, same service port: different VNet zones keep them apart
+    assert p.sw["host1"].conntrack.connections(1) and p.sw["host1"].conntrack.connections(2)
+
+
+def test_second_connection_of_a_pair_needs_no_controller(p):
+    round_trip(p, A6, 10, 40000)
+    installed = p.logic.stats["pairs_installed"]
+    round_trip(p, A6, 10, 40001)
+    assert p.logic.stats["pairs_installed"] == installed
+
+
+def test_vm_cannot_open_connections_to_platform_ip(p):
+    round_trip(p, A6, 10, 40000)
+    t = p.sw["host1"].trace(tcp4("10.0.0.4", "100.100.0.1", 5555, 22), 10)
+    assert t.dropped, str(t)
+
+
+def test_a_vm_cannot_use_another_vms_connection(p):
+    _, at_a = round_trip(p, A6, 10, 40000)
+    # b-vm1 (also 10.0.0.4) forges a reply to a-vm1's connection
+    t = p.sw["host1"].trace(tcp4("10.0.0.4", "100.100.0.1", 80, at_a["tcp_src"]), 11)
+    assert t.dropped, str(t)
+
+
+def test_forged_geneve_from_a_non_appliance_is_dropped(p):
+    pkt = tcp6(SVC1, A6, 1, 80, tun_ipv4_src=p.ip("host2"), tunnel_id=VNI)
+    t = p.sw["host1"].trace(pkt, GENEVE)
+    assert t.dropped and not t.punts, str(t)
+
+
+def test_appliance_drops_unknown_destinations_without_punting(p):
+    pkt = tcp6(SVC1, "fd41::3930:99:6600:a00:4", 1, 80, tun_ipv4_src=p.ip("host2"), tunnel_id=VNI)
+    t = p.sw["appliance"].trace(pkt, GENEVE)
+    assert t.dropped and not t.punts and t.dropped_at == "route", str(t)
+    pkt = tcp6(SVC1, A6, 1, 80, tun_ipv4_src="192.168.64.99", tunnel_id=VNI)   # not a known host
+    assert p.sw["appliance"].trace(pkt, GENEVE).dropped
+
+
+def test_service_cannot_spoof_its_source_or_leave_the_prefix(p):
+    t = p.sw["host2"].trace(tcp6("fd00:5e:1::11", A6, 1, 80), 10)
+    assert t.dropped, str(t)
+    t = p.sw["host2"].trace(tcp6(SVC1, "2001:db8::1", 1, 80), 10)
+    assert t.dropped, str(t)
+
+
+def test_gateway_answers_neighbour_solicitation(p):
+    ep_mac = p.model.endpoint_by_ipv6(IPv6Address(SVC1)).mac
+    ns = {"eth_type": ETH_IPV6, "eth_src": ep_mac, "eth_dst": "33:33:ff:00:00:01",
+          "ipv6_src": "fe80::5e:1", "ipv6_dst": "ff02::1:ff00:1", "ip_proto": 58,
+          "icmpv6_type": 135, "icmpv6_code": 0, "ipv6_nd_target": "fe80::1", "ipv6_nd_sll": ep_mac}
+    t = p.sw["host2"].trace(ns, 10)
+    na = t.output_packet(10)
+    assert na["icmpv6_type"] == 136 and na["ipv6_nd_tll"] == gateway.GATEWAY_MAC
+    assert na["eth_dst"] == ep_mac and na["eth_src"] == gateway.GATEWAY_MAC
+    assert na["ipv6_src"] == "fe80::1" and na["ipv6_dst"] == "fe80::5e:1"
+    assert na["nd_options_type"] == 2 and na["nd_reserved"] == 0xE0000000
+
+
+def test_gateway_answers_arp_from_its_vm_only(p):
+    vm = next(v for v in p.model.vms if v.name == "a-vm1")
+    arp = {"eth_type": ETH_ARP, "eth_src": vm.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "arp_op": 1,
+           "arp_spa": "10.0.0.4", "arp_tpa": "10.0.0.1", "arp_sha": vm.mac, "arp_tha": "00:00:00:00:00:00"}
+    reply = p.sw["host1"].trace(arp, 10).output_packet(10)
+    assert reply["arp_op"] == 2 and reply["arp_sha"] == gateway.GATEWAY_MAC
+    assert reply["arp_spa"] == "10.0.0.1" and reply["arp_tpa"] == "10.0.0.4"
+    assert reply["eth_dst"] == vm.mac
+    assert p.sw["host1"].trace({**arp, "arp_tpa": "10.0.0.9"}, 10).dropped
+
+
+def test_icmp_error_from_the_vm_reaches_the_service_as_related(p):
+    alias6, at_vm = round_trip(p, A6, 10, 40000)
+    err = {"eth_type": ETH_IPV4, "ipv4_src": "10.0.0.4", "ipv4_dst": "100.100.0.1", "ip_proto": 1,
+           "icmpv4_type": 3, "icmpv4_code": 3,
+           "inner_ipv4_src": "100.100.0.1", "inner_ipv4_dst": "10.0.0.4", "inner_ip_proto": 6,
+           "inner_tcp_src": at_vm["tcp_src"], "inner_tcp_dst": 80}
+    t = p.sw["host1"].trace(err, 10)
+    back = t.output_packet(XLAT)
+    assert back["inner_ipv4_src"] == str(IPv4Address(int(IPv6Address(alias6)) & 0xFFFFFFFF))
+    assert back["inner_tcp_src"] == 40000
