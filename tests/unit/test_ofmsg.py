@@ -1,0 +1,285 @@
+"""ofmsg: every flow-language message serialises, and the key fields land where OVS reads them.
+
+Flow-mods are parsed back with os-ken's own parser; the messages os-ken cannot
+parse (packet-out, meter-mod, flow-stats request) are checked in their bytes.
+tests/lab/test_ofmsg_ovs.py proves the same messages against a real switch.
+"""
+
+from __future__ import annotations
+
+import struct
+from ipaddress import IPv4Network
+
+import pytest
+from os_ken.ofproto import nicira_ext, ofproto_parser
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from vnet64.controller import flows as F
+from vnet64.controller import ofmsg
+
+TABLES = F.TableMap("t", (("classify", 0), ("ct_fwd", 3), ("out", 7)))
+
+
+@pytest.fixture
+def dp():
+    return ofmsg.protocol()
+
+
+def roundtrip(dp, msg):
+    """Serialise, then parse with os-ken's parser (as if a switch had sent it)."""
+    msg.set_xid(1)
+    msg.serialize()
+    version, msg_type, length, xid = ofproto_parser.header(msg.buf)
+    assert length == len(msg.buf)
+    return ofproto_parser.msg(dp, version, msg_type, length, xid, bytes(msg.buf))
+
+
+def one(dp, m, tables=TABLES):
+    [msg] = ofmsg.to_messages(dp, tables, [m])
+    return msg
+
+
+def apply_actions(fm):
+    [inst] = [i for i in fm.instructions if isinstance(i, parser.OFPInstructionActions)]
+    assert inst.type == ofp.OFPIT_APPLY_ACTIONS
+    return inst.actions
+
+
+def test_flow_mod_fields_and_instruction_order(dp):
+    f = F.flow("classify", 321, {"in_port": 5, "eth_type": F.ETH_IPV6, "ipv6_dst": "fd41::1"},
+               [F.Output(2)], goto="out", meter=9, cookie=0xABCDEF0123, idle_timeout=60,
+               hard_timeout=600, send_flow_rem=True)
+    fm = roundtrip(dp, one(dp, f))
+    assert isinstance(fm, parser.OFPFlowMod)
+    assert (fm.command, fm.table_id, fm.priority, fm.cookie) == (ofp.OFPFC_ADD, 0, 321, 0xABCDEF0123)
+    assert (fm.idle_timeout, fm.hard_timeout, fm.flags) == (60, 600, ofp.OFPFF_SEND_FLOW_REM)
+    assert fm.buffer_id == ofp.OFP_NO_BUFFER
+    assert [type(i) for i in fm.instructions] == [
+        parser.OFPInstructionMeter, parser.OFPInstructionActions, parser.OFPInstructionGotoTable]
+    assert fm.instructions[0].meter_id == 9
+    assert fm.instructions[2].table_id == 7
+    assert dict(fm.match.items()) == {"in_port": 5, "eth_type": 0x86DD, "ipv6_dst": "fd41::1"}
+
+
+def test_flow_without_actions_or_flags(dp):
+    fm = roundtrip(dp, one(dp, F.flow("out", 0)))
+    assert fm.instructions == [] and fm.flags == 0 and fm.table_id == 7
+
+
+def test_masked_matches_and_ct_state(dp):
+    f = F.flow("classify", 1, {"eth_type": F.ETH_IPV4, "ipv4_dst": IPv4Network("10.0.0.0/8"),
+                               "ct_state": F.ct_state("+trk", "+est", "-new"),
+                               "reg3": (0x5, 0xFF), "tun_ipv4_src": "192.0.2.1"})
+    got = dict(roundtrip(dp, one(dp, f)).match.items())
+    assert got["ipv4_dst"] == ("10.0.0.0", "255.0.0.0")
+    assert got["ct_state"] == (F.CT_TRK | F.CT_EST, F.CT_TRK | F.CT_EST | F.CT_NEW)
+    assert got["reg3"] == (5, 0xFF)
+    assert got["tun_ipv4_src"] == "192.0.2.1"
+
+
+def test_every_field_of_the_flow_language_serialises(dp):
+    sample = {"int": 1, "hex": 1, "ct": 1, "mac": "02:00:00:00:00:01", "ipv4": "192.0.2.1",
+              "ipv6": "fd00::1"}
+    for name, (_, kind) in F.FIELDS.items():
+        value = sample[kind] if name != "vlan_vid" else 0x1005
+        one(dp, F.flow("classify", 1, {name: value}, [F.SetField(name, value)])).serialize()
+
+
+def test_set_field_move_resubmit_controller_output(dp):
+    f = F.flow("classify", 1, {"eth_type": F.ETH_IPV6}, [
+        F.SetField("tun_ipv4_dst", "192.168.50.2"), F.SetField("ipv6_nd_tll", "02:00:00:00:00:01"),
+        F.SetField("reg5", 7), F.Move("reg0", "tun_ipv4_dst", 32, 0, 0),
+        F.Resubmit("ct_fwd"), F.Controller(), F.Controller(max_len=128), F.Output(F.OFPP_IN_PORT),
+        F.Output(F.OFPP_CONTROLLER)])
+    acts = apply_actions(roundtrip(dp, one(dp, f)))
+    assert [(a.key, a.value) for a in acts[:3]] == [
+        ("tun_ipv4_dst", "192.168.50.2"), ("ipv6_nd_tll", "02:00:00:00:00:01"), ("reg5", 7)]
+    move = acts[3]
+    assert (move.src_field, move.dst_field, move.n_bits) == ("reg0", "tun_ipv4_dst", 32)
+    assert isinstance(acts[4], parser.NXActionResubmitTable) and acts[4].table_id == 3
+    assert acts[4].in_port == 0xFFF8  # the packet's own in_port
+    assert [(a.port, a.max_len) for a in acts[5:]] == [
+        (ofp.OFPP_CONTROLLER, 0xFFFF), (ofp.OFPP_CONTROLLER, 128), (ofp.OFPP_IN_PORT, 0xFFE5),
+        (ofp.OFPP_CONTROLLER, 0xFFFF)]
+
+
+@pytest.mark.parametrize("nat, flags, ranges", [
+    (F.Nat(), 0, {}),
+    (F.Nat("src", "100.64.0.1", "100.64.0.4", 40000, 40999),
+     1, {"range_ipv4_min": "100.64.0.1", "range_ipv4_max": "100.64.0.4",
+         "range_proto_min": 40000, "range_proto_max": 40999}),
+    (F.Nat("dst", "fd64::a00:4"), 2, {"range_ipv6_min": "fd64::a00:4"}),
+    (F.Nat("src", "fd64:0:0::100", None, 1024, 2047, random=True),
+     1 | 16, {"range_ipv6_min": "fd64::100", "range_proto_min": 1024, "range_proto_max": 2047}),
+    (F.Nat("src", None, None, 5000), 1, {"range_proto_min": 5000}),
+])
+def test_ct_with_nat(dp, nat, flags, ranges):
+    f = F.flow("classify", 1, {"eth_type": F.ETH_IPV6},
+               [F.CT(zone=64001, commit=True, table="ct_fwd", nat=nat)])
+    [ct] = apply_actions(roundtrip(dp, one(dp, f)))
+    assert isinstance(ct, parser.NXActionCT)
+    assert ct.flags == nicira_ext.NX_CT_F_COMMIT
+    assert ct.zone_src == "" and ct.zone_ofs_nbits == 64001  # immediate zone
+    assert ct.recirc_table == 3
+    [n] = ct.actions
+    assert isinstance(n, parser.NXActionNAT) and n.flags == flags
+    defaults = {"range_ipv4_min": "", "range_ipv4_max": "", "range_ipv6_min": "",
+                "range_ipv6_max": "", "range_proto_min": None, "range_proto_max": None}
+    assert {k: getattr(n, k) for k in defaults} == {**defaults, **ranges}
+
+
+def test_ct_without_table_or_commit(dp):
+    [ct] = apply_actions(roundtrip(dp, one(dp, F.flow("classify", 1, {}, [F.CT(zone=7)]))))
+    assert (ct.flags, ct.recirc_table, ct.actions) == (0, nicira_ext.NX_CT_RECIRC_NONE, [])
+
+
+@pytest.mark.parametrize("nat, message", [
+    (F.Nat("both", "10.0.0.1"), "kind"),
+    (F.Nat(None, "10.0.0.1"), "takes no"),
+    (F.Nat("src", "10.0.0.1", "fd00::1"), "mixes"),
+    (F.Nat("src", None, "10.0.0.1"), "addr_max without"),
+    (F.Nat("src", None, None, None, 5), "port_max without"),
+])
+def test_bad_nat_is_refused(dp, nat, message):
+    with pytest.raises(F.FlowError, match=message):
+        one(dp, F.flow("classify", 1, {}, [F.CT(zone=1, nat=nat)]))
+
+
+def test_unknown_table_names_the_pipeline(dp):
+    with pytest.raises(F.FlowError, match="'nowhere' is not a stage of the t pipeline"):
+        one(dp, F.flow("classify", 1, {}, [F.Resubmit("nowhere")]))
+    with pytest.raises(F.FlowError, match="without a table map"):
+        one(dp, F.flow("classify", 1), tables=None)
+
+
+def test_delete_flows(dp):
+    d = roundtrip(dp, one(dp, F.DeleteFlows(cookie=0x1200, cookie_mask=0xFF00)))
+    assert (d.command, d.cookie, d.cookie_mask, d.table_id) == (
+        ofp.OFPFC_DELETE, 0x1200, 0xFF00, ofp.OFPTT_ALL)
+    assert (d.out_port, d.out_group) == (ofp.OFPP_ANY, ofp.OFPG_ANY)  # not "flows to port 0"
+    assert dict(d.match.items()) == {}
+    d = roundtrip(dp, one(dp, F.DeleteFlows(1, 1, table="out")))
+    assert d.table_id == 7
+
+
+def test_delete_strict(dp):
+    f = F.flow("out", 33, {"eth_type": F.ETH_IPV6, "ipv6_dst": "fd41::9"}, [F.Output(1)], cookie=5)
+    d = roundtrip(dp, one(dp, F.DeleteStrict.of(f)))
+    assert (d.command, d.table_id, d.priority, d.cookie_mask) == (ofp.OFPFC_DELETE_STRICT, 7, 33, 0)
+    assert (d.out_port, d.out_group) == (ofp.OFPP_ANY, ofp.OFPG_ANY)
+    assert dict(d.match.items()) == {"eth_type": 0x86DD, "ipv6_dst": "fd41::9"}
+
+
+def test_ovs_nd_fields_use_the_class_ovs_reads(dp):
+    """nd_reserved / nd_options_type: OXM class 0x1000, fields 1 and 2 (as OVS 3.1 dumps them)."""
+    f = F.flow("classify", 1, {"eth_type": F.ETH_IPV6, "ip_proto": F.PROTO_ICMPV6,
+                               "icmpv6_type": 135, "nd_reserved": 0},
+               [F.SetField("nd_reserved", 0xE0000000), F.SetField("nd_options_type", 2)])
+    fm = one(dp, f)
+    fm.serialize()
+    buf = bytes(fm.buf)
+    assert bytes.fromhex("10000204" "00000000") in buf                 # the match
+    assert bytes.fromhex("10000204" "e0000000") in buf                 # set_field nd_reserved
+    assert bytes.fromhex("10000401" "02") in buf                       # set_field nd_options_type
+    back = roundtrip(dp, one(dp, f))
+    assert dict(back.match.items())["nd_reserved"] == 0
+    assert [(a.key, a.value) for a in apply_actions(back)] == [
+        ("nd_reserved", 0xE0000000), ("nd_options_type", 2)]
+
+
+def test_meter_mod_is_add_then_modify(dp):
+    msgs = ofmsg.to_messages(dp, None, [F.MeterMod(meter_id=3, rate_pps=1000, burst=100)])
+    assert [m.command for m in msgs] == [ofp.OFPMC_ADD, ofp.OFPMC_MODIFY]
+    for m in msgs:
+        m.serialize()
+        # header, command, flags, meter_id, then the band: type, len, rate, burst
+        command, flags, meter_id = struct.unpack_from("!HHI", m.buf, 8)
+        band_type, _, rate, burst = struct.unpack_from("!HHII", m.buf, 16)
+        assert (flags, meter_id) == (ofp.OFPMF_PKTPS | ofp.OFPMF_BURST, 3)
+        assert (band_type, rate, burst) == (ofp.OFPMBT_DROP, 1000, 100)
+    [add, _] = ofmsg.to_messages(dp, None, [F.MeterMod(3, 1000)])
+    add.serialize()
+    assert struct.unpack_from("!H", add.buf, 10)[0] == ofp.OFPMF_PKTPS  # no burst flag
+
+
+def test_packet_out(dp):
+    frame = bytes(range(64))
+    po = one(dp, F.PacketOut(frame, in_port=4))
+    po.serialize()
+    buffer_id, in_port, actions_len = struct.unpack_from("!IIH", po.buf, 8)
+    assert (buffer_id, in_port, actions_len) == (ofp.OFP_NO_BUFFER, 4, 16)
+    assert struct.unpack_from("!HHI", po.buf, 24) == (ofp.OFPAT_OUTPUT, 16, ofp.OFPP_TABLE)
+    assert po.buf[24 + actions_len:] == frame
+    po = one(dp, F.PacketOut(frame, in_port=ofp.OFPP_CONTROLLER,
+                             actions=(F.SetField("reg0", 1), F.Resubmit("out"))))
+    po.serialize()
+
+
+def test_set_config_and_flow_stats_request(dp):
+    sc = ofmsg.set_config(dp)
+    sc.serialize()
+    assert struct.unpack_from("!HH", sc.buf, 8) == (ofp.OFPC_FRAG_NORMAL, 0xFFFF)
+    req = ofmsg.flow_stats_request(dp, cookie=0x7700, cookie_mask=0xFF00)
+    req.serialize()
+    mp_type, = struct.unpack_from("!H", req.buf, 8)
+    table_id, out_port, out_group, cookie, mask = struct.unpack_from("!B3xII4xQQ", req.buf, 16)
+    assert (mp_type, table_id, out_port, out_group) == (
+        ofp.OFPMP_FLOW, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY)
+    assert (cookie, mask) == (0x7700, 0xFF00)
+
+
+def test_serialize_joins_messages_into_writes(dp):
+    flows = [F.flow("classify", i, {"reg0": i}, [F.Output(1)]) for i in range(2000)]
+    msgs = ofmsg.to_messages(dp, TABLES, flows)
+    writes = ofmsg.serialize(dp, msgs)
+    assert len(writes) > 1 and all(len(w) <= ofmsg.WRITE_SIZE for w in writes)
+    joined = b"".join(writes)
+    assert joined == b"".join(bytes(m.buf) for m in msgs)
+    # every message whole, in order
+    off, prios = 0, []
+    while off < len(joined):
+        version, msg_type, length, xid = ofproto_parser.header(joined[off:])
+        prios.append(ofproto_parser.msg(dp, version, msg_type, length, xid,
+                                        joined[off:off + length]).priority)
+        off += length
+    assert prios == list(range(2000))
+
+
+def test_serialize_gives_xids_from_the_datapath(dp):
+    class Dp:
+        ofproto, ofproto_parser = dp.ofproto, dp.ofproto_parser
+        xid = 41
+
+        def set_xid(self, msg):
+            self.xid += 1
+            msg.set_xid(self.xid)
+
+    d = Dp()
+    msgs = ofmsg.to_messages(d, TABLES, [F.flow("out", 1), F.flow("out", 2)])
+    ofmsg.serialize(d, msgs)
+    assert [m.xid for m in msgs] == [42, 43]
+
+
+def test_flow_entry_round_trips_a_match(dp):
+    f = F.flow("ct_fwd", 200, {"eth_type": F.ETH_IPV6, "ipv6_src": "fd00:5:0::10",
+                               "ipv6_dst": ("fd41::", "ffff::"), "eth_src": "02:AA:00:00:00:01",
+                               "ct_state": F.ct_state("+trk", "-new"), "reg3": (7, 0xFFFFFFFF)},
+               [F.Output(1)], cookie=0x77, idle_timeout=60)
+    # what a switch sends back: an OFPFlowStats with the match
+    stats = parser.OFPFlowStats(table_id=3, duration_sec=1, duration_nsec=0, priority=200,
+                                idle_timeout=60, hard_timeout=0, flags=0,
+                                cookie=0x77, packet_count=0, byte_count=0,
+                                match=roundtrip(dp, one(dp, f)).match, instructions=[])
+    e = ofmsg.flow_entry(stats)
+    assert e == (0x77, 3, 200, e.match, 60)
+    assert e.match["reg3"] == 7  # a mask over every bit is an exact match
+    assert e.match["ipv6_src"] == "fd00:5::10" and e.match["eth_src"] == "02:aa:00:00:00:01"
+    assert F.Match.of(e.match) == F.Match.of({**f.match.as_dict(), "reg3": 7})
+
+
+def test_not_a_message(dp):
+    with pytest.raises(F.FlowError, match="not a flow-language message"):
+        ofmsg.to_messages(dp, TABLES, ["flow"])
+    with pytest.raises(F.FlowError, match="not a flow-language action"):
+        one(dp, F.flow("out", 1, {}, ["drop"]))
