@@ -175,6 +175,9 @@ class Lab:
             nb_future = pool.submit(self._nb, plan)
             node_futures = [pool.submit(self._node, plan, n) for n in plan.nodes]
             platform = nb_future.result()
+            # The controller listens before the bridges first try to connect: OVS backs
+            # its reconnects off (up to 8 s), so a late controller waits for them.
+            controller = self._controller(plan)
             for f in node_futures:
                 f.result()
         timings.mark("nb+nodes")
@@ -182,7 +185,6 @@ class Lab:
         timings.mark("vms+endpoints")
         self._translators(plan, platform)
         timings.mark("translators")
-        controller = self._controller(plan)
         self._wait_ready(plan)
         timings.mark("ready")
         self._write_state(phase="up", timings=timings.steps, up_seconds=timings.total,
