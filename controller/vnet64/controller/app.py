@@ -1,0 +1,457 @@
+"""The thin os-ken shell: switch events in, role-logic messages out.
+
+``Vnet64App`` owns no policy. It finds the switch an event belongs to, calls
+the pluggable role logic (anything that implements :class:`Logic`; the shipped
+one is ``vnet64.controller.logic:Logic``) and sends the flow-language messages
+it returns through :mod:`ofmsg`, all messages of one reaction in one write
+(flow-mods before the packet-out that needs them; no barrier, never a wait for
+a reply inside a handler).
+
+Per switch, in order:
+
+1. features reply: ``OFPSetConfig(miss_send_len=0xffff)`` (os-ken never sends
+   one; without it packet-ins may come truncated or not at all);
+2. os-ken's own handshake asks for the port descriptions; once they are in
+   (``MAIN_DISPATCHER``), ``logic.switch_connected(dpid, ports)`` gives the
+   role's table map and proactive messages; they are sent, followed by a
+   flow-stats request for every flow;
+3. when the whole dump is in (``REPLY_MORE`` followed),
+   ``logic.resynced(dpid, flows)``; packet-ins that arrived meanwhile were held
+   and are handed over now (so the logic never allocates before it has seen
+   what the switch already holds);
+4. then packet-ins, flow-removed and port-status as they come; on disconnect
+   ``logic.switch_disconnected``.
+
+The NB side: a watcher thread connects to the NB (retrying while it is
+unreachable), builds the logic once the first replica is in, and posts an
+event into this app's own queue whenever the IDL's ``change_seqno`` moves
+(polled every 50 ms, coalesced), so every logic call happens on this app's one
+event thread and the logic needs no locks.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+from os_ken.base import app_manager
+from os_ken.controller import event, ofp_event
+from os_ken.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER,
+                                       set_ev_cls)
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
+from vnet64.nb import api as nbapi
+
+from . import model, ofmsg
+from .flows import FlowError, Message, TableMap
+
+# Imported here, in the main thread, on purpose: vnet64.nb.api pulls in ovs.poller,
+# which imports eventlet, and a thread that imports eventlet can never be joined
+# (is_alive() stays true after it returns; measured with eventlet 0.41).
+
+LOG = logging.getLogger("vnet64.controller")
+
+DEFAULT_LOGIC = "vnet64.controller.logic:Logic"
+PENDING_PACKET_INS = 4096   # held per switch while its resync runs; the oldest are dropped beyond
+
+
+def default_nb_remote() -> str:
+    """``$VNET64_NB``, else the embedded NB's socket in ``$VNET64_RUN_DIR`` (/var/lib/vnet64)."""
+    if os.environ.get("VNET64_NB"):
+        return os.environ["VNET64_NB"]
+    return f"unix:{os.environ.get('VNET64_RUN_DIR', '/var/lib/vnet64')}/nb.sock"
+
+
+class Logic(Protocol):
+    """What the role logic offers the app. Every method runs on the app's event thread.
+
+    The logic is built as ``factory(load_model)`` once the NB replica is in;
+    ``load_model()`` returns a fresh :class:`vnet64.controller.model.Model` of the NB.
+    Message lists may be empty; order matters within one list (a meter before
+    the flows that use it, flows before the packet-out that needs them).
+    """
+
+    def switch_connected(self, dpid: int, ports: dict[str, int]) -> tuple[TableMap, list[Message]] | None:
+        """A switch finished its handshake. ``ports``: port name -> OpenFlow port number.
+        None: not a switch of ours (it is left alone, and asked again after NB changes)."""
+
+    def resynced(self, dpid: int, flows: list[tuple[int, int, int, dict]]) -> list[Message]:
+        """Every flow the switch held right after ``switch_connected``'s messages:
+        (cookie, table id, priority, match dict in the flow language's canonical form)."""
+
+    def switch_disconnected(self, dpid: int) -> None:
+        """The connection is gone (the switch may keep its flows: fail-mode secure)."""
+
+    def ports_changed(self, dpid: int, ports: dict[str, int]) -> list[Message]:
+        """A port was added, removed or changed; ``ports`` is the whole new map."""
+
+    def packet_in(self, dpid: int, table_id: int, in_port: int, data: bytes) -> list[Message]:
+        """A packet the pipeline sent to the controller (the whole frame)."""
+
+    def flow_removed(self, dpid: int, cookie: int) -> list[Message]:
+        """A flow with ``send_flow_rem`` left the switch (idle/hard timeout or a delete)."""
+
+    def nb_changed(self) -> dict[int, list[Message]]:
+        """The NB changed: datapath id -> messages for that switch."""
+
+
+LogicFactory = Callable[[Callable[[], Any]], Logic]
+
+
+class NullLogic:
+    """A logic that programs nothing and answers nothing. For tests only; never the default."""
+
+    TABLES = TableMap("null", (("main", 0),))
+
+    def __init__(self, load_model: Callable[[], Any] | None = None):
+        self.load_model = load_model
+
+    def switch_connected(self, dpid: int, ports: dict[str, int]):
+        return self.TABLES, []
+
+    def resynced(self, dpid: int, flows: list) -> list[Message]:
+        return []
+
+    def switch_disconnected(self, dpid: int) -> None:
+        pass
+
+    def ports_changed(self, dpid: int, ports: dict[str, int]) -> list[Message]:
+        return []
+
+    def packet_in(self, dpid: int, table_id: int, in_port: int, data: bytes) -> list[Message]:
+        return []
+
+    def flow_removed(self, dpid: int, cookie: int) -> list[Message]:
+        return []
+
+    def nb_changed(self) -> dict[int, list[Message]]:
+        return {}
+
+
+@dataclass
+class Settings:
+    """What the launcher hands the apps (as the ``vnet64`` keyword of every app)."""
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 6653
+    nb_remote: str = field(default_factory=default_nb_remote)
+    logic_factory: LogicFactory | None = None
+    nb_poll_interval: float = 0.05
+    nb_connect_timeout: float = 3.0
+    on_fatal: Callable[[str], None] | None = None   # the launcher stops with exit status 1
+
+
+class EventNbChanged(event.EventBase):
+    """Posted by the NB watcher into the app's own queue."""
+
+
+class SwitchLog(logging.LoggerAdapter):
+    """Log lines prefixed with the switch's node name and datapath id."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['node']} {self.extra['dpid']:016x}] {msg}", kwargs
+
+
+@dataclass
+class Switch:
+    """The app's view of one connected switch (the logic keeps its own)."""
+
+    dp: Any
+    log: SwitchLog
+    ports: dict[str, int]
+    state: str = "waiting"   # waiting (no logic yet) | unknown | resyncing | ready
+    tables: TableMap | None = None
+    stats_xid: int | None = None
+    found: list = field(default_factory=list)
+    pending: collections.deque = field(
+        default_factory=lambda: collections.deque(maxlen=PENDING_PACKET_INS))
+    dropped: int = 0
+    resync_started: float = 0.0
+
+
+def port_names(ports: Iterable[Any]) -> dict[str, int]:
+    """os-ken ``OFPPort`` values -> name -> port number (LOCAL included, as OVS names it)."""
+    out = {}
+    for p in ports:
+        name = p.name.decode("utf-8", "replace") if isinstance(p.name, bytes) else str(p.name)
+        out[name] = p.port_no
+    return out
+
+
+class Vnet64App(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofp.OFP_VERSION]
+
+    def __init__(self, *args: Any, vnet64: Settings | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.settings = vnet64 or Settings()
+        self.logic: Logic | None = None
+        self.nb: Any = None
+        self.switches: dict[int, Switch] = {}
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._nb_pending = False
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> Any:
+        super().start()
+        self._watcher = threading.Thread(target=self._watch_nb, name="vnet64-nb-watcher",
+                                         daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=self.settings.nb_connect_timeout + 5)
+        super().stop()   # drains the queue: DEAD events of the switches closed before us
+
+    def close(self) -> None:
+        if self.nb is not None:
+            self.nb.close()
+            self.nb = None
+
+    # -- the NB -------------------------------------------------------------
+
+    def _watch_nb(self) -> None:
+        remote, api, seqno, last_warning = self.settings.nb_remote, None, None, 0.0
+        while not self._stop.is_set():
+            if api is None:
+                try:
+                    api = nbapi.connect(remote, timeout=self.settings.nb_connect_timeout)
+                except Exception as exc:  # NbUnavailable, or anything the IDL raises
+                    if time.monotonic() - last_warning > 30:
+                        LOG.warning("NB not reachable, retrying: %s", exc)
+                        last_warning = time.monotonic()
+                    self._stop.wait(1.0)
+                    continue
+                if self._stop.is_set():
+                    api.close()
+                    break
+                self.nb = api
+                LOG.info("NB connected: %s", remote)
+            current = api.idl.change_seqno
+            if current != seqno:
+                seqno = current
+                self._post_nb_changed()
+            self._stop.wait(self.settings.nb_poll_interval)
+
+    def _post_nb_changed(self) -> None:
+        if not self._nb_pending:
+            self._nb_pending = True
+            self.send_event(self.name, EventNbChanged())
+
+    def _load_model(self) -> Any:
+        return model.from_nb(self.nb)
+
+    @set_ev_cls(EventNbChanged)
+    def _on_nb_changed(self, ev: EventNbChanged) -> None:
+        self._nb_pending = False
+        if self.logic is None:
+            if not self._build_logic():
+                return
+        else:
+            for dpid, msgs in (self._call(None, "nb_changed", default={}) or {}).items():
+                sw = self.switches.get(dpid)
+                if sw is not None and sw.state in ("resyncing", "ready"):
+                    self._send(sw, msgs)
+        for sw in list(self.switches.values()):
+            if sw.state in ("waiting", "unknown"):
+                self._program(sw)
+
+    def _build_logic(self) -> bool:
+        factory = self.settings.logic_factory
+        if factory is None:
+            LOG.error("no role logic configured")
+            return False
+        try:
+            self.logic = factory(self._load_model)
+        except Exception:
+            LOG.exception("the role logic could not be built")
+            if self.settings.on_fatal:
+                self.settings.on_fatal("the role logic could not be built")
+            return False
+        LOG.info("role logic %s ready", type(self.logic).__module__ + "." + type(self.logic).__name__)
+        return True
+
+    # -- switches -----------------------------------------------------------
+
+    def _node_name(self, dpid: int) -> str:
+        try:
+            for row in self.nb.tables["Node"].rows.values():
+                if row.datapath_id == dpid:
+                    return row.name
+        except Exception:  # no NB yet, or a replica being rebuilt
+            pass
+        return "?"
+
+    def _switch(self, dp: Any) -> Switch | None:
+        sw = self.switches.get(dp.id)
+        return sw if sw is not None and sw.dp is dp else None
+
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _on_features(self, ev: Any) -> None:
+        dp = ev.msg.datapath
+        for write in ofmsg.serialize(dp, [ofmsg.set_config(dp)]):
+            dp.send(write)
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _on_state(self, ev: Any) -> None:
+        dp = ev.datapath
+        if ev.state == MAIN_DISPATCHER:
+            self._connected(dp)
+        elif ev.state == DEAD_DISPATCHER and dp.id is not None:
+            self._disconnected(dp)
+
+    def _connected(self, dp: Any) -> None:
+        dpid = dp.id
+        log = SwitchLog(LOG, {"node": self._node_name(dpid), "dpid": dpid})
+        old = self.switches.get(dpid)
+        if old is not None and old.dp is not dp:
+            log.info("reconnected; the older connection is dropped")
+        sw = Switch(dp, log, port_names(dict(dp.ports or {}).values()))
+        self.switches[dpid] = sw
+        address = dp.address if isinstance(dp.address, tuple) else (dp.address,)
+        log.info("connected from %s (%d ports)", ":".join(map(str, address[:2])), len(sw.ports))
+        if self.logic is None:
+            log.info("waiting for the NB before programming")
+            return
+        self._program(sw)
+
+    def _program(self, sw: Switch) -> None:
+        dpid = sw.dp.id
+        if sw.log.extra["node"] == "?":
+            sw.log.extra["node"] = self._node_name(dpid)
+        result = self._call(sw, "switch_connected", dpid, dict(sw.ports), default=None)
+        if result is None:
+            if sw.state != "unknown":
+                sw.log.warning("not a node of the NB (or its logic failed): left alone")
+            sw.state = "unknown"
+            return
+        sw.tables, msgs = result
+        request = ofmsg.flow_stats_request(sw.dp)
+        sw.state, sw.found, sw.resync_started = "resyncing", [], time.monotonic()
+        sw.log.info("%s pipeline: %d messages; reading the switch's flows",
+                    sw.tables.role, len(msgs))
+        self._send(sw, msgs, extra=[request])
+        sw.stats_xid = request.xid
+
+    def _disconnected(self, dp: Any) -> None:
+        sw = self._switch(dp)
+        if sw is None:
+            return
+        del self.switches[dp.id]
+        sw.log.info("disconnected")
+        if self.logic is not None and sw.state in ("resyncing", "ready"):
+            self._call(sw, "switch_disconnected", dp.id)
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _on_flow_stats(self, ev: Any) -> None:
+        msg = ev.msg
+        sw = self._switch(msg.datapath)
+        if sw is None or sw.state != "resyncing" or msg.xid != sw.stats_xid:
+            return
+        sw.found.extend(ofmsg.flow_entry(s) for s in msg.body)
+        if msg.flags & ofp.OFPMPF_REPLY_MORE:
+            return
+        found, sw.found, sw.stats_xid = sw.found, [], None
+        msgs = list(self._call(sw, "resynced", sw.dp.id,
+                               [(e.cookie, e.table_id, e.priority, e.match) for e in found],
+                               default=[]))
+        sw.state = "ready"
+        held = list(sw.pending)
+        sw.pending.clear()
+        sw.log.info("resynced in %.2fs: %d flows read, %d messages; %d packet-ins held%s",
+                    time.monotonic() - sw.resync_started, len(found), len(msgs), len(held),
+                    f" ({sw.dropped} dropped)" if sw.dropped else "")
+        for table_id, in_port, data in held:
+            msgs += self._call(sw, "packet_in", sw.dp.id, table_id, in_port, data, default=[])
+        self._send(sw, msgs)
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _on_packet_in(self, ev: Any) -> None:
+        msg = ev.msg
+        sw = self._switch(msg.datapath)
+        if sw is None or sw.state in ("waiting", "unknown"):
+            return
+        in_port = msg.match.get("in_port", ofp.OFPP_CONTROLLER)
+        if sw.state == "resyncing":
+            if len(sw.pending) == sw.pending.maxlen:
+                sw.dropped += 1
+            sw.pending.append((msg.table_id, in_port, bytes(msg.data)))
+            return
+        self._send(sw, self._call(sw, "packet_in", sw.dp.id, msg.table_id, in_port,
+                                  bytes(msg.data), default=[]))
+
+    @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
+    def _on_flow_removed(self, ev: Any) -> None:
+        msg = ev.msg
+        sw = self._switch(msg.datapath)
+        if sw is None or sw.state not in ("resyncing", "ready"):
+            return
+        self._send(sw, self._call(sw, "flow_removed", sw.dp.id, msg.cookie, default=[]))
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def _on_port_status(self, ev: Any) -> None:
+        msg = ev.msg
+        sw = self._switch(msg.datapath)
+        if sw is None:
+            return
+        [(name, port_no)] = port_names([msg.desc]).items()
+        if msg.reason == ofp.OFPPR_DELETE:
+            if sw.ports.get(name) == port_no:
+                del sw.ports[name]
+        else:
+            sw.ports[name] = port_no
+        sw.log.info("port %s (%d) %s", name, port_no,
+                    {ofp.OFPPR_ADD: "added", ofp.OFPPR_DELETE: "deleted"}.get(msg.reason, "modified"))
+        if sw.state in ("resyncing", "ready"):
+            self._send(sw, self._call(sw, "ports_changed", sw.dp.id, dict(sw.ports), default=[]))
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _on_error(self, ev: Any) -> None:
+        msg = ev.msg
+        if (msg.type, msg.code) == (ofp.OFPET_METER_MOD_FAILED, ofp.OFPMMFC_METER_EXISTS):
+            return   # ofmsg sends ADD then MODIFY: the ADD fails on a switch that kept the meter
+        sw = self._switch(msg.datapath)
+        log = sw.log if sw is not None else LOG
+        failed = ""
+        if len(msg.data) >= 8:
+            failed = f" to {ofp.ofp_msg_type_to_str(msg.data[1])} xid {int.from_bytes(msg.data[4:8], 'big')}"
+        try:
+            what = ofp.ofp_error_code_to_str(msg.type, msg.code)
+        except Exception:
+            what = f"type {msg.type} code {msg.code}"
+        log.warning("switch error%s: %s", failed, what)
+
+    # -- helpers ------------------------------------------------------------
+
+    def _call(self, sw: Switch | None, method: str, *args: Any, default: Any = None) -> Any:
+        """Call the logic; a failure is logged (with the switch) and gives ``default``."""
+        try:
+            result = getattr(self.logic, method)(*args)
+        except Exception:
+            (sw.log if sw is not None else LOG).exception("role logic %s failed", method)
+            return default
+        return default if result is None and default is not None else result
+
+    def _send(self, sw: Switch, msgs: Iterable[Message], extra: Iterable[Any] = ()) -> None:
+        """Translate and send in as few writes as possible (one, up to ~64 KB)."""
+        dp = sw.dp
+        out = []
+        for m in msgs:
+            try:
+                out.extend(ofmsg.to_messages(dp, sw.tables, [m]))
+            except (FlowError, ValueError, KeyError, TypeError) as exc:
+                sw.log.error("cannot send %r: %s", m, exc)
+        out.extend(extra)
+        if not out:
+            return
+        for write in ofmsg.serialize(dp, out):
+            if not dp.send(write):
+                sw.log.debug("connection closing; %d bytes not sent", len(write))
+                return

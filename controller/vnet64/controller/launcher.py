@@ -1,0 +1,331 @@
+"""``vnet64-controller``: start the os-ken apps, serve switches, stop cleanly.
+
+os-ken 4.x ships no manager command, and its ``AppManager.run_apps`` cannot
+stop with the native-threads hub (it calls ``.kill()`` on threads that have
+none, and os-ken's listener blocks in ``accept()`` for ever). So this launcher
+does what ``run_apps`` does — build the apps, create contexts, instantiate and
+start them — with two replacements, and then waits for SIGTERM/SIGINT:
+
+- :class:`OFPServerHandler`, os-ken's ``OFPHandler`` (hello, features, echo,
+  port descriptions) with a listener that can be stopped: closing it ends the
+  accept loop, and each switch connection is shut down so its threads end;
+- :class:`ClosingDatapath`, os-ken's ``Datapath`` whose receive loop wakes the
+  send loop when it ends. Without that the send thread waits in its queue for
+  ever, ``serve()`` never returns, two threads leak per disconnect and the app
+  never hears ``DEAD_DISPATCHER``.
+
+On a signal: stop listening, close every switch connection (each delivers its
+``DEAD_DISPATCHER``), stop the apps (their queues drain first), close the NB,
+and exit 0 with no thread left. Switches keep their flows (fail-mode secure).
+
+Options come from the command line or ``--config-file`` (oslo.config;
+``[DEFAULT]`` and ``[vnet64]`` sections, option names with ``_``).
+Only TCP listening is offered: os-ken's TLS and active-connection options
+are not wired to this listener, so they are not offered either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import importlib
+import logging
+import logging.handlers
+import signal
+import socket
+import sys
+import threading
+import time
+import warnings
+from typing import Any, Callable
+
+from oslo_config import cfg
+
+from .app import DEFAULT_LOGIC, Settings, default_nb_remote
+
+LOG = logging.getLogger("vnet64.controller.launcher")
+
+PROG = "vnet64-controller"
+DESCRIPTION = ("The vnet64 controller: programs every vnet64 OVS bridge (service hosts, "
+               "customer hosts, the SDN appliance) over OpenFlow 1.3 from the NB database. "
+               "Stops cleanly on SIGTERM or SIGINT; switches keep their flows.")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class LauncherError(Exception):
+    """Bad configuration: reported on stderr, exit status 2."""
+
+
+# ---------------------------------------------------------------------------
+# configuration
+
+
+def make_conf() -> cfg.ConfigOpts:
+    """Our own option set: ``--help`` lists exactly what this command honours."""
+    conf = cfg.ConfigOpts()
+    nb_remote = default_nb_remote()
+    # oslo hands argparse no defaults, so "%(default)s" would print None: spell them out.
+    conf.register_cli_opts([
+        cfg.StrOpt("ofp-listen-host", default="0.0.0.0",
+                   help="address to accept OpenFlow connections from switches on "
+                        "(IPv4 or IPv6; default 0.0.0.0)"),
+        cfg.PortOpt("ofp-tcp-listen-port", default=6653,
+                    help="TCP port to accept OpenFlow connections on (default 6653)"),
+        cfg.StrOpt("log-level", default="INFO", choices=LEVELS, ignore_case=True,
+                   help="DEBUG, INFO, WARNING or ERROR (default INFO)."),
+        cfg.StrOpt("log-file", help="append the log to this file (default: standard error)"),
+    ])
+    conf.register_cli_opts([
+        cfg.StrOpt("nb-remote", default=nb_remote,
+                   help="the NB database: unix:PATH, tcp:IP:PORT, or a comma-separated list "
+                        "of Raft members (default: $VNET64_NB, else the embedded NB "
+                        f"unix:$VNET64_RUN_DIR/nb.sock; now {nb_remote}). Retried until "
+                        "reachable"),
+        cfg.StrOpt("logic", default=DEFAULT_LOGIC, metavar="MODULE:CLASS",
+                   help="the role logic, built as CLASS(load_model); for tests "
+                        f"(default {DEFAULT_LOGIC})"),
+    ], group="vnet64")
+    return conf
+
+
+def parse(argv: list[str] | None) -> cfg.ConfigOpts:
+    """Parse the command line (and config files); ``--help`` exits 0, bad usage exits 2."""
+    conf = make_conf()
+    try:
+        conf(args=argv, project="vnet64", prog=PROG, description=DESCRIPTION,
+             default_config_files=[], default_config_dirs=[])
+    except cfg.Error as exc:
+        raise LauncherError(str(exc)) from None
+    except SystemExit as exc:   # argparse printed why; oslo exits 1 on a bad value, argparse 2
+        raise SystemExit(2 if exc.code else 0) from None
+    return conf
+
+
+def resolve_logic(spec: str) -> Callable[..., Any]:
+    """``module:attribute`` -> the callable that builds the role logic."""
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise LauncherError(f"--vnet64-logic wants MODULE:CLASS, got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except ImportError as exc:
+        raise LauncherError(f"cannot load the role logic {spec}: {exc}") from None
+    except AttributeError:
+        raise LauncherError(f"cannot load the role logic {spec}: {module} has no {attr}") from None
+    if not callable(factory):
+        raise LauncherError(f"the role logic {spec} is not callable")
+    return factory
+
+
+def setup_logging(level: str, log_file: str | None) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler: logging.Handler
+    if log_file:
+        try:
+            handler = logging.handlers.WatchedFileHandler(log_file)
+        except OSError as exc:
+            raise LauncherError(f"cannot open the log file {log_file}: {exc}") from None
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.captureWarnings(True)
+
+
+# ---------------------------------------------------------------------------
+# os-ken, made stoppable
+#
+# Imported here, not at the top: os_ken.base.app_manager must be imported
+# before os_ken.controller.controller (a circular import otherwise), and
+# `--help` should not pay for os-ken.
+
+from os_ken.base import app_manager  # noqa: E402
+from os_ken.controller import controller as of_controller  # noqa: E402
+from os_ken.controller import ofp_handler  # noqa: E402
+from os_ken.lib import hub  # noqa: E402
+
+
+class ClosingDatapath(of_controller.Datapath):
+    """A ``Datapath`` whose end of receiving also ends sending (see the module doc)."""
+
+    def _recv_loop(self) -> None:
+        try:
+            super()._recv_loop()   # os-ken closes the socket when it returns
+        finally:
+            # Wake the send loop from its queue; it exits on the closed socket (or
+            # on close_socket), serve() returns and close() delivers DEAD_DISPATCHER.
+            self.send(b"", close_socket=True)
+
+
+class OpenFlowServer:
+    """Accepts switch connections until :meth:`stop`; one thread per connection."""
+
+    def __init__(self, host: str, port: int):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = hub.listen((host, port), family=family)   # SO_REUSEADDR, bind, listen
+        self.address = self.sock.getsockname()[:2]
+        self._lock = threading.Lock()
+        self._conns: dict[threading.Thread, Any] = {}
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self._accept_loop, name="of-accept")
+        self._thread.start()
+        return self._thread
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                sock, addr = self.sock.accept()
+            except OSError as exc:
+                if self._stopping:
+                    return
+                LOG.error("accepting a switch connection failed: %s", exc)
+                time.sleep(0.1)
+                continue
+            with self._lock:
+                if self._stopping:
+                    sock.close()
+                    return
+                t = threading.Thread(target=self._serve, args=(sock, addr),
+                                     name=f"of-{addr[0]}:{addr[1]}")
+                self._conns[t] = None
+            t.start()
+
+    def _serve(self, sock: socket.socket, addr: Any) -> None:
+        me = threading.current_thread()
+        try:
+            dp = ClosingDatapath(sock, addr)
+        except Exception:
+            LOG.exception("could not set up the connection from %s", addr)
+            sock.close()
+            with self._lock:
+                self._conns.pop(me, None)
+            return
+        with self._lock:
+            self._conns[me] = dp
+            stopping = self._stopping
+        if stopping:   # stop() ran between accept and here: it did not see this socket
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        try:
+            with contextlib.closing(dp):
+                dp.serve()
+        except Exception:
+            LOG.exception("the OpenFlow connection from %s failed", addr)
+        finally:
+            with self._lock:
+                self._conns.pop(me, None)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, shut every connection down, wait for their threads."""
+        with self._lock:
+            self._stopping = True
+            conns = list(self._conns.items())
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)   # wakes accept() (Linux)
+        self.sock.close()
+        for _, dp in conns:
+            if dp is not None:
+                with contextlib.suppress(OSError):
+                    dp.socket.shutdown(socket.SHUT_RDWR)   # recv() returns b"": the loop ends
+        deadline = time.monotonic() + timeout
+        for t in [self._thread, *(t for t, _ in conns)]:
+            if t is not None and t.ident is not None:
+                t.join(max(0.0, deadline - time.monotonic()))
+        left = [t.name for t in [self._thread, *(t for t, _ in conns)] if t and t.is_alive()]
+        if left:
+            LOG.error("OpenFlow threads still running after %gs: %s", timeout, ", ".join(left))
+
+
+class OFPServerHandler(ofp_handler.OFPHandler):
+    """os-ken's OpenFlow handshake handler, serving from :class:`OpenFlowServer`."""
+
+    def __init__(self, *args: Any, vnet64: Settings | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.settings = vnet64 or Settings()
+        self.server: OpenFlowServer | None = None
+
+    def start(self) -> threading.Thread:
+        self.server = OpenFlowServer(self.settings.listen_host, self.settings.listen_port)
+        app_manager.OSKenApp.start(self)   # the event loop; not OFPHandler's unstoppable server
+        LOG.info("listening for switches on %s port %d", *self.server.address)
+        return self.server.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()   # every switch's DEAD_DISPATCHER reaches the app before it stops
+        super().stop()
+
+
+# ---------------------------------------------------------------------------
+# running
+
+
+def run(settings: Settings, stop: threading.Event) -> int:
+    """``AppManager.run_apps``, stoppable: serve until ``stop`` is set; the exit status."""
+    from .app import Vnet64App
+
+    status = {"code": 0}
+
+    def fatal(reason: str) -> None:
+        status["code"] = 1
+        stop.set()
+
+    settings.on_fatal = settings.on_fatal or fatal
+    manager = app_manager.AppManager()
+    manager.applications_cls = {"ofp_event": OFPServerHandler, "vnet64": Vnet64App}
+    try:
+        contexts = manager.create_contexts()
+        manager.instantiate_apps(vnet64=settings, **contexts)
+    except OSError as exc:
+        LOG.error("cannot listen on %s port %d: %s", settings.listen_host, settings.listen_port,
+                  exc.strerror or exc)
+        status["code"] = 1
+    else:
+        while not stop.wait(1.0):
+            pass
+        LOG.info("stopping")
+    finally:
+        manager.close()   # listener, switch connections, apps (queues drained), NB
+    left = [t for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()]
+    if left:
+        LOG.error("threads still running at exit: %s", ", ".join(t.name for t in left))
+        return status["code"] or 1
+    LOG.info("stopped")
+    return status["code"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")  # imported by ovs
+    try:
+        conf = parse(sys.argv[1:] if argv is None else argv)
+        factory = resolve_logic(conf.vnet64.logic)
+        setup_logging(conf.log_level, conf.log_file)
+    except LauncherError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        LOG.info("%s received", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)   # kill -USR1: every thread's stack
+    settings = Settings(listen_host=conf.ofp_listen_host, listen_port=conf.ofp_tcp_listen_port,
+                        nb_remote=conf.vnet64.nb_remote, logic_factory=factory)
+    LOG.info("%s starting: NB %s, logic %s", PROG, settings.nb_remote, conf.vnet64.logic)
+    code = run(settings, stop)
+    logging.shutdown()
+    if code and any(t.is_alive() and not t.daemon for t in threading.enumerate()
+                    if t is not threading.current_thread()):
+        import os
+        os._exit(code)   # a thread we could not stop would keep the process alive
+    return code
