@@ -24,8 +24,8 @@ Choices worth knowing:
 - ``CT`` zones are immediate (``zone_src`` empty, the zone in
   ``zone_ofs_nbits``); a missing ``table`` means no recirculation.
 - os-ken does not know OVS's ``nd_reserved``/``nd_options_type`` (OXM class
-  0x1000, "ERICOXM"); importing this module teaches them to os-ken's OpenFlow
-  1.3 field table (the encoding was read off OVS 3.1's own flow-stats replies).
+  0x1000, "ERICOXM"); importing this module imports :mod:`oxm_ext`, which
+  teaches them to os-ken's OpenFlow 1.3 field table.
 """
 
 from __future__ import annotations
@@ -33,13 +33,12 @@ from __future__ import annotations
 from ipaddress import ip_address
 from typing import Any, Iterable, NamedTuple
 
-from os_ken.lib import type_desc
 from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
-from os_ken.ofproto import oxm_fields
 
 from . import flows
+from . import oxm_ext  # noqa: F401  (teaches os-ken OVS's nd_reserved / nd_options_type)
 from .flows import (CT, Controller, DeleteFlows, DeleteStrict, Flow, FlowError, Match, MeterMod,
                     Move, Nat, Output, PacketOut, Resubmit, SetField, TableMap)
 
@@ -53,25 +52,6 @@ NX_NAT_F_PROTO_RANDOM = 1 << 4
 # Pre-serialised messages are joined into writes of about this size (DESIGN §4c:
 # ≈64 KB writes were the fastest way to push many flow-mods).
 WRITE_SIZE = 64 * 1024
-
-
-class _EricssonOxm(oxm_fields._OxmClass):
-    """OXM class 0x1000 (OVS: ERICOXM_OF_*), a plain 32-bit header like OpenFlow basic."""
-
-    _class = 0x1000
-
-
-def _teach_os_ken_ovs_fields() -> None:
-    known = {f.name for f in ofp.oxm_types}
-    extra = [f for f in (_EricssonOxm("nd_reserved", 1, type_desc.Int4),
-                         _EricssonOxm("nd_options_type", 2, type_desc.Int1))
-             if f.name not in known]
-    if extra:
-        ofp.oxm_types.extend(extra)
-        oxm_fields.generate(ofp.__name__)  # rebuilds the name/number lookups from oxm_types
-
-
-_teach_os_ken_ovs_fields()
 
 
 def protocol() -> ofproto_protocol.ProtocolDesc:
