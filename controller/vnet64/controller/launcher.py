@@ -119,9 +119,6 @@ def resolve_logic(spec: str) -> Callable[..., Any]:
 
 
 def setup_logging(level: str, log_file: str | None) -> None:
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
     handler: logging.Handler
     if log_file:
         try:
@@ -131,6 +128,9 @@ def setup_logging(level: str, log_file: str | None) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.captureWarnings(True)

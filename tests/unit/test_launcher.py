@@ -1,0 +1,463 @@
+"""vnet64-controller without root: options, --help, the app's event handling, clean stops.
+
+The app is driven with os-ken's own message classes and a fake datapath that
+records every write; the stoppable listener is exercised on loopback with a
+plain socket as the switch.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
+from os_ken.ofproto import ofproto_parser, ofproto_protocol
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from vnet64.controller import app as vapp
+from vnet64.controller import flows as F
+from vnet64.controller import launcher
+
+TABLES = F.TableMap("test", (("classify", 0), ("pair", 3)))
+DPID = 0x3E4024C22B47
+
+# ---------------------------------------------------------------------------
+# options and --help
+
+
+def test_help_lists_what_the_command_honours(capsys):
+    with pytest.raises(SystemExit) as exc:
+        launcher.parse(["--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())   # argparse wraps lines
+    for option in ("--ofp-listen-host", "--ofp-tcp-listen-port", "--vnet64-nb-remote",
+                   "--vnet64-logic", "--log-level", "--log-file", "--config-file"):
+        assert option in out
+    assert "default 6653" in out and "default INFO" in out and "default 0.0.0.0" in out
+    assert launcher.DEFAULT_LOGIC in out
+    assert "None" not in out.replace("Defaults to None", "")   # no default printed as None
+    # os-ken's CONF carries options this launcher does not serve: none of them is offered
+    for absent in ("ssl", "ctl-privkey", "ca-certs", "switch-address", "test-switch", "zapi",
+                   "bgp", "ofp-switch-connect-interval"):
+        assert absent not in out
+
+
+def test_nb_remote_default_follows_the_environment(monkeypatch, capsys):
+    monkeypatch.delenv("VNET64_NB", raising=False)
+    monkeypatch.setenv("VNET64_RUN_DIR", "/srv/v64")
+    assert launcher.parse([]).vnet64.nb_remote == "unix:/srv/v64/nb.sock"
+    monkeypatch.setenv("VNET64_NB", "tcp:10.9.0.1:6641")
+    assert launcher.parse([]).vnet64.nb_remote == "tcp:10.9.0.1:6641"
+    with pytest.raises(SystemExit):
+        launcher.parse(["--help"])
+    assert "now tcp:10.9.0.1:6641" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_lab_command_line_parses(monkeypatch):
+    monkeypatch.delenv("VNET64_NB", raising=False)
+    conf = launcher.parse(["--ofp-listen-host", "172.31.255.1", "--ofp-tcp-listen-port", "6653",
+                           "--vnet64-nb-remote", "tcp:172.31.255.1:6641"])
+    assert (conf.ofp_listen_host, conf.ofp_tcp_listen_port, conf.vnet64.nb_remote) == (
+        "172.31.255.1", 6653, "tcp:172.31.255.1:6641")
+    assert (conf.log_level, conf.log_file, conf.vnet64.logic) == ("INFO", None, launcher.DEFAULT_LOGIC)
+
+
+def test_config_file_and_command_line_precedence(tmp_path):
+    conf_file = tmp_path / "controller.conf"
+    conf_file.write_text("[DEFAULT]\nofp_tcp_listen_port = 7000\nlog_level = debug\n"
+                         "[vnet64]\nnb_remote = tcp:10.0.0.1:6641\n")
+    conf = launcher.parse(["--config-file", str(conf_file)])
+    assert (conf.ofp_tcp_listen_port, conf.vnet64.nb_remote) == (7000, "tcp:10.0.0.1:6641")
+    assert conf.log_level.upper() == "DEBUG"
+    conf = launcher.parse(["--config-file", str(conf_file), "--ofp-tcp-listen-port", "7100"])
+    assert conf.ofp_tcp_listen_port == 7100
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--log-level", "chatty"], "chatty"),
+    (["--ofp-tcp-listen-port", "70000"], "70000"),
+    (["--vnet64-logic", "no_such_module_v64:X"], "cannot load the role logic no_such_module_v64:X"),
+    (["--vnet64-logic", "vnet64.controller.app:Nope"], "vnet64.controller.app has no Nope"),
+    (["--vnet64-logic", "justamodule"], "wants MODULE:CLASS"),
+    (["--config-file", "/nonexistent/v64.conf"], "v64.conf"),
+    (["--log-file", "/nonexistent/dir/c.log", "--vnet64-logic", "vnet64.controller.app:NullLogic"],
+     "cannot open the log file"),
+])
+def test_bad_usage_exits_2_and_says_why(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        code = launcher.main(argv)
+        raise SystemExit(code)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+
+
+def test_resolve_logic():
+    assert launcher.resolve_logic("vnet64.controller.app:NullLogic") is vapp.NullLogic
+    assert callable(launcher.resolve_logic(launcher.DEFAULT_LOGIC))
+
+
+def test_python_m_and_help_in_a_real_process():
+    proc = subprocess.run([sys.executable, "-m", "vnet64.controller", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: vnet64-controller")
+    assert proc.stderr == ""   # no warnings either (eventlet's deprecation is filtered)
+
+
+# ---------------------------------------------------------------------------
+# the app, with a fake datapath
+
+
+class FakeDatapath(ofproto_protocol.ProtocolDesc):
+    def __init__(self, dpid: int = DPID, ports: dict[str, int] | None = None):
+        super().__init__(ofp.OFP_VERSION)
+        self.id = dpid
+        self.address = ("127.0.0.1", 40000)
+        self.xid = 100
+        self.ports = {no: port(name, no) for name, no in (ports or {"geneve0": 10, "v-a": 3}).items()}
+        self.writes: list[bytes] = []
+
+    def set_xid(self, msg):
+        self.xid += 1
+        msg.set_xid(self.xid)
+        return self.xid
+
+    def send(self, buf, close_socket=False):
+        self.writes.append(bytes(buf))
+        return True
+
+    def take(self) -> list[list]:
+        """The writes so far, each as its list of (msg type, parsed flow-mod or raw bytes)."""
+        out = []
+        for w in self.writes:
+            msgs, off = [], 0
+            while off < len(w):
+                version, msg_type, length, xid = struct.unpack_from("!BBHI", w, off)
+                raw = w[off:off + length]
+                if msg_type == ofp.OFPT_FLOW_MOD:
+                    msgs.append((msg_type, ofproto_parser.msg(self, version, msg_type, length, xid, raw)))
+                else:
+                    msgs.append((msg_type, raw))
+                off += length
+            out.append(msgs)
+        self.writes = []
+        return out
+
+
+def port(name: str, no: int):
+    return parser.OFPPort(port_no=no, hw_addr="02:00:00:00:00:01", name=name.encode(), config=0,
+                          state=0, curr=0, advertised=0, supported=0, peer=0, curr_speed=0,
+                          max_speed=0)
+
+
+class RecordingLogic:
+    """Records calls; answers with what the test scripted."""
+
+    def __init__(self, load_model=None):
+        self.calls: list[tuple] = []
+        self.connected: tuple | None = (TABLES, [F.MeterMod(1, 100),
+                                                 F.flow("classify", 0, {}, [F.Controller()], meter=1)])
+        self.on_packet_in: list = []
+        self.on_nb: dict = {}
+        self.fail: set[str] = set()
+
+    def _record(self, name, *args):
+        self.calls.append((name, *args))
+        if name in self.fail:
+            raise RuntimeError(f"{name} exploded")
+
+    def switch_connected(self, dpid, ports):
+        self._record("switch_connected", dpid, ports)
+        return self.connected
+
+    def resynced(self, dpid, flows):
+        self._record("resynced", dpid, flows)
+        return [F.DeleteFlows(0x99, -1 & 0xFFFFFFFFFFFFFFFF)]
+
+    def switch_disconnected(self, dpid):
+        self._record("switch_disconnected", dpid)
+
+    def ports_changed(self, dpid, ports):
+        self._record("ports_changed", dpid, ports)
+        return []
+
+    def packet_in(self, dpid, table_id, in_port, data):
+        self._record("packet_in", dpid, table_id, in_port, data)
+        return list(self.on_packet_in)
+
+    def flow_removed(self, dpid, cookie):
+        self._record("flow_removed", dpid, cookie)
+        return []
+
+    def nb_changed(self):
+        self._record("nb_changed")
+        return dict(self.on_nb)
+
+
+@pytest.fixture
+def vnet64():
+    a = vapp.Vnet64App(vnet64=vapp.Settings(nb_remote="unix:/nonexistent", logic_factory=RecordingLogic))
+    a.logic = RecordingLogic()
+    return a
+
+
+def state(dp, st):
+    ev = ofp_event.EventOFPStateChange(dp)
+    ev.state = st
+    return ev
+
+
+def packet_in(dp, data=b"\x02" * 60, in_port=3, table_id=3):
+    return ofp_event.EventOFPPacketIn(parser.OFPPacketIn(
+        dp, buffer_id=ofp.OFP_NO_BUFFER, total_len=len(data), reason=ofp.OFPR_ACTION,
+        table_id=table_id, cookie=7, match=parser.OFPMatch(in_port=in_port), data=data))
+
+
+def stats_reply(dp, xid, flows, more=False):
+    body = [parser.OFPFlowStats(table_id=t, duration_sec=1, duration_nsec=0, priority=p,
+                                idle_timeout=i, hard_timeout=0, flags=0, cookie=c, packet_count=0,
+                                byte_count=0, match=parser.OFPMatch(**m), instructions=[])
+            for c, t, p, m, i in flows]
+    msg = parser.OFPFlowStatsReply(dp, body=body, flags=ofp.OFPMPF_REPLY_MORE if more else 0)
+    msg.xid = xid
+    return ofp_event.EventOFPFlowStatsReply(msg)
+
+
+def connect(a, dp):
+    a._on_features(SimpleNamespace(msg=SimpleNamespace(datapath=dp)))
+    a._on_state(state(dp, MAIN_DISPATCHER))
+    return a.switches[dp.id]
+
+
+def test_connect_sends_set_config_then_pipeline_and_dump_in_one_write(vnet64):
+    dp = FakeDatapath()
+    sw = connect(vnet64, dp)
+    [[(t1, set_config)], pipeline] = dp.take()
+    assert t1 == ofp.OFPT_SET_CONFIG
+    assert struct.unpack_from("!HH", set_config, 8) == (0, 0xFFFF)   # miss_send_len: whole packets
+    assert [t for t, _ in pipeline] == [ofp.OFPT_METER_MOD, ofp.OFPT_METER_MOD, ofp.OFPT_FLOW_MOD,
+                                        ofp.OFPT_MULTIPART_REQUEST]
+    assert vnet64.logic.calls == [("switch_connected", DPID, {"geneve0": 10, "v-a": 3})]
+    assert sw.state == "resyncing" and sw.stats_xid == struct.unpack_from("!I", pipeline[-1][1], 4)[0]
+
+
+def test_resync_follows_reply_more_and_holds_packet_ins(vnet64):
+    dp = FakeDatapath()
+    sw = connect(vnet64, dp)
+    dp.take()
+    vnet64.logic.on_packet_in = [F.flow("pair", 100, {"in_port": 3}, [F.Output(10)], cookie=0x5),
+                                 F.PacketOut(b"\x02" * 60, 3)]
+    vnet64._on_packet_in(packet_in(dp))                 # before the dump is in: held
+    assert [c[0] for c in vnet64.logic.calls] == ["switch_connected"] and dp.take() == []
+    vnet64._on_flow_stats(stats_reply(dp, sw.stats_xid, [
+        (0x7700, 3, 200, {"eth_type": 0x86DD, "ipv6_src": "fd00:5::10"}, 60)], more=True))
+    vnet64._on_flow_stats(stats_reply(dp, sw.stats_xid + 1, [(0x1, 0, 1, {}, 0)]))  # not ours
+    assert [c[0] for c in vnet64.logic.calls] == ["switch_connected"]
+    vnet64._on_flow_stats(stats_reply(dp, sw.stats_xid, [
+        (0x7701, 3, 200, {"eth_type": 0x86DD, "ipv6_dst": ("fd41::", "ffff::")}, 0)]))
+    name, dpid, found = vnet64.logic.calls[1]
+    assert (name, dpid) == ("resynced", DPID)
+    assert found == [(0x7700, 3, 200, {"eth_type": 0x86DD, "ipv6_src": "fd00:5::10"}),
+                     (0x7701, 3, 200, {"eth_type": 0x86DD, "ipv6_dst": ("fd41::", "ffff::")})]
+    assert vnet64.logic.calls[2][:4] == ("packet_in", DPID, 3, 3)
+    # resync's delete, then the held packet's flow and packet-out: one write
+    [write] = dp.take()
+    assert [t for t, _ in write] == [ofp.OFPT_FLOW_MOD, ofp.OFPT_FLOW_MOD, ofp.OFPT_PACKET_OUT]
+    assert write[0][1].command == ofp.OFPFC_DELETE and write[1][1].cookie == 0x5
+    assert sw.state == "ready"
+
+
+def test_packet_in_flow_mod_and_packet_out_leave_in_one_write(vnet64):
+    dp = FakeDatapath()
+    sw = connect(vnet64, dp)
+    vnet64._on_flow_stats(stats_reply(dp, sw.stats_xid, []))
+    dp.take()
+    vnet64.logic.on_packet_in = [F.flow("pair", 100, {"in_port": 3}, [F.Output(10)], cookie=0x5,
+                                        idle_timeout=60, send_flow_rem=True),
+                                 F.PacketOut(b"\x02" * 60, 3, (F.Resubmit("pair"),))]
+    vnet64._on_packet_in(packet_in(dp, data=b"\x07" * 80, in_port=3, table_id=3))
+    assert vnet64.logic.calls[-1] == ("packet_in", DPID, 3, 3, b"\x07" * 80)
+    [write] = dp.take()
+    assert [t for t, _ in write] == [ofp.OFPT_FLOW_MOD, ofp.OFPT_PACKET_OUT]
+    assert write[0][1].flags == ofp.OFPFF_SEND_FLOW_REM
+
+
+def test_flow_removed_port_status_and_errors(vnet64, caplog):
+    dp = FakeDatapath()
+    sw = connect(vnet64, dp)
+    vnet64._on_flow_stats(stats_reply(dp, sw.stats_xid, []))
+    vnet64._on_flow_removed(ofp_event.EventOFPFlowRemoved(parser.OFPFlowRemoved(
+        dp, cookie=0x7705, priority=200, reason=ofp.OFPRR_IDLE_TIMEOUT, table_id=3, duration_sec=61,
+        duration_nsec=0, idle_timeout=60, hard_timeout=0, packet_count=1, byte_count=80,
+        match=parser.OFPMatch())))
+    assert vnet64.logic.calls[-1] == ("flow_removed", DPID, 0x7705)
+    vnet64._on_port_status(ofp_event.EventOFPPortStatus(
+        parser.OFPPortStatus(dp, reason=ofp.OFPPR_ADD, desc=port("v-b", 4))))
+    assert vnet64.logic.calls[-1] == ("ports_changed", DPID, {"geneve0": 10, "v-a": 3, "v-b": 4})
+    vnet64._on_port_status(ofp_event.EventOFPPortStatus(
+        parser.OFPPortStatus(dp, reason=ofp.OFPPR_DELETE, desc=port("v-a", 3))))
+    assert vnet64.logic.calls[-1] == ("ports_changed", DPID, {"geneve0": 10, "v-b": 4})
+    caplog.set_level(logging.WARNING)
+    vnet64._on_error(ofp_event.EventOFPErrorMsg(parser.OFPErrorMsg(
+        dp, type_=ofp.OFPET_METER_MOD_FAILED, code=ofp.OFPMMFC_METER_EXISTS, data=b"\x04\x1d" + b"\0" * 6)))
+    assert not caplog.records   # expected: ofmsg adds then modifies a meter
+    vnet64._on_error(ofp_event.EventOFPErrorMsg(parser.OFPErrorMsg(
+        dp, type_=ofp.OFPET_BAD_ACTION, code=ofp.OFPBAC_BAD_OUT_PORT,
+        data=struct.pack("!BBHI", 4, ofp.OFPT_FLOW_MOD, 8, 0x1234))))
+    [record] = caplog.records
+    assert "OFPBAC_BAD_OUT_PORT" in record.getMessage() and "xid 4660" in record.getMessage()
+    assert f"{DPID:016x}" in record.getMessage()
+
+
+def test_disconnect_and_a_reconnect_that_overtakes_the_old_connection(vnet64):
+    old, new = FakeDatapath(), FakeDatapath()
+    connect(vnet64, old)
+    connect(vnet64, new)                    # the switch came back before the old socket died
+    vnet64._on_state(state(old, DEAD_DISPATCHER))
+    assert "switch_disconnected" not in [c[0] for c in vnet64.logic.calls]
+    assert vnet64.switches[DPID].dp is new
+    vnet64._on_state(state(new, DEAD_DISPATCHER))
+    assert vnet64.logic.calls[-1] == ("switch_disconnected", DPID) and not vnet64.switches
+
+
+def test_unknown_switch_is_left_alone_until_the_nb_knows_it(vnet64):
+    vnet64.logic.connected = None
+    dp = FakeDatapath()
+    sw = connect(vnet64, dp)
+    assert sw.state == "unknown"
+    dp.take()
+    vnet64._on_packet_in(packet_in(dp))
+    assert [c[0] for c in vnet64.logic.calls] == ["switch_connected"]   # nothing passed on
+    vnet64.logic.connected = (TABLES, [])
+    vnet64._on_nb_changed(vapp.EventNbChanged())
+    assert [c[0] for c in vnet64.logic.calls] == ["switch_connected", "nb_changed", "switch_connected"]
+    assert sw.state == "resyncing"
+
+
+def test_nb_change_sends_each_switch_its_messages(vnet64):
+    a, b = FakeDatapath(1), FakeDatapath(2)
+    for dp in (a, b):
+        sw = connect(vnet64, dp)
+        vnet64._on_flow_stats(stats_reply(dp, sw.stats_xid, []))
+        dp.take()
+    vnet64.logic.on_nb = {2: [F.DeleteStrict("pair", 100, F.Match.of(in_port=3))], 99: [F.flow("pair", 1)]}
+    vnet64._on_nb_changed(vapp.EventNbChanged())
+    assert a.take() == []
+    [[(t, fm)]] = b.take()
+    assert fm.command == ofp.OFPFC_DELETE_STRICT
+
+
+def test_logic_built_on_first_nb_replica_then_waiting_switches_programmed():
+    a = vapp.Vnet64App(vnet64=vapp.Settings(logic_factory=RecordingLogic))
+    dp = FakeDatapath()
+    sw = connect(a, dp)
+    assert sw.state == "waiting" and a.logic is None
+    a._on_nb_changed(vapp.EventNbChanged())
+    assert isinstance(a.logic, RecordingLogic)
+    assert [c[0] for c in a.logic.calls] == ["switch_connected"] and sw.state == "resyncing"
+
+
+def test_a_logic_that_cannot_be_built_is_fatal():
+    reasons = []
+
+    def broken(load_model):
+        raise RuntimeError("no model")
+
+    a = vapp.Vnet64App(vnet64=vapp.Settings(logic_factory=broken, on_fatal=reasons.append))
+    a._on_nb_changed(vapp.EventNbChanged())
+    assert a.logic is None and reasons == ["the role logic could not be built"]
+
+
+def test_a_failing_logic_is_logged_with_the_switch_and_nothing_is_sent(vnet64, caplog):
+    dp = FakeDatapath()
+    sw = connect(vnet64, dp)
+    vnet64._on_flow_stats(stats_reply(dp, sw.stats_xid, []))
+    dp.take()
+    vnet64.logic.fail.add("packet_in")
+    vnet64._on_packet_in(packet_in(dp))
+    assert dp.take() == []
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "role logic packet_in failed" in record.getMessage()
+    assert f"{DPID:016x}" in record.getMessage() and record.exc_info
+
+
+def test_a_message_that_cannot_be_translated_is_skipped_not_the_batch(vnet64, caplog):
+    dp = FakeDatapath()
+    sw = connect(vnet64, dp)
+    vnet64._on_flow_stats(stats_reply(dp, sw.stats_xid, []))
+    dp.take()
+    vnet64.logic.on_packet_in = [F.flow("nowhere", 1), F.PacketOut(b"\x02" * 60, 3)]
+    vnet64._on_packet_in(packet_in(dp))
+    [write] = dp.take()
+    assert [t for t, _ in write] == [ofp.OFPT_PACKET_OUT]
+    assert any("'nowhere' is not a stage" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------
+# the stoppable listener, on loopback
+
+
+@pytest.fixture
+def server(monkeypatch):
+    made = []
+
+    class Recording(launcher.ClosingDatapath):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(launcher, "ClosingDatapath", Recording)
+    before = set(threading.enumerate())
+    srv = launcher.OpenFlowServer("127.0.0.1", 0)
+    srv.start()
+    srv.made = made
+    yield srv
+    srv.stop()
+    assert set(threading.enumerate()) <= before, "threads left behind"
+
+
+def switch(srv) -> socket.socket:
+    s = socket.create_connection(srv.address, timeout=5)
+    head = s.recv(8)
+    assert head[1] == ofp.OFPT_HELLO   # the controller speaks first
+    return s
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_switch_that_disconnects_leaves_no_thread_and_is_declared_dead(server):
+    before = threading.active_count()
+    s = switch(server)
+    wait_until(lambda: server.made)
+    s.close()
+    wait_until(lambda: threading.active_count() <= before and not server._conns)
+    assert server.made[0].state == DEAD_DISPATCHER   # close() ran: the app hears DEAD_DISPATCHER
+
+
+def test_stop_closes_live_connections_and_the_listener(server):
+    socks = [switch(server) for _ in range(3)]
+    wait_until(lambda: len(server.made) == 3)
+    server.stop(timeout=5)
+    for s in socks:
+        s.settimeout(5)
+        assert s.recv(100) == b""   # the controller side is gone
+        s.close()
+    assert not server._conns and all(dp.state == DEAD_DISPATCHER for dp in server.made)
+    with pytest.raises(OSError):
+        socket.create_connection(server.address, timeout=1)
