@@ -45,14 +45,13 @@ from os_ken.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_
                                        set_ev_cls)
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
+# Imported here, in the main thread, on purpose: vnet64.nb.api pulls in ovs.poller,
+# which imports eventlet, and a thread that imports eventlet can never be joined
+# (is_alive() stays true after it returns; measured with eventlet 0.41).
 from vnet64.nb import api as nbapi
 
 from . import model, ofmsg
 from .flows import FlowError, Message, TableMap
-
-# Imported here, in the main thread, on purpose: vnet64.nb.api pulls in ovs.poller,
-# which imports eventlet, and a thread that imports eventlet can never be joined
-# (is_alive() stays true after it returns; measured with eventlet 0.41).
 
 LOG = logging.getLogger("vnet64.controller")
 
@@ -246,7 +245,10 @@ class Vnet64App(app_manager.OSKenApp):
             self.send_event(self.name, EventNbChanged())
 
     def _load_model(self) -> Any:
-        return model.from_nb(self.nb)
+        # The connection's thread applies updates to the replica under this lock:
+        # holding it gives the logic a consistent snapshot.
+        with self.nb.ovsdb_connection.lock:
+            return model.from_nb(self.nb)
 
     @set_ev_cls(EventNbChanged)
     def _on_nb_changed(self, ev: EventNbChanged) -> None:
@@ -281,12 +283,12 @@ class Vnet64App(app_manager.OSKenApp):
     # -- switches -----------------------------------------------------------
 
     def _node_name(self, dpid: int) -> str:
-        try:
+        if self.nb is None:
+            return "?"
+        with self.nb.ovsdb_connection.lock:
             for row in self.nb.tables["Node"].rows.values():
                 if row.datapath_id == dpid:
                     return row.name
-        except Exception:  # no NB yet, or a replica being rebuilt
-            pass
         return "?"
 
     def _switch(self, dp: Any) -> Switch | None:
