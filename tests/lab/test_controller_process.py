@@ -28,9 +28,8 @@ import time
 from pathlib import Path
 
 import pytest
-from vnet64_lab import sh
-
 from vnet64.controller import flows as F
+from vnet64_lab import sh
 
 from .conftest import need_lab
 from .test_ofmsg_ovs import OvsSandbox

@@ -28,11 +28,10 @@ from pathlib import Path
 import pytest
 from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
-from vnet64_lab import sh
-from vnet64_lab.ovs import EnsureBridge, EnsurePort, OvsNode
-
 from vnet64.controller import flows as F
 from vnet64.controller import ofmsg
+from vnet64_lab import sh
+from vnet64_lab.ovs import EnsureBridge, EnsurePort, OvsNode
 
 from .conftest import need_lab
 
@@ -384,7 +383,7 @@ def test_delete_strict_removes_exactly_one_flow(sandbox, conn):
 
 
 def test_packet_out_reinjects_into_the_pipeline(sandbox, conn):
-    from scapy.layers.inet6 import IPv6, UDP
+    from scapy.layers.inet6 import UDP, IPv6
     from scapy.layers.l2 import Ether
     frame = bytes(Ether(src="02:00:00:00:00:aa", dst="02:00:00:00:00:bb")
                   / IPv6(src="fd00:5::10", dst="fd41:0:0:3930:1f:6600:a00:4")

@@ -22,7 +22,6 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
 from os_ken.ofproto import ofproto_parser, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
-
 from vnet64.controller import app as vapp
 from vnet64.controller import flows as F
 from vnet64.controller import launcher
@@ -108,7 +107,7 @@ def test_resolve_logic():
 
 
 def test_python_m_and_help_in_a_real_process():
-    proc = subprocess.run([sys.executable, "-m", "vnet64.controller", "--help"],
+    proc = subprocess.run([sys.executable, "-m", "vnet64.controller", "--help"], check=False,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: vnet64-controller")
@@ -354,7 +353,7 @@ def test_nb_change_sends_each_switch_its_messages(vnet64):
     vnet64.logic.on_nb = {2: [F.DeleteStrict("pair", 100, F.Match.of(in_port=3))], 99: [F.flow("pair", 1)]}
     vnet64._on_nb_changed(vapp.EventNbChanged())
     assert a.take() == []
-    [[(t, fm)]] = b.take()
+    [[(_, fm)]] = b.take()
     assert fm.command == ofp.OFPFC_DELETE_STRICT
 
 

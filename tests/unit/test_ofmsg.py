@@ -14,7 +14,6 @@ import pytest
 from os_ken.ofproto import nicira_ext, ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
-
 from vnet64.controller import flows as F
 from vnet64.controller import ofmsg
 
@@ -242,7 +241,7 @@ def test_meter_mod_is_add_then_modify(dp):
     for m in msgs:
         m.serialize()
         # header, command, flags, meter_id, then the band: type, len, rate, burst
-        command, flags, meter_id = struct.unpack_from("!HHI", m.buf, 8)
+        _command, flags, meter_id = struct.unpack_from("!HHI", m.buf, 8)
         band_type, _, rate, burst = struct.unpack_from("!HHII", m.buf, 16)
         assert (flags, meter_id) == (ofp.OFPMF_PKTPS | ofp.OFPMF_BURST, 3)
         assert (band_type, rate, burst) == (ofp.OFPMBT_DROP, 1000, 100)

@@ -36,13 +36,18 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, ClassVar, Protocol
 
 from os_ken.base import app_manager
 from os_ken.controller import event, ofp_event
-from os_ken.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER,
-                                       set_ev_cls)
+from os_ken.controller.handler import (
+    CONFIG_DISPATCHER,
+    DEAD_DISPATCHER,
+    MAIN_DISPATCHER,
+    set_ev_cls,
+)
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 # Imported here, in the main thread, on purpose: vnet64.nb.api pulls in ovs.poller,
@@ -105,7 +110,7 @@ LogicFactory = Callable[[Callable[[], Any]], Logic]
 class NullLogic:
     """A logic that programs nothing and answers nothing. For tests only; never the default."""
 
-    TABLES = TableMap("null", (("main", 0),))
+    TABLES: ClassVar[TableMap] = TableMap("null", (("main", 0),))
 
     def __init__(self, load_model: Callable[[], Any] | None = None):
         self.load_model = load_model
@@ -183,7 +188,7 @@ def port_names(ports: Iterable[Any]) -> dict[str, int]:
 
 
 class Vnet64App(app_manager.OSKenApp):
-    OFP_VERSIONS = [ofp.OFP_VERSION]
+    OFP_VERSIONS: ClassVar[list[int]] = [ofp.OFP_VERSION]
 
     def __init__(self, *args: Any, vnet64: Settings | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -222,7 +227,7 @@ class Vnet64App(app_manager.OSKenApp):
             if api is None:
                 try:
                     api = nbapi.connect(remote, timeout=self.settings.nb_connect_timeout)
-                except Exception as exc:  # NbUnavailable, or anything the IDL raises
+                except Exception as exc:  # noqa: BLE001  NbUnavailable, or whatever the IDL raises
                     if time.monotonic() - last_warning > 30:
                         LOG.warning("NB not reachable, retrying: %s", exc)
                         last_warning = time.monotonic()
@@ -424,11 +429,7 @@ class Vnet64App(app_manager.OSKenApp):
         failed = ""
         if len(msg.data) >= 8:
             failed = f" to {ofp.ofp_msg_type_to_str(msg.data[1])} xid {int.from_bytes(msg.data[4:8], 'big')}"
-        try:
-            what = ofp.ofp_error_code_to_str(msg.type, msg.code)
-        except Exception:
-            what = f"type {msg.type} code {msg.code}"
-        log.warning("switch error%s: %s", failed, what)
+        log.warning("switch error%s: %s", failed, ofp.ofp_error_code_to_str(msg.type, msg.code))
 
     # -- helpers ------------------------------------------------------------
 
@@ -436,7 +437,7 @@ class Vnet64App(app_manager.OSKenApp):
         """Call the logic; a failure is logged (with the switch) and gives ``default``."""
         try:
             result = getattr(self.logic, method)(*args)
-        except Exception:
+        except Exception:  # noqa: BLE001  a logic bug must not take the switch's events down
             (sw.log if sw is not None else LOG).exception("role logic %s failed", method)
             return default
         return default if result is None and default is not None else result

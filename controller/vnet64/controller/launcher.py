@@ -37,8 +37,15 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+# os_ken.base.app_manager must be imported before os_ken.controller.controller
+# (the other order is a circular import); sorted, it is.
+from os_ken.base import app_manager
+from os_ken.controller import controller as of_controller
+from os_ken.controller import ofp_handler
+from os_ken.lib import hub
 from oslo_config import cfg
 
 from .app import DEFAULT_LOGIC, Settings, default_nb_remote
@@ -138,15 +145,6 @@ def setup_logging(level: str, log_file: str | None) -> None:
 
 # ---------------------------------------------------------------------------
 # os-ken, made stoppable
-#
-# Imported here, not at the top: os_ken.base.app_manager must be imported
-# before os_ken.controller.controller (a circular import otherwise), and
-# `--help` should not pay for os-ken.
-
-from os_ken.base import app_manager  # noqa: E402
-from os_ken.controller import controller as of_controller  # noqa: E402
-from os_ken.controller import ofp_handler  # noqa: E402
-from os_ken.lib import hub  # noqa: E402
 
 
 class ClosingDatapath(of_controller.Datapath):

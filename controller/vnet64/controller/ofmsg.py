@@ -36,21 +36,37 @@ Choices worth knowing:
 from __future__ import annotations
 
 import socket
-from functools import lru_cache
+from collections.abc import Iterable
+from functools import cache, lru_cache
 from ipaddress import ip_address
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 from os_ken.lib.pack_utils import msg_pack_into
-
-from os_ken.ofproto import nicira_ext
-from os_ken.ofproto import ofproto_protocol
+from os_ken.ofproto import nicira_ext, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as ofpp
 
-from . import flows
-from . import oxm_ext  # noqa: F401  (teaches os-ken OVS's nd_reserved / nd_options_type)
-from .flows import (CT, Controller, DeleteFlows, DeleteStrict, Flow, FlowError, Match, MeterMod,
-                    Move, Nat, Output, PacketOut, Resubmit, SetField, TableMap)
+from . import (
+    flows,
+    oxm_ext,  # noqa: F401  (teaches os-ken OVS's nd_reserved / nd_options_type)
+)
+from .flows import (
+    CT,
+    Controller,
+    DeleteFlows,
+    DeleteStrict,
+    Flow,
+    FlowError,
+    Match,
+    MeterMod,
+    Move,
+    Nat,
+    Output,
+    PacketOut,
+    Resubmit,
+    SetField,
+    TableMap,
+)
 
 # NAT flags of NXAST_NAT (OVS include/openflow/nicira-ext.h); os-ken has no names for them.
 NX_NAT_F_SRC = 1 << 0
@@ -122,7 +138,7 @@ def _oxm_tlv(name: str, value: Any) -> tuple[Any, bytes]:
     return _oxm_tlv_by_os_ken(name, value)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _oxm_header(name: str, masked: bool) -> tuple[Any, bytes]:
     """(sort key, the 4-byte OXM header) of an address field, as os-ken encodes it."""
     sample = {"ipv4": "0.0.0.0", "ipv6": "::"}[flows.FIELDS[name][1]]
