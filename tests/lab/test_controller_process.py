@@ -86,7 +86,7 @@ class ProbeLogic:
                        cookie=PROBE | 0x100 | in_port, idle_timeout=2, send_flow_rem=True),
                 F.PacketOut(data, in_port)]
 
-    def flow_removed(self, dpid, cookie):
+    def flow_removed(self, dpid, cookie, reason):
         LOG.info("probe: flow removed %#x", cookie)
         return []
 

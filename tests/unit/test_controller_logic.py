@@ -158,7 +158,9 @@ def test_flow_removed_releases_the_alias(model):
     d = dpid(model, "host1")
     logic.switch_connected(d, HOST1_PORTS)
     logic.packet_in(d, HOST_TABLES.id("pair"), 1, frame(SVC1, A_VM1))
-    msgs = logic.flow_removed(d, cookie("host", "pair", 1))
+    assert logic.flow_removed(d, cookie("host", "pair", 1), reason=2) == []   # our own delete
+    assert logic.switches[d].pairs
+    msgs = logic.flow_removed(d, cookie("host", "pair", 1), reason=0)         # idle timeout
     assert msgs == [DeleteFlows(cookie("host", "pair", 1), 0xFFFFFFFFFFFFFFFF)]
     assert not logic.switches[d].pairs and logic.stats["pairs_expired"] == 1
 

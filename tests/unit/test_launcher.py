@@ -195,8 +195,8 @@ class RecordingLogic:
         self._record("packet_in", dpid, table_id, in_port, data)
         return list(self.on_packet_in)
 
-    def flow_removed(self, dpid, cookie):
-        self._record("flow_removed", dpid, cookie)
+    def flow_removed(self, dpid, cookie, reason):
+        self._record("flow_removed", dpid, cookie, reason)
         return []
 
     def nb_changed(self):
@@ -300,7 +300,7 @@ def test_flow_removed_port_status_and_errors(vnet64, caplog):
         dp, cookie=0x7705, priority=200, reason=ofp.OFPRR_IDLE_TIMEOUT, table_id=3, duration_sec=61,
         duration_nsec=0, idle_timeout=60, hard_timeout=0, packet_count=1, byte_count=80,
         match=parser.OFPMatch())))
-    assert vnet64.logic.calls[-1] == ("flow_removed", DPID, 0x7705)
+    assert vnet64.logic.calls[-1] == ("flow_removed", DPID, 0x7705, ofp.OFPRR_IDLE_TIMEOUT)
     vnet64._on_port_status(ofp_event.EventOFPPortStatus(
         parser.OFPPortStatus(dp, reason=ofp.OFPPR_ADD, desc=port("v-b", 4))))
     assert vnet64.logic.calls[-1] == ("ports_changed", DPID, {"geneve0": 10, "v-a": 3, "v-b": 4})

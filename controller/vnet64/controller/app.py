@@ -97,8 +97,9 @@ class Logic(Protocol):
     def packet_in(self, dpid: int, table_id: int, in_port: int, data: bytes) -> list[Message]:
         """A packet the pipeline sent to the controller (the whole frame)."""
 
-    def flow_removed(self, dpid: int, cookie: int) -> list[Message]:
-        """A flow with ``send_flow_rem`` left the switch (idle/hard timeout or a delete)."""
+    def flow_removed(self, dpid: int, cookie: int, reason: int) -> list[Message]:
+        """A flow with ``send_flow_rem`` left the switch; ``reason`` is OFPRR_* (idle
+        timeout 0, hard timeout 1, delete 2, ...)."""
 
     def nb_changed(self) -> dict[int, list[Message]]:
         """The NB changed: datapath id -> messages for that switch."""
@@ -130,7 +131,7 @@ class NullLogic:
     def packet_in(self, dpid: int, table_id: int, in_port: int, data: bytes) -> list[Message]:
         return []
 
-    def flow_removed(self, dpid: int, cookie: int) -> list[Message]:
+    def flow_removed(self, dpid: int, cookie: int, reason: int) -> list[Message]:
         return []
 
     def nb_changed(self) -> dict[int, list[Message]]:
@@ -400,7 +401,8 @@ class Vnet64App(app_manager.OSKenApp):
         sw = self._switch(msg.datapath)
         if sw is None or sw.state not in ("resyncing", "ready"):
             return
-        self._send(sw, self._call(sw, "flow_removed", sw.dp.id, msg.cookie, default=[]))
+        self._send(sw, self._call(sw, "flow_removed", sw.dp.id, msg.cookie, msg.reason,
+                                  default=[]))
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _on_port_status(self, ev: Any) -> None:

@@ -28,6 +28,7 @@ from .roles import Ports, appliance, customer, service
 
 LOG = logging.getLogger(__name__)
 EXACT = 0xFFFFFFFFFFFFFFFF       # cookie mask: this cookie only
+OFPRR_IDLE_TIMEOUT, OFPRR_HARD_TIMEOUT = 0, 1
 DEFAULT_PACKET_IN_RATE = 5000   # pps on the new-pair path; the excess is dropped by the meter
 
 
@@ -207,13 +208,18 @@ class Logic:
         flows = customer.pair_flows(self.model, sw.ports, ep, vm, index, sw.allocator.alias(index))
         return [*flows, PacketOut(data, in_port, (Resubmit("pair"),))]
 
-    def flow_removed(self, dpid: int, ck: int) -> list[Message]:
+    def flow_removed(self, dpid: int, ck: int, reason: int = OFPRR_IDLE_TIMEOUT) -> list[Message]:
+        """A pair's flow timed out: free its alias and remove the pair's other flows.
+
+        Removals we asked for ourselves (reason DELETE) were already released when
+        we asked; acting on them late could free a newer pair on the same alias.
+        """
         sw = self.switches.get(dpid)
         try:
             c = Cookie.decode(ck)
         except ValueError:
             return []
-        if sw is None or c.feature != "pair":
+        if sw is None or c.feature != "pair" or reason not in (OFPRR_IDLE_TIMEOUT, OFPRR_HARD_TIMEOUT):
             return []
         self._release(sw, c.obj)
         self.stats["pairs_expired"] += 1
