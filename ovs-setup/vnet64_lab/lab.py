@@ -48,9 +48,9 @@ from vnet64.topology import TopologyError
 from . import plan as P
 from . import settings as lab_settings
 from . import sh
-from vnet64.controller.pipeline import tables_for
+from vnet64.controller.pipeline import CT_TIMEOUTS, ZONE_V6_DNAT, ZONE_V6_SNAT, tables_for
 
-from .ovs import EnsureBridge, EnsurePort, OvsNode, SetSystem, terminate
+from .ovs import EnsureBridge, EnsureCtTimeouts, EnsurePort, OvsNode, SetSystem, terminate
 from .sh import LabError
 
 LOG = logging.getLogger(__name__)
@@ -180,6 +180,7 @@ class Lab:
             controller = self._controller(plan)
             for f in node_futures:
                 f.result()
+        self._conntrack(plan, platform.get("vnet_zones", {}))
         timings.mark("nb+nodes")
         self._vifs(plan)
         timings.mark("vms+endpoints")
@@ -238,9 +239,24 @@ class Lab:
         api = nb_api.connect(server.remote)
         try:
             api.load_topology(plan.topology)
-            return api.platform_info() or {}
+            info = api.platform_info() or {}
+            info["vnet_zones"] = {v["name"]: v["ct_zone"] for v in api.list("vnet")}
+            return info
         finally:
             api.close()
+
+    def _conntrack(self, plan: P.Plan, vnet_zones: dict[str, int]) -> None:
+        """Timeout policies for the conntrack zones each host uses (DESIGN §4b "Ports")."""
+        for n in plan.nodes:
+            if n.role != "host":
+                continue
+            zones = {vnet_zones[vm.vnet] for vm in plan.topology.vms if vm.host == n.name}
+            zones |= {ZONE_V6_SNAT, ZONE_V6_DNAT}
+            api = OvsNode(n.name, n.ns, n.run_dir).connect()
+            try:
+                api.run(EnsureCtTimeouts(api, sorted(zones), CT_TIMEOUTS))
+            finally:
+                api.close()
 
     def _node(self, plan: P.Plan, n: P.NodePlan) -> None:
         node = OvsNode(n.name, n.ns, n.run_dir)

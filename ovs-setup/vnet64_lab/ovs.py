@@ -202,6 +202,42 @@ class SetSystem(command.BaseCommand):
         _set(row, "external_ids", {**dict(_get(row, 'external_ids', {})), **self.external_ids})
 
 
+class EnsureCtTimeouts(command.BaseCommand):
+    """Conntrack timeout policy for ``zones`` of the netdev datapath (idempotent).
+
+    Creates the ``netdev`` Datapath row if needed; every zone gets one CT_Zone
+    pointing at one shared CT_Timeout_Policy with ``timeouts``.
+    """
+
+    def __init__(self, api: NodeOvsdb, zones: list[int], timeouts: dict[str, int]):
+        super().__init__(api)
+        self.zones = sorted(set(zones))
+        self.timeouts = dict(timeouts)
+
+    def run_idl(self, txn: Any) -> None:
+        tables = self.api._tables
+        root = self.api._ovs
+        dp = dict(_get(root, "datapaths", {})).get("netdev")
+        if dp is None:
+            dp = txn.insert(tables["Datapath"])
+            dp.datapath_version = ""
+            root.setkey("datapaths", "netdev", dp)
+        current = dict(_get(dp, "ct_zones", {}))
+        policy = None
+        for zone in self.zones:
+            row = current.get(zone)
+            tp = _get(row, "timeout_policy", []) if row is not None else []
+            if tp and dict(tp[0].timeouts) == self.timeouts:
+                continue
+            if policy is None:
+                policy = txn.insert(tables["CT_Timeout_Policy"])
+                policy.timeouts = self.timeouts
+            if row is None:
+                row = txn.insert(tables["CT_Zone"])
+                dp.setkey("ct_zones", zone, row)
+            row.timeout_policy = [policy]
+
+
 class OvsNode:
     """The OVS daemons of one lab node, living in namespace ``ns``."""
 

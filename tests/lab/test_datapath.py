@@ -194,3 +194,16 @@ def test_unsubscribe_cuts_the_pair_and_resubscribe_restores_it(platform):
     finally:
         api.subscribe("a-vm1", "analytics", may_exist=True)
         api.close()
+
+
+def test_closed_connections_hold_their_platform_port_longer_than_the_vms_time_wait(platform):
+    """DESIGN §4b "Ports": the VNet zone keeps TIME_WAIT entries > 60 s (Linux's TIME_WAIT)."""
+    _, plan = platform
+    assert "error" not in client(plan, "tcp", A6, TCP_PORT)
+    n = plan.node("host1")
+    node = OvsNode(n.name, n.ns, n.run_dir)
+    entries = [line for line in node.appctl("dpctl/dump-conntrack", "-s", "zone=1").splitlines()
+               if "TIME_WAIT" in line and "100.100.0.1" in line]
+    assert entries, "no closed connection in a-vm1's VNet zone"
+    timeouts = [int(line.split("timeout=")[1].split(",")[0]) for line in entries]
+    assert max(timeouts) > 60, entries

@@ -87,6 +87,12 @@ PRIO_DENY = 200        # short-lived drops of refused pairs
 ZONE_V6_SNAT = 65534   # service IPv6 -> <xlat /96>::<alias>
 ZONE_V6_DNAT = 65533   # VM platform IPv6 -> <xlat /96>::<VM IPv4>
 
+# Conntrack timeouts a host must configure for the controller's zones and for the
+# zones of the VNets it hosts (CT_Timeout_Policy): a closed TCP connection keeps
+# its Platform_IP port longer than the VM keeps TIME_WAIT (60 s on Linux), so a
+# port is not reused while the VM would still refuse its SYN.
+CT_TIMEOUTS = {"tcp_time_wait": 75}
+
 # Geneve VNI carried by every platform packet (key=flow)
 VNI = 0x6464
 
