@@ -90,8 +90,10 @@ ZONE_V6_DNAT = 65533   # VM platform IPv6 -> <xlat /96>::<VM IPv4>
 # Conntrack timeouts a host must configure for the controller's zones and for the
 # zones of the VNets it hosts (CT_Timeout_Policy): a closed TCP connection keeps
 # its Platform_IP port longer than the VM keeps TIME_WAIT (60 s on Linux), so a
-# port is not reused while the VM would still refuse its SYN.
-CT_TIMEOUTS = {"tcp_time_wait": 75}
+# port is not reused while the VM would still refuse its SYN. The userspace
+# datapath files a connection closed by both sides under "tcp_close" (measured:
+# tcp_time_wait alone leaves such entries at the default 30 s), so set both.
+CT_TIMEOUTS = {"tcp_time_wait": 75, "tcp_close": 75}
 
 # Geneve VNI carried by every platform packet (key=flow)
 VNI = 0x6464
