@@ -408,6 +408,16 @@ class Lab:
         (ctl_dir / "controller.pid").write_text(f"{proc.pid}\n")
         return f"started (pid {proc.pid})"
 
+    def restart_controller(self) -> str:
+        """Start the lab's controller again exactly as ``up`` does (same command, log and
+        pidfile); one still running is stopped first, by its pidfile."""
+        with self._locked():
+            plan = self.plan()
+            pid = sh.read_pid(self.run_dir / "ctl" / "controller.pid")
+            if pid and sh.proc_alive(pid) and _proc_ns_inode(pid) == _ns_inode(plan.ctl_ns):
+                terminate(pid, _comm(pid))
+            return self._controller(plan)
+
     def _wait_ready(self, plan: P.Plan) -> None:
         """Each node's OVS has learned the underlay route (Geneve can leave at once)."""
         net = str(plan.settings.underlay_cidr)
