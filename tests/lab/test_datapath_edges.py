@@ -1,0 +1,165 @@
+"""Edges of the data path on real OVS + TAYGA: full-size packets and ICMP errors from
+the service side, the meter on the packet-in path.
+
+(The basic exchanges are in test_datapath.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from vnet64_lab import sh
+from vnet64_lab.ovs import OvsNode
+
+from tests.lab.conftest import ROOT, need_lab, new_lab
+
+A6 = "fd41::3930:1f:6600:a00:4"
+BULK_PORT, BIG_UDP_PORT, LATE_UDP_PORT = 9001, 9002, 9003
+BULK_BYTES = 2_000_000
+
+VM_SERVERS = r"""
+import socket, sys, threading, time
+MTU = int(sys.argv[1])
+def bulk():
+    t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind(("0.0.0.0", %(bulk)d)); t.listen(16)
+    while True:
+        c, _ = t.accept()
+        got = 0
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            got += len(d)
+        c.sendall(str(got).encode().ljust(16) + b"v" * %(bulk_bytes)d)
+        c.close()
+def big_udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", %(big)d))
+    while True:
+        _, peer = s.recvfrom(100)
+        s.sendto(b"u" * (MTU - 28), peer)       # the largest datagram the VM's MTU allows
+def late_udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", %(late)d))
+    _, peer = s.recvfrom(100)
+    s.connect(peer)
+    s.send(b"first")
+    time.sleep(1.0)                             # the service closes its socket meanwhile
+    s.send(b"second")
+    s.settimeout(3)
+    try:
+        s.recv(100)
+        print("late: answered", flush=True)
+    except ConnectionRefusedError:
+        print("late: refused", flush=True)
+    except OSError as exc:
+        print(f"late: {type(exc).__name__}", flush=True)
+for f in (bulk, big_udp, late_udp):
+    threading.Thread(target=f, daemon=True).start()
+print("ready", flush=True)
+while True:
+    time.sleep(3600)
+""" % {"bulk": BULK_PORT, "big": BIG_UDP_PORT, "late": LATE_UDP_PORT, "bulk_bytes": BULK_BYTES}
+
+SERVICE = r"""
+import json, socket, sys
+kind, addr = sys.argv[1], sys.argv[2]
+out = {}
+try:
+    if kind == "bulk":
+        s = socket.create_connection((addr, %(bulk)d), timeout=10)
+        s.sendall(b"s" * 1_000_000)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+        out["vm_got"] = int(data[:16])
+        out["service_got"] = len(data) - 16
+    elif kind == "big_udp":
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(3)
+        s.sendto(b"?", (addr, %(big)d))
+        out["size"] = len(s.recv(65536))
+    elif kind == "late_udp":
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(3)
+        s.sendto(b"?", (addr, %(late)d))
+        out["first"] = s.recv(100).decode()
+        s.close()                                # the VM's "second" now meets a closed port
+except OSError as exc:
+    out["error"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+""" % {"bulk": BULK_PORT, "big": BIG_UDP_PORT, "late": LATE_UDP_PORT}
+
+
+def ns_of(plan, name: str) -> str:
+    return next(v.ns for v in plan.vifs if v.name == name)
+
+
+def service(plan, kind: str) -> dict:
+    proc = subprocess.run([sh.tool("ip"), "netns", "exec", ns_of(plan, "svc1"), sys.executable,
+                           "-c", SERVICE, kind, A6], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def wait_for(predicate, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return bool(predicate())
+
+
+@pytest.fixture(scope="module")
+def platform():
+    need_lab()
+    lab = new_lab("e")
+    lab.down()
+    server = None
+    try:
+        lab.up(ROOT / "topologies" / "two-tenants.yaml")
+        plan = lab.plan()
+        n = plan.node("appliance")
+        assert wait_for(lambda: A6 in OvsNode(n.name, n.ns, n.run_dir).ofctl(
+            "-O", "OpenFlow13", "dump-flows", "br-int")), "the controller did not program the appliance"
+        vm = next(v for v in plan.vifs if v.name == "a-vm1")
+        server = subprocess.Popen([sh.tool("ip"), "netns", "exec", vm.ns, sys.executable, "-c",
+                                   VM_SERVERS, str(vm.mtu)], stdout=subprocess.PIPE, text=True)
+        assert server.stdout.readline().strip() == "ready"
+        yield lab, plan, server
+    finally:
+        if server is not None:
+            server.terminate()   # our own child, by pid
+            server.wait(5)
+        lab.down()
+
+
+def test_bulk_tcp_both_ways_crosses_translation_and_geneve_without_loss(platform):
+    """Full-size segments both ways: MTUs leave room for +20 bytes of IPv6 and Geneve."""
+    _, plan, _ = platform
+    out = service(plan, "bulk")
+    assert out.get("vm_got") == 1_000_000, out
+    assert out.get("service_got") == BULK_BYTES, out
+
+
+def test_largest_vm_datagram_reaches_the_service_whole(platform):
+    """A datagram filling the VM's IPv4 MTU becomes 20 bytes bigger in IPv6 and still fits."""
+    _, plan, _ = platform
+    vm = next(v for v in plan.vifs if v.name == "a-vm1")
+    out = service(plan, "big_udp")
+    assert out.get("size") == vm.mtu - 28, out
+
+
+def test_icmp_error_from_the_service_reaches_the_vms_connected_socket(platform):
+    """The reverse direction of ICMP errors: service port closed -> the VM's socket is refused."""
+    _, plan, server = platform
+    out = service(plan, "late_udp")
+    assert out.get("first") == "first", out
+    line = server.stdout.readline().strip()
+    assert line == "late: refused", f"the VM's socket did not get the service's ICMP error: {line}"
