@@ -9,123 +9,21 @@ the peer address they saw.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
-
 import pytest
-from vnet64_lab import sh
 from vnet64_lab.ovs import OvsNode
 
 from tests.lab.conftest import ROOT, Capture, need_lab, new_lab
+from tests.lab.traffic import (A6, B6, CLOSED_PORT, PLATFORM_IP, TCP_PORT, UDP_PORT, client,
+                               flows, in_ns, running_platform, wait_for)
 from vnet64.nb import api as nbapi
-
-A6, B6 = "fd41::3930:1f:6600:a00:4", "fd41::3930:20:6600:a00:4"
-SVC1 = "fd00:5e:1::10"
-PLATFORM_IP = "100.100.0.1"
-TCP_PORT, UDP_PORT, CLOSED_PORT = 8080, 8081, 9
-
-ECHO_SERVER = r"""
-import socket, sys, threading
-name = sys.argv[1]
-def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", %(udp)d))
-    while True:
-        data, peer = s.recvfrom(4096)
-        s.sendto(f"{name} {peer[0]}:{peer[1]} ".encode() + data, peer)
-t = socket.socket()
-t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-t.bind(("0.0.0.0", %(tcp)d))
-t.listen(512)
-threading.Thread(target=udp, daemon=True).start()
-print("ready", flush=True)
-while True:
-    c, peer = t.accept()
-    with c:
-        data = c.recv(4096)
-        c.sendall(f"{name} {peer[0]}:{peer[1]} ".encode() + data)
-""" % {"udp": UDP_PORT, "tcp": TCP_PORT}
-
-CLIENT = r"""
-import json, socket, sys
-kind, addr, port, payload = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
-out = {}
-try:
-    if kind == "tcp":
-        s = socket.create_connection((addr, port), timeout=3)
-        s.sendall(payload)
-        out["reply"] = s.recv(4096).decode()
-        out["peer"] = s.getpeername()[0]
-    else:
-        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        s.settimeout(3)
-        s.connect((addr, port))
-        s.send(payload)
-        data = s.recv(4096)
-        out["reply"] = data.decode()
-        out["peer"] = s.getpeername()[0]
-except OSError as exc:
-    out["error"] = type(exc).__name__
-print(json.dumps(out))
-"""
-
-
-def in_ns(ns: str, *cmd: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run([sh.tool("ip"), "netns", "exec", ns, *cmd], capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def client(plan, kind: str, addr: str, port: int, payload: str = "hello") -> dict:
-    ns = next(v.ns for v in plan.vifs if v.name == "svc1")
-    proc = in_ns(ns, sys.executable, "-c", CLIENT, kind, addr, str(port), payload)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    return predicate()
-
-
-def flows(plan, node: str) -> str:
-    n = plan.node(node)
-    return OvsNode(n.name, n.ns, n.run_dir).ofctl("-O", "OpenFlow13", "dump-flows", "br-int")
 
 
 @pytest.fixture(scope="module")
 def platform():
     """The default topology up, with the controller, and echo servers in both VMs."""
     need_lab()
-    lab = new_lab("d")
-    lab.down()
-    servers: list[subprocess.Popen] = []
-    try:
-        result = lab.up(ROOT / "topologies" / "two-tenants.yaml")
-        assert result["controller"].startswith("started"), result
-        plan = lab.plan()
-        ready = wait_for(lambda: all(A6 in flows(plan, n) or n == "host2" for n in ("host1", "appliance"))
-                         and "fd00:5e:1::10" in flows(plan, "host2"))
-        log = (lab.run_dir / "ctl" / "controller.log")
-        assert ready, f"controller did not program the switches:\n{log.read_text()[-3000:]}"
-        for vm in ("a-vm1", "b-vm1"):
-            ns = next(v.ns for v in plan.vifs if v.name == vm)
-            proc = subprocess.Popen([sh.tool("ip"), "netns", "exec", ns, sys.executable, "-c",
-                                     ECHO_SERVER, vm], stdout=subprocess.PIPE, text=True)
-            servers.append(proc)
-            assert proc.stdout.readline().strip() == "ready"
-        yield lab, plan
-    finally:
-        for proc in servers:
-            proc.terminate()   # our own children, by pid
-            proc.wait(5)
-        lab.down()
+    with running_platform(new_lab("d"), ROOT / "topologies" / "two-tenants.yaml") as up:
+        yield up
 
 
 @pytest.mark.parametrize("vm, addr", [("a-vm1", A6), ("b-vm1", B6)])

@@ -1,0 +1,290 @@
+"""Survival (issue 4): the controller dies, comes back, and a switch restarts.
+
+On the default topology with the real controller:
+
+1. kill -9 the controller while a long-lived TCP connection from svc1 to a-vm1
+   runs: the connection keeps echoing, ping and new connections inside the
+   existing pair keep working (the datapath needs no controller for them);
+2. restart it the way the lab starts it: it rebuilds its pair allocations from
+   the switches' flows (cookies) and the NB. The open connection still works, a
+   new connection in the same pair uses the same alias, a new pair gets another
+   alias, flows planted while it was down with vnet64 cookies the NB does not
+   want are swept, and exactly one set of pair flows exists per live pair;
+3. restart host1's ovs-vswitchd (its flows go with the process): the controller
+   reprograms it and new connections to both VMs work.
+
+The tests run in this order and share the lab (one module-scoped fixture).
+OVS backs controller reconnects off up to 8 s; ``max_backoff`` is set to 1 s
+while the switches are connected (OVS 3.1 takes it only then), so every
+reconnect below happens within about a second without being forced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from vnet64_lab import Lab, sh
+from vnet64_lab.ovs import terminate
+
+from tests.lab.conftest import ROOT, need_lab
+from tests.lab.traffic import (A6, B6, LINE_PORT, PLATFORM_IP, SVC1, TCP_PORT, UDP_PORT, LineSession,
+                               answer, client, controller_log, flow_lines, flows, ovs_node, pair_flows,
+                               ping, running_platform, wait_for)
+from vnet64.controller.pipeline import APPLIANCE_TABLES, HOST_TABLES, cookie
+
+PAIR_FEATURE = (cookie("host", "pair", 0), 0xFFFF000000000000)
+GHOST6 = "fd41::3930:1f:6600:a00:99"     # a platform address no VM of the NB has
+STRANGER = "fd00:5e:1::99"               # an IPv6 that is no service endpoint
+STALE = {
+    # node -> flows with vnet64 cookies that the NB does not want (planted while the controller is down)
+    "host1": [
+        # a pair that is not subscribed (no such endpoint), with one of its companion flows
+        (f"cookie={cookie('host', 'pair', 0x77):#x},table={HOST_TABLES.id('pair')},priority=100,"
+         f"ipv6,ipv6_src={STRANGER},ipv6_dst={A6},actions=drop"),
+        (f"cookie={cookie('host', 'pair', 0x77):#x},table={HOST_TABLES.id('from_translator')},"
+         f"priority=100,ip,nw_src=198.18.0.119,nw_dst=10.0.0.4,actions=drop"),
+        # steering/DNAT for a VM address that does not exist
+        (f"cookie={cookie('host', 'vm', 'ghost-vm'):#x},table={HOST_TABLES.id('v6_dnat')},"
+         f"priority=100,ipv6,ipv6_dst={GHOST6},actions=drop"),
+    ],
+    "appliance": [
+        (f"cookie={cookie('appliance', 'route', 'ghost-vm'):#x},"
+         f"table={APPLIANCE_TABLES.id('route')},priority=100,ipv6,ipv6_dst={GHOST6},actions=drop"),
+    ],
+}
+STALE_COOKIES = {
+    "host1": {cookie("host", "pair", 0x77), cookie("host", "vm", "ghost-vm")},
+    "appliance": {cookie("appliance", "route", "ghost-vm")},
+}
+
+
+class Run:
+    """What the tests of this module hand on to each other."""
+
+    def __init__(self, lab: Lab, plan):
+        self.lab, self.plan = lab, plan
+        self.session: LineSession | None = None
+        self.seen_port: str | None = None   # Platform_IP port a-vm1 sees on the long-lived connection
+        self.a_pair: tuple[int, str] | None = None
+        self.lines = 0
+
+    def exchange(self, tag: str) -> None:
+        """One line over the long-lived connection, answered by a-vm1 on the same connection."""
+        self.lines += 1
+        text = f"{tag}-{self.lines}"
+        name, addr, port, payload = answer(self.session.send(text))
+        assert (name, addr, payload) == ("a-vm1", PLATFORM_IP, text)
+        assert port == self.seen_port, "the long-lived connection's Platform_IP port changed"
+
+
+@pytest.fixture(scope="module")
+def run():
+    need_lab()
+    lab = Lab("v64s-", "/run/vnet64-lab-s")
+    with running_platform(lab, ROOT / "topologies" / "two-tenants.yaml") as (lab, plan):
+        for n in plan.nodes:   # reconnect within ~1 s from now on (see the module docstring)
+            sh.run([sh.tool("ovs-vsctl"), "set", "Controller", "br-int", "max_backoff=1000"],
+                   env=ovs_node(plan, n.name).env())
+        r = Run(lab, plan)
+        try:
+            yield r
+        finally:
+            if r.session is not None:
+                r.session.close()
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def controller_pid(lab: Lab) -> int | None:
+    pid = sh.read_pid(lab.run_dir / "ctl" / "controller.pid")
+    return pid if pid and sh.proc_alive(pid) else None
+
+
+def kill_9_controller(lab: Lab) -> None:
+    pid = controller_pid(lab)
+    assert pid, "the controller is not running"
+    assert b"vnet64.controller" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):   # started by this process (lab.up): reap it
+        os.waitpid(pid, 0)
+    assert wait_for(lambda: not sh.proc_alive(pid), 5), "the controller survived SIGKILL"
+
+
+def log_since(lab: Lab, offset: int) -> str:
+    return controller_log(lab).read_bytes()[offset:].decode(errors="replace")
+
+
+def wait_resynced(lab: Lab, offset: int, nodes: list[str], timeout: float = 20) -> float:
+    """Seconds until every node's switch was resynced (per the log written after ``offset``)."""
+    t0 = time.monotonic()
+    done = wait_for(lambda: all(re.search(rf"\[{n} [0-9a-f]+\] resynced", log_since(lab, offset))
+                                for n in nodes), timeout)
+    assert done, f"not every switch of {nodes} resynced:\n{log_since(lab, offset)[-4000:]}"
+    return time.monotonic() - t0
+
+
+def assert_clean_log(lab: Lab) -> None:
+    log = controller_log(lab).read_text()
+    assert "Traceback" not in log, log[-6000:]
+    assert " ERROR " not in log, [line for line in log.splitlines() if " ERROR " in line]
+
+
+def cookies(plan, node: str, value: int, mask: int) -> list[int]:
+    """The cookie of every flow of ``node`` that matches value/mask (one per flow)."""
+    dump = flows(plan, node, f"cookie={value:#x}/{mask:#x}")
+    return [int(c, 16) for c in re.findall(r"cookie=(0x[0-9a-f]+)", dump)]
+
+
+def tcp_ok(plan, addr: str, vm: str) -> None:
+    """A new TCP connection from svc1 reaches ``vm``, which sees Platform_IP."""
+    out = client(plan, "tcp", addr, TCP_PORT, f"to-{vm}")
+    name, seen, _, payload = answer(out)
+    assert (name, seen, payload) == (vm, PLATFORM_IP, f"to-{vm}"), out
+    assert out["peer"] == addr
+
+
+def restart_vswitchd(plan, node: str) -> tuple[int, int]:
+    """Stop a node's ovs-vswitchd by its pidfile and start it again the way the lab does
+    (same database, so same bridges and ports; every flow is gone), then redo what
+    ``Lab._node`` does after the daemons: underlay address and links up, tunnel
+    neighbours seeded, underlay route learned."""
+    n = plan.node(node)
+    ovs = ovs_node(plan, node)
+    old = ovs.pid("ovs-vswitchd")
+    assert old and terminate(old, "ovs-vswitchd")
+    ovs.start()   # ovsdb-server still runs: only ovs-vswitchd starts
+    new = ovs.pid("ovs-vswitchd")
+    assert new and new != old
+    sh.wait_for(lambda: sh.run([sh.tool("ovs-ofctl"), "show", "br-phy"], env=ovs.env(),
+                               check=False).returncode == 0, 10, f"br-phy in {node}'s new vswitchd")
+    sh.ip_batch(n.ns, [f"addr replace {n.underlay_ip} dev br-phy", "link set br-phy up",
+                       "link set br-int up"])
+    for other in plan.nodes:
+        if other.name != node:
+            ovs.appctl("tnl/neigh/set", "br-phy", str(other.underlay_ip.ip), other.underlay_mac)
+    net = str(plan.settings.underlay_cidr)
+    sh.wait_for(lambda: net in ovs.appctl("ovs/route/show", check=False), 10,
+                f"the underlay route in {node}'s new vswitchd")
+    return old, new
+
+
+# ---------------------------------------------------------------------------
+# tests
+
+
+def test_kill_9_the_controller_connections_keep_flowing(run):
+    lab, plan = run.lab, run.plan
+    run.session = LineSession(plan, A6, LINE_PORT)
+    assert run.session.hello["peer"] == A6
+    first = answer(run.session.send("hello"))
+    assert first[:2] == ("a-vm1", PLATFORM_IP) and first[3] == "hello"
+    run.seen_port = first[2]
+    run.a_pair = pair_flows(plan, "host1")[(SVC1, A6)]
+    assert ping(plan, A6) == (3, 3)
+
+    kill_9_controller(lab)
+    assert not controller_pid(lab)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3:   # traffic spread over 3 s with no controller at all
+        run.exchange("while-dead")
+        time.sleep(0.2)
+    assert run.lines >= 10
+    assert ping(plan, A6, count=5) == (5, 5), "ping to a-vm1 stopped with the controller"
+    tcp_ok(plan, A6, "a-vm1")   # a new connection inside the existing pair: datapath only
+    name, seen, _, _ = answer(client(plan, "udp", A6, UDP_PORT, "udp-while-dead"))
+    assert (name, seen) == ("a-vm1", PLATFORM_IP)
+    run.exchange("while-dead")
+    assert not controller_pid(lab), "something restarted the controller behind the test's back"
+    assert pair_flows(plan, "host1")[(SVC1, A6)] == run.a_pair
+
+
+def test_restart_rebuilds_allocations_from_the_switches_and_sweeps_stale_flows(run):
+    lab, plan = run.lab, run.plan
+    assert run.session is not None and not controller_pid(lab), "runs after the kill -9 test"
+    for node, specs in STALE.items():
+        for spec in specs:
+            ovs_node(plan, node).ofctl("-O", "OpenFlow13", "add-flow", "br-int", spec)
+        planted = set(cookies(plan, node, 0, 0))
+        assert STALE_COOKIES[node] <= planted, (node, planted)
+
+    offset = controller_log(lab).stat().st_size
+    t0 = time.monotonic()
+    assert lab.restart_controller().startswith("started")
+    wait_resynced(lab, offset, [n.name for n in plan.nodes])
+    resync = time.monotonic() - t0
+    print(f"\ncontroller restart -> every switch resynced: {resync:.2f}s")
+
+    # stale flows swept (the sweep is sent right after the resync)
+    for node, stale in STALE_COOKIES.items():
+        left = wait_for(lambda node=node, stale=stale: not stale & set(cookies(plan, node, 0, 0)), 5)
+        assert left, f"{node} kept stale flows:\n{flows(plan, node)}"
+    assert GHOST6 not in flows(plan, "host1") + flows(plan, "appliance")
+    assert STRANGER not in flows(plan, "host1")
+
+    # the open connection survived the restart and kept its conntrack state
+    for _ in range(3):
+        run.exchange("after-restart")
+    # a new connection in the same pair: same pair flow, same alias
+    tcp_ok(plan, A6, "a-vm1")
+    assert pair_flows(plan, "host1")[(SVC1, A6)] == run.a_pair, "the pair was re-allocated"
+
+    # a new pair: another alias (the allocator knows the first one is taken)
+    tcp_ok(plan, B6, "b-vm1")
+    pairs = pair_flows(plan, "host1")
+    assert set(pairs) == {(SVC1, A6), (SVC1, B6)}, pairs
+    (a_cookie, a_alias), (b_cookie, b_alias) = pairs[(SVC1, A6)], pairs[(SVC1, B6)]
+    assert a_cookie != b_cookie and a_alias != b_alias, f"duplicate allocation: {pairs}"
+    print(f"pair aliases: a-vm1 {a_alias} (kept), b-vm1 {b_alias} (new)")
+
+    # no leak: one set of pair flows (pair + SNAT + return rule) per live pair, nothing else
+    per_cookie = cookies(plan, "host1", *PAIR_FEATURE)
+    assert sorted(per_cookie) == sorted([a_cookie] * 3 + [b_cookie] * 3), \
+        flows(plan, "host1", f"cookie={PAIR_FEATURE[0]:#x}/{PAIR_FEATURE[1]:#x}")
+    assert not cookies(plan, "host2", *PAIR_FEATURE)
+    assert_clean_log(lab)
+
+
+def test_a_restarted_switch_gets_its_pipeline_back(run):
+    lab, plan = run.lab, run.plan
+    if run.session is not None:   # its conntrack state lives in the vswitchd about to restart
+        run.session.close()
+        run.session = None
+    proactive = [line for line in flow_lines(plan, "host1")
+                 if not re.match(r"cookie=0x10[56]", line)]   # not the pairs' or denials'
+    assert len(proactive) > 20, proactive
+    meters = ovs_node(plan, "host1").ofctl("-O", "OpenFlow13", "dump-meters", "br-int")
+    assert "meter=1" in meters
+
+    offset = controller_log(lab).stat().st_size
+    t0 = time.monotonic()
+    old, new = restart_vswitchd(plan, "host1")
+    wait_resynced(lab, offset, ["host1"])
+    back = wait_for(lambda: [line for line in flow_lines(plan, "host1")
+                             if not re.match(r"cookie=0x10[56]", line)] == proactive, 10)
+    assert back, "host1's proactive flows differ after its restart:\n" + "\n".join(
+        sorted(set(flow_lines(plan, "host1")) ^ set(proactive)))
+    print(f"\nhost1 vswitchd restart ({old} -> {new}) -> pipeline back: {time.monotonic() - t0:.2f}s")
+    assert "meter=1" in ovs_node(plan, "host1").ofctl("-O", "OpenFlow13", "dump-meters", "br-int")
+    assert controller_pid(lab), "the controller died"
+
+    for addr, vm in ((A6, "a-vm1"), (B6, "b-vm1")):
+        tcp_ok(plan, addr, vm)
+        name, seen, _, _ = answer(client(plan, "udp", addr, UDP_PORT, "udp-after-switch-restart"))
+        assert (name, seen) == (vm, PLATFORM_IP)
+        assert ping(plan, addr) == (3, 3)
+    pairs = pair_flows(plan, "host1")
+    assert set(pairs) == {(SVC1, A6), (SVC1, B6)}, pairs
+    assert pairs[(SVC1, A6)][1] != pairs[(SVC1, B6)][1], f"duplicate allocation: {pairs}"
+    assert sorted(cookies(plan, "host1", *PAIR_FEATURE)) == sorted(
+        [c for c, _ in pairs.values()] * 3)
+    # the other switches were not disturbed
+    assert not re.search(r"\[(host2|appliance) [0-9a-f]+\] (dis)?connected", log_since(lab, offset))
+    assert_clean_log(lab)
