@@ -202,8 +202,14 @@ class Lab:
         for n in plan.nodes:
             # The underlay is IPv4; no kernel IPv6 (router solicitations, MLD) on the veths
             # that are OVS ports - they would enter br-int as if a VM had sent them.
+            # The kernel also sees what arrives on ul0 (the userspace datapath reads it
+            # with a packet socket): with arp_ignore=1 only br-phy, which holds the
+            # underlay IP, answers ARP for it, never ul0 with its own MAC - frames to
+            # ul0's MAC would miss OVS's tunnel termination and vanish.
             sh.sysctl(n.ns, {"net.ipv6.conf.all.disable_ipv6": 1,
-                             "net.ipv6.conf.default.disable_ipv6": 1})
+                             "net.ipv6.conf.default.disable_ipv6": 1,
+                             "net.ipv4.conf.all.arp_ignore": 1,
+                             "net.ipv4.conf.default.arp_ignore": 1})
 
     def _fabric(self, plan: P.Plan) -> None:
         """The underlay segment and the management segment, with every node's legs."""

@@ -7,6 +7,7 @@ the service side, the meter on the packet-in path.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -163,3 +164,45 @@ def test_icmp_error_from_the_service_reaches_the_vms_connected_socket(platform):
     assert out.get("first") == "first", out
     line = server.stdout.readline().strip()
     assert line == "late: refused", f"the VM's socket did not get the service's ICMP error: {line}"
+
+
+FLOOD = r"""
+import os, socket, struct, sys, time
+host1, vm6, seconds = sys.argv[1], socket.inet_pton(socket.AF_INET6, sys.argv[2]), float(sys.argv[3])
+geneve = struct.pack("!BBHI", 0, 0, 0x6558, 0x6464 << 8)          # no options, TEB, VNI 0x6464
+eth = bytes.fromhex("020000000002" "020000000001") + struct.pack("!H", 0x86DD)
+udp = struct.pack("!HHHH", 1234, 80, 8, 0)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sent, end = 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    src = socket.inet_pton(socket.AF_INET6, "fd00:5e:1::") [:12] + os.urandom(4)
+    ip6 = struct.pack("!IHBB", 6 << 28, 8, 17, 64) + src + vm6
+    s.sendto(geneve + eth + ip6 + udp, (host1, 6081))
+    sent += 1
+print(sent)
+"""
+
+
+def test_a_flood_of_new_pairs_is_metered_and_the_controller_stays_responsive(platform):
+    """Forged first packets of unknown pairs (from the appliance's address, so they reach
+    host1's pair table) are dropped by the meter beyond its rate; a legitimate new pair
+    set up during the flood still works."""
+    lab, plan, _ = platform
+    host1 = plan.node("host1")
+    node = OvsNode(host1.name, host1.ns, host1.run_dir)
+    flood = subprocess.Popen([sh.tool("ip"), "netns", "exec", plan.node("appliance").ns,
+                              sys.executable, "-c", FLOOD, str(host1.underlay_ip.ip), A6, "4"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)   # let the flood build up before the legitimate pair (no sync needed)
+        out = service(plan, "bulk")      # a-vm1's pair may be new or old: either way it must work
+        assert out.get("service_got") == BULK_BYTES, out
+    finally:
+        sent = int(flood.communicate(timeout=30)[0].strip() or 0)
+    stats = node.ofctl("-O", "OpenFlow13", "meter-stats", "br-int")
+    dropped = [int(n) for n in re.findall(r"\d+: packet_count:(\d+)", stats)]   # per band
+    assert sent > 5000, f"the flood only sent {sent} packets"
+    assert dropped and dropped[-1] > 0, f"the meter dropped nothing:\n{stats}"
+    ctl_pid = int((lab.run_dir / "ctl" / "controller.pid").read_text())
+    assert sh.proc_alive(ctl_pid), "the controller died under the flood"
+    assert "Traceback" not in (lab.run_dir / "ctl" / "controller.log").read_text()
