@@ -187,3 +187,24 @@ def test_resync_adopts_live_pairs_and_sweeps_stale_flows(model):
     # the adopted pair keeps its alias when its traffic comes back
     flows = [m for m in logic.packet_in(d, pair_id, 1, frame(SVC1, A_VM1)) if isinstance(m, Flow)]
     assert Cookie.decode(flows[0].cookie).obj == 7
+
+
+def test_resync_after_a_switch_restart_frees_the_pairs_whose_flows_are_gone(model):
+    logic = Logic(lambda: model)
+    d = dpid(model, "host1")
+    pair_id = HOST_TABLES.id("pair")
+    logic.switch_connected(d, HOST1_PORTS)
+    logic.resynced(d, [])
+    logic.packet_in(d, pair_id, 1, frame(SVC1, A_VM1))
+    logic.packet_in(d, pair_id, 1, frame(SVC1, B_VM1))
+    assert set(logic.switches[d].pairs) == {1, 2}
+    # the switch restarted: it reconnects holding a-vm1's pair flow only (b-vm1's is gone)
+    logic.switch_connected(d, HOST1_PORTS)
+    logic.resynced(d, [(cookie("host", "pair", 1), pair_id, 100,
+                        {"eth_type": 0x86DD, "ipv6_src": str(SVC1), "ipv6_dst": str(A_VM1)})])
+    sw = logic.switches[d]
+    assert sw.pairs == {1: ("svc1", "a-vm1")} and set(sw.allocator.by_index) == {1}
+    assert logic.stats["pairs_lost"] == 1
+    # b-vm1's pair comes back with its old alias
+    flows = [m for m in logic.packet_in(d, pair_id, 1, frame(SVC1, B_VM1)) if isinstance(m, Flow)]
+    assert Cookie.decode(flows[0].cookie).obj == 2

@@ -114,6 +114,7 @@ class Logic:
             return []
         out: list[Message] = []
         stale_pairs: set[int] = set()
+        adopted: set[int] = set()
         for ck, table_id, priority, match in found:
             try:
                 c = Cookie.decode(ck)
@@ -127,6 +128,7 @@ class Logic:
                 pair = customer.Pair(IPv6Address(src), IPv6Address(dst)) if src and dst else None
                 if allowed and allowed[1].host == sw.node.name and sw.allocator.adopt(pair, c.obj):
                     sw.pairs[c.obj] = (allowed[0].name, allowed[1].name)
+                    adopted.add(c.obj)
                     self.stats["pairs_adopted"] += 1
                 else:
                     stale_pairs.add(c.obj)
@@ -141,6 +143,11 @@ class Logic:
         for index in sorted(stale_pairs):
             out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
             self.stats["stale_pairs_swept"] += 1
+        # Pairs kept from before whose flows the switch no longer holds (it restarted):
+        # no flow-removed will ever free them. A returning pair gets its alias back.
+        for index in set(sw.pairs) - adopted:
+            self._release(sw, index)
+            self.stats["pairs_lost"] += 1
         return out
 
     # -- NB -----------------------------------------------------------------
