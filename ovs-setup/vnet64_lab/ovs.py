@@ -24,6 +24,7 @@ from typing import Any
 import ovs.db.idl
 from ovsdbapp.backend.ovs_idl import command, connection, idlutils
 from ovsdbapp.schema.open_vswitch import impl_idl
+from vnet64.ovsdb import OwnConnection
 
 from . import sh
 from .sh import LabError
@@ -31,36 +32,14 @@ from .sh import LabError
 VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 
 
-class NodeOvsdb(impl_idl.OvsdbIdl):
-    """ovsdbapp's Open_vSwitch API with the connection kept per instance.
-
-    ovsdbapp's Backend stores the connection on the class, so a second node's API
-    object would silently talk to the first node's database.
-    """
-
-    def __init__(self, conn: connection.Connection):
-        self._conn = conn
-        super().__init__(conn)
-
-    @property
-    def ovsdb_connection(self) -> connection.Connection:
-        return self._conn
-
-    @ovsdb_connection.setter
-    def ovsdb_connection(self, value: connection.Connection) -> None:
-        self._conn = value
+class NodeOvsdb(OwnConnection, impl_idl.OvsdbIdl):
+    """ovsdbapp's Open_vSwitch API, one per node (the connection kept per instance)."""
 
     def run(self, *commands: Any) -> list:
         with self.create_transaction(check_error=True) as txn:
             for c in commands:
                 txn.add(c)
         return [c.result for c in commands]
-
-    def close(self) -> None:
-        try:
-            self._conn.stop(timeout=5)
-        except TypeError:
-            self._conn.stop()
 
 
 def _get(row: Any, column: str, default: Any) -> Any:

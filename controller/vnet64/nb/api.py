@@ -25,6 +25,7 @@ from ovsdbapp import api as ovsdbapp_api
 from ovsdbapp import exceptions as ovsdbapp_exc
 
 from .. import topology
+from ..ovsdb import OwnConnection
 from . import commands as cmd
 from .commands import Conflict, Invalid, NbError, NotFound  # noqa: F401 (re-exported)
 from .server import SCHEMA_NAME, SCHEMA_PATH
@@ -36,22 +37,12 @@ class NbUnavailable(NbError):
     pass
 
 
-class NbApi(ovs_idl.Backend, ovsdbapp_api.API):
+class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
     schema = SCHEMA_NAME
     lookup_table = {t: (t, "name", None) for t in cmd.NAMED_TABLES}
 
     def __init__(self, conn: connection.Connection, start: bool = True):
-        self._conn = conn
         super().__init__(conn, start=start, auto_index=True)
-
-    # ovsdbapp keeps the connection on the class; keep it on the instance.
-    @property
-    def ovsdb_connection(self) -> connection.Connection:
-        return self._conn
-
-    @ovsdb_connection.setter
-    def ovsdb_connection(self, value: connection.Connection) -> None:
-        self._conn = value
 
     def autocreate_indices(self) -> None:
         for table in cmd.NAMED_TABLES:
@@ -88,13 +79,6 @@ class NbApi(ovs_idl.Backend, ovsdbapp_api.API):
                     continue
                 raise NbError(str(exc)) from None
         raise NbError("the transaction kept conflicting with concurrent writers")
-
-    def close(self) -> None:
-        conn = self.ovsdb_connection
-        try:
-            conn.stop(timeout=5)
-        except TypeError:  # older ovsdbapp: stop() without timeout
-            conn.stop()
 
     def __enter__(self) -> "NbApi":
         return self
