@@ -17,6 +17,7 @@ from vnet64_lab import sh
 from vnet64_lab.ovs import OvsNode
 
 from tests.lab.conftest import ROOT, need_lab, new_lab
+from tests.lab.traffic import ns_of, programmed, wait_for
 
 A6 = "fd41::3930:1f:6600:a00:4"
 BULK_PORT, BIG_UDP_PORT, LATE_UDP_PORT = 9001, 9002, 9003
@@ -97,24 +98,11 @@ print(json.dumps(out))
 """ % {"bulk": BULK_PORT, "big": BIG_UDP_PORT, "late": LATE_UDP_PORT}
 
 
-def ns_of(plan, name: str) -> str:
-    return next(v.ns for v in plan.vifs if v.name == name)
-
-
 def service(plan, kind: str) -> dict:
     proc = subprocess.run([sh.tool("ip"), "netns", "exec", ns_of(plan, "svc1"), sys.executable,
                            "-c", SERVICE, kind, A6], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
-
-
-def wait_for(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return bool(predicate())
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +114,7 @@ def platform():
     try:
         lab.up(ROOT / "topologies" / "two-tenants.yaml")
         plan = lab.plan()
-        n = plan.node("appliance")
-        assert wait_for(lambda: A6 in OvsNode(n.name, n.ns, n.run_dir).ofctl(
-            "-O", "OpenFlow13", "dump-flows", "br-int")), "the controller did not program the appliance"
+        assert wait_for(lambda: programmed(plan)), "the controller did not program the switches"
         vm = next(v for v in plan.vifs if v.name == "a-vm1")
         server = subprocess.Popen([sh.tool("ip"), "netns", "exec", vm.ns, sys.executable, "-c",
                                    VM_SERVERS, str(vm.mtu)], stdout=subprocess.PIPE, text=True)
