@@ -73,6 +73,17 @@ FIELDS = {
 
 MatchValue = Union[int, str, tuple]
 
+# Where ovs-ofctl spells a field differently from os-ken (``ofctl()`` prints these,
+# so what the controller meant reads like ``ovs-ofctl dump-flows``).
+OVS_NAMES = {"ipv4_src": "nw_src", "ipv4_dst": "nw_dst", "tun_ipv4_src": "tun_src",
+             "tun_ipv4_dst": "tun_dst", "ipv6_nd_target": "nd_target", "ipv6_nd_sll": "nd_sll",
+             "ipv6_nd_tll": "nd_tll", "icmpv4_type": "icmp_type", "icmpv4_code": "icmp_code",
+             "tunnel_id": "tun_id"}
+
+
+def ovs_name(name: str) -> str:
+    return OVS_NAMES.get(name, name)
+
 
 def _norm(name: str, value: Any) -> Any:
     """Canonical Python value for a field: ints, str for MACs and IP addresses."""
@@ -138,7 +149,7 @@ class Match:
         return dict(self.items)
 
     def ofctl(self) -> str:
-        return ",".join(f"{name}={_fmt(name, v)}" for name, v in self.items)
+        return ",".join(f"{ovs_name(name)}={_fmt(name, v)}" for name, v in self.items)
 
 
 def _fmt(name: str, value: Any) -> str:
@@ -203,7 +214,7 @@ class SetField:
         object.__setattr__(self, "value", _norm(self.field, self.value))
 
     def ofctl(self, tables: "TableMap") -> str:
-        return f"set_field:{_fmt(self.field, self.value)}->{self.field}"
+        return f"set_field:{_fmt(self.field, self.value)}->{ovs_name(self.field)}"
 
 
 @dataclass(frozen=True)
@@ -222,8 +233,8 @@ class Move:
                 raise FlowError(f"unknown field {name!r} in move")
 
     def ofctl(self, tables: "TableMap") -> str:
-        return (f"move:{self.src}[{self.src_ofs}..{self.src_ofs + self.n_bits - 1}]->"
-                f"{self.dst}[{self.dst_ofs}..{self.dst_ofs + self.n_bits - 1}]")
+        return (f"move:{ovs_name(self.src)}[{self.src_ofs}..{self.src_ofs + self.n_bits - 1}]->"
+                f"{ovs_name(self.dst)}[{self.dst_ofs}..{self.dst_ofs + self.n_bits - 1}]")
 
 
 @dataclass(frozen=True)
