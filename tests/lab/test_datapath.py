@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 from vnet64_lab.ovs import OvsNode
+from vnet64_lab.traffic import (A6, B6, CLOSED_PORT, PLATFORM_IP, TCP_PORT, UDP_PORT, client,
+                                flows, in_ns, running_platform, wait_for)
 
 from tests.lab.conftest import ROOT, Capture, need_lab, new_lab
-from tests.lab.traffic import (A6, B6, CLOSED_PORT, PLATFORM_IP, TCP_PORT, UDP_PORT, client,
-                               flows, in_ns, running_platform, wait_for)
 from vnet64.nb import api as nbapi
 
 

@@ -15,9 +15,9 @@ import time
 import pytest
 from vnet64_lab import sh
 from vnet64_lab.ovs import OvsNode
+from vnet64_lab.traffic import ns_of, programmed, wait_for
 
 from tests.lab.conftest import ROOT, need_lab, new_lab
-from tests.lab.traffic import ns_of, programmed, wait_for
 
 A6 = "fd41::3930:1f:6600:a00:4"
 BULK_PORT, BIG_UDP_PORT, LATE_UDP_PORT = 9001, 9002, 9003

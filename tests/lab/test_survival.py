@@ -31,11 +31,11 @@ from pathlib import Path
 import pytest
 from vnet64_lab import Lab, sh
 from vnet64_lab.ovs import terminate
+from vnet64_lab.traffic import (A6, B6, LINE_PORT, PLATFORM_IP, SVC1, TCP_PORT, UDP_PORT, LineSession,
+                                answer, client, controller_log, flow_lines, flows, ovs_node, pair_flows,
+                                ping, running_platform, wait_for)
 
 from tests.lab.conftest import ROOT, need_lab
-from tests.lab.traffic import (A6, B6, LINE_PORT, PLATFORM_IP, SVC1, TCP_PORT, UDP_PORT, LineSession,
-                               answer, client, controller_log, flow_lines, flows, ovs_node, pair_flows,
-                               ping, running_platform, wait_for)
 from vnet64.controller.pipeline import APPLIANCE_TABLES, HOST_TABLES, cookie
 
 PAIR_FEATURE = (cookie("host", "pair", 0), 0xFFFF000000000000)

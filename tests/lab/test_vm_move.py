@@ -22,11 +22,11 @@ import time
 import pytest
 from vnet64_lab import Lab, sh
 from vnet64_lab.ovs import EnsurePort
+from vnet64_lab.traffic import (A6, B6, LINE_PORT, PLATFORM_IP, SVC1, TCP_PORT, UDP_PORT, LineSession,
+                                answer, client, controller_log, flows, ns_of, ovs_node, pair_flows,
+                                ping, running_platform, wait_for)
 
 from tests.lab.conftest import ROOT, Capture, need_lab
-from tests.lab.traffic import (A6, B6, LINE_PORT, PLATFORM_IP, SVC1, TCP_PORT, UDP_PORT, LineSession,
-                               answer, client, controller_log, flows, ns_of, ovs_node, pair_flows,
-                               ping, running_platform, wait_for)
 from vnet64.nb import api as nbapi
 from vnet64.ports import vif_port
 
