@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TOPOLOGY ?= topologies/two-tenants.yaml
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup test unit lab demo bench bench-lab clean
 
@@ -20,8 +21,9 @@ unit: setup
 lab: setup
 	$(PY) -m pytest tests/lab $(PYTEST_ARGS)
 
+# make demo DEMO_ARGS=--keep leaves the lab up afterwards and prints how to explore it.
 demo: setup
-	@VENV=$(VENV) ./scripts/demo.sh $(TOPOLOGY)
+	@VENV=$(VENV) ./scripts/demo.sh $(TOPOLOGY) $(DEMO_ARGS)
 
 bench: setup
 	$(PY) benchmarks/nb_scale.py
