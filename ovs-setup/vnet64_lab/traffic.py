@@ -245,11 +245,14 @@ def controller_log(lab: Lab) -> Path:
 
 
 def start_echo_server(plan, vm: str, detach: bool = False) -> subprocess.Popen:
-    """:data:`ECHO_SERVER` in ``vm``'s namespace; ``detach``: in its own session (it
-    outlives its starter and a Ctrl-C; ``Lab.down`` stops it with the namespace)."""
+    """:data:`ECHO_SERVER` in ``vm``'s namespace; ``detach``: in its own session and
+    holding none of its starter's file descriptors (it outlives its starter and a
+    Ctrl-C, and whoever reads the starter's output sees it end; ``Lab.down`` stops it
+    with the namespace)."""
+    quiet = {"stdin": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} if detach else {}
     proc = subprocess.Popen([sh.tool("ip"), "netns", "exec", ns_of(plan, vm), sys.executable,
                              "-c", ECHO_SERVER, vm], stdout=subprocess.PIPE, text=True,
-                            start_new_session=detach)
+                            start_new_session=detach, **quiet)
     line = proc.stdout.readline().strip()
     if detach:
         proc.stdout.close()
