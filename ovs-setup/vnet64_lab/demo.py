@@ -445,8 +445,8 @@ def say(*lines: str) -> None:
 def print_setup(setup: Setup) -> None:
     ep, nodes = setup.endpoint, setup.nodes
     appliance = nodes[setup.appliance]
-    say("", f"Platform_IP {setup.platform_ip}   translator prefix {setup.translator_prefix}   "
-            f"appliance {appliance.name} {appliance.ip}",
+    say("", f"Platform_IP {setup.platform_ip}, translator prefix {setup.translator_prefix}, "
+            f"SDN appliance: {appliance.name} ({appliance.ip})",
         f"service {setup.service}: endpoint {ep.name} {ep.ipv6} on {ep.host} "
         f"({nodes[ep.host].ip})", "")
     rows = [["VM", "VNET", "IPV4", "HOST", "PLATFORM IPV6 (what the service uses)"]]
