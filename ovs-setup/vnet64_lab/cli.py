@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import os
 import sys
 from typing import Any
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("iface")
     p.add_argument("filter", nargs=argparse.REMAINDER, help="tcpdump options / filter")
     args = parser.parse_args(argv)
+    # `vnet64-lab status | head`: a closed pipe ends the output quietly, no traceback.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
     try:
         lab = Lab(args.prefix, args.run_dir)
