@@ -362,7 +362,8 @@ def test_return_rule_matching(trace, tmp_path):
     assert (matched[0][IP].src, matched[0][IP].dst, matched[0][UDP].dport) == \
         ("10.0.0.4", alias, t.ex["a-vm1"]["local"]), matched[0].summary()
     rule = f"in_port={vif(t.plan, 'a-vm1').ofport},nw_dst={alias}"
-    assert flow_packets(t.plan, "host1", rule, "table=vm_return") >= 1, flows(t.plan, "host1", "table=vm_return")
+    assert wait_for(lambda: flow_packets(t.plan, "host1", rule, "table=vm_return") >= 1, 3), \
+        flows(t.plan, "host1", "table=vm_return")
 
     # the IF-part holds as a whole: b-vm1 sending the very same header is not a-vm1
     b = vif(t.plan, "b-vm1")
