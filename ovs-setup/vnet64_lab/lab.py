@@ -48,7 +48,8 @@ from vnet64.topology import TopologyError
 from . import plan as P
 from . import settings as lab_settings
 from . import sh
-from vnet64.controller.pipeline import CT_TIMEOUTS, ZONE_V6_DNAT, ZONE_V6_SNAT, tables_for
+from vnet64.controller.pipeline import (CT_TIMEOUTS, TABLE_PREFIXES, ZONE_V6_DNAT, ZONE_V6_SNAT,
+                                       tables_for)
 
 from .ovs import EnsureBridge, EnsureCtTimeouts, EnsurePort, OvsNode, SetSystem, terminate
 from .sh import LabError
@@ -301,7 +302,8 @@ class Lab:
                              protocols=OF_PROTOCOLS, controllers=[plan.controller_target],
                              internal_mtu=s.overlay_mtu,
                              external_ids={"vnet64-node": n.name, "vnet64-role": n.role},
-                             flow_tables={tid: name for name, tid in tables_for(n.role).stages}),
+                             flow_tables={tid: name for name, tid in tables_for(n.role).stages},
+                             table_prefixes=TABLE_PREFIXES[n.role]),
                 EnsurePort(api, "br-int", P.GENEVE_PORT, type="geneve",
                            options={"remote_ip": "flow", "key": "flow"},
                            ofport_request=P.OFPORT_GENEVE,

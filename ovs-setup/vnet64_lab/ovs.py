@@ -67,9 +67,11 @@ class EnsureBridge(command.BaseCommand):
                  fail_mode: str | None = None, other_config: dict | None = None,
                  protocols: list[str] | None = None, external_ids: dict | None = None,
                  controllers: list[str] | None = None, internal_mtu: int | None = None,
-                 flow_tables: dict[int, str] | None = None):
+                 flow_tables: dict[int, str] | None = None,
+                 table_prefixes: dict[str, list[str]] | None = None):
         super().__init__(api)
         self.flow_tables = dict(flow_tables or {})
+        self.table_prefixes = dict(table_prefixes or {})
         self.name, self.datapath_type, self.fail_mode = name, datapath_type, fail_mode
         self.other_config = dict(other_config or {})
         self.protocols = list(protocols or [])
@@ -112,6 +114,9 @@ class EnsureBridge(command.BaseCommand):
                     row = txn.insert(tables["Flow_Table"])
                 if _get(row, "name", []) != [name]:
                     _set(row, "name", [name])
+                prefixes = sorted(self.table_prefixes.get(name, []))
+                if sorted(_get(row, "prefixes", [])) != prefixes:
+                    _set(row, "prefixes", prefixes)
                 rows[tid] = row
             if {t: r.uuid for t, r in current.items()} != {t: r.uuid for t, r in rows.items()}:
                 br.flow_tables = rows

@@ -72,6 +72,16 @@ def tables_for(role: str) -> TableMap:
     return {"host": HOST_TABLES, "appliance": APPLIANCE_TABLES}[role]
 
 
+# Stages whose flows match IPv6 destinations by prefix or host address: node bring-up
+# turns on OVS's prefix tracking for them (Flow_Table "prefixes"), so a flood of random
+# destinations under fd41::/16 shares megaflows instead of one upcall per address
+# (measured on the appliance: ~50k upcalls per 3 s flood without, a handful with).
+TABLE_PREFIXES = {
+    "host": {"from_tunnel": ["ipv6_dst"], "from_endpoint": ["ipv6_dst"]},
+    "appliance": {"route": ["ipv6_dst"]},
+}
+
+
 # ---------------------------------------------------------------------------
 # Priority bands (higher wins)
 
