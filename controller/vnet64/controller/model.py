@@ -65,6 +65,10 @@ class Model:
         idx["dpid"] = {n.datapath_id: n for n in self.nodes}
         idx["vm6"] = {vm.ipv6: vm for vm in self.vms}
         idx["ep6"] = {ep.ipv6: ep for ep in self.endpoints}
+        ipv4s: dict[str, set] = {}
+        for vm in self.vms:
+            ipv4s.setdefault(vm.host, set()).add(vm.ipv4)
+        idx["ipv4s"] = {host: frozenset(addrs) for host, addrs in ipv4s.items()}
 
     def node(self, name: str) -> Node | None:
         return self._index["node"].get(name)
@@ -83,6 +87,10 @@ class Model:
 
     def endpoints_on(self, host: str) -> list[Endpoint]:
         return [ep for ep in self.endpoints if ep.host == host]
+
+    def vm_ipv4s_on(self, host: str) -> frozenset:
+        """The IPv4 addresses of the VMs on ``host`` (computed once per model)."""
+        return self._index["ipv4s"].get(host, frozenset())
 
     def hosts(self) -> list[Node]:
         return [n for n in self.nodes if n.role == "host"]
