@@ -221,6 +221,12 @@ def assert_nothing_crashed_and_tenants_work(e: Env, tag: str) -> None:
     assert (name, seen, port) == ("b-vm1", PLATFORM_IP, e.session_port), "b-vm1's connection was disturbed"
     for source, vms in (("svc1", ANALYTICS_VMS), ("bk1", BACKUP_VMS)):
         out = udp_many(e.plan, source, [ADDR[vm] for vm in vms], f"health-{tag}")
+        missing = [vm for vm in vms if norm(ADDR[vm]) not in out["replies"]]
+        if missing:
+            # UDP is lossy on a loaded 2-core machine: ask once more before calling a
+            # tenant broken (a broken path stays silent on the second try too).
+            again = udp_many(e.plan, source, [ADDR[vm] for vm in missing], f"health-{tag}")
+            out["replies"].update(again["replies"])
         for vm in vms:
             reply = out["replies"].get(norm(ADDR[vm]))
             assert reply, f"{source} -> {vm} stopped working after {tag}: {out}"
