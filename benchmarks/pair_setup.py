@@ -225,17 +225,6 @@ def flow_count(node: OvsNode, table: str | None = None) -> int:
     return int(m.group(1)) if m else -1
 
 
-def wait(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -627,7 +616,7 @@ class Bench:
         self.controller_pid = self._controller_pid((self.lab.state() or {}).get("controller", ""))
         # programmed: every VM steered on host1 and the appliance, pair miss flow present
         n_vm = len(self.topo.vms)
-        wait(lambda: flow_count(self.nodes["host1"], "v6_dnat") >= n_vm
+        sh.wait_for(lambda: flow_count(self.nodes["host1"], "v6_dnat") >= n_vm
              and flow_count(self.nodes["host1"], "pair") >= 1
              and flow_count(self.nodes["appliance"]) >= n_vm, 60, "the controller's flows")
         self.base_counts = self.counts()
@@ -681,10 +670,10 @@ class Bench:
         t0 = time.monotonic()
         self.api.run(*[self.api.db_set("Subscription", r.uuid, ("state", "suspended")) for r in subs])
         # left: the miss flow, and the tcpbench pair if installed
-        wait(lambda: flow_count(self.nodes["host1"], "pair") <= 2
+        sh.wait_for(lambda: flow_count(self.nodes["host1"], "pair") <= 2
              and flow_count(self.nodes["host1"], "v6_dnat") <= 1, 120, "pairs revoked")
         self.api.run(*[self.api.db_set("Subscription", r.uuid, ("state", "active")) for r in subs])
-        wait(lambda: self.counts() == self.base_counts, 120, "subscriptions restored")
+        sh.wait_for(lambda: self.counts() == self.base_counts, 120, "subscriptions restored")
         # Megaflows of the revoked pairs would still be in the datapaths (they idle out
         # after 10 s), and a pair set up again while its old megaflows are there loses its
         # first packets (measured: 12 of 20 re-used pairs; none with the flush, or after
@@ -710,7 +699,7 @@ class Bench:
                 if out != ["true"]:
                     return False
             return True
-        wait(connected, 60, "the switches to reconnect to the restarted controller", 0.2)
+        sh.wait_for(connected, 60, "the switches to reconnect to the restarted controller", 0.2)
         self.settle("after the controller restart")
         self.note(f"controller restarted with log level {log_level} (pid {self.controller_pid}); "
                   f"switches back after {time.monotonic() - t0:.1f}s")
