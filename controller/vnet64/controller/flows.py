@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any, Iterable, Mapping, Union
 
 # ---------------------------------------------------------------------------
@@ -427,7 +427,3 @@ class Batch:
     """Messages for one switch, in order (flows before the packet-out that needs them)."""
 
     messages: tuple[Message, ...] = field(default_factory=tuple)
-
-
-def ip(value: str | IPv4Address | IPv6Address) -> str:
-    return str(value)

@@ -135,7 +135,6 @@ OBJECT_BITS = 48
 OBJECT_MASK = (1 << OBJECT_BITS) - 1
 ROLE_MASK = 0xFF << 56
 FEATURE_MASK = 0xFF << 48
-ALL_OURS_MASK = ROLE_MASK
 
 
 @dataclass(frozen=True)
@@ -163,11 +162,6 @@ class Cookie:
 def cookie(role: str, feature: str, obj: int | str = 0) -> int:
     """The cookie for ``feature`` flows of ``role``; ``obj`` a number or an NB name."""
     return Cookie(role, feature, obj if isinstance(obj, int) else name_id(obj)).value
-
-
-def feature_mask(role: str, feature: str) -> tuple[int, int]:
-    """(cookie, mask) selecting every flow of one feature of one role."""
-    return Cookie(role, feature).value, ROLE_MASK | FEATURE_MASK
 
 
 def name_id(name: str) -> int:

@@ -17,8 +17,6 @@ Everything else an endpoint sends is dropped by the stage's miss flow.
 
 from __future__ import annotations
 
-from ipaddress import IPv6Network
-
 from ... import address, gateway
 from ..flows import (ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, Flow, Match, Move, Output, SetField,
                      flow)
@@ -89,7 +87,3 @@ def peer_flows(model: Model, node: Node) -> list[Flow]:
                         Match.of(tun_ipv4_src=peer.underlay_ip, tunnel_id=VNI),
                         goto="to_endpoint", cookie=cookie("host", "peer", peer.name)))
     return out
-
-
-def steering_prefix() -> IPv6Network:
-    return STEERING
