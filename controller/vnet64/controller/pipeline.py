@@ -103,7 +103,10 @@ ZONE_V6_DNAT = 65533   # VM platform IPv6 -> <xlat /96>::<VM IPv4>
 # port is not reused while the VM would still refuse its SYN. The userspace
 # datapath files a connection closed by both sides under "tcp_close" (measured:
 # tcp_time_wait alone leaves such entries at the default 30 s), so set both.
-CT_TIMEOUTS = {"tcp_time_wait": 75, "tcp_close": 75}
+# Not much longer than 60 s either: a VM's port space towards one Platform_IP is
+# 64,512 ports (1024-65535), so holding each closed connection H seconds caps new
+# connections to one VM service port at 64,512 / H per second (62 s -> ~1,040/s).
+CT_TIMEOUTS = {"tcp_time_wait": 62, "tcp_close": 62}
 
 # Geneve VNI carried by every platform packet (key=flow)
 VNI = 0x6464
