@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openvswitch-switch openvswitch-common tayga tcpdump iproute2 ethtool iputils-ping
+APT_PACKAGES=(openvswitch-switch openvswitch-common tayga tcpdump iproute2 ethtool iputils-ping iperf3 nftables
               python3 python3-venv python3-pip)
 VENV=${VENV:-.venv}
 

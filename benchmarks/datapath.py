@@ -1,0 +1,1027 @@
+#!/usr/bin/env python3
+"""Data path: service -> customer VM throughput and request/response latency.
+
+Compares, in one run and alternating between them (a, b1, b2, c, a-direct, a,
+b1, ...), the paths a service endpoint (IPv6) can take to a customer VM:
+
+- ``a``   vnet64: svc1 -> a-vm1's platform IPv6 on ``topologies/two-tenants.yaml``
+  in the lab (prefix ``v64q-``, run dir ``/run/vnet64-lab-q``, with NB and
+  controller): host2 -> Geneve -> appliance -> host1 (conntrack in 3 zones,
+  TAYGA) -> a-vm1 (IPv4), replies host1 -> host2 directly;
+- ``b1``  plain OVS Geneve, service host -> customer host, IPv6 end to end, no
+  translation, no conntrack: the datapath's own ceiling;
+- ``b2``  the same plain IPv6 Geneve forwarding through an appliance hop (service
+  host -> appliance -> customer host, replies direct: the hops of ``a``):
+  isolates the cost of translation;
+- ``c``   the workaround vnet64 replaces: a jumpbox "VM" in the customer VNet, on
+  the customer host, reached over plain Geneve (like ``b1``) on its IPv6 side,
+  doing NAT64 with TAYGA (the service's IPv6 -> an address of TAYGA's dynamic
+  pool, ``<jumpbox /96>::<VM IPv4>`` -> the VM's IPv4) and kernel NAT44 (nftables
+  masquerade to its own VNet address), then through the customer host's OVS to
+  the VM (IPv4);
+- ``a-direct`` (what-if, not the design): ``a`` with two hand-installed flows
+  (cookie 0x7e5700d1) that make host2 encapsulate straight to host1 and host1
+  accept it, skipping the appliance hop; installed for that measurement only.
+
+``b1``, ``b2`` and ``c`` run on three separate ovs-vswitchd (netdev) instances
+in the benchmark's own namespaces (``<prefix>dp-*``), built like the lab's
+nodes: br-phy on a veth to a Linux-bridge fabric, br-int with a Geneve port
+(``remote_ip=flow``), tunnel neighbours seeded, TX checksum offload off on every
+veth, userspace TSO off (the OVS default). MTUs are the lab's: underlay 1500,
+IPv6 endpoints / br-int / jumpbox IPv6 side 1442, IPv4 VMs / jumpbox VNet side
+1422.
+
+Measures, per path: iperf3 TCP throughput with ``--streams`` parallel streams
+and with one stream (``--seconds`` each), TCP and UDP request/response latency
+(64-byte transactions one at a time for ``--lat-seconds``, a Python client and
+echo server in the namespaces; p50/p99), CPU of every ovs-vswitchd, TAYGA and
+iperf3 (from /proc) per Gbit/s, and OVS's own counters
+(``dpif-netdev/pmd-stats-show``) of each node. Needs root.
+
+    .venv/bin/python benchmarks/datapath.py                # full run, ~5 min
+    .venv/bin/python benchmarks/datapath.py --quick        # CI smoke: every path once, briefly
+
+Saves benchmarks/results/datapath.md and .json (``--out``). ``--quick`` saves
+nothing unless ``--out`` or ``--json`` is given (its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "controller"))
+sys.path.insert(0, str(ROOT / "ovs-setup"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from pair_setup import CpuMeter, cpu_ticks, med, rng, thread_ticks, yes_no  # noqa: E402
+from vnet64.controller.pipeline import tables_for  # noqa: E402
+from vnet64_lab import Lab, sh  # noqa: E402
+from vnet64_lab.ovs import OvsNode, terminate  # noqa: E402
+from vnet64_lab.traffic import A6, SVC1, ns_of, programmed, wait_for  # noqa: E402
+
+PREFIX = "v64q-"
+RUN_DIR = "/run/vnet64-lab-q"
+TOPOLOGY = ROOT / "topologies" / "two-tenants.yaml"
+IPERF_PORT, ECHO_PORT = 5201, 7007
+AIM_B2, AIM_C = 0.9, 1.5
+PROTOTYPE = {"b1": 0.45, "b2": 0.75}        # DESIGN.md §4b, single-stream TCP
+WHATIF_COOKIE = "0x7e5700d1"
+
+UNDERLAY_MTU, V6_MTU, V4_MTU = 1500, 1442, 1422
+GW_MAC = "02:00:00:00:00:01"                 # the virtual gateway MAC of the plain paths
+VNI = "0x6464"
+# the plain paths' three nodes: name -> (underlay IP, br-phy MAC)
+DP_NODES = {"s": ("192.168.77.12", "02:00:00:77:00:12"),
+            "ap": ("192.168.77.10", "02:00:00:77:00:10"),
+            "c": ("192.168.77.11", "02:00:00:77:00:11")}
+SVC6, VM6_DIRECT, VM6_VIA_AP = "fd98::10", "fd99::2", "fd99::3"
+JUMP_PREFIX, JUMP6, JUMP_POOL, JUMP_TAYGA4 = "fd99:64::/96", "fd99:1::5", "192.168.255.0/24", "192.168.255.1"
+VM4, JUMP4 = "10.0.0.4", "10.0.0.5"
+JUMP_TARGET = "fd99:64::a00:4"               # <jumpbox /96>::10.0.0.4
+# veths of the plain paths: port on a node -> (node, peer namespace suffix, peer ifname,
+# peer MAC, ofport, MTU)
+DP_PORTS = {"p-svc": ("s", "svc", "eth0", "02:00:00:98:00:10", 10, V6_MTU),
+            "p-vm6": ("c", "vm6", "eth0", "02:00:00:99:00:02", 10, V6_MTU),
+            "p-jump6": ("c", "jump", "eth0", "02:00:00:99:01:05", 11, V6_MTU),
+            "p-jump4": ("c", "jump", "eth1", "02:00:00:0a:00:05", 12, V4_MTU),
+            "p-vm4": ("c", "vm4", "eth0", "02:00:00:0a:00:04", 13, V4_MTU)}
+
+LOG: list[str] = []
+
+
+def note(msg: str) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    LOG.append(line)
+
+
+# ---------------------------------------------------------------------------
+# Load generators: iperf3, and a request/response client + echo server in Python
+
+ECHO_SERVER = r"""
+import socket, sys, threading
+# TCP on the wildcard address; UDP on each address given (a wildcard UDP socket would
+# answer from whichever address the kernel picks, not the one the client asked)
+host, port, udp_hosts = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+def udp(h):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.bind((h, port))
+    while True:
+        data, peer = s.recvfrom(2048)
+        s.sendto(data, peer)
+def serve(c):
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with c:
+        while True:
+            data = c.recv(2048)
+            if not data:
+                return
+            c.sendall(data)
+t = socket.socket(fam, socket.SOCK_STREAM)
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind((host, port))
+t.listen(64)
+for h in udp_hosts:
+    threading.Thread(target=udp, args=(h,), daemon=True).start()
+print("ready", flush=True)
+while True:
+    c, _ = t.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+# One transaction at a time (64 bytes out, the same 64 back) for ``seconds``;
+# 20 transactions first as a warm-up, not counted.
+RR_CLIENT = r"""
+import json, socket, sys, time
+proto, addr, port, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+msg = b"x" * 64
+lat, lost, out = [], 0, {}
+try:
+    if proto == "tcp":
+        s = socket.create_connection((addr, port), timeout=3)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    else:
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s.connect((addr, port))
+    s.settimeout(1.0)
+    def one():
+        t0 = time.perf_counter_ns()
+        s.send(msg)
+        got = 0
+        while got < len(msg):
+            got += len(s.recv(2048))
+            if proto == "udp":
+                break
+        return time.perf_counter_ns() - t0
+    for _ in range(20):
+        try:
+            one()
+        except socket.timeout:
+            pass
+    t_end = time.monotonic() + seconds
+    t0 = time.monotonic()
+    while time.monotonic() < t_end:
+        try:
+            lat.append(one() / 1e3)
+        except socket.timeout:
+            lost += 1
+            if proto == "tcp":
+                raise
+    elapsed = time.monotonic() - t0
+    lat.sort()
+    q = lambda p: lat[min(len(lat) - 1, round(p / 100 * (len(lat) - 1)))] if lat else None
+    out = {"n": len(lat), "lost": lost, "per_s": len(lat) / elapsed,
+           "p50_us": q(50), "p99_us": q(99)}
+except OSError as exc:
+    out = {"n": len(lat), "lost": lost, "error": f"{type(exc).__name__}: {exc}"}
+print(json.dumps(out))
+"""
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        m = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
+    except OSError:
+        return 0
+    return int(m.group(1)) if m else 0
+
+
+class Servers:
+    """iperf3 and the echo server in each server namespace; stopped by pid."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.iperf: dict[str, int] = {}
+
+    def start(self, ns: str, bind: str, udp: list[str]) -> None:
+        if ns in self.iperf:
+            return
+        p = subprocess.Popen([sh.tool("ip"), "netns", "exec", ns, "iperf3", "-s", "-p",
+                              str(IPERF_PORT)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        self.procs.append(p)
+        self.iperf[ns] = p.pid
+        e = subprocess.Popen([sh.tool("ip"), "netns", "exec", ns, sys.executable, "-c",
+                              ECHO_SERVER, bind, str(ECHO_PORT), ",".join(udp)], stdout=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, text=True)
+        self.procs.append(e)
+        if e.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"echo server in {ns} did not start")
+        sh.wait_for(lambda: comm(p.pid) == "iperf3" and p.poll() is None, 5,
+                    f"iperf3 server in {ns}")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                terminate(p.pid, comm(p.pid))
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(5)
+        self.procs, self.iperf = [], {}
+
+
+# ---------------------------------------------------------------------------
+# Paths
+
+
+class Path_:
+    """One way from a client namespace to a server: what to run and what to meter."""
+
+    def __init__(self, name: str, label: str, client_ns: str, server_ns: str, target: str,
+                 ovs: dict[str, OvsNode], tayga: dict[str, int], whatif: bool = False,
+                 tuns: dict[str, tuple[str, str]] | None = None):
+        self.name, self.label = name, label
+        self.client_ns, self.server_ns, self.target = client_ns, server_ns, target
+        self.ovs, self.tayga, self.whatif = ovs, tayga, whatif
+        self.tuns = tuns or {}        # TAYGA's tun per translator: (namespace, device)
+        self.before = self.after = lambda: None   # what-if flows in / out
+
+    def procs(self, server_pid: int) -> dict[str, list[int]]:
+        out = {f"ovs-vswitchd {k}": [n.pid("ovs-vswitchd") or 0] for k, n in self.ovs.items()}
+        out.update({f"tayga {k}": [pid] for k, pid in self.tayga.items()})
+        out["iperf3 server"] = [server_pid]
+        return out
+
+    def iperf(self, seconds: float, streams: int, server_pid: int) -> dict:
+        meter = CpuMeter(self.procs(server_pid))
+        threads0 = {k: thread_ticks(n.pid("ovs-vswitchd") or 0) for k, n in self.ovs.items()}
+        rx0 = {k: port_rx(n) for k, n in self.ovs.items()}
+        tun0 = {k: link_stats(*t) for k, t in self.tuns.items()}
+        for n in self.ovs.values():
+            n.appctl("dpif-netdev/pmd-stats-clear", check=False)
+        m0 = machine_ticks()
+        meter.start()
+        proc = subprocess.Popen(
+            [sh.tool("ip"), "netns", "exec", self.client_ns, "iperf3", "-c", self.target,
+             "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-P", str(streams), "-J",
+             "--connect-timeout", "3000"], stdout=subprocess.PIPE, text=True)
+        client_t0 = 0
+        with contextlib.suppress(Exception):
+            sh.wait_for(lambda: comm(proc.pid) == "iperf3" or proc.poll() is not None, 2,
+                        "iperf3 client")
+        client_t0 = cpu_ticks(proc.pid)
+        client_t1 = client_t0
+        while proc.poll() is None:       # the client's CPU, read just before it exits
+            client_t1 = cpu_ticks(proc.pid) or client_t1
+            time.sleep(0.05)
+        out_text = proc.stdout.read()
+        cpu = meter.stop()
+        m1 = machine_ticks()
+        cpu.pop("generator", None)
+        machine = {k: 100.0 * (m1[k] - m0[k]) / CpuMeter.HZ / meter.dt
+                   for k in ("busy", "softirq", "steal")}
+        cpu["iperf3 client"] = 100.0 * (client_t1 - client_t0) / CpuMeter.HZ / meter.dt
+        cpu["total"] = sum(cpu.values())
+        try:
+            data = json.loads(out_text)
+        except json.JSONDecodeError:
+            data = {"error": out_text[-500:]}
+        if "error" in data or "end" not in data:
+            return {"gbps": 0.0, "error": str(data.get("error"))[:300], "cpu": cpu}
+        end = data["end"]
+        recv = end.get("sum_received", {})
+        sent = end.get("sum_sent", {})
+        gbps = recv.get("bits_per_second", 0.0) / 1e9
+        gbit = recv.get("bytes", 0) * 8 / 1e9
+        threads = {}
+        for k, n in self.ovs.items():
+            t1 = thread_ticks(n.pid("ovs-vswitchd") or 0)
+            threads[k] = {t: 100.0 * (v - threads0[k].get(t, 0)) / CpuMeter.HZ / meter.dt
+                          for t, v in t1.items() if v - threads0[k].get(t, 0) > 0}
+        pmd = {k: pmd_stats(n) for k, n in self.ovs.items()}
+        for k, n in self.ovs.items():
+            # what the kernel delivered to the node's ports minus what OVS read from them:
+            # packets dropped in the receive sockets of ovs-vswitchd (never counted by OVS)
+            rx1 = port_rx(n)
+            delivered = sum(v - rx0[k].get(p, 0) for p, v in rx1.items())
+            pmd[k]["delivered"] = delivered
+            pmd[k]["rx_lost"] = delivered - pmd[k].get("packets", 0)
+        tuns = {}
+        for k, t in self.tuns.items():
+            t1 = link_stats(*t)
+            tuns[k] = {f: t1.get(f, 0) - tun0[k].get(f, 0) for f in t1}
+        # CPU per 100 Mbit/s: % of one core per 0.1 Gbit/s of goodput
+        per100 = {k: (v / (gbps * 10) if gbps > 0 else float("nan")) for k, v in cpu.items()}
+        return {"gbps": gbps, "gbit": gbit, "retransmits": sent.get("retransmits", 0),
+                "elapsed": meter.dt, "cpu": cpu, "cpu_per_100mbit": per100,
+                "ovs_threads": threads, "pmd": pmd, "tun": tuns, "machine": machine}
+
+    def rr(self, proto: str, seconds: float) -> dict:
+        proc = sh.in_ns(self.client_ns, [sys.executable, "-c", RR_CLIENT, proto, self.target,
+                                         str(ECHO_PORT), f"{seconds:g}"],
+                        check=False, timeout=seconds + 30)
+        try:
+            return json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            return {"n": 0, "error": (proc.stderr or proc.stdout)[-300:]}
+
+
+def port_rx(node: OvsNode) -> dict[str, int]:
+    """Packets the kernel delivered to each system port of a node's datapath (veths;
+    ``dpctl/show -s`` reads the kernel's counters), whether or not OVS read them."""
+    out, cur = {}, None
+    for line in node.appctl("dpctl/show", "-s", check=False).splitlines():
+        m = re.match(r"\s+port \d+: (\S+)(.*)", line)
+        if m:
+            cur = None if ("tap" in m.group(2) or "geneve" in m.group(2)) else m.group(1)
+            continue
+        m = re.match(r"\s+RX packets:(\d+)", line)
+        if m and cur:
+            out[cur] = int(m.group(1))
+    return out
+
+
+def machine_ticks() -> dict[str, int]:
+    """Whole-machine CPU ticks from /proc/stat (every process, other labs' too)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal
+    return {"busy": f[0] + f[1] + f[2] + f[5] + f[6], "softirq": f[6], "steal": f[7],
+            "total": sum(f[:8])}
+
+
+def link_stats(ns: str, dev: str) -> dict[str, int]:
+    proc = sh.ip(ns, "-s", "-j", "link", "show", "dev", dev, check=False)
+    try:
+        st = json.loads(proc.stdout)[0]["stats64"]
+    except (json.JSONDecodeError, IndexError, KeyError):
+        return {}
+    return {"rx_packets": st["rx"]["packets"], "rx_dropped": st["rx"]["dropped"],
+            "tx_packets": st["tx"]["packets"], "tx_dropped": st["tx"]["dropped"]}
+
+
+def pmd_stats(node: OvsNode) -> dict:
+    """The main thread's numbers from ``dpif-netdev/pmd-stats-show`` (non-PMD ports)."""
+    text = node.appctl("dpif-netdev/pmd-stats-show", check=False)
+    out: dict[str, float] = {}
+    section = text.split("main thread", 1)[-1]
+    for key, pat in (("packets", r"packets received:\s*(\d+)"),
+                     ("passes", r"datapath passes per packet:\s*([\d.]+)"),
+                     ("emc_hits", r"emc hits:\s*(\d+)"),
+                     ("smc_hits", r"smc hits:\s*(\d+)"),
+                     ("megaflow_hits", r"megaflow hits:\s*(\d+)"),
+                     ("upcalls", r"miss with success upcall:\s*(\d+)"),
+                     ("failed_upcalls", r"miss with failed upcall:\s*(\d+)"),
+                     ("cycles_per_packet", r"avg cycles per packet:\s*([\d.]+)"),
+                     ("proc_cycles_per_packet", r"avg processing cycles per packet:\s*([\d.]+)"),
+                     ("busy_pct", r"processing cycles:\s*\d+\s*\(([\d.]+)%\)")):
+        m = re.search(pat, section)
+        if m:
+            out[key] = float(m.group(1))
+    return out
+
+
+class PlainPaths:
+    """b1, b2 and c: three ovs-vswitchd (netdev) in the benchmark's own namespaces."""
+
+    def __init__(self, prefix: str, run_dir: Path):
+        self.prefix, self.run_dir = prefix, run_dir
+        self.fab = f"{prefix}dp-fab"
+        self.node_ns = {k: f"{prefix}dp-{k}" for k in DP_NODES}
+        self.ep_ns = {k: f"{prefix}dp-{k}" for k in ("svc", "vm6", "jump", "vm4")}
+        self.nodes = {k: OvsNode(f"dp-{k}", ns, run_dir / k) for k, ns in self.node_ns.items()}
+        self.tayga_pid = 0
+
+    def namespaces(self) -> list[str]:
+        return [self.fab, *self.node_ns.values(), *self.ep_ns.values()]
+
+    def stop(self) -> None:
+        if self.tayga_pid:
+            terminate(self.tayga_pid, "tayga")
+        for n in self.nodes.values():
+            if n.run_dir.exists():
+                n.stop()
+
+    def build(self) -> None:
+        for ns in self.namespaces():
+            sh.run([sh.tool("ip"), "netns", "add", ns])
+            sh.ip(ns, "link", "set", "lo", "up")
+        sh.ip_batch(self.fab, [f"link add br0 mtu {UNDERLAY_MTU} type bridge", "link set br0 up"])
+        for k, ns in self.node_ns.items():
+            sh.sysctl(ns, {"net.ipv6.conf.all.disable_ipv6": 1,
+                           "net.ipv6.conf.default.disable_ipv6": 1,
+                           "net.ipv4.conf.all.arp_ignore": 1,
+                           "net.ipv4.conf.default.arp_ignore": 1})
+            sh.ip_batch(ns, [f"link add ul0 mtu {UNDERLAY_MTU} type veth peer name u-{k} "
+                             f"mtu {UNDERLAY_MTU} netns {self.fab}", "link set ul0 up"])
+            sh.ip(self.fab, "link", "set", f"u-{k}", "master", "br0", "up")
+            sh.in_ns(ns, [sh.tool("ethtool"), "-K", "ul0", "tx", "off"])
+        for port, (node, ep, ifname, mac, _, mtu) in DP_PORTS.items():
+            sh.ip_batch(self.node_ns[node], [
+                f"link add {port} mtu {mtu} type veth peer name {ifname} mtu {mtu} address {mac} "
+                f"netns {self.ep_ns[ep]}", f"link set {port} up"])
+            sh.in_ns(self.node_ns[node], [sh.tool("ethtool"), "-K", port, "tx", "off"])
+            sh.in_ns(self.ep_ns[ep], [sh.tool("ethtool"), "-K", ifname, "tx", "off"])
+        for k, node in self.nodes.items():
+            self._ovs(k, node)
+        self._endpoints()
+        self._flows()
+
+    def _ovs(self, k: str, node: OvsNode) -> None:
+        node.start()
+        ul_ip, ul_mac = DP_NODES[k]
+        args = ["--timeout=20", "add-br", "br-phy", "--",
+                "set", "bridge", "br-phy", "datapath_type=netdev", f"other_config:hwaddr={ul_mac}",
+                "--", "set", "interface", "br-phy", f"mtu_request={UNDERLAY_MTU}",
+                "--", "add-port", "br-phy", "ul0",
+                "--", "add-br", "br-int", "--",
+                "set", "bridge", "br-int", "datapath_type=netdev", "fail_mode=secure",
+                "other_config:disable-in-band=true",
+                "--", "set", "interface", "br-int", f"mtu_request={V6_MTU}",
+                "--", "add-port", "br-int", "geneve0", "--", "set", "interface", "geneve0",
+                "type=geneve", "options:remote_ip=flow", "options:key=flow", "ofport_request=1"]
+        for port, (owner, _, _, _, ofport, _) in DP_PORTS.items():
+            if owner == k:
+                args += ["--", "add-port", "br-int", port, "--", "set", "interface", port,
+                         f"ofport_request={ofport}"]
+        sh.run([sh.tool("ovs-vsctl"), *args], env=node.env())
+        ns = self.node_ns[k]
+        sh.wait_for(lambda: sh.ip(ns, "link", "show", "br-phy", check=False).returncode == 0, 10,
+                    f"br-phy in {ns}")
+        sh.ip_batch(ns, [f"addr replace {ul_ip}/24 dev br-phy", "link set br-phy up"])
+        for other, (ip, mac) in DP_NODES.items():
+            if other != k:
+                node.appctl("tnl/neigh/set", "br-phy", ip, mac)
+        sh.wait_for(lambda: "192.168.77.0/24" in node.appctl("ovs/route/show", check=False), 10,
+                    f"the underlay route in dp-{k}'s OVS")
+
+    def _endpoints(self) -> None:
+        gw6 = ["route add default via fe80::1 dev eth0",
+               f"neigh replace fe80::1 lladdr {GW_MAC} dev eth0 nud permanent"]
+        for ep, addrs in (("svc", [SVC6]), ("vm6", [VM6_DIRECT, VM6_VIA_AP])):
+            ns = self.ep_ns[ep]
+            sh.sysctl(ns, {"net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0})
+            sh.ip_batch(ns, ["link set eth0 up", *[f"addr add {a}/128 dev eth0 nodad" for a in addrs]])
+            sh.ip_batch(ns, gw6, family="-6")
+        vm4 = self.ep_ns["vm4"]
+        sh.sysctl(vm4, {"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1})
+        sh.ip_batch(vm4, [f"addr add {VM4}/24 dev eth0", "link set eth0 up"])
+        # The jumpbox: IPv6 toward the service on eth0, IPv4 in the VNet on eth1, TAYGA in
+        # between (stateless NAT64 with a dynamic pool for the service's address), and
+        # NAT44 (masquerade to its own VNet address) out of eth1.
+        j = self.ep_ns["jump"]
+        jdir = self.run_dir / "jump"
+        jdir.mkdir(parents=True, exist_ok=True)
+        conf = jdir / "tayga.conf"
+        conf.write_text(f"tun-device nat64\nipv4-addr {JUMP_TAYGA4}\nprefix {JUMP_PREFIX}\n"
+                        f"dynamic-pool {JUMP_POOL}\ndata-dir {jdir}\n")
+        sh.sysctl(j, {"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1,
+                      "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0,
+                      "net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0})
+        sh.in_ns(j, [sh.tool("tayga"), "--mktun", "-c", str(conf)])
+        sh.ip_batch(j, ["link set eth0 up", "link set eth1 up", f"addr add {JUMP6}/128 dev eth0 nodad",
+                        f"addr add {JUMP4}/24 dev eth1", f"link set nat64 mtu {V6_MTU} up",
+                        f"route add {JUMP_POOL} dev nat64"])
+        sh.ip_batch(j, [*gw6, f"route add {JUMP_PREFIX} dev nat64"], family="-6")
+        sh.run([sh.tool("ip"), "netns", "exec", j, sh.tool("nft"), "-f", "-"], input=(
+            "table ip jumpbox {\n chain post {\n  type nat hook postrouting priority srcnat;\n"
+            '  oifname "eth1" masquerade\n }\n}\n'))
+        pidfile = jdir / "tayga.pid"
+        sh.in_ns(j, [sh.tool("tayga"), "-c", str(conf), "-p", str(pidfile)])
+        sh.wait_for(lambda: (pid := sh.read_pid(pidfile)) and sh.proc_alive(pid, "tayga"), 10,
+                    "the jumpbox's TAYGA")
+        self.tayga_pid = sh.read_pid(pidfile) or 0
+
+    def _flows(self) -> None:
+        ul = {k: v[0] for k, v in DP_NODES.items()}
+        mac = {p: v[3] for p, v in DP_PORTS.items()}
+
+        def encap(to: str) -> str:
+            return f"set_field:{VNI}->tun_id,set_field:{ul[to]}->tun_dst,output:1"
+
+        def deliver(port: str) -> str:
+            return (f"set_field:{GW_MAC}->eth_src,set_field:{mac[port]}->eth_dst,"
+                    f"output:{DP_PORTS[port][4]}")
+        flows = {
+            "s": [f"priority=100,in_port=10,ipv6,ipv6_dst={VM6_DIRECT},actions={encap('c')}",
+                  f"priority=100,in_port=10,ipv6,ipv6_dst={VM6_VIA_AP},actions={encap('ap')}",
+                  f"priority=100,in_port=10,ipv6,ipv6_dst={JUMP_PREFIX},actions={encap('c')}",
+                  f"priority=100,in_port=1,tun_id={VNI},ipv6,ipv6_dst={SVC6},"
+                  f"actions={deliver('p-svc')}"],
+            "ap": [f"priority=100,in_port=1,tun_id={VNI},tun_src={ul['s']},ipv6,"
+                   f"ipv6_dst={VM6_VIA_AP},actions=set_field:{ul['c']}->tun_dst,IN_PORT"],
+            "c": [f"priority=100,in_port=1,tun_id={VNI},ipv6,ipv6_dst={VM6_DIRECT},"
+                  f"actions={deliver('p-vm6')}",
+                  f"priority=100,in_port=1,tun_id={VNI},ipv6,ipv6_dst={VM6_VIA_AP},"
+                  f"actions={deliver('p-vm6')}",
+                  f"priority=100,in_port=1,tun_id={VNI},ipv6,ipv6_dst={JUMP_PREFIX},"
+                  f"actions={deliver('p-jump6')}",
+                  f"priority=100,in_port=10,ipv6,ipv6_dst={SVC6},actions={encap('s')}",
+                  f"priority=100,in_port=11,ipv6,ipv6_dst={SVC6},actions={encap('s')}",
+                  "priority=100,in_port=12,actions=output:13",   # the VNet: jumpbox <-> VM
+                  "priority=100,in_port=13,actions=output:12"],
+        }
+        for k, lines in flows.items():
+            sh.run([sh.tool("ovs-ofctl"), "-O", "OpenFlow13", "add-flows", "br-int", "-"],
+                   env=self.nodes[k].env(), input="\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------
+# The run
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.lab = Lab(args.prefix, args.run_dir)
+        self.dp_dir = Path(f"{args.run_dir}-dp")
+        self.plain = PlainPaths(args.prefix, self.dp_dir)
+        self.servers = Servers()
+        self.paths: list[Path_] = []
+
+    def cleanup(self) -> None:
+        """Everything this benchmark (or an interrupted earlier run) created, by pid/pidfile."""
+        with contextlib.suppress(Exception):
+            self.servers.stop()
+        if self.dp_dir.exists():
+            # the plain paths' daemons by their pidfiles (TAYGA's under jump/)
+            pid = sh.read_pid(self.dp_dir / "jump" / "tayga.pid")
+            if pid:
+                terminate(pid, "tayga")
+            self.plain.stop()
+        # every namespace with the prefix (the lab's and ours), and what runs in them
+        self.lab.down()
+        shutil.rmtree(self.dp_dir, ignore_errors=True)
+
+    def up(self) -> None:
+        t0 = time.monotonic()
+        r = self.lab.up(TOPOLOGY)
+        if not str(r.get("controller", "")).startswith("started"):
+            raise RuntimeError(f"the lab did not start the controller: {r}")
+        plan = self.plan = self.lab.plan()
+        if not wait_for(lambda: programmed(plan), 30):
+            raise RuntimeError("the controller did not program the switches")
+        note(f"lab {self.args.prefix} up and programmed in {time.monotonic() - t0:.1f}s")
+        t0 = time.monotonic()
+        self.plain.build()
+        note(f"plain paths (3 ovs-vswitchd, jumpbox with TAYGA + nftables) built in "
+             f"{time.monotonic() - t0:.1f}s")
+        lab_ovs = {n.name: OvsNode(n.name, n.ns, n.run_dir) for n in plan.nodes}
+        self.lab_ovs = lab_ovs
+        tayga1 = sh.read_pid(Path(plan.translator("host1").run_dir) / "tayga.pid") or 0
+        svc1, avm1 = ns_of(plan, "svc1"), ns_of(plan, "a-vm1")
+        p, n = self.plain.ep_ns, self.plain.nodes
+        xl1 = (plan.translator("host1").ns, "nat64")
+        jtun = (p["jump"], "nat64")
+        a = Path_("a", "vnet64 (svc1 -> a-vm1 platform IPv6)", svc1, avm1, A6, lab_ovs,
+                  {"host1": tayga1}, tuns={"host1": xl1})
+        self.paths = [
+            a,
+            Path_("b1", "plain IPv6 Geneve, host to host", p["svc"], p["vm6"], VM6_DIRECT,
+                  {"s": n["s"], "c": n["c"]}, {}),
+            Path_("b2", "plain IPv6 Geneve via an appliance hop", p["svc"], p["vm6"], VM6_VIA_AP,
+                  {"s": n["s"], "ap": n["ap"], "c": n["c"]}, {}),
+            Path_("c", "jumpbox (TAYGA NAT64 + nftables NAT44)", p["svc"], p["vm4"], JUMP_TARGET,
+                  {"s": n["s"], "c": n["c"]}, {"jumpbox": self.plain.tayga_pid},
+                  tuns={"jumpbox": jtun}),
+        ]
+        if not self.args.no_what_if:
+            w = Path_("a-direct", "what-if: vnet64 skipping the appliance (hand-installed flows)",
+                      svc1, avm1, A6, lab_ovs, {"host1": tayga1}, whatif=True,
+                      tuns={"host1": xl1})
+            w.before, w.after = self.whatif_in, self.whatif_out
+            self.paths.append(w)
+        self.servers.start(avm1, "0.0.0.0", ["0.0.0.0"])
+        self.servers.start(p["vm6"], "::", [VM6_DIRECT, VM6_VIA_AP])
+        self.servers.start(p["vm4"], "0.0.0.0", ["0.0.0.0"])
+        for path in self.paths:      # warm-up: the pair's first packet goes to the controller
+            path.before()
+            try:
+                r = path.rr("tcp", 1.0)
+                u = path.rr("udp", 1.0)
+            finally:
+                path.after()
+            if not r.get("n") or not u.get("n"):
+                raise RuntimeError(f"path {path.name}: no answer (tcp {r}, udp {u})")
+        note("every path answers (TCP and UDP)")
+
+    def whatif_in(self) -> None:
+        plan = self.plan
+        host = {t: i for t, i in tables_for("host").stages}
+        h1 = str(plan.node("host1").underlay_ip.ip)
+        h2 = str(plan.node("host2").underlay_ip.ip)
+        self.lab_ovs["host2"].ofctl("-O", "OpenFlow15", "add-flow", "br-int", (
+            f"cookie={WHATIF_COOKIE},table={host['from_endpoint']},priority=150,ipv6,"
+            f"in_port=s-svc1,ipv6_src={SVC1},ipv6_dst={A6},"
+            f"actions=set_field:{VNI}->tun_id,set_field:{h1}->tun_dst,output:geneve0"))
+        self.lab_ovs["host1"].ofctl("-O", "OpenFlow15", "add-flow", "br-int", (
+            f"cookie={WHATIF_COOKIE},table={host['from_tunnel']},priority=150,ipv6,"
+            f"tun_id={VNI},tun_src={h2},ipv6_dst={A6},actions=goto_table:{host['pair']}"))
+
+    def whatif_out(self) -> None:
+        for node in ("host1", "host2"):
+            self.lab_ovs[node].ofctl("-O", "OpenFlow15", "del-flows", "br-int",
+                                     f"cookie={WHATIF_COOKIE}/-1", check=False)
+
+    def run_once(self) -> dict:
+        a = self.args
+        out: dict = {p.name: {} for p in self.paths}
+        for kind, streams in (("multi", a.streams), ("single", 1)):
+            for p in self.paths:
+                p.before()
+                try:
+                    r = p.iperf(a.seconds, streams, self.servers.iperf[p.server_ns])
+                finally:
+                    p.after()
+                out[p.name][kind] = r
+                cpu = ", ".join(f"{k} {v:.0f}" for k, v in r["cpu"].items())
+                lost = ", ".join(f"{k} {v.get('rx_lost', 0)}" for k, v in r.get("pmd", {}).items())
+                mach = r.get("machine", {})
+                note(f"{p.name:8} iperf3 -P {streams}: {r['gbps'] * 1000:.0f} Mbit/s "
+                     f"(machine busy {mach.get('busy', 0):.0f}% of {os.cpu_count() * 100}%, "
+                     f"softirq {mach.get('softirq', 0):.0f}%) "
+                     f"(retransmits {r.get('retransmits', '-')}; CPU %: {cpu}; lost before "
+                     f"OVS read them: {lost})"
+                     + (f" ERROR {r['error']}" if r.get("error") else ""))
+                time.sleep(a.pause)
+        for proto in ("tcp", "udp"):
+            for p in self.paths:
+                p.before()
+                try:
+                    r = p.rr(proto, a.lat_seconds)
+                finally:
+                    p.after()
+                out[p.name][proto] = r
+                note(f"{p.name:8} {proto} 64-byte transactions: {r.get('n', 0)} "
+                     f"(lost {r.get('lost', '-')}), p50 {r.get('p50_us') or float('nan'):.0f} us, "
+                     f"p99 {r.get('p99_us') or float('nan'):.0f} us"
+                     + (f" ERROR {r['error']}" if r.get("error") else ""))
+        return out
+
+    def jumpbox_resources(self) -> dict:
+        j = self.plain.ep_ns["jump"]
+        ct = sh.in_ns(j, ["cat", "/proc/sys/net/netfilter/nf_conntrack_count"], check=False)
+        lab_tayga = self.paths[0].tayga["host1"]
+        return {"tayga_rss_kb": rss_kb(self.plain.tayga_pid),
+                "lab_tayga_rss_kb": rss_kb(lab_tayga),
+                "conntrack_entries": int(ct.stdout.strip() or 0) if ct.returncode == 0 else None,
+                "ovs_rss_kb": {k: rss_kb(n.pid("ovs-vswitchd") or 0)
+                               for k, n in {**{f"lab {k}": v for k, v in self.lab_ovs.items()},
+                                            **{f"plain {k}": v for k, v in self.plain.nodes.items()}
+                                            }.items()}}
+
+
+# ---------------------------------------------------------------------------
+# Report
+
+
+def ratio_list(runs: list[dict], num: str, den: str, kind: str) -> list[float]:
+    out = []
+    for r in runs:
+        x, y = r.get(num, {}).get(kind, {}), r.get(den, {}).get(kind, {})
+        if x.get("gbps") and y.get("gbps"):
+            out.append(x["gbps"] / y["gbps"])
+    return out
+
+
+def lat_ratio(runs: list[dict], num: str, den: str, proto: str, q: str) -> list[float]:
+    out = []
+    for r in runs:
+        x, y = r.get(num, {}).get(proto, {}).get(q), r.get(den, {}).get(proto, {}).get(q)
+        if x and y:
+            out.append(x / y)
+    return out
+
+
+def summarise(runs: list[dict], names: list[str]) -> dict:
+    s: dict = {"throughput_gbps": {}, "latency_us": {}, "ratios": {}}
+    for n in names:
+        s["throughput_gbps"][n] = {k: med([r[n][k]["gbps"] for r in runs]) for k in ("multi", "single")}
+        s["latency_us"][n] = {f"{proto}_{q}": med([r[n][proto].get(f"{q}_us") or float("nan")
+                                                   for r in runs])
+                              for proto in ("tcp", "udp") for q in ("p50", "p99")}
+    for den in ("b1", "b2", "c"):
+        for kind in ("multi", "single"):
+            s["ratios"][f"a/{den} {kind}"] = med(ratio_list(runs, "a", den, kind))
+            if "a-direct" in names:
+                s["ratios"][f"a-direct/{den} {kind}"] = med(ratio_list(runs, "a-direct", den, kind))
+    return s
+
+
+def machine_line(args, started: datetime) -> str:
+    ovs_version = sh.run([sh.tool("ovs-vswitchd"), "--version"]).stdout.splitlines()[0]
+    iperf_version = sh.run(["iperf3", "--version"], check=False).stdout.split("\n")[0]
+    tayga = "TAYGA " + (sh.run(["dpkg-query", "-W", "-f=${Version}", "tayga"], check=False).stdout
+                        or "?")
+    return (f"{started:%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, kernel "
+            f"{platform.release()}, Python {platform.python_version()}, {ovs_version}, "
+            f"{iperf_version}, {tayga}, commit {args.commit}. Shared, noisy machine (load average "
+            f"at start {args.load_start}, at the end {getattr(args, 'load_end', '?')}; other labs "
+            f"ran at the same time): compare the ratios, measured in the same run. {args.runs} "
+            f"run(s); median (min-max).")
+
+
+def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) -> str:
+    names = [p.name for p in bench.paths]
+    labels = {p.name: p.label for p in bench.paths}
+    S = args.streams
+
+    def tput(n: str, kind: str) -> str:
+        return rng([r[n][kind]["gbps"] * 1000 for r in runs])
+
+    def lat(n: str, proto: str, q: str) -> str:
+        return rng([r[n][proto].get(f"{q}_us") or float("nan") for r in runs])
+
+    lines = [
+        "# Data path: service -> customer VM throughput and latency",
+        "",
+        machine_line(args, started),
+        "",
+        ("Paths (DESIGN.md §4b; `benchmarks/datapath.py --help`): **a** vnet64 on "
+         "`topologies/two-tenants.yaml` (svc1 on host2 -> Geneve -> appliance -> host1: "
+         "conntrack NAT in two IPv6 zones, TAYGA, conntrack SNAT to Platform_IP in the VNet's "
+         "zone -> a-vm1, IPv4; replies host1 -> host2 directly), with the real controller; "
+         "**b1** plain IPv6 Geneve host to host (2 ovs-vswitchd, no translation, no conntrack); "
+         "**b2** plain IPv6 Geneve through an appliance hop (service host -> appliance -> "
+         "customer host, replies direct: a's hops, no translation, no conntrack); **c** a "
+         "jumpbox namespace in the customer VNet on the customer host, reached like b1, doing "
+         "NAT64 with TAYGA (dynamic pool for the service's address) + kernel NAT44 (nftables "
+         "masquerade) and sending IPv4 through the customer host's OVS to the VM"
+         + ("; **a-direct** (what-if, not the design) a with two hand-installed flows that "
+            "make host2 encapsulate straight to host1, skipping the appliance." if "a-direct"
+            in names else ".")
+         + f" MTUs: underlay {UNDERLAY_MTU}, IPv6 endpoints / br-int / jumpbox IPv6 side "
+         f"{V6_MTU}, IPv4 VMs / jumpbox VNet side {V4_MTU} (as the lab's); every OVS is "
+         "netdev (userspace), no Geneve options, TX checksum offload off on the veths, "
+         "userspace TSO off."),
+        "",
+        (f"Throughput: iperf3 TCP, svc -> VM, {args.seconds:g} s, {S} parallel streams "
+         f"(\"-P {S}\") and one stream. Latency: one 64-byte transaction at a time for "
+         f"{args.lat_seconds:g} s (Python client and echo server in the namespaces, one TCP "
+         "connection with TCP_NODELAY / one connected UDP socket), round-trip p50 / p99."),
+        "",
+        "## Aims (issue 6)",
+        "",
+        "| measure | value | aim | met |",
+        "|---|---|---|---|",
+    ]
+    b2m, b2s = ratio_list(runs, "a", "b2", "multi"), ratio_list(runs, "a", "b2", "single")
+    cm, cs = ratio_list(runs, "a", "c", "multi"), ratio_list(runs, "a", "c", "single")
+    p50a = med([r["a"]["tcp"].get("p50_us") or float("nan") for r in runs])
+    p50c = med([r["c"]["tcp"].get("p50_us") or float("nan") for r in runs])
+    u50a = med([r["a"]["udp"].get("p50_us") or float("nan") for r in runs])
+    u50c = med([r["c"]["udp"].get("p50_us") or float("nan") for r in runs])
+    lines += [
+        f"| throughput a/b2, {S} streams | {rng(b2m, '.2f')} | >= {AIM_B2} | {yes_no(med(b2m) >= AIM_B2)} |",
+        f"| throughput a/b2, 1 stream | {rng(b2s, '.2f')} | >= {AIM_B2} | {yes_no(med(b2s) >= AIM_B2)} |",
+        f"| throughput a/c, {S} streams | {rng(cm, '.2f')} | >= {AIM_C} | {yes_no(med(cm) >= AIM_C)} |",
+        f"| throughput a/c, 1 stream | {rng(cs, '.2f')} | >= {AIM_C} | {yes_no(med(cs) >= AIM_C)} |",
+        (f"| TCP transaction p50, a vs c (us) | {p50a:.0f} vs {p50c:.0f} | a below c | "
+         f"{yes_no(p50a < p50c)} |"),
+        (f"| UDP transaction p50, a vs c (us) | {u50a:.0f} vs {u50c:.0f} | a below c | "
+         f"{yes_no(u50a < u50c)} |"),
+        (f"| throughput a/b1, 1 stream (reported; prototype ≈{PROTOTYPE['b1']}) | "
+         f"{rng(ratio_list(runs, 'a', 'b1', 'single'), '.2f')} | - | - |"),
+        (f"| throughput a/b1, {S} streams (reported) | "
+         f"{rng(ratio_list(runs, 'a', 'b1', 'multi'), '.2f')} | - | - |"),
+        "",
+        "## Throughput and latency per path",
+        "",
+        (f"| path | Mbit/s, {S} streams | Mbit/s, 1 stream | retransmits ({S} / 1) | "
+         "TCP p50 / p99 (us) | UDP p50 / p99 (us) | UDP lost | machine busy, softirq "
+         f"(% of one core, of {os.cpu_count() * 100}; {S} streams) |"),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        rt = (f"{med([r[n]['multi'].get('retransmits', 0) for r in runs]):.0f} / "
+              f"{med([r[n]['single'].get('retransmits', 0) for r in runs]):.0f}")
+        lines.append(
+            f"| **{n}** {labels[n]} | {tput(n, 'multi')} | {tput(n, 'single')} | {rt} | "
+            f"{lat(n, 'tcp', 'p50')} / {lat(n, 'tcp', 'p99')} | "
+            f"{lat(n, 'udp', 'p50')} / {lat(n, 'udp', 'p99')} | "
+            f"{sum(r[n]['udp'].get('lost', 0) for r in runs)} | "
+            f"{med([r[n]['multi'].get('machine', {}).get('busy', float('nan')) for r in runs]):.0f}, "
+            f"{med([r[n]['multi'].get('machine', {}).get('softirq', float('nan')) for r in runs]):.0f} |")
+    lines += ["", "Ratios (median over runs of the per-run ratio; min-max):", "",
+              "| ratio | {S} streams | 1 stream | TCP p50 | UDP p50 |".replace("{S}", str(S)),
+              "|---|---|---|---|---|"]
+    for num in ["a"] + (["a-direct"] if "a-direct" in names else []):
+        for den in ("b1", "b2", "c"):
+            lines.append(
+                f"| {num}/{den} | {rng(ratio_list(runs, num, den, 'multi'), '.2f')} | "
+                f"{rng(ratio_list(runs, num, den, 'single'), '.2f')} | "
+                f"{rng(lat_ratio(runs, num, den, 'tcp', 'p50_us'), '.2f')} | "
+                f"{rng(lat_ratio(runs, num, den, 'udp', 'p50_us'), '.2f')} |")
+    # CPU
+    for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
+        keys: list[str] = []
+        for n in names:
+            for k in runs[0][n][kind]["cpu"]:
+                if k not in keys:
+                    keys.append(k)
+        keys = [k for k in keys if k != "total"] + ["total"]
+        lines += ["", f"CPU during the iperf3 run, {title}: % of one core (median), and in "
+                  "brackets % of one core per 100 Mbit/s of goodput:", "",
+                  "| path | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for n in names:
+            cells = []
+            for k in keys:
+                vals = [r[n][kind]["cpu"].get(k) for r in runs]
+                if vals[0] is None:
+                    cells.append("-")
+                    continue
+                per = med([r[n][kind]["cpu_per_100mbit"].get(k, float("nan")) for r in runs])
+                cells.append(f"{med(vals):.0f} ({per:.0f})")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    # OVS internals
+    lines += ["", (f"OVS per node during the {S}-stream run (median over runs): the main "
+                   "thread's share of a core (it polls every port of a netdev bridge without "
+                   "DPDK) and the busiest other threads; packets the kernel delivered to the "
+                   "node's ports (veth RX counters, `dpctl/show -s`) and packets the main thread "
+                   "read (`dpif-netdev/pmd-stats-show`): the difference is lost in "
+                   "ovs-vswitchd's receive sockets before OVS sees it (OVS counts no drop for "
+                   "it); datapath passes per packet, EMC hits, megaflow hits, upcalls:"), "",
+              "| path | node | main thread % | other threads % | delivered | read by OVS | "
+              "lost before OVS | passes/packet | EMC hits | megaflow hits | upcalls |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        for node in runs[0][n]["multi"].get("ovs_threads", {}):
+            th = [r[n]["multi"]["ovs_threads"].get(node, {}) for r in runs]
+            main = med([t.get("ovs-vswitchd", 0.0) for t in th])
+            others: dict[str, list[float]] = {}
+            for t in th:
+                for k, v in t.items():
+                    if k != "ovs-vswitchd":
+                        others.setdefault(k, []).append(v)
+            other = ", ".join(f"{k} {med(v):.0f}" for k, v in
+                              sorted(others.items(), key=lambda kv: -med(kv[1]))[:3]
+                              if med(v) >= 1) or "-"
+            pm = [r[n]["multi"]["pmd"].get(node, {}) for r in runs]
+
+            def g(key: str, pm=pm) -> float:
+                return med([p.get(key, float("nan")) for p in pm])
+            lost = [100.0 * p["rx_lost"] / p["delivered"] for p in pm if p.get("delivered")]
+            lines.append(f"| {n} | {node} | {main:.0f} | {other} | {g('delivered'):.0f} | "
+                         f"{g('packets'):.0f} | {g('rx_lost'):.0f} ({med(lost):.1f} %) | "
+                         f"{g('passes'):.2f} | {g('emc_hits'):.0f} | "
+                         f"{g('megaflow_hits'):.0f} | {g('upcalls'):.0f} |")
+    tun_lines = []
+    for n in names:
+        for k in runs[0][n]["multi"].get("tun", {}):
+            tn = [r[n]["multi"]["tun"][k] for r in runs]
+            tun_lines.append(
+                f"| {n} | {k} | {med([t.get('tx_packets', 0) for t in tn]):.0f} | "
+                f"{med([t.get('tx_dropped', 0) for t in tn]):.0f} | "
+                f"{med([t.get('rx_packets', 0) for t in tn]):.0f} |")
+    if tun_lines:
+        lines += ["", (f"TAYGA's tun during the {S}-stream run (median): packets the kernel "
+                       "queued to TAYGA, packets dropped because TAYGA's queue was full, "
+                       "packets TAYGA wrote back:"), "",
+                  "| path | translator | to TAYGA | dropped (queue full) | from TAYGA |",
+                  "|---|---|---|---|---|", *tun_lines]
+    lines += ["", "## The jumpbox's extra resources (one per customer VNet)", "",
+              (f"TAYGA in the jumpbox: RSS {jump['tayga_rss_kb']} kB (the lab's shared per-host "
+               f"TAYGA: {jump['lab_tayga_rss_kb']} kB); CPU: the `tayga jumpbox` column above; "
+               f"kernel conntrack entries in the jumpbox after the run: "
+               f"{jump['conntrack_entries']}. The jumpbox's NAT44 and IP forwarding run in "
+               "the kernel (softirq) and are charged to whichever process sent the packet "
+               "into its veth or tun (mostly the customer host's ovs-vswitchd and TAYGA), "
+               "so they appear in those columns, not separately. A real jumpbox is a whole "
+               "VM per customer VNet (an OS image, its own memory, at least a vCPU); this "
+               "namespace has none of that cost. vnet64 needs none per VNet: one TAYGA and "
+               "the conntrack zones per host, shared by every VNet."), "",
+              "ovs-vswitchd RSS (kB): " + ", ".join(f"{k} {v}" for k, v in jump["ovs_rss_kb"].items()) + "."]
+    if args.findings:
+        lines += ["", "## Findings", "", *args.findings]
+    lines += ["", "## How", "", "```", " ".join(args.argv), "```", "", "Run log:", "", "```",
+              *LOG, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def findings(runs: list[dict], names: list[str]) -> list[str]:
+    """Observations computed from the measurements: what saturated, where packets died."""
+    out = []
+    busy = [r[n][k].get("machine", {}).get("busy", float("nan"))
+            for r in runs for n in names for k in ("multi", "single")]
+    cap = (os.cpu_count() or 1) * 100
+    out.append(f"- Whole machine during the throughput tests: {med(busy):.0f}% busy of {cap}% "
+               f"(min {min(busy):.0f}%), other labs included: "
+               + ("every path is CPU-bound, so throughput follows CPU cost per bit and the "
+                  "share of the cores the path's processes get." if med(busy) >= 0.9 * cap
+                  else "the cores were not saturated."))
+    for n in names:
+        cpu = {k: med([r[n]["multi"]["cpu"].get(k, float("nan")) for r in runs])
+               for k in runs[0][n]["multi"]["cpu"] if k != "total"}
+        per = med([r[n]["multi"]["cpu_per_100mbit"].get("total", float("nan")) for r in runs])
+        top = max(cpu.items(), key=lambda kv: kv[1] if kv[1] == kv[1] else -1)
+        lost = {node: med([r[n]["multi"]["pmd"].get(node, {}).get("rx_lost", 0) for r in runs])
+                for node in runs[0][n]["multi"].get("pmd", {})}
+        dlv = {node: med([r[n]["multi"]["pmd"].get(node, {}).get("delivered", 0) for r in runs])
+               for node in lost}
+        passes = {node: med([r[n]["multi"]["pmd"].get(node, {}).get("passes", float("nan"))
+                             for r in runs]) for node in lost}
+        worst = max(lost.items(), key=lambda kv: kv[1]) if lost else ("-", 0)
+        out.append(
+            f"- {n}: {per:.0f}% of a core per 100 Mbit/s in all ({len(cpu)} processes); busiest "
+            f"{top[0]} at {top[1]:.0f}%; most packets lost before OVS read them on {worst[0]} "
+            f"({worst[1]:.0f} of {dlv.get(worst[0], 0):.0f} delivered); datapath passes per "
+            "packet: " + ", ".join(f"{k} {v:.2f}" for k, v in passes.items()) + ".")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="--quick: one run, 1 s per throughput test, 0.5 s per latency test (CI smoke); "
+               "prints the table but saves nothing unless --out / --json are given.")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per iperf3 test")
+    parser.add_argument("--lat-seconds", type=float, default=2.0, help="per latency test")
+    parser.add_argument("--streams", type=int, default=4, help="parallel TCP streams")
+    parser.add_argument("--pause", type=float, default=0.5, help="between iperf3 tests")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave everything up after the runs (to explore; the next run "
+                             "or `vnet64-lab down` with the same prefix removes it)")
+    parser.add_argument("--no-what-if", action="store_true", help="skip the a-direct what-if")
+    parser.add_argument("--prefix", default=os.environ.get("VNET64_BENCH_PREFIX", PREFIX),
+                        help=f"namespace prefix (default {PREFIX}; env VNET64_BENCH_PREFIX)")
+    parser.add_argument("--run-dir", default=os.environ.get("VNET64_BENCH_RUN_DIR", RUN_DIR),
+                        help=f"lab run dir (default {RUN_DIR}; the plain paths use RUN_DIR-dp)")
+    parser.add_argument("--out", type=Path, help="Markdown report (default "
+                        "benchmarks/results/datapath.md, not written with --quick)")
+    parser.add_argument("--json", type=Path, help="JSON results (default: --out with .json)")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.seconds, args.lat_seconds, args.pause = 1, 1.0, 0.5, 0.2
+    if args.out is None and not args.quick:
+        args.out = ROOT / "benchmarks" / "results" / "datapath.md"
+    if args.json is None and args.out is not None:
+        args.json = args.out.with_suffix(".json")
+    args.argv = [".venv/bin/python", *sys.argv]
+    args.load_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    args.commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                 check=False, capture_output=True, text=True).stdout.strip() or "?"
+    if os.geteuid() != 0:
+        print("datapath.py needs root (network namespaces, OVS)", file=sys.stderr)
+        return 2
+    for tool in ("iperf3", "nft", "tayga"):
+        sh.tool(tool)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_term)
+    started = datetime.now(UTC)
+    bench = Bench(args)
+    runs: list[dict] = []
+    try:
+        bench.cleanup()     # leftovers of an interrupted run
+        bench.up()
+        for i in range(args.runs):
+            note(f"run {i + 1} of {args.runs}")
+            runs.append(bench.run_once())
+        jump = bench.jumpbox_resources()
+    except BaseException:
+        bench.cleanup()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if args.keep:
+        note(f"--keep: left up (prefix {args.prefix}, run dirs {args.run_dir}, "
+             f"{bench.dp_dir}); iperf3 and echo servers still run")
+    else:
+        bench.cleanup()
+    names = [p.name for p in bench.paths]
+    args.load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    args.findings = findings(runs, names)
+    table = report(args, bench, runs, jump, started)
+    print(table)
+    result = {"machine": machine_line(args, started), "args": {
+        k: v for k, v in vars(args).items() if k in ("runs", "seconds", "lat_seconds", "streams",
+                                                     "quick", "prefix", "no_what_if")},
+        "paths": {p.name: p.label for p in bench.paths}, "summary": summarise(runs, names),
+        "runs": runs, "jumpbox": jump,
+        "mtu": {"underlay": UNDERLAY_MTU, "ipv6": V6_MTU, "ipv4": V4_MTU}}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+        print(f"saved to {args.out}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        print(f"saved to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""CI smoke test of benchmarks/datapath.py: every path moves data.
+
+Runs ``datapath.py --quick`` (one run, ~1 s per test) with its own prefix
+``v64j-`` and run dir ``/run/vnet64-lab-j`` and reads its JSON. Asserts only that
+the script exits 0, that every path (vnet64, plain Geneve host to host, through
+the appliance hop, the jumpbox, the what-if) carried iperf3 traffic in both
+throughput tests and answered TCP and UDP transactions, and that it left no
+namespace behind - never a timing threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from vnet64_lab import sh
+
+from tests.lab.conftest import ROOT, need_lab
+
+PREFIX, RUN_DIR = "v64j-", "/run/vnet64-lab-j"
+PATHS = {"a", "b1", "b2", "c", "a-direct"}
+
+
+def test_datapath_benchmark_quick_moves_data_on_every_path(tmp_path):
+    need_lab()
+    sh.tool("iperf3")
+    sh.tool("nft")
+    out = tmp_path / "datapath.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "datapath.py"), "--quick",
+         "--prefix", PREFIX, "--run-dir", RUN_DIR, "--json", str(out)],
+        capture_output=True, text=True, timeout=170, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "## Throughput and latency per path" in proc.stdout
+    result = json.loads(out.read_text())
+    assert set(result["paths"]) == PATHS
+    (run,) = result["runs"]
+    for name in PATHS:
+        for kind in ("multi", "single"):
+            r = run[name][kind]
+            assert not r.get("error"), (name, kind, r)
+            assert r["gbps"] > 0 and r["gbit"] > 0, (name, kind, r)
+        for proto in ("tcp", "udp"):
+            r = run[name][proto]
+            assert not r.get("error"), (name, proto, r)
+            assert r["n"] > 0, (name, proto, r)
+    # the what-if flows went through host1 without the appliance
+    assert run["a-direct"]["multi"]["pmd"]["appliance"]["packets"] == 0
+    assert run["a"]["multi"]["pmd"]["appliance"]["packets"] > 0
+    # everything it created is gone
+    assert not [ns for ns in sh.netns_list() if ns.startswith(PREFIX)]
