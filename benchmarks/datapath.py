@@ -99,6 +99,18 @@ DP_PORTS = {"p-svc": ("s", "svc", "eth0", "02:00:00:98:00:10", 10, V6_MTU),
             "p-jump4": ("c", "jump", "eth1", "02:00:00:0a:00:05", 12, V4_MTU),
             "p-vm4": ("c", "vm4", "eth0", "02:00:00:0a:00:04", 13, V4_MTU)}
 
+# Userspace processes a packet passes through, forward + back, by construction of each
+# path (each is a wake-up and a socket crossing): a: host2, appliance, host1, TAYGA,
+# host1 / host1, TAYGA, host1, host2; b1: s, c / c, s; b2: s, ap, c / c, s; c: s, c,
+# TAYGA, c / c, TAYGA, c, s; a-direct: a without the appliance.
+HOPS = {"a": (5, 4), "b1": (2, 2), "b2": (3, 2), "c": (4, 4), "a-direct": (4, 4)}
+# CPU columns by role, to compare the paths component by component
+ROLES = {"service host OVS": ("ovs-vswitchd host2", "ovs-vswitchd s"),
+         "appliance OVS": ("ovs-vswitchd appliance", "ovs-vswitchd ap"),
+         "customer host OVS": ("ovs-vswitchd host1", "ovs-vswitchd c"),
+         "translator (TAYGA)": ("tayga host1", "tayga jumpbox"),
+         "iperf3 (both ends)": ("iperf3 server", "iperf3 client")}
+
 LOG: list[str] = []
 
 
@@ -812,6 +824,15 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
             f"{sum(r[n]['udp'].get('lost', 0) for r in runs)} | "
             f"{med([r[n]['multi'].get('machine', {}).get('busy', float('nan')) for r in runs]):.0f}, "
             f"{med([r[n]['multi'].get('machine', {}).get('softirq', float('nan')) for r in runs]):.0f} |")
+    lines += ["", ("Userspace processes per round trip (by construction; each is a wake-up "
+                   "and two socket crossings) against the TCP p50:"), "",
+              "| path | forward | back | total | TCP p50 (us) | p50 / total hops (us) |",
+              "|---|---|---|---|---|---|"]
+    for n in names:
+        fw, bk = HOPS.get(n, (0, 0))
+        p50 = med([r[n]["tcp"].get("p50_us") or float("nan") for r in runs])
+        lines.append(f"| {n} | {fw} | {bk} | {fw + bk} | {p50:.0f} | "
+                     f"{p50 / (fw + bk) if fw + bk else float('nan'):.0f} |")
     lines += ["", "Ratios (median over runs of the per-run ratio; min-max):", "",
               "| ratio | {S} streams | 1 stream | TCP p50 | UDP p50 |".replace("{S}", str(S)),
               "|---|---|---|---|---|"]
@@ -822,6 +843,24 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
                 f"{rng(ratio_list(runs, num, den, 'single'), '.2f')} | "
                 f"{rng(lat_ratio(runs, num, den, 'tcp', 'p50_us'), '.2f')} | "
                 f"{rng(lat_ratio(runs, num, den, 'udp', 'p50_us'), '.2f')} |")
+    # CPU by role
+    lines += ["", (f"CPU per 100 Mbit/s by role, {S} streams (% of one core per 100 Mbit/s of "
+                   "goodput, median over runs; a role a path does not have is `-`):"), "",
+              "| path | " + " | ".join(ROLES) + " | total |", "|---|" + "---|" * (len(ROLES) + 1)]
+    for n in names:
+        cells = []
+        for cols in ROLES.values():
+            vals = []
+            for r in runs:
+                per = r[n]["multi"]["cpu_per_100mbit"]
+                present = [per[c] for c in cols if c in per]
+                if present:
+                    vals.append(sum(present))
+            has = any(c in runs[0][n]["multi"]["cpu"] and
+                      not (n == "a-direct" and c == "ovs-vswitchd appliance") for c in cols)
+            cells.append(f"{med(vals):.0f}" if vals and has else "-")
+        total = med([r[n]["multi"]["cpu_per_100mbit"].get("total", float("nan")) for r in runs])
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {total:.0f} |")
     # CPU
     for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
         keys: list[str] = []
