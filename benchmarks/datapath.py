@@ -706,6 +706,32 @@ def ratio_list(runs: list[dict], num: str, den: str, kind: str) -> list[float]:
     return out
 
 
+def cpu_ratio(runs: list[dict], num: str, den: str, kind: str) -> list[float]:
+    """Per run: den's total CPU per bit / num's (> 1: num needs less CPU per bit)."""
+    out = []
+    for r in runs:
+        x = r.get(num, {}).get(kind, {}).get("cpu_per_100mbit", {}).get("total")
+        y = r.get(den, {}).get(kind, {}).get("cpu_per_100mbit", {}).get("total")
+        if x and y and x == x and y == y:
+            out.append(y / x)
+    return out
+
+
+def role_cpu(runs: list[dict], n: str, kind: str = "multi") -> dict[str, float]:
+    """Median % of a core per 100 Mbit/s for each role the path has."""
+    out = {}
+    for role, cols in ROLES.items():
+        vals = []
+        for r in runs:
+            per = r[n][kind]["cpu_per_100mbit"]
+            present = [per[c] for c in cols if c in per and r[n][kind]["cpu"].get(c, 0) > 0.5]
+            if present:
+                vals.append(sum(present))
+        if vals:
+            out[role] = med(vals)
+    return out
+
+
 def lat_ratio(runs: list[dict], num: str, den: str, proto: str, q: str) -> list[float]:
     out = []
     for r in runs:
@@ -834,13 +860,15 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
         lines.append(f"| {n} | {fw} | {bk} | {fw + bk} | {p50:.0f} | "
                      f"{p50 / (fw + bk) if fw + bk else float('nan'):.0f} |")
     lines += ["", "Ratios (median over runs of the per-run ratio; min-max):", "",
-              "| ratio | {S} streams | 1 stream | TCP p50 | UDP p50 |".replace("{S}", str(S)),
-              "|---|---|---|---|---|"]
+              ("| ratio | throughput, {S} streams | throughput, 1 stream | CPU per bit, den / num, "
+               "{S} streams | TCP p50 | UDP p50 |").replace("{S}", str(S)),
+              "|---|---|---|---|---|---|"]
     for num in ["a"] + (["a-direct"] if "a-direct" in names else []):
         for den in ("b1", "b2", "c"):
             lines.append(
                 f"| {num}/{den} | {rng(ratio_list(runs, num, den, 'multi'), '.2f')} | "
                 f"{rng(ratio_list(runs, num, den, 'single'), '.2f')} | "
+                f"{rng(cpu_ratio(runs, num, den, 'multi'), '.2f')} | "
                 f"{rng(lat_ratio(runs, num, den, 'tcp', 'p50_us'), '.2f')} | "
                 f"{rng(lat_ratio(runs, num, den, 'udp', 'p50_us'), '.2f')} |")
     # CPU by role
@@ -848,19 +876,10 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
                    "goodput, median over runs; a role a path does not have is `-`):"), "",
               "| path | " + " | ".join(ROLES) + " | total |", "|---|" + "---|" * (len(ROLES) + 1)]
     for n in names:
-        cells = []
-        for cols in ROLES.values():
-            vals = []
-            for r in runs:
-                per = r[n]["multi"]["cpu_per_100mbit"]
-                present = [per[c] for c in cols if c in per]
-                if present:
-                    vals.append(sum(present))
-            has = any(c in runs[0][n]["multi"]["cpu"] and
-                      not (n == "a-direct" and c == "ovs-vswitchd appliance") for c in cols)
-            cells.append(f"{med(vals):.0f}" if vals and has else "-")
+        rc = role_cpu(runs, n)
         total = med([r[n]["multi"]["cpu_per_100mbit"].get("total", float("nan")) for r in runs])
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {total:.0f} |")
+        lines.append(f"| {n} | " + " | ".join(f"{rc[k]:.0f}" if k in rc else "-" for k in ROLES)
+                     + f" | {total:.0f} |")
     # CPU
     for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
         keys: list[str] = []
@@ -958,6 +977,14 @@ def findings(runs: list[dict], names: list[str]) -> list[str]:
                + ("every path is CPU-bound, so throughput follows CPU cost per bit and the "
                   "share of the cores the path's processes get." if med(busy) >= 0.9 * cap
                   else "the cores were not saturated."))
+    if "a" in names:
+        ra = role_cpu(runs, "a")
+        for den in ("b2", "c"):
+            rd = role_cpu(runs, den)
+            diff = ", ".join(f"{k} {ra.get(k, 0) - rd.get(k, 0):+.0f}" for k in ROLES
+                             if k in ra or k in rd)
+            out.append(f"- a minus {den}, % of a core per 100 Mbit/s by role (multi-stream "
+                       f"run): {diff}.")
     for n in names:
         cpu = {k: med([r[n]["multi"]["cpu"].get(k, float("nan")) for r in runs])
                for k in runs[0][n]["multi"]["cpu"] if k != "total"}
