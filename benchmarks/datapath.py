@@ -2,7 +2,7 @@
 """Data path: service -> customer VM throughput and request/response latency.
 
 Compares, in one run and alternating between them (a, b1, b2, c, a-direct, a,
-b1, ...), the paths a service endpoint (IPv6) can take to a customer VM:
+b1, ...; each run starts one path later), the paths a service endpoint (IPv6) can take to a customer VM:
 
 - ``a``   vnet64: svc1 -> a-vm1's platform IPv6 on ``topologies/two-tenants.yaml``
   in the lab (prefix ``v64q-``, run dir ``/run/vnet64-lab-q``, with NB and
@@ -645,11 +645,16 @@ class Bench:
             self.lab_ovs[node].ofctl("-O", "OpenFlow15", "del-flows", "br-int",
                                      f"cookie={WHATIF_COOKIE}/-1", check=False)
 
-    def run_once(self) -> dict:
+    def run_once(self, i: int) -> dict:
+        """Every measurement on every path; run ``i`` starts with path ``i`` (rotated), so
+        no path is always the first after a switch of test kind."""
         a = self.args
+        k = i % len(self.paths)
+        order = self.paths[k:] + self.paths[:k]
+        note("order: " + ", ".join(p.name for p in order))
         out: dict = {p.name: {} for p in self.paths}
         for kind, streams in (("multi", a.streams), ("single", 1)):
-            for p in self.paths:
+            for p in order:
                 p.before()
                 try:
                     r = p.iperf(a.seconds, streams, self.servers.iperf[p.server_ns])
@@ -667,7 +672,7 @@ class Bench:
                      + (f" ERROR {r['error']}" if r.get("error") else ""))
                 time.sleep(a.pause)
         for proto in ("tcp", "udp"):
-            for p in self.paths:
+            for p in order:
                 p.before()
                 try:
                     r = p.rr(proto, a.lat_seconds)
@@ -851,14 +856,15 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
             f"{med([r[n]['multi'].get('machine', {}).get('busy', float('nan')) for r in runs]):.0f}, "
             f"{med([r[n]['multi'].get('machine', {}).get('softirq', float('nan')) for r in runs]):.0f} |")
     lines += ["", ("Userspace processes per round trip (by construction; each is a wake-up "
-                   "and two socket crossings) against the TCP p50:"), "",
-              "| path | forward | back | total | TCP p50 (us) | p50 / total hops (us) |",
+                   "and two socket crossings; the client and the echo server at the ends, the "
+                   "same on every path, are not counted) next to the transaction p50:"), "",
+              "| path | forward | back | total | TCP p50 (us) | UDP p50 (us) |",
               "|---|---|---|---|---|---|"]
     for n in names:
         fw, bk = HOPS.get(n, (0, 0))
         p50 = med([r[n]["tcp"].get("p50_us") or float("nan") for r in runs])
-        lines.append(f"| {n} | {fw} | {bk} | {fw + bk} | {p50:.0f} | "
-                     f"{p50 / (fw + bk) if fw + bk else float('nan'):.0f} |")
+        u50 = med([r[n]["udp"].get("p50_us") or float("nan") for r in runs])
+        lines.append(f"| {n} | {fw} | {bk} | {fw + bk} | {p50:.0f} | {u50:.0f} |")
     lines += ["", "Ratios (median over runs of the per-run ratio; min-max):", "",
               ("| ratio | throughput, {S} streams | throughput, 1 stream | CPU per bit, den / num, "
                "{S} streams | TCP p50 | UDP p50 |").replace("{S}", str(S)),
@@ -1010,12 +1016,13 @@ def main() -> int:
         description=__doc__.split("\n\n")[0],
         epilog="--quick: one run, 1 s per throughput test, 0.5 s per latency test (CI smoke); "
                "prints the table but saves nothing unless --out / --json are given.")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="rounds over every path (default 3)")
     parser.add_argument("--seconds", type=float, default=5.0, help="per iperf3 test")
     parser.add_argument("--lat-seconds", type=float, default=2.0, help="per latency test")
     parser.add_argument("--streams", type=int, default=4, help="parallel TCP streams")
     parser.add_argument("--pause", type=float, default=0.5, help="between iperf3 tests")
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="CI smoke mode (see below); for other prefixes, --prefix v64j- etc.")
     parser.add_argument("--keep", action="store_true",
                         help="leave everything up after the runs (to explore; the next run "
                              "or `vnet64-lab down` with the same prefix removes it)")
@@ -1055,7 +1062,7 @@ def main() -> int:
         bench.up()
         for i in range(args.runs):
             note(f"run {i + 1} of {args.runs}")
-            runs.append(bench.run_once())
+            runs.append(bench.run_once(i))
         jump = bench.jumpbox_resources()
     except BaseException:
         bench.cleanup()
