@@ -45,8 +45,10 @@ def test_datapath_benchmark_quick_moves_data_on_every_path(tmp_path):
             r = run[name][proto]
             assert not r.get("error"), (name, proto, r)
             assert r["n"] > 0, (name, proto, r)
-    # the what-if flows went through host1 without the appliance
-    assert run["a-direct"]["multi"]["pmd"]["appliance"]["packets"] == 0
+    # the what-if flows took host1's traffic past the appliance (a packet or two may still
+    # follow a datapath flow cached before they were installed, until OVS revalidates it)
+    direct = run["a-direct"]["multi"]["pmd"]
+    assert direct["appliance"]["packets"] < direct["host1"]["packets"] / 100, direct
     assert run["a"]["multi"]["pmd"]["appliance"]["packets"] > 0
     # everything it created is gone
     assert not [ns for ns in sh.netns_list() if ns.startswith(PREFIX)]
