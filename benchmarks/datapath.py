@@ -57,6 +57,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -282,12 +283,15 @@ class Path_:
         tun0 = {k: link_stats(*t) for k, t in self.tuns.items()}
         for n in self.ovs.values():
             n.appctl("dpif-netdev/pmd-stats-clear", check=False)
+        # iperf3's JSON to a file, not a pipe: it writes it all at the end, and a long run
+        # with many streams outgrows a pipe's buffer while we only poll the process
+        out_file = tempfile.TemporaryFile("w+")
         m0 = machine_ticks()
         meter.start()
         proc = subprocess.Popen(
             [sh.tool("ip"), "netns", "exec", self.client_ns, "iperf3", "-c", self.target,
              "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-P", str(streams), "-J",
-             "--connect-timeout", "3000"], stdout=subprocess.PIPE, text=True)
+             "--connect-timeout", "3000"], stdout=out_file, text=True)
         client_t0 = 0
         with contextlib.suppress(Exception):
             sh.wait_for(lambda: comm(proc.pid) == "iperf3" or proc.poll() is not None, 2,
@@ -297,7 +301,9 @@ class Path_:
         while proc.poll() is None:       # the client's CPU, read just before it exits
             client_t1 = cpu_ticks(proc.pid) or client_t1
             time.sleep(0.05)
-        out_text = proc.stdout.read()
+        out_file.seek(0)
+        out_text = out_file.read()
+        out_file.close()
         cpu = meter.stop()
         m1 = machine_ticks()
         cpu.pop("generator", None)
