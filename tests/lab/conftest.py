@@ -23,6 +23,12 @@ TEST_PREFIX = "v64t-"
 TEST_RUN_DIR = "/run/vnet64-lab-test"
 
 
+class KnownGap(AssertionError):
+    """The platform does not do what is asked here (an RFC, an issue's aim); documented
+    in docs/lab.md. Only the strict ``xfail`` test that documents a gap raises it, so
+    the suite fails the day the platform changes and the documentation must follow."""
+
+
 def need_lab() -> None:
     if os.geteuid() != 0:
         pytest.skip("lab tests need root (network namespaces, OVS)")

@@ -59,7 +59,7 @@ from vnet64 import gateway
 from vnet64.nb import api as nbapi
 from vnet64_lab import Lab, sh
 
-from tests.lab.conftest import need_lab
+from tests.lab.conftest import KnownGap, need_lab
 from tests.lab.traffic import (
     LINE_PORT,
     PLATFORM_IP,
@@ -143,10 +143,6 @@ GW = gateway.GATEWAY_MAC
 # host pipeline tables (pipeline.HOST_TABLES) and the appliance's
 CLASSIFY, FROM_TUNNEL, FROM_ENDPOINT, TO_ENDPOINT = 0, 1, 10, 11
 FROM_VM, VM_RETURN, TO_TRANSLATOR = 40, 42, 50
-
-
-class KnownGap(AssertionError):
-    """The platform does not do what the RFCs ask here; documented in docs/lab.md."""
 
 
 class Env:
