@@ -208,3 +208,59 @@ def test_resync_after_a_switch_restart_frees_the_pairs_whose_flows_are_gone(mode
     # b-vm1's pair comes back with its old alias
     flows = [m for m in logic.packet_in(d, pair_id, 1, frame(SVC1, B_VM1)) if isinstance(m, Flow)]
     assert Cookie.decode(flows[0].cookie).obj == 2
+
+
+def test_snat_port_range_is_configurable(model):
+    logic = Logic(lambda: model, snat_ports=(20000, 20009))
+    d = dpid(model, "host1")
+    logic.switch_connected(d, HOST1_PORTS)
+    flows = [m for m in logic.packet_in(d, HOST_TABLES.id("pair"), 1, frame(SVC1, A_VM1))
+             if isinstance(m, Flow)]
+    assert "nat(src=100.100.0.1:20000-20009)" in flows[1].ofctl()
+
+
+def test_a_connection_with_no_port_left_is_refused_towards_the_service(model):
+    """to_vm punts a new connection NAT found no port for; the controller answers, as the
+    VM, what a closed port would: a TCP reset, else ICMPv4 admin-prohibited; out to TAYGA."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
+    from scapy.layers.l2 import Ether
+    from vnet64 import gateway
+    from vnet64.ports import translator_mac
+    logic = Logic(lambda: model)
+    d = dpid(model, "host1")
+    _, msgs = logic.switch_connected(d, HOST1_PORTS)
+    punts = [m for m in msgs if isinstance(m, Flow) and m.table == "to_vm" and "CONTROLLER" in m.ofctl()]
+    assert len(punts) == 2 and all("-snat" in f.ofctl() and "+new" in f.ofctl() and "meter:1" in f.ofctl()
+                                   for f in punts)
+
+    def refuse(pkt) -> Ether | None:
+        out = logic.packet_in(d, HOST_TABLES.id("to_vm"), 2, bytes(Ether(src="02:00:00:00:00:01") / pkt))
+        if not out:
+            return None
+        assert len(out) == 1 and isinstance(out[0], PacketOut)
+        assert out[0].actions[0].port == HOST1_PORTS[XLAT_PORT]
+        reply = Ether(out[0].data)
+        assert reply.src == gateway.GATEWAY_MAC and reply.dst == translator_mac("host1")
+        assert (reply[IP].src, reply[IP].dst) == ("10.0.0.4", "198.18.0.1")
+        again = Ether(out[0].data)                 # checksums as a receiver computes them
+        del again[IP].chksum
+        for layer in (TCP, ICMP):
+            if layer in again:
+                del again[layer].chksum
+        assert bytes(Ether(bytes(again))) == out[0].data
+        return reply
+
+    alias_to_vm = IP(src="198.18.0.1", dst="10.0.0.4")
+    rst = refuse(alias_to_vm / TCP(sport=40000, dport=8080, flags="S", seq=1000))
+    assert (rst[TCP].sport, rst[TCP].dport, rst[TCP].flags, rst[TCP].ack, rst[TCP].seq) == \
+        (8080, 40000, "RA", 1001, 0)
+    rst = refuse(alias_to_vm / TCP(sport=40000, dport=8080, flags="A", seq=5, ack=777))
+    assert (rst[TCP].flags, rst[TCP].seq) == ("R", 777)
+    icmp = refuse(alias_to_vm / UDP(sport=40000, dport=8081) / b"hello")
+    assert (icmp[ICMP].type, icmp[ICMP].code) == (3, 13)
+    assert (icmp[IPerror].src, icmp[IPerror].dst, icmp[UDPerror].sport) == ("198.18.0.1", "10.0.0.4", 40000)
+    assert logic.stats["connections_refused_no_port"] == 3
+    # never a reset for a reset, an error about an error, nor anything that is not IPv4
+    assert refuse(alias_to_vm / TCP(flags="R")) is None
+    assert refuse(alias_to_vm / ICMP(type=3, code=3) / IP(src="10.0.0.4", dst="198.18.0.1") / TCP()) is None
+    assert logic.packet_in(d, HOST_TABLES.id("to_vm"), 2, frame(SVC1, A_VM1)) == []

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import functools
 import importlib
 import logging
 import logging.handlers
@@ -89,6 +90,11 @@ def make_conf() -> cfg.ConfigOpts:
                         "of Raft members (default: $VNET64_NB, else the embedded NB "
                         f"unix:$VNET64_RUN_DIR/nb.sock; now {nb_remote}). Retried until "
                         "reachable"),
+        cfg.StrOpt("snat-ports", default="1024-65535", metavar="LOW-HIGH",
+                   help="the Platform_IP source ports new connections to a VM may use "
+                        "(default 1024-65535). When none is free towards a VM's address and "
+                        "port, new connections are refused (TCP reset, else ICMP "
+                        "'administratively prohibited') and existing ones keep theirs"),
         cfg.StrOpt("logic", default=DEFAULT_LOGIC, metavar="MODULE:CLASS",
                    help="the role logic, built as CLASS(load_model); for tests "
                         f"(default {DEFAULT_LOGIC})"),
@@ -107,6 +113,21 @@ def parse(argv: list[str] | None) -> cfg.ConfigOpts:
     except SystemExit as exc:   # argparse printed why; oslo exits 1 on a bad value, argparse 2
         raise SystemExit(2 if exc.code else 0) from None
     return conf
+
+
+DEFAULT_SNAT_PORTS = (1024, 65535)
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``LOW-HIGH`` (1-65535, LOW <= HIGH) -> (LOW, HIGH)."""
+    low, sep, high = text.partition("-")
+    try:
+        lo, hi = int(low), int(high if sep else low)
+    except ValueError:
+        raise LauncherError(f"--vnet64-snat-ports wants LOW-HIGH, got {text!r}") from None
+    if not 1 <= lo <= hi <= 65535:
+        raise LauncherError(f"--vnet64-snat-ports {text}: want 1 <= LOW <= HIGH <= 65535")
+    return lo, hi
 
 
 def resolve_logic(spec: str) -> Callable[..., Any]:
@@ -304,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         conf = parse(sys.argv[1:] if argv is None else argv)
         factory = resolve_logic(conf.vnet64.logic)
+        snat_ports = parse_port_range(conf.vnet64.snat_ports)
+        if snat_ports != DEFAULT_SNAT_PORTS:
+            if conf.vnet64.logic != DEFAULT_LOGIC:
+                raise LauncherError("--vnet64-snat-ports applies to the default logic only")
+            factory = functools.partial(factory, snat_ports=snat_ports)
         setup_logging(conf.log_level, conf.log_file)
     except LauncherError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

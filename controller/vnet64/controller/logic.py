@@ -21,8 +21,8 @@ from ipaddress import IPv6Address
 from typing import Callable, Iterable
 
 from ..ports import translator_mac
-from .flows import (ETH_IPV6, DeleteFlows, DeleteStrict, Flow, Match, Message, MeterMod,
-                    PacketOut, Resubmit, TableMap)
+from .flows import (ETH_IPV6, OFPP_CONTROLLER, DeleteFlows, DeleteStrict, Flow, Match, Message,
+                    MeterMod, Output, PacketOut, Resubmit, TableMap)
 from .model import Model, Node
 from .pipeline import (PACKET_IN_METER, Cookie, cookie, tables_for)
 from .roles import Ports, appliance, customer, service
@@ -67,12 +67,15 @@ class Logic:
     """Implements the app's ``Logic`` protocol for vnet64's roles."""
 
     def __init__(self, load_model: Callable[[], Model], packet_in_rate: int = DEFAULT_PACKET_IN_RATE,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 snat_ports: tuple[int, int] = customer.PORT_RANGE):
         self._load_model = load_model
         self._clock = clock
         self._last_summary = float("-inf")
+        self._last_refusal_log: dict[str, float] = {}
         self.model = load_model()
         self.packet_in_rate = packet_in_rate
+        self.snat_ports = snat_ports
         self.switches: dict[int, Switch] = {}
         self.stats: Counter = Counter()
 
@@ -190,6 +193,8 @@ class Logic:
     def packet_in(self, dpid: int, table_id: int, in_port: int, data: bytes) -> list[Message]:
         sw = self.switches.get(dpid)
         self.stats["packet_ins"] += 1
+        if sw is not None and sw.node.role == "host" and sw.tables.name(table_id) == "to_vm":
+            return self._refuse_no_port(sw, data)
         if sw is None or sw.node.role != "host" or sw.tables.name(table_id) != "pair":
             self.stats["packet_ins_ignored"] += 1
             return []
@@ -220,8 +225,28 @@ class Logic:
                       vm.name, dst, sw.allocator.alias(index))
             self._summary()
         sw.pairs[index] = (ep.name, vm.name)
-        flows = customer.pair_flows(self.model, sw.ports, ep, vm, index, sw.allocator.alias(index))
+        flows = customer.pair_flows(self.model, sw.ports, ep, vm, index, sw.allocator.alias(index),
+                                    port_range=self.snat_ports)
         return [*flows, PacketOut(data, in_port, (Resubmit("pair"),))]
+
+    def _refuse_no_port(self, sw: Switch, data: bytes) -> list[Message]:
+        """A new connection found no Platform_IP port (``to_vm`` punts it): refuse it
+        towards the service through TAYGA (customer module doc, "Port exhaustion")."""
+        frame = customer.refusal(data, translator_mac(sw.node.name))
+        if frame is None or sw.ports.xlat is None:
+            self.stats["packet_ins_ignored"] += 1
+            return []
+        self.stats["connections_refused_no_port"] += 1
+        dst = ".".join(str(b) for b in data[30:34])
+        now = self._clock()
+        if now - self._last_refusal_log.get(dst, float("-inf")) >= SUMMARY_EVERY:
+            self._last_refusal_log[dst] = now
+            LOG.warning("%s: no %s port left towards %s (ports %d-%d, closed connections held "
+                        "62 s): new connections refused (TCP reset, else ICMP administratively "
+                        "prohibited); "
+                        "%d refused so far", sw.node.name, "Platform_IP", dst, *self.snat_ports,
+                        self.stats["connections_refused_no_port"])
+        return [PacketOut(frame, OFPP_CONTROLLER, (Output(sw.ports.xlat),))]
 
     def flow_removed(self, dpid: int, ck: int, reason: int = OFPRR_IDLE_TIMEOUT) -> list[Message]:
         """A pair's flow timed out: free its alias and remove the pair's other flows.

@@ -28,12 +28,24 @@ Return (VM -> service):
 Pairs and aliases: every pair on a host owns one alias from ``ALIAS_POOL``; the
 alias is what tells TAYGA's IPv4 output apart per pair (hence per VNet and VM,
 although two VMs share 10.0.0.4). Port policy: each pair may use the whole
-``PORT_RANGE`` of Platform_IP towards its VM; conntrack keeps reply tuples
-unique within the VNet zone, so pairs to one VM share its port space safely.
+``PORT_RANGE`` of Platform_IP towards its VM (the controller's
+``--vnet64-snat-ports`` narrows it); conntrack keeps reply tuples unique within
+the VNet zone, so pairs to one VM share its port space safely.
+
+Port exhaustion: when no Platform_IP port is left towards a VM's address and
+port, conntrack commits the new connection without NAT (OVS fails open); the
+packet reaches ``to_vm`` without ``+snat``, is never delivered, and is punted
+(metered) so the controller refuses the connection cleanly: it sends TAYGA,
+as the VM's address, what a closed port would answer - a TCP reset, or for
+UDP and echo an ICMPv4 "administratively prohibited" quoting the datagram -
+which comes back to the service through the IPv6 zones' NAT like any reply:
+connect() fails at once (ECONNREFUSED; EACCES for UDP) instead of timing out.
+Existing connections keep their ports.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
@@ -53,6 +65,7 @@ DENY_HOLD = 5                                # s a refused pair is dropped witho
 CT_REPLY_OR_RELATED = ct_state("+trk", "-new", "-inv")
 CT_SNATTED = ct_state("+trk", "+snat", "-inv")
 CT_RELATED = ct_state("+trk", "+rel", "-inv")
+CT_NOT_SNATTED = ct_state("+trk", "+new", "-snat", "-rel", "-inv")   # NAT found no port
 CT_TRACKED_OK = ct_state("+trk", "-inv")
 
 
@@ -197,6 +210,10 @@ def vm_flows(model: Model, node: Node, ports: Ports, vm: VM) -> list[Flow]:
              {"eth_type": ETH_IPV4, "ct_zone": vm.zone, "ipv4_dst": vm.ipv4, "ct_state": CT_RELATED},
              [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", vm.mac), Output(port)],
              cookie=c),
+        # no Platform_IP port left: never delivered; the controller refuses it (module doc)
+        flow("to_vm", PRIO_DEFAULT,
+             {"eth_type": ETH_IPV4, "ct_zone": vm.zone, "ipv4_dst": vm.ipv4, "ct_state": CT_NOT_SNATTED},
+             [Controller()], meter=PACKET_IN_METER, cookie=c),
     ]
     if appliance is not None:
         out.append(flow("from_tunnel", PRIO_MATCH,
@@ -237,7 +254,8 @@ def host_flows(model: Model, node: Node, ports: Ports, xlat_mac: str) -> list[Fl
 
 
 def pair_flows(model: Model, ports: Ports, ep: Endpoint, vm: VM, index: int, alias: IPv4Address,
-               idle_timeout: int = PAIR_IDLE_TIMEOUT) -> list[Flow]:
+               idle_timeout: int = PAIR_IDLE_TIMEOUT,
+               port_range: tuple[int, int] = PORT_RANGE) -> list[Flow]:
     """The pair's forward rule (alias SNAT), its SNAT to Platform_IP, and its return rule."""
     port = ports.vif("vm", vm.name)
     c = cookie("host", "pair", index)
@@ -249,7 +267,7 @@ def pair_flows(model: Model, ports: Ports, ep: Endpoint, vm: VM, index: int, ali
         flow("from_translator", PRIO_MATCH,
              {"eth_type": ETH_IPV4, "ipv4_src": alias, "ipv4_dst": vm.ipv4},
              [CT(zone=vm.zone, commit=True, table="to_vm",
-                 nat=Nat("src", str(vm.snat_ip), port_min=PORT_RANGE[0], port_max=PORT_RANGE[1]))],
+                 nat=Nat("src", str(vm.snat_ip), port_min=port_range[0], port_max=port_range[1]))],
              cookie=c),
         flow("vm_return", PRIO_MATCH,
              {"in_port": port, "eth_type": ETH_IPV4, "ipv4_dst": alias, "ct_state": CT_REPLY_OR_RELATED},
@@ -261,3 +279,72 @@ def deny_flow(service: IPv6Address, vm_ipv6: IPv6Address) -> Flow:
     """Drop a refused pair for a while so its packets are not punted again."""
     return flow("pair", PRIO_DENY, Match.of(eth_type=ETH_IPV6, ipv6_src=service, ipv6_dst=vm_ipv6),
                 [], cookie=cookie("host", "deny", f"{service}>{vm_ipv6}"), hard_timeout=DENY_HOLD)
+
+
+# ---------------------------------------------------------------------------
+# Port exhaustion: a clean refusal
+
+ICMP_UNREACH, ICMP_ADMIN_PROHIBITED = 3, 13
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+ICMP_QUOTE = 548        # bytes of the refused datagram quoted (RFC 1812 4.3.2.3: <= 576 in all)
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def refusal(frame: bytes, xlat_mac: str) -> bytes | None:
+    """The frame that refuses a connection NAT found no port for, as the VM's address,
+    addressed to TAYGA (which takes it back to the service through the IPv6 zones):
+
+    - TCP: a reset, as a closed port answers (RFC 9293 3.10.7.1: to a SYN, RST+ACK
+      acknowledging it; otherwise RST with the segment's ACK as sequence number) - the
+      service's connect() fails at once with ECONNREFUSED;
+    - anything else (UDP, echo requests): ICMPv4 destination unreachable,
+      administratively prohibited, quoting the datagram (EACCES at the service).
+
+    None if ``frame`` is not Ethernet/IPv4, is a reset, or is an ICMP error (never
+    answer an error with an error, RFC 1122 3.2.2). (An ICMP error about TCP is not
+    used: OVS 3.1's userspace conntrack leaves the ICMPv6 error TAYGA makes of it
+    invalid after the first IPv6 NAT zone, so it never reached the service.)"""
+    if len(frame) < 34 or struct.unpack_from("!H", frame, 12)[0] != 0x0800:
+        return None
+    ip = frame[14:]
+    ihl = (ip[0] & 0x0F) * 4
+    if ip[0] >> 4 != 4 or ihl < 20 or len(ip) < ihl:
+        return None
+    total = min(struct.unpack_from("!H", ip, 2)[0], len(ip))
+    src, dst, proto = ip[12:16], ip[16:20], ip[9]
+    eth = bytes.fromhex(xlat_mac.replace(":", "")) + \
+        bytes.fromhex(gateway.GATEWAY_MAC.replace(":", "")) + b"\x08\x00"
+    if proto == 6:
+        tcp = ip[ihl:total]
+        if len(tcp) < 20 or tcp[13] & TCP_RST:
+            return None
+        sport, dport, seq, ack = struct.unpack_from("!HHII", tcp)
+        flags = tcp[13]
+        if flags & TCP_ACK:
+            rst = struct.pack("!HHIIBBHHH", dport, sport, ack, 0, 5 << 4, TCP_RST, 0, 0, 0)
+        else:
+            seg_len = len(tcp) - (tcp[12] >> 4) * 4 + (1 if flags & TCP_SYN else 0) + \
+                (1 if flags & TCP_FIN else 0)
+            rst = struct.pack("!HHIIBBHHH", dport, sport, 0, (seq + seg_len) & 0xFFFFFFFF, 5 << 4,
+                              TCP_RST | TCP_ACK, 0, 0, 0)
+        pseudo = dst + src + struct.pack("!BBH", 0, 6, len(rst))
+        rst = rst[:16] + struct.pack("!H", _checksum(pseudo + rst)) + rst[18:]
+        return eth + _ipv4(dst, src, 6, rst)
+    if proto == 1 and len(ip) > ihl and ip[ihl] not in (0, 8):   # only echo may be refused
+        return None
+    icmp = struct.pack("!BBHI", ICMP_UNREACH, ICMP_ADMIN_PROHIBITED, 0, 0) + ip[:min(total, ICMP_QUOTE)]
+    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
+    return eth + _ipv4(dst, src, 1, icmp)
+
+
+def _ipv4(src: bytes, dst: bytes, proto: int, payload: bytes) -> bytes:
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0, src, dst)
+    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + payload
