@@ -30,8 +30,8 @@ from .roles import Ports, appliance, customer, service
 LOG = logging.getLogger(__name__)
 EXACT = 0xFFFFFFFFFFFFFFFF       # cookie mask: this cookie only
 OFPRR_IDLE_TIMEOUT, OFPRR_HARD_TIMEOUT = 0, 1
-DEFAULT_PACKET_IN_RATE = 5000
-SUMMARY_EVERY = 10.0            # s between INFO lines of pair counters   # pps on the new-pair path; the excess is dropped by the meter
+DEFAULT_PACKET_IN_RATE = 5000    # pps on the new-pair path; the excess is dropped by the meter
+SUMMARY_EVERY = 10.0            # s between INFO lines of pair counters
 
 
 @dataclass
