@@ -85,7 +85,21 @@ from vnet64_lab.ovs import OvsNode  # noqa: E402
 PREFIX, RUN_DIR = "v64g-", "/run/vnet64-lab-g"
 SERVICE = "growth"
 FIRST_IP = int(ipaddress.IPv4Address("10.1.0.10"))
-HOST_FLOWS_PER_VM = 7        # roles/customer.py vm_flows for a subscribed VM with a port
+
+
+def host_flows_per_vm() -> int:
+    """How many flows roles/customer.py's vm_flows gives a subscribed VM with a port
+    (asked of the controller's own pure function, so the count follows the pipeline)."""
+    from vnet64.controller.model import from_topology
+    from vnet64.controller.roles import Ports, customer
+    from vnet64.ports import GENEVE_PORT, XLAT_PORT, vif_port
+    model = from_topology(topology.load(ROOT / "topologies" / "two-tenants.yaml"))
+    vm = next(v for v in model.vms if v.subscribed)
+    ports = Ports.from_names({GENEVE_PORT: 1, XLAT_PORT: 2, vif_port("vm", vm.name): 10})
+    return len(customer.vm_flows(model, model.node(vm.host), ports, vm))
+
+
+HOST_FLOWS_PER_VM = host_flows_per_vm()
 AIM_SECONDS = 20.0           # 100k programmed
 AIM_SIZE = 100_000
 AIM_KIB_PER_SUB = 2.0
