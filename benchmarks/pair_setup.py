@@ -95,6 +95,13 @@ PREFIX = "v64p-"
 RUN_DIR = "/run/vnet64-lab-p"
 CTB_RUN_DIR = "/run/vnet64-lab-p-ctb"        # the conntrack-only OVS (not under the lab's run dir)
 CTB_NS, CTC_NS, CTS_NS = f"{PREFIX}ctb", f"{PREFIX}ctc", f"{PREFIX}cts"
+
+
+def set_prefix(prefix: str, run_dir: str) -> None:
+    """Use another lab prefix and run directory (e.g. the CI smoke test's own)."""
+    global PREFIX, RUN_DIR, CTB_RUN_DIR, CTB_NS, CTC_NS, CTS_NS
+    PREFIX, RUN_DIR, CTB_RUN_DIR = prefix, run_dir, f"{run_dir}-ctb"
+    CTB_NS, CTC_NS, CTS_NS = f"{prefix}ctb", f"{prefix}ctc", f"{prefix}cts"
 CTB_ZONE = 7
 PAIR_SERVICE, TCP_SERVICE = "pairbench", "tcpbench"
 TCP_PORT = 5001
@@ -1125,8 +1132,22 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, help="also py-spy the controller in one more "
                         "saturation run; summary to this file")
     parser.add_argument("--out", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "pair_setup.md")
+                        help="save the table here (default benchmarks/results/pair_setup.md; "
+                             "with --quick nothing is saved unless --out or --json is given)")
+    parser.add_argument("--json", type=Path, help="also save the raw results as JSON")
+    parser.add_argument("--quick", action="store_true",
+                        help="CI smoke run (< 1 min of measurement): 10 endpoints x 40 VMs, one run, "
+                             "one rate (100/s), short phases, no what-if, no small lab")
+    parser.add_argument("--prefix", default=PREFIX, help=f"lab namespace prefix (default {PREFIX})")
+    parser.add_argument("--run-dir", default=RUN_DIR, help=f"lab run directory (default {RUN_DIR})")
     args = parser.parse_args()
+    if args.quick:
+        args.endpoints, args.vms, args.runs, args.rates = 10, 40, 1, "100"
+        args.window, args.sat_seconds, args.lat_seconds, args.tcp_seconds = 16, 1.0, 1.0, 1.0
+        args.tcp_concurrency, args.tcp_pause, args.no_what_if = "16", 0.2, True
+    elif args.out is None:
+        args.out = ROOT / "benchmarks" / "results" / "pair_setup.md"
+    set_prefix(args.prefix, args.run_dir)
     args.rates = [float(x) for x in args.rates.split(",")]
     args.tcp_concurrency = [int(x) for x in args.tcp_concurrency.split(",")]
     args.argv = [".venv/bin/python", *sys.argv]
@@ -1167,7 +1188,7 @@ def main() -> int:
     finally:
         large.down()
     small = None
-    if not args.skip_tcp:
+    if not args.skip_tcp and not args.quick:
         small = Bench(args, 1, 2)
         # the TCP comparison again in a lab with 2 endpoints and 3 VMs in all: each
         # ovs-vswitchd of the userspace datapath polls all its ports from its main loop,
@@ -1183,9 +1204,15 @@ def main() -> int:
     args.load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     table = report(args, large, small, p1, whatif, p2_large, p2_small, started)
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
-    print(f"saved to {args.out}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+        print(f"saved to {args.out}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"pairs": p1, "what_if": whatif, "tcp_large": p2_large,
+                                         "tcp_small": p2_small}, default=str, indent=1))
+        print(f"saved to {args.json}")
     return 0
 
 

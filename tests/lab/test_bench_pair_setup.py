@@ -1,0 +1,38 @@
+"""benchmarks/pair_setup.py --quick works (issue 6: CI runs each benchmark's quick mode).
+
+Runs the script under its own prefix and checks what it measured, never how fast: every
+pair answered at saturation and at the offered rate has its flows on host1, no first
+packet was lost at 100 new pairs/s, and TCP connections went through both the full data
+path and the conntrack-only OVS path.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.lab.conftest import ROOT, need_lab
+
+
+def test_pair_setup_quick(tmp_path):
+    need_lab()
+    out = tmp_path / "pair_setup.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pair_setup.py"), "--quick",
+                           "--prefix", "v64i-", "--run-dir", "/run/vnet64-lab-i", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"pair_setup --quick failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    r = json.loads(out.read_text())
+    [run] = r["pairs"]
+    sat = run["sat"]
+    assert sat["answered"] > 0 and sat["lost"] == 0, sat
+    assert sat["installed"] == sat["answered"], "a pair answered without its flows, or flows without an answer"
+    [(rate, lat)] = run["lat"].items()
+    assert lat["new"]["sent"] > 0 and lat["new"]["lost"] == 0, lat["new"]
+    assert lat["est"]["lost"] == 0, lat["est"]
+    [tcp] = r["tcp_large"]
+    assert len(tcp) == 2, tcp.keys()
+    for path, levels in tcp.items():
+        for conc, res in levels.items():
+            assert res["ok"] > 0 and not res["errors"], (path, conc, res)
+    assert not (ROOT / "benchmarks" / "results" / "pair_setup.json").exists()
