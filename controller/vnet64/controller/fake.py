@@ -46,7 +46,7 @@ from typing import Any, NamedTuple, Protocol
 
 from .flows import (CT, CT_DNAT, CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_SNAT, CT_TRK,
                     ETH_ARP, ETH_IPV4, ETH_IPV6, FIELDS, OFPP_CONTROLLER, OFPP_IN_PORT,
-                    OFPP_TABLE, Batch, Controller, DeleteFlows, DeleteStrict, Flow, FlowError,
+                    OFPP_TABLE, Batch, CheckPktLarger, Controller, DeleteFlows, DeleteStrict, Flow, FlowError,
                     MeterMod, Move, Nat, Output, PacketOut, Resubmit, SetField, TableMap, _fmt,
                     ct_state, ct_state_str)
 
@@ -60,7 +60,8 @@ class FakeTableError(FlowError):
 # ---------------------------------------------------------------------------
 # Fields: canonical values, masks, prerequisites
 
-EXTRA_FIELDS = {"icmp_id": (16, "int")}
+EXTRA_FIELDS = {"icmp_id": (16, "int"),
+                "pkt_len": (16, "int")}   # the frame's length with its Ethernet header (check_pkt_larger)
 ZERO_DEFAULT = frozenset({"metadata", "pkt_mark", "tunnel_id", "tun_ipv4_src", "tun_ipv4_dst",
                           "vlan_vid", "ct_state", "ct_zone", "ct_mark",
                           *(f"reg{i}" for i in range(16))})
@@ -600,6 +601,8 @@ class FakeSwitch:
             return
         elif isinstance(a, Controller):
             return
+        elif isinstance(a, CheckPktLarger):
+            writes, reads = [a.dst], [a.dst]
         else:
             _refuse(flow, f"unknown action {a!r}")
         for name in writes:
@@ -671,6 +674,11 @@ class FakeSwitch:
                 tr._log(depth + 1, f"output {port}: {_fmt_packet(pkt)}")
         elif isinstance(a, Resubmit):
             self._run(a.table, pkt, tr, ct, depth + 1)
+        elif isinstance(a, CheckPktLarger):
+            if "pkt_len" not in pkt:
+                raise FakeTableError(f"{a.ofctl(self.tables)} needs the packet's pkt_len")
+            bit = 1 << a.ofs
+            pkt[a.dst] = (_read(pkt, a.dst) & ~bit) | (bit if pkt["pkt_len"] > a.pkt_len else 0)
         elif isinstance(a, CT):
             state, after = ct.ct(dict(pkt), a.zone, a.commit, a.nat)
             after, state = normalize_packet(after), parse_ct_state(state)

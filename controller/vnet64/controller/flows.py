@@ -304,7 +304,27 @@ class Resubmit:
         return f"resubmit(,{self.table})"
 
 
-Action = Union[Output, SetField, Move, CT, Controller, Resubmit]
+@dataclass(frozen=True)
+class CheckPktLarger:
+    """``check_pkt_larger(pkt_len)->dst[ofs]`` (NXAST_CHECK_PKT_LARGER): bit ``ofs`` of
+    ``dst`` (a register) becomes 1 if the packet is longer than ``pkt_len`` bytes, counting
+    its Ethernet header (ovs-actions(7)), else 0. Match the bit in a later table."""
+
+    pkt_len: int
+    dst: str
+    ofs: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.dst.startswith("reg") or self.dst not in FIELDS:
+            raise FlowError(f"check_pkt_larger writes a register, not {self.dst!r}")
+        if not 0 < self.pkt_len <= 0xFFFF or not 0 <= self.ofs < FIELDS[self.dst][0]:
+            raise FlowError(f"check_pkt_larger({self.pkt_len})->{self.dst}[{self.ofs}]: out of range")
+
+    def ofctl(self, tables: "TableMap") -> str:
+        return f"check_pkt_larger({self.pkt_len})->{self.dst}[{self.ofs}]"
+
+
+Action = Union[Output, SetField, Move, CT, Controller, Resubmit, CheckPktLarger]
 
 
 # ---------------------------------------------------------------------------

@@ -95,6 +95,12 @@ def make_conf() -> cfg.ConfigOpts:
                         "(default 1024-65535). When none is free towards a VM's address and "
                         "port, new connections are refused (TCP reset, else ICMP "
                         "'administratively prohibited') and existing ones keep theirs"),
+        cfg.IntOpt("path-mtu", min=1280, max=65535, metavar="BYTES",
+                   help="the largest IPv6 packet the platform carries from a service endpoint "
+                        "to a VM: the endpoints' and the translator's link MTU (underlay MTU "
+                        "- 50 - Geneve option bytes). A larger packet from an endpoint gets an "
+                        "ICMPv6 Packet Too Big with this MTU from the gateway. Default: no check "
+                        "(such packets are dropped on the way, silently)"),
         cfg.StrOpt("logic", default=DEFAULT_LOGIC, metavar="MODULE:CLASS",
                    help="the role logic, built as CLASS(load_model); for tests "
                         f"(default {DEFAULT_LOGIC})"),
@@ -330,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
             if conf.vnet64.logic != DEFAULT_LOGIC:
                 raise LauncherError("--vnet64-snat-ports applies to the default logic only")
             factory = functools.partial(factory, snat_ports=snat_ports)
+        if conf.vnet64.path_mtu is not None:
+            if conf.vnet64.logic != DEFAULT_LOGIC:
+                raise LauncherError("--vnet64-path-mtu applies to the default logic only")
+            factory = functools.partial(factory, path_mtu=conf.vnet64.path_mtu)
         setup_logging(conf.log_level, conf.log_file)
     except LauncherError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

@@ -45,12 +45,12 @@ class Switch:
     pairs: dict = field(default_factory=dict)              # alias index -> (endpoint, vm) names
 
 
-def desired_flows(model: Model, node: Node, ports: Ports) -> list[Flow]:
+def desired_flows(model: Model, node: Node, ports: Ports, path_mtu: int | None = None) -> list[Flow]:
     """Every proactive flow a node should hold for this model."""
     if node.role == "appliance":
         return appliance.appliance_flows(model, node, ports)
     flows = service.nd_responder_flows()
-    flows += service.endpoint_flows(model, node, ports)
+    flows += service.endpoint_flows(model, node, ports, path_mtu)
     flows += service.peer_flows(model, node)
     flows += customer.host_flows(model, node, ports, translator_mac(node.name))
     return flows
@@ -68,7 +68,7 @@ class Logic:
 
     def __init__(self, load_model: Callable[[], Model], packet_in_rate: int = DEFAULT_PACKET_IN_RATE,
                  clock: Callable[[], float] = time.monotonic,
-                 snat_ports: tuple[int, int] = customer.PORT_RANGE):
+                 snat_ports: tuple[int, int] = customer.PORT_RANGE, path_mtu: int | None = None):
         self._load_model = load_model
         self._clock = clock
         self._last_summary = float("-inf")
@@ -76,6 +76,7 @@ class Logic:
         self.model = load_model()
         self.packet_in_rate = packet_in_rate
         self.snat_ports = snat_ports
+        self.path_mtu = path_mtu     # endpoints' packets above it get Packet Too Big (None: off)
         self.switches: dict[int, Switch] = {}
         self.stats: Counter = Counter()
 
@@ -92,7 +93,7 @@ class Logic:
         if old is not None and old.node == node:
             sw.allocator, sw.pairs = old.allocator, old.pairs   # a reconnect keeps allocations
         self.switches[dpid] = sw
-        flows = desired_flows(self.model, node, ports)
+        flows = desired_flows(self.model, node, ports, self.path_mtu)
         sw.proactive = {f.key: f for f in flows}
         LOG.info("switch %016x is %s (%s): %d proactive flows", dpid, node.name, node.role, len(flows))
         msgs: list[Message] = []
@@ -171,7 +172,7 @@ class Logic:
             LOG.warning("node %s left the NB; its switch keeps its flows", sw.node.name)
             return out
         sw.node = node
-        wanted = {f.key: f for f in desired_flows(self.model, node, sw.ports)}
+        wanted = {f.key: f for f in desired_flows(self.model, node, sw.ports, self.path_mtu)}
         for key, f in sw.proactive.items():
             if key not in wanted:
                 out.append(DeleteStrict(*key))
@@ -195,6 +196,8 @@ class Logic:
         self.stats["packet_ins"] += 1
         if sw is not None and sw.node.role == "host" and sw.tables.name(table_id) == "to_vm":
             return self._refuse_no_port(sw, data)
+        if sw is not None and sw.node.role == "host" and sw.tables.name(table_id) == "from_endpoint":
+            return self._gateway_error(sw, in_port, data)
         if sw is None or sw.node.role != "host" or sw.tables.name(table_id) != "pair":
             self.stats["packet_ins_ignored"] += 1
             return []
@@ -247,6 +250,18 @@ class Logic:
                         "%d refused so far", sw.node.name, "Platform_IP", dst, *self.snat_ports,
                         self.stats["connections_refused_no_port"])
         return [PacketOut(frame, OFPP_CONTROLLER, (Output(sw.ports.xlat),))]
+
+    def _gateway_error(self, sw: Switch, in_port: int, data: bytes) -> list[Message]:
+        """An endpoint's packet the gateway must not forward (hop limit <= 1, or larger
+        than the path MTU; ``from_endpoint`` punts it): the ICMPv6 error goes back out of
+        the port it came in on (service module doc)."""
+        frame = service.gateway_error(data, self.path_mtu)
+        if frame is None:
+            self.stats["packet_ins_ignored"] += 1
+            return []
+        kind = "time_exceeded" if frame[54] == service.ICMP6_TIME_EXCEEDED else "packet_too_big"
+        self.stats[f"icmp6_{kind}_sent"] += 1
+        return [PacketOut(frame, OFPP_CONTROLLER, (Output(in_port),))]
 
     def flow_removed(self, dpid: int, ck: int, reason: int = OFPRR_IDLE_TIMEOUT) -> list[Message]:
         """A pair's flow timed out: free its alias and remove the pair's other flows.

@@ -36,13 +36,14 @@ Choices worth knowing:
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Iterable
 from functools import cache, lru_cache
 from ipaddress import ip_address
 from typing import Any, NamedTuple
 
 from os_ken.lib.pack_utils import msg_pack_into
-from os_ken.ofproto import nicira_ext, ofproto_protocol
+from os_ken.ofproto import nicira_ext, ofproto_common, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as ofpp
 
@@ -52,6 +53,7 @@ from . import (
 )
 from .flows import (
     CT,
+    CheckPktLarger,
     Controller,
     DeleteFlows,
     DeleteStrict,
@@ -153,13 +155,21 @@ def _oxm_tlv_by_os_ken(name: str, value: Any) -> tuple[Any, bytes]:
     return (n[0] if isinstance(n, tuple) else n), bytes(buf)
 
 
+# NXM fields with prerequisites: OVS checks a field's prerequisites against the fields
+# before it in the match (OFPBMC_BAD_PREREQ otherwise), and os-ken orders by OXM type,
+# which puts NXM (class 1) before OpenFlow basic (eth_type, ip_proto). These go last.
+AFTER_PREREQS = frozenset({"nw_ttl"})
+
+
 class EncodedMatch(ofpp.OFPMatch):
-    """An ``OFPMatch`` whose TLVs come from the cache, in os-ken's order (by OXM type)."""
+    """An ``OFPMatch`` whose TLVs come from the cache, in os-ken's order (by OXM type),
+    except that ``AFTER_PREREQS`` fields come after the fields they depend on."""
 
     def __init__(self, items: Iterable[tuple[str, Any]] = ()):
         items = list(items)
         super().__init__(_ordered_fields=items)
-        tlvs = sorted((_oxm_tlv(name, value) for name, value in items), key=lambda t: t[0])
+        tlvs = sorted((((name in AFTER_PREREQS, key), tlv) for name, value in items
+                       for key, tlv in (_oxm_tlv(name, value),)), key=lambda t: t[0])
         self._tlvs = b"".join(t for _, t in tlvs)
 
     def serialize(self, buf: bytearray, offset: int) -> int:
@@ -258,7 +268,21 @@ def action(datapath: Any, tables: TableMap | None, a: flows.Action) -> Any:
         return parser.OFPActionOutput(ofp.OFPP_CONTROLLER, a.max_len)
     if isinstance(a, Resubmit):
         return parser.NXActionResubmitTable(table_id=_table_id(tables, a.table))
+    if isinstance(a, CheckPktLarger):
+        return EncodedAction(check_pkt_larger(a), a)
     raise FlowError(f"not a flow-language action: {a!r}")
+
+
+NXAST_CHECK_PKT_LARGER = 49
+NXM_NX_REG_CLASS = 0x0001
+
+
+def check_pkt_larger(a: CheckPktLarger) -> bytes:
+    """NXAST_CHECK_PKT_LARGER, which os-ken does not know (OVS nx_action_check_pkt_larger:
+    vendor header, subtype, pkt_len, offset, the destination's NXM header, zeros to 24)."""
+    dst = (NXM_NX_REG_CLASS << 16) | (int(a.dst.removeprefix("reg")) << 9) | 4
+    return struct.pack("!HHIHHHI6x", ofp.OFPAT_EXPERIMENTER, 24, ofproto_common.NX_EXPERIMENTER_ID,
+                       NXAST_CHECK_PKT_LARGER, a.pkt_len, a.ofs, dst)
 
 
 def actions(datapath: Any, tables: TableMap | None, acts: Iterable[flows.Action]) -> list:

@@ -12,6 +12,8 @@ Host pipeline (table ids in brackets)::
      │                                 └ tun_src=a known host ─► to_endpoint [11]
      ├ in_port=s-<endpoint> ─► from_endpoint [10]: NS for fe80::1 ─► nd_reply [12] ─► nd_tll [13]
      │                                          dst in fd41::/16 ─► Geneve to the appliance
+     │                                          (hop limit <= 1, or > path MTU ─► meter ─► controller:
+     │                                           the gateway's ICMPv6 Time Exceeded / Packet Too Big)
      ├ in_port=xlat0 ─► from_translator [30]: IPv4 from a pair alias ─► ct(VNet zone, SNAT) ─► to_vm [33]
      │                                       IPv6 back from TAYGA ─► ct(v6 DNAT zone) ─► v6_unsnat [31]
      │                                                    ─► ct(v6 SNAT zone) ─► to_service [32]
@@ -89,6 +91,9 @@ PRIO_MISS = 0          # table-miss: drop (counted) or punt
 PRIO_DEFAULT = 10      # catch-all of a stage (e.g. "all other IPv6 from TAYGA")
 PRIO_MATCH = 100       # the normal, specific flows
 PRIO_SPECIFIC = 110    # exceptions inside a stage (ND before routing, +snat before +rel)
+PRIO_TOO_BIG = 120     # from_endpoint: larger than the path MTU -> Packet Too Big (punt)
+PRIO_HOP_LIMIT = 130   # from_endpoint: hop limit 0/1 -> Time Exceeded (punt), before size
+PRIO_UNPARSED = 140    # from_endpoint: headers OVS could not parse (no hop limit seen): drop
 PRIO_DENY = 200        # short-lived drops of refused pairs
 
 # ---------------------------------------------------------------------------
@@ -114,8 +119,12 @@ VNI = 0x6464
 # NA flags in nd_reserved: Router, Solicited, Override
 NA_FLAGS_RSO = 0xE0000000
 
-# Meter on the packet-in path (new pairs)
+# Meter on the packet-in path (new pairs, refusals, the gateway's ICMPv6 errors)
 PACKET_IN_METER = 1
+
+# The register bit check_pkt_larger sets in classify for an endpoint's packets that are
+# larger than the path MTU (matched in from_endpoint)
+TOO_BIG_REG, TOO_BIG_BIT = "reg0", 0
 
 # ---------------------------------------------------------------------------
 # Cookies

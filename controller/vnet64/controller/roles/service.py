@@ -12,25 +12,41 @@ in ``from_tunnel`` the flows that accept return traffic from known hosts.
 - From the tunnel, only packets whose outer source is a known host are
   accepted; ``to_endpoint`` delivers IPv6 from a platform address to the
   local endpoint it is addressed to.
+- The service host is the endpoint's first-hop router (the virtual gateway
+  fe80::1), so it answers what a router must (RFC 8200, RFC 4443): a packet
+  to fd41::/16 with hop limit 0 or 1 is not forwarded but punted (metered)
+  and answered with an ICMPv6 Time Exceeded; one larger than the path MTU
+  (``classify`` runs ``check_pkt_larger``, ``from_endpoint`` matches the
+  bit) is punted and answered with a Packet Too Big carrying that MTU. The
+  hop limit is checked first, as a router does before it picks a link. A
+  packet whose headers OVS could not parse (no upper layer found, so no hop
+  limit either) is dropped before both.
 Everything else an endpoint sends is dropped by the stage's miss flow.
 """
 
 from __future__ import annotations
 
+import struct
+
 from ... import address, gateway
-from ..flows import (ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, Flow, Match, Move, Output, SetField,
-                     flow)
+from ..flows import (ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, CheckPktLarger, Controller, Flow,
+                     Match, Move, Output, SetField, flow)
 from ..model import Model, Node
-from ..pipeline import (NA_FLAGS_RSO, PRIO_MATCH, PRIO_SPECIFIC, VNI, cookie)
+from ..pipeline import (NA_FLAGS_RSO, PACKET_IN_METER, PRIO_HOP_LIMIT, PRIO_MATCH, PRIO_SPECIFIC,
+                        PRIO_TOO_BIG, PRIO_UNPARSED, TOO_BIG_BIT, TOO_BIG_REG, VNI, cookie)
 from . import Ports
 
 STEERING = address.STEERING_PREFIX
 ND_NS, ND_NA = 135, 136
 ND_OPT_TLL = 2
+ETH_HEADER = 14            # check_pkt_larger counts the Ethernet header
 
 
-def endpoint_flows(model: Model, node: Node, ports: Ports) -> list[Flow]:
-    """Encapsulation, ND and delivery for every endpoint whose port is on this node."""
+def endpoint_flows(model: Model, node: Node, ports: Ports, path_mtu: int | None = None) -> list[Flow]:
+    """Encapsulation, ND and delivery for every endpoint whose port is on this node.
+
+    ``path_mtu``: the largest IPv6 packet the platform carries to a VM (None: no
+    Packet Too Big check)."""
     appliance = model.appliance_node()
     out: list[Flow] = []
     for ep in model.endpoints_on(node.name):
@@ -38,12 +54,26 @@ def endpoint_flows(model: Model, node: Node, ports: Ports) -> list[Flow]:
         if port is None:
             continue
         c = cookie("host", "endpoint", ep.name)
-        out.append(flow("classify", PRIO_MATCH, {"in_port": port}, goto="from_endpoint", cookie=c))
+        size_check = [CheckPktLarger(path_mtu + ETH_HEADER, TOO_BIG_REG, TOO_BIG_BIT)] if path_mtu else []
+        out.append(flow("classify", PRIO_MATCH, {"in_port": port}, size_check, goto="from_endpoint",
+                        cookie=c))
         out.append(flow("from_endpoint", PRIO_SPECIFIC,
                         {"in_port": port, "eth_type": ETH_IPV6, "ip_proto": PROTO_ICMPV6,
                          "icmpv6_type": ND_NS, "ipv6_nd_target": gateway.SERVICE_GATEWAY_IPV6},
                         goto="nd_reply", cookie=c))
         if appliance is not None and ports.geneve is not None:
+            steered = {"in_port": port, "eth_type": ETH_IPV6, "ipv6_src": ep.ipv6, "ipv6_dst": STEERING}
+            # OVS stops parsing at an extension header it cannot read (e.g. a jumbo payload,
+            # payload length 0): such a flow has no upper layer (ip_proto 0) and no hop
+            # limit (nw_ttl 0). Dropped here, so it is not taken for hop limit 0 and punted.
+            out.append(flow("from_endpoint", PRIO_UNPARSED, {**steered, "ip_proto": 0}, [], cookie=c))
+            for hop_limit in (0, 1):    # nw_ttl is the hop limit for IPv6; it cannot be masked
+                out.append(flow("from_endpoint", PRIO_HOP_LIMIT, {**steered, "nw_ttl": hop_limit},
+                                [Controller()], meter=PACKET_IN_METER, cookie=c))
+            if path_mtu:
+                bit = 1 << TOO_BIG_BIT
+                out.append(flow("from_endpoint", PRIO_TOO_BIG, {**steered, TOO_BIG_REG: (bit, bit)},
+                                [Controller()], meter=PACKET_IN_METER, cookie=c))
             out.append(flow("from_endpoint", PRIO_MATCH,
                             {"in_port": port, "eth_type": ETH_IPV6, "ipv6_src": ep.ipv6,
                              "ipv6_dst": STEERING},
@@ -87,3 +117,82 @@ def peer_flows(model: Model, node: Node) -> list[Flow]:
                         Match.of(tun_ipv4_src=peer.underlay_ip, tunnel_id=VNI),
                         goto="to_endpoint", cookie=cookie("host", "peer", peer.name)))
     return out
+
+
+# ---------------------------------------------------------------------------
+# The gateway's ICMPv6 errors (RFC 4443)
+
+ICMP6_PACKET_TOO_BIG, ICMP6_TIME_EXCEEDED = 2, 3
+ICMP6_HOP_LIMIT_EXCEEDED = 0          # Time Exceeded code 0: hop limit exceeded in transit
+IPV6_MIN_MTU = 1280                   # an ICMPv6 error fits in it, quote included (RFC 4443 2.4(c))
+ERROR_HOP_LIMIT = 64
+EXT_HEADERS = (0, 43, 60)             # hop-by-hop, routing, destination options
+FRAGMENT = 44
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _is_icmp6_error(ip: bytes) -> bool:
+    """Whether the IPv6 packet ``ip`` carries an ICMPv6 error (types 0-127), walking the
+    extension headers (a non-first fragment is not known to be one)."""
+    nh, off = ip[6], 40
+    while nh in EXT_HEADERS or nh == FRAGMENT:
+        if len(ip) < off + 8:
+            return False
+        if nh == FRAGMENT:
+            if struct.unpack_from("!H", ip, off + 2)[0] & 0xFFF8:
+                return False
+            nh, off = ip[off], off + 8
+        else:
+            nh, off = ip[off], off + (ip[off + 1] + 1) * 8
+    return nh == PROTO_ICMPV6 and len(ip) > off and ip[off] < 128
+
+
+def gateway_error(frame: bytes, path_mtu: int | None = None) -> bytes | None:
+    """The virtual gateway's answer to a packet an endpoint sent that it must not forward
+    (``from_endpoint`` punts them), as a frame back to the endpoint:
+
+    - hop limit 0 or 1: ICMPv6 Time Exceeded, code 0 (RFC 8200 4, RFC 4443 3.3) - checked
+      first, as a router does before it looks at the outgoing link;
+    - longer than ``path_mtu``: ICMPv6 Packet Too Big with that MTU (RFC 4443 3.2).
+
+    Either quotes the packet, as much as fits in 1280 bytes (RFC 4443 2.4(c)). Source
+    fe80::1, the gateway's address: RFC 4443 2.2 wants a unicast address of the node that
+    answers, chosen as for any packet it sends to that destination; fe80::1 is the only
+    address the gateway owns, and it is on the endpoint's link (a platform address as
+    source would say a VM answered, which would be false). Destination: the packet's
+    source; Ethernet from the gateway MAC to the packet's source MAC.
+
+    None for anything else, and never in answer to an ICMPv6 error or to a packet from
+    an unspecified or multicast source or to a multicast destination (RFC 4443 2.4(e))."""
+    if len(frame) < ETH_HEADER + 40 or struct.unpack_from("!H", frame, 12)[0] != ETH_IPV6:
+        return None
+    ip = frame[ETH_HEADER:]
+    if ip[0] >> 4 != 6:
+        return None
+    plen = struct.unpack_from("!H", ip, 4)[0]
+    if plen and 40 + plen < len(ip):     # Ethernet padding is not part of the packet
+        ip = ip[:40 + plen]
+    src, dst, hop_limit = ip[8:24], ip[24:40], ip[7]
+    if src == bytes(16) or src[0] == 0xFF or dst[0] == 0xFF or _is_icmp6_error(ip):
+        return None
+    if hop_limit <= 1:
+        head = struct.pack("!BBHI", ICMP6_TIME_EXCEEDED, ICMP6_HOP_LIMIT_EXCEEDED, 0, 0)
+    elif path_mtu and len(ip) > path_mtu:
+        head = struct.pack("!BBHI", ICMP6_PACKET_TOO_BIG, 0, 0, path_mtu)
+    else:
+        return None
+    icmp = head + ip[:IPV6_MIN_MTU - 40 - len(head)]
+    me = gateway.SERVICE_GATEWAY_IPV6.packed
+    pseudo = me + src + struct.pack("!IxxxB", len(icmp), PROTO_ICMPV6)
+    icmp = icmp[:2] + struct.pack("!H", _checksum(pseudo + icmp)) + icmp[4:]
+    ipv6 = struct.pack("!IHBB", 6 << 28, len(icmp), PROTO_ICMPV6, ERROR_HOP_LIMIT) + me + src
+    eth = frame[6:12] + bytes.fromhex(gateway.GATEWAY_MAC.replace(":", "")) + struct.pack("!H", ETH_IPV6)
+    return eth + ipv6 + icmp
