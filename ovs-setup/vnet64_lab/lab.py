@@ -410,7 +410,9 @@ class Lab:
                 [sh.tool("ip"), "netns", "exec", plan.ctl_ns, sys.executable, "-m",
                  CONTROLLER_MODULE, "--ofp-listen-host", str(plan.controller_ip.ip),
                  "--ofp-tcp-listen-port", str(P.OF_PORT),
-                 "--vnet64-nb-remote", plan.nb_tcp_remote],
+                 "--vnet64-nb-remote", plan.nb_tcp_remote,
+                 # the endpoints' (and the translator's) MTU: above it, Packet Too Big
+                 "--vnet64-path-mtu", str(plan.settings.overlay_mtu)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         (ctl_dir / "controller.pid").write_text(f"{proc.pid}\n")

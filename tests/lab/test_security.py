@@ -639,11 +639,6 @@ def missed(node: str, table: int) -> Callable[[dict, dict], bool]:
     return lambda b, a: misses(b["tables"][node], a["tables"][node], table) >= 1
 
 
-def icmp6_to_svc1(kind) -> Callable[[list, dict | None], bool]:
-    """Whether svc1 got an ICMPv6 error of class ``kind`` (quoting the case's packet)."""
-    return lambda pkts, _: any(p.haslayer(kind) and norm(p[IPv6].dst) == SVC1 for p in pkts)
-
-
 def gateway_error_to_svc1(kind, marker: str) -> Callable[[list, dict | None], bool]:
     """Whether svc1 got, from the gateway (fe80::1, its MAC), an ICMPv6 error of class
     ``kind`` quoting the case's packet (its marker), with the path MTU ``send`` returned
@@ -752,20 +747,20 @@ BAD: dict[str, Bad] = {
         frames(lambda e, m: [udp6(e, m, size=vif(e.plan, "svc1").mtu)]), None,
         "translated: 1442 bytes of IPv6 reach a-vm1 as 1422 bytes of IPv4"),
     "one-byte-over-the-mtu": Bad(
-        frames(lambda e, m: [udp6(e, m, size=vif(e.plan, "svc1").mtu + 1)]), "host1",
-        "carried to host1 (1493 bytes of Geneve fit the underlay) and dropped there when OVS sends "
-        "it to xlat0 (ovs-vswitchd logs 'Message too long')",
-        log=("host1", "xlat0: Message too long"), mtu=1500,
-        gap="RFC 8200: no ICMPv6 Packet Too Big reaches svc1", rfc_done=icmp6_to_svc1(ICMPv6PacketTooBig)),
+        with_path_mtu(frames(lambda e, m: [udp6(e, m, size=vif(e.plan, "svc1").mtu + 1)])), "host2",
+        "host2: larger than the path MTU (1442: what TAYGA's link and the Geneve underlay carry): "
+        "classify's check_pkt_larger marks it, from_endpoint punts it (metered) and the controller "
+        "sends svc1 an ICMPv6 Packet Too Big with MTU 1442 from fe80::1 quoting it (RFC 8200, 4443)",
+        grew(("from_endpoint", "too_big")), mtu=1500,
+        rfc_done=gateway_error_to_svc1(ICMPv6PacketTooBig, "mal-one-byte-over-the-mtu")),
     "1500-bytes": Bad(
-        frames(lambda e, m: [udp6(e, m, size=1500)]), "host2",
-        "host2: 1550 bytes of Geneve do not fit the 1500-byte underlay; OVS drops it on ul0 "
-        "(ovs-vswitchd logs 'Message too long')",
-        log=("host2", "ul0: Message too long"), mtu=9000,
-        gap="RFC 8200: no ICMPv6 Packet Too Big reaches svc1", rfc_done=icmp6_to_svc1(ICMPv6PacketTooBig)),
+        with_path_mtu(frames(lambda e, m: [udp6(e, m, size=1500)])), "host2", "as 1443 bytes",
+        grew(("from_endpoint", "too_big")), mtu=9000,
+        rfc_done=gateway_error_to_svc1(ICMPv6PacketTooBig, "mal-1500-bytes")),
     "9000-bytes": Bad(
-        frames(lambda e, m: [udp6(e, m, size=9000)]), "host2", "as 1500 bytes",
-        log=("host2", "ul0: Message too long"), mtu=9000),
+        with_path_mtu(frames(lambda e, m: [udp6(e, m, size=9000)])), "host2", "as 1443 bytes",
+        grew(("from_endpoint", "too_big")), mtu=9000,
+        rfc_done=gateway_error_to_svc1(ICMPv6PacketTooBig, "mal-9000-bytes")),
 }
 
 
