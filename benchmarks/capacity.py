@@ -991,11 +991,15 @@ def report(args, runs: list[dict], started: datetime) -> str:
     if rp > 0.5 or rb > 0.5:
         notes.append(
             f"- Closing all at once, the client retransmitted {rp:.1f} segments per connection on "
-            f"the platform and {rb:.1f} on the conntrack-only path (kernel input-backlog drops: "
-            f"{rng(t['softnet_drops'] for t in burst_p)} / {rng(t['softnet_drops'] for t in burst_b)}): "
-            "a burst of thousands of FINs is partly lost on the way on *both* paths and recovered "
-            "by TCP's retransmission timer, so that rate measures the timer's backoff more than "
-            "either data path. The batched rate is the comparison to read.")
+            f"the platform and {rb:.1f} on the conntrack-only path, and the kernel's input backlog "
+            "(`net.core.netdev_max_backlog` per CPU, machine-wide `/proc/net/softnet_stat`) "
+            f"dropped {rng(t['softnet_drops'] for t in burst_p)} / "
+            f"{rng(t['softnet_drops'] for t in burst_b)} packets meanwhile: a burst of thousands "
+            "of FINs is partly lost and recovered by TCP's retransmission timer, so that rate is "
+            "set by the timer's backoff and varies a lot between runs"
+            + ("; here the platform, whose path crosses more kernel queues (veths, TAYGA's tun), "
+               "lost more of the burst" if rp > 1.5 * rb else "")
+            + ". The batched rate is the steadier comparison.")
     if notes:
         lines += ["", "## Notes", "", *notes]
     lines += ["", "## How", "", "```", " ".join(args.argv), "```", "", "Run log:", "", "```", *LOG,
