@@ -52,6 +52,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from ... import gateway
 from ..flows import (CT, ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, Controller, Flow, Match,
                      Move, Nat, Output, Resubmit, SetField, ct_state, flow)
+from ..inet import checksum
 from ..model import VM, Endpoint, Model, Node
 from ..pipeline import (PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_MATCH, PRIO_MISS,
                         PRIO_SPECIFIC, VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, cookie)
@@ -289,15 +290,6 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 ICMP_QUOTE = 548        # bytes of the refused datagram quoted (RFC 1812 4.3.2.3: <= 576 in all)
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def refusal(frame: bytes, xlat_mac: str) -> bytes | None:
     """The frame that refuses a connection NAT found no port for, as the VM's address,
     addressed to TAYGA (which takes it back to the service through the IPv6 zones):
@@ -310,8 +302,8 @@ def refusal(frame: bytes, xlat_mac: str) -> bytes | None:
 
     None if ``frame`` is not Ethernet/IPv4, is a reset, or is an ICMP error (never
     answer an error with an error, RFC 1122 3.2.2). (An ICMP error about TCP is not
-    used: OVS 3.1's userspace conntrack leaves the ICMPv6 error TAYGA makes of it
-    invalid after the first IPv6 NAT zone, so it never reached the service.)"""
+    used: OVS 3.1's userspace conntrack marks the ICMPv6 error TAYGA makes of it invalid
+    in the IPv6 SNAT zone, so it never reached the service.)"""
     if len(frame) < 34 or struct.unpack_from("!H", frame, 12)[0] != 0x0800:
         return None
     ip = frame[14:]
@@ -336,15 +328,15 @@ def refusal(frame: bytes, xlat_mac: str) -> bytes | None:
             rst = struct.pack("!HHIIBBHHH", dport, sport, 0, (seq + seg_len) & 0xFFFFFFFF, 5 << 4,
                               TCP_RST | TCP_ACK, 0, 0, 0)
         pseudo = dst + src + struct.pack("!BBH", 0, 6, len(rst))
-        rst = rst[:16] + struct.pack("!H", _checksum(pseudo + rst)) + rst[18:]
+        rst = rst[:16] + struct.pack("!H", checksum(pseudo + rst)) + rst[18:]
         return eth + _ipv4(dst, src, 6, rst)
     if proto == 1 and len(ip) > ihl and ip[ihl] not in (0, 8):   # only echo may be refused
         return None
     icmp = struct.pack("!BBHI", ICMP_UNREACH, ICMP_ADMIN_PROHIBITED, 0, 0) + ip[:min(total, ICMP_QUOTE)]
-    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
     return eth + _ipv4(dst, src, 1, icmp)
 
 
 def _ipv4(src: bytes, dst: bytes, proto: int, payload: bytes) -> bytes:
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0, src, dst)
-    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + payload
+    return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + payload

@@ -31,6 +31,7 @@ import struct
 from ... import address, gateway
 from ..flows import (ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, CheckPktLarger, Controller, Flow,
                      Match, Move, Output, SetField, flow)
+from ..inet import checksum
 from ..model import Model, Node
 from ..pipeline import (NA_FLAGS_RSO, PACKET_IN_METER, PRIO_HOP_LIMIT, PRIO_MATCH, PRIO_SPECIFIC,
                         PRIO_TOO_BIG, PRIO_UNPARSED, TOO_BIG_BIT, TOO_BIG_REG, VNI, cookie)
@@ -130,15 +131,6 @@ EXT_HEADERS = (0, 43, 60)             # hop-by-hop, routing, destination options
 FRAGMENT = 44
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _is_icmp6_error(ip: bytes) -> bool:
     """Whether the IPv6 packet ``ip`` carries an ICMPv6 error (types 0-127), walking the
     extension headers (a non-first fragment is not known to be one)."""
@@ -192,7 +184,7 @@ def gateway_error(frame: bytes, path_mtu: int | None = None) -> bytes | None:
     icmp = head + ip[:IPV6_MIN_MTU - 40 - len(head)]
     me = gateway.SERVICE_GATEWAY_IPV6.packed
     pseudo = me + src + struct.pack("!IxxxB", len(icmp), PROTO_ICMPV6)
-    icmp = icmp[:2] + struct.pack("!H", _checksum(pseudo + icmp)) + icmp[4:]
+    icmp = icmp[:2] + struct.pack("!H", checksum(pseudo + icmp)) + icmp[4:]
     ipv6 = struct.pack("!IHBB", 6 << 28, len(icmp), PROTO_ICMPV6, ERROR_HOP_LIMIT) + me + src
     eth = frame[6:12] + bytes.fromhex(gateway.GATEWAY_MAC.replace(":", "")) + struct.pack("!H", ETH_IPV6)
     return eth + ipv6 + icmp
