@@ -91,7 +91,7 @@ if "--agent" not in sys.argv:         # agents (below) need only the standard li
     sys.path.insert(0, str(ROOT / "ovs-setup"))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import pair_setup as ps
-    from pair_setup import CpuMeter, flow_count
+    from pair_setup import CpuMeter, flow_count, how_section, interrupted
     from vnet64 import topology
     from vnet64_lab import Lab, sh
     from vnet64_lab.ovs import OvsNode
@@ -1002,16 +1002,11 @@ def report(args, runs: list[dict], started: datetime) -> str:
             + ". The batched rate is the steadier comparison.")
     if notes:
         lines += ["", "## Notes", "", *notes]
-    lines += ["", "## How", "", "```", " ".join(args.argv), "```", "", "Run log:", "", "```", *LOG,
-              "```"]
+    lines += how_section(args.argv, LOG)
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------
-
-
-def _interrupted(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def raise_nofile() -> int:
@@ -1079,7 +1074,7 @@ def main() -> int:
     if not re.fullmatch(r"v64[a-z0-9]*-", args.prefix):
         parser.error("--prefix must look like v64X-")
     nofile = raise_nofile()
-    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     started = datetime.now(UTC)
     note(f"capacity: {args.runs} run(s), targets "
          f"{', '.join(f'{v}:{p}' for v, p in args.targets)}, lab {args.prefix} in {args.run_dir}, "

@@ -67,7 +67,8 @@ sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pair_setup import CpuMeter, cpu_ticks, med, rng, thread_ticks, yes_no  # noqa: E402
+from pair_setup import (CpuMeter, cpu_ticks, how_section, med, rng, thread_ticks,  # noqa: E402
+                        yes_no)
 from vnet64.controller.pipeline import tables_for  # noqa: E402
 from vnet64_lab import Lab, sh  # noqa: E402
 from vnet64_lab.ovs import OvsNode, terminate  # noqa: E402
@@ -973,8 +974,7 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
               "ovs-vswitchd RSS (kB): " + ", ".join(f"{k} {v}" for k, v in jump["ovs_rss_kb"].items()) + "."]
     if args.findings:
         lines += ["", "## Findings", "", *args.findings]
-    lines += ["", "## How", "", "```", " ".join(args.argv), "```", "", "Run log:", "", "```",
-              *LOG, "```"]
+    lines += how_section(args.argv, LOG)
     return "\n".join(lines) + "\n"
 
 

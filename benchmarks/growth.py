@@ -76,7 +76,8 @@ sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pair_setup import CpuMeter, cpu_ticks, flow_count, summarise_profile  # noqa: E402
+from pair_setup import (CpuMeter, flow_count, how_section, interrupted,  # noqa: E402
+                        seconds_until_idle, summarise_profile)
 from vnet64 import address, topology  # noqa: E402
 from vnet64.nb import api as nbapi  # noqa: E402
 from vnet64_lab import Lab, sh  # noqa: E402
@@ -248,17 +249,11 @@ class Growth:
     def settle(self, timeout: float = 600.0) -> float:
         """Seconds until the controller is idle (< 10 % of a core for 1 s, twice in a row);
         ``timeout`` (and a note) if it never is."""
-        t0 = time.monotonic()
-        quiet = 0
-        while quiet < 2:
-            c0 = cpu_ticks(self.controller_pid)
-            time.sleep(1.0)
-            busy = 100.0 * (cpu_ticks(self.controller_pid) - c0) / CpuMeter.HZ
-            quiet = quiet + 1 if busy < 10 else 0
-            if time.monotonic() - t0 > timeout:
-                note(f"the controller stayed busy for {timeout:g}s; measuring anyway")
-                return timeout
-        return time.monotonic() - t0 - 2.0
+        seconds = seconds_until_idle(self.controller_pid, timeout)
+        if seconds is None:
+            note(f"the controller stayed busy for {timeout:g}s; measuring anyway")
+            return timeout
+        return seconds
 
     def add_host_ports(self, p: int) -> float:
         """P patch ports v-g0 .. v-g<P-1> on host1's br-int, in one transaction."""
@@ -535,13 +530,8 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
                 f"{r['nb_counts']['Host_Mapping']} | {r['log_errors']} |")
     if args.notes:
         lines += ["", "## Notes", "", *args.notes]
-    lines += ["", "## How", "", "```", " ".join(args.argv), "```", "", "Run log:", "", "```", *LOG,
-              "```"]
+    lines += how_section(args.argv, LOG)
     return "\n".join(lines) + "\n"
-
-
-def _interrupted(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main() -> int:
@@ -584,7 +574,7 @@ def main() -> int:
         print("growth.py needs root (network namespaces, OVS)", file=sys.stderr)
         return 2
     # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so the lab is taken down
-    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     started = datetime.now(UTC)
     bench = Growth(args)
     rows: dict[int, list[dict]] = {n: [] for n in sizes}

@@ -232,6 +232,31 @@ def flow_count(node: OvsNode, table: str | None = None) -> int:
     return int(m.group(1)) if m else -1
 
 
+def seconds_until_idle(pid: int, timeout: float) -> float | None:
+    """Seconds until process ``pid`` uses < 10 % of a core for 1 s, twice in a row (the
+    two quiet seconds not counted); None if it is still busy after ``timeout``."""
+    t0 = time.monotonic()
+    quiet = 0
+    while quiet < 2:
+        c0 = cpu_ticks(pid)
+        time.sleep(1.0)
+        busy = 100.0 * (cpu_ticks(pid) - c0) / CpuMeter.HZ
+        quiet = quiet + 1 if busy < 10 else 0
+        if time.monotonic() - t0 > timeout:
+            return None
+    return time.monotonic() - t0 - 2.0
+
+
+def how_section(argv: list[str], log: list[str]) -> list[str]:
+    """The last section of every benchmark's report: its command line and run log."""
+    return ["", "## How", "", "```", " ".join(argv), "```", "", "Run log:", "", "```", *log, "```"]
+
+
+def interrupted(signum, frame) -> None:
+    """SIGTERM handler: unwind like Ctrl-C, so the benchmark's cleanup runs."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -643,16 +668,9 @@ class Bench:
         its flows are in (each one recomputes the switch's proactive flows); after an
         overload, packet-ins queued in OVS keep arriving for a while.
         """
-        t0 = time.monotonic()
-        quiet = 0
-        while quiet < 2:
-            c0 = cpu_ticks(self.controller_pid)
-            time.sleep(1.0)
-            busy = 100.0 * (cpu_ticks(self.controller_pid) - c0) / CpuMeter.HZ
-            quiet = quiet + 1 if busy < 10 else 0
-            if time.monotonic() - t0 > timeout:
-                raise RuntimeError(f"the controller stayed busy for {timeout:g}s {when}")
-        seconds = time.monotonic() - t0 - 2.0
+        seconds = seconds_until_idle(self.controller_pid, timeout)
+        if seconds is None:
+            raise RuntimeError(f"the controller stayed busy for {timeout:g}s {when}")
         if log:
             self.note(f"controller busy for {seconds:.0f}s more {when}")
         return seconds
@@ -1106,8 +1124,7 @@ def report(args, large: Bench, small: Bench | None, p1: list[dict], whatif: list
                 "endpoint ports. Every ovs-vswitchd of the userspace datapath polls all its "
                 "ports from its main loop, so idle ports cost time on every packet.",
                 args, names, p2_large, judge=False)
-    lines += ["", "## How", "", "```", " ".join(args.argv), "```", "", "Run log:", "", "```",
-              *LOG, "```"]
+    lines += how_section(args.argv, LOG)
     return "\n".join(lines) + "\n"
 
 

@@ -73,7 +73,8 @@ sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import pair_setup  # noqa: E402
-from pair_setup import (Bench, CpuMeter, PairPool, Pinger, closed_loop, open_loop, summarise_profile)
+from pair_setup import (Bench, CpuMeter, PairPool, Pinger, closed_loop, how_section,  # noqa: E402
+                        interrupted, open_loop, summarise_profile)
 from vnet64.controller.pipeline import HOST_TABLES, cookie  # noqa: E402
 from vnet64_lab import sh  # noqa: E402
 from vnet64_lab.traffic import LINE_PORT, LineSession, start_echo_server  # noqa: E402
@@ -443,13 +444,8 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
                      "(size not run) | - |")
     if args.notes:
         lines += ["", "## Notes", "", *args.notes]
-    lines += ["", "## How", "", "```", " ".join(args.argv), "```", "", "Run log:", "", "```", *LOG,
-              "```"]
+    lines += how_section(args.argv, LOG)
     return "\n".join(lines) + "\n"
-
-
-def _interrupted(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main() -> int:
@@ -497,7 +493,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("resync.py needs root (network namespaces, OVS)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     started = datetime.now(UTC)
     rows: dict[int, list[dict]] = {n: [] for n in sizes}
     bench = Resync(args)

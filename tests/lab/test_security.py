@@ -56,6 +56,7 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.l2 import ARP, Ether
 from vnet64 import gateway
+from vnet64.controller.pipeline import HOST_TABLES
 from vnet64.nb import api as nbapi
 from vnet64_lab import Lab, sh
 
@@ -140,9 +141,11 @@ VIP = "100.100.0.9"
 ANALYTICS_VMS, BACKUP_VMS = ("a-vm1", "b-vm1"), ("a-vm2", "a-db1", "c-vm1", "d-vm1")
 VMS = (*ANALYTICS_VMS, *BACKUP_VMS, "a-vm3")
 GW = gateway.GATEWAY_MAC
-# host pipeline tables (pipeline.HOST_TABLES) and the appliance's
-CLASSIFY, FROM_TUNNEL, FROM_ENDPOINT, TO_ENDPOINT = 0, 1, 10, 11
-FROM_VM, VM_RETURN, TO_TRANSLATOR = 40, 42, 50
+# host pipeline tables, from the controller's one table map (the appliance's classify and
+# from_tunnel have the same ids)
+CLASSIFY, FROM_TUNNEL, FROM_ENDPOINT, TO_ENDPOINT, FROM_VM, VM_RETURN = (
+    HOST_TABLES.id(n) for n in ("classify", "from_tunnel", "from_endpoint", "to_endpoint",
+                                "from_vm", "vm_return"))
 
 
 class Env:
