@@ -2,11 +2,14 @@
 side reach the other side's stack matched to the right socket").
 
 a-vm1's own firewall (nftables in its namespace) rejects TCP to one port with ICMP
-"administratively prohibited"; svc1's connect() to that port should fail at once with
-EACCES. Known gap (strict xfail, docs/lab.md "Sustained load", last paragraph): TAYGA
-translates the error and the IPv6 DNAT zone un-NATs it, but OVS 3.1's userspace
-conntrack then marks it invalid in the IPv6 SNAT zone, so it never reaches svc1 and
-the connect() times out. Errors about UDP do arrive (test_datapath_edges.py).
+"administratively prohibited"; svc1's connect() to that port must fail at once with
+EACCES, and the ICMPv6 error svc1 receives must quote svc1's own SYN (its address and
+port, the VM's platform address): that is what the kernel matches the socket by.
+
+This goes through the controller: OVS 3.1's userspace conntrack damages the quoted
+source address of an ICMPv6 error about TCP when the v6 DNAT zone un-NATs it, so
+``v6_unsnat`` punts ICMPv6 errors and the controller repairs and re-injects them
+(controller/roles/customer.py module doc); the punt flow's counter proves the path.
 """
 
 from __future__ import annotations
@@ -14,17 +17,16 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from vnet64_lab.traffic import A6, Capture, client, in_ns, ns_of, running_platform
+import vnet64_lab.traffic as _t
+from vnet64_lab.traffic import A6, SVC1, Capture, client, in_ns, ns_of, running_platform
 
-from tests.lab.conftest import ROOT, KnownGap, need_lab, new_lab
+from tests.lab.conftest import ROOT, need_lab, new_lab
+from tests.lab.traffic import Pcap, flow_packets
 
 REJECTED_PORT = 9999
 
 
-@pytest.mark.xfail(strict=True, raises=KnownGap, reason=(
-    "an ICMP error about TCP from a VM is marked invalid by the IPv6 SNAT zone "
-    "(OVS 3.1 userspace conntrack) and never reaches the service"))
-def test_a_vms_icmp_error_about_tcp_reaches_the_service():
+def test_a_vms_icmp_error_about_tcp_reaches_the_service(tmp_path):
     need_lab()
     if not shutil.which("nft"):
         pytest.fail("nft is not installed (apt-get install nftables; scripts/setup.sh does)")
@@ -38,9 +40,19 @@ def test_a_vms_icmp_error_about_tcp_reaches_the_service():
                       "reject", "with", "icmp", "type", "admin-prohibited"]):
             proc = in_ns(vm, "nft", *rule)
             assert proc.returncode == 0, proc.stderr
-        with Capture(vm, "eth0", "icmp", count=1) as sent:
+        with Capture(vm, "eth0", "icmp", count=1) as sent, \
+                Pcap(ns_of(plan, "svc1"), "eth0", tmp_path, bpf="icmp6 and ip6[40] == 1") as got:
             out = client(plan, "tcp", A6, REJECTED_PORT, "x", timeout=3)
             assert sent.done(3), "a-vm1 sent no ICMP error: the test's premise failed"
-        if out == {"error": "TimeoutError"}:
-            raise KnownGap("a-vm1's ICMP admin-prohibited about svc1's SYN never reached svc1")
+            errors = got.wait(lambda p: len(p) >= 1, 3)
         assert out == {"error": "PermissionError"}, out
+        assert errors, "no ICMPv6 destination unreachable reached svc1"
+        err = errors[0]["IPv6"]
+        # TAYGA: ICMPv4 admin-prohibited -> ICMPv6 unreachable, code 1 (RFC 7915 4.2)
+        assert (err.src, err.dst, err.payload.type, err.payload.code) == (A6, SVC1, 1, 1), err.summary()
+        quoted = err.payload.payload      # the IPv6 header of svc1's SYN, as svc1 sent it
+        assert (quoted.src, quoted.dst) == (SVC1, A6), quoted.summary()
+        assert quoted.payload.dport == REJECTED_PORT and quoted.payload.flags == "S", quoted.summary()
+        # ... by way of the controller: the punt flow for ICMPv6 errors counted it
+        punted = flow_packets(plan, "host1", "CONTROLLER", "table=v6_unsnat,icmp6")
+        assert punted >= 1, _t.flows(plan, "host1", "table=v6_unsnat")

@@ -17,6 +17,8 @@ Host pipeline (table ids in brackets)::
      ├ in_port=xlat0 ─► from_translator [30]: IPv4 from a pair alias ─► ct(VNet zone, SNAT) ─► to_vm [33]
      │                                       IPv6 back from TAYGA ─► ct(v6 DNAT zone) ─► v6_unsnat [31]
      │                                                    ─► ct(v6 SNAT zone) ─► to_service [32]
+     │                                       (v6_unsnat: ICMPv6 errors ─► meter ─► controller, which
+     │                                        repairs what OVS 3.1 damaged and re-injects them)
      └ in_port=v-<vm> ─► from_vm [40]: ARP for the gateway ─► arp_reply [41]
                                       IPv4 to Platform_IP ─► ct(VNet zone) ─► vm_return [42] ─► to_translator [50]
   pair [20]: (service IPv6, VM platform IPv6) ─► ct(v6 SNAT zone, src=<xlat /96>::<alias>) ─► v6_dnat [21]
