@@ -69,7 +69,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pair_setup import (CpuMeter, cpu_ticks, how_section, med, rng, thread_ticks,  # noqa: E402
                         yes_no)
-from vnet64.controller.pipeline import tables_for  # noqa: E402
+from vnet64.controller.pipeline import ZONE_ENDPOINTS, tables_for  # noqa: E402
 from vnet64_lab import Lab, sh  # noqa: E402
 from vnet64_lab.ovs import OvsNode, terminate  # noqa: E402
 from vnet64_lab.traffic import A6, SVC1, ns_of, programmed, wait_for  # noqa: E402
@@ -642,7 +642,8 @@ class Bench:
         self.lab_ovs["host2"].ofctl("-O", "OpenFlow15", "add-flow", "br-int", (
             f"cookie={WHATIF_COOKIE},table={host['from_endpoint']},priority=150,ipv6,"
             f"in_port=s-svc1,ipv6_src={SVC1},ipv6_dst={A6},"
-            f"actions=set_field:{VNI}->tun_id,set_field:{h1}->tun_dst,output:geneve0"))
+            f"actions=ct(commit,zone={ZONE_ENDPOINTS}),"   # as the encapsulator does: replies pass
+            f"set_field:{VNI}->tun_id,set_field:{h1}->tun_dst,output:geneve0"))
         self.lab_ovs["host1"].ofctl("-O", "OpenFlow15", "add-flow", "br-int", (
             f"cookie={WHATIF_COOKIE},table={host['from_tunnel']},priority=150,ipv6,"
             f"tun_id={VNI},tun_src={h2},ipv6_dst={A6},actions=goto_table:{host['pair']}"))

@@ -185,6 +185,19 @@ def test_forged_geneve_from_a_non_appliance_is_dropped(p):
     assert t.dropped and not t.punts, str(t)
 
 
+def test_a_known_host_delivers_to_an_endpoint_only_replies_to_what_it_sent(p):
+    """host2 keeps state for its endpoints: a "reply" from host1's address (e.g. a node
+    spoofing it) for a connection svc1 never made stops in ``to_endpoint``."""
+    forged = tcp6(A6, SVC1, 80, 40000, tun_ipv4_src=p.ip("host1"), tunnel_id=VNI, tcp_flags=0x12)
+    t = p.sw["host2"].trace(forged, GENEVE)
+    assert not t.outputs and not t.punts and t.dropped_at == "to_endpoint", str(t)
+    round_trip(p, A6, 10, 40000)              # svc1 -> a-vm1 from port 40000 and back
+    t = p.sw["host2"].trace(forged, GENEVE)   # now the same tuple is a reply
+    assert t.is_output(10, ipv6_src=A6, ipv6_dst=SVC1), str(t)
+    other = tcp6(A6, SVC1, 80, 40001, tun_ipv4_src=p.ip("host1"), tunnel_id=VNI, tcp_flags=0x12)
+    assert p.sw["host2"].trace(other, GENEVE).dropped
+
+
 def test_appliance_drops_unknown_destinations_without_punting(p):
     pkt = tcp6(SVC1, "fd41::3930:99:6600:a00:4", 1, 80, tun_ipv4_src=p.ip("host2"), tunnel_id=VNI)
     t = p.sw["appliance"].trace(pkt, GENEVE)

@@ -9,9 +9,11 @@ Host pipeline (table ids in brackets)::
 
   classify [0] ── in_port=geneve0 ──► from_tunnel [1]
      │                                 ├ tun_src=appliance, dst=local VM's platform IPv6 ─► pair [20]
-     │                                 └ tun_src=a known host ─► to_endpoint [11]
+     │                                 └ tun_src=a known host ─► ct(endpoint zone) ─► to_endpoint [11]
+     │                                   (delivered only as a reply or related to what it sent)
      ├ in_port=s-<endpoint> ─► from_endpoint [10]: NS for fe80::1 ─► nd_reply [12] ─► nd_tll [13]
-     │                                          dst in fd41::/16 ─► Geneve to the appliance
+     │                                          dst in fd41::/16 ─► ct(commit, endpoint zone),
+     │                                                             Geneve to the appliance
      │                                          (hop limit <= 1, or > path MTU ─► meter ─► controller:
      │                                           the gateway's ICMPv6 Time Exceeded / Packet Too Big)
      ├ in_port=xlat0 ─► from_translator [30]: IPv4 from a pair alias ─► ct(VNet zone, SNAT) ─► to_vm [33]
@@ -103,6 +105,7 @@ PRIO_DENY = 200        # short-lived drops of refused pairs
 
 ZONE_V6_SNAT = 65534   # service IPv6 -> <xlat /96>::<alias>
 ZONE_V6_DNAT = 65533   # VM platform IPv6 -> <xlat /96>::<VM IPv4>
+ZONE_ENDPOINTS = 65532  # a service host's endpoints' connections (no NAT): only replies come in
 
 # Conntrack timeouts a host must configure for the controller's zones and for the
 # zones of the VNets it hosts (CT_Timeout_Policy): a closed TCP connection keeps

@@ -51,12 +51,12 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from ... import gateway
 from ..flows import (CT, ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, Controller, Flow,
-                     Match, Move, Nat, Output, Resubmit, SetField, ct_state, flow)
+                     Match, Move, Nat, Output, SetField, ct_state, flow)
 from ..inet import checksum
 from ..model import VM, Endpoint, Model, Node
 from ..pipeline import (PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_MATCH, PRIO_MISS,
                         PRIO_SPECIFIC, VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, cookie)
-from . import Ports
+from . import Ports, service
 
 ALIAS_POOL = IPv4Network("198.18.0.0/15")   # RFC 2544 benchmarking space: never a customer's
 PORT_RANGE = (1024, 65535)
@@ -238,7 +238,7 @@ def to_service_flows(model: Model, node: Node, ports: Ports) -> list[Flow]:
         c = cookie("host", "endpoint", ep.name)
         m = {"eth_type": ETH_IPV6, "ipv6_dst": ep.ipv6, "ct_state": CT_REPLY_OR_RELATED}
         if ep.host == node.name:
-            out.append(flow("to_service", PRIO_MATCH, m, [Resubmit("to_endpoint")], cookie=c))
+            out.append(flow("to_service", PRIO_MATCH, m, [service.to_endpoint()], cookie=c))
             continue
         host = model.node(ep.host)
         if host is None or ports.geneve is None:

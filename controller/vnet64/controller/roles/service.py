@@ -11,7 +11,12 @@ in ``from_tunnel`` the flows that accept return traffic from known hosts.
   refuses to set nd_tll in a flow that matches an NS).
 - From the tunnel, only packets whose outer source is a known host are
   accepted; ``to_endpoint`` delivers IPv6 from a platform address to the
-  local endpoint it is addressed to.
+  local endpoint it is addressed to - only replies to, or errors related to,
+  what the endpoint sent: its packets to the platform are committed in the
+  endpoint zone (``ZONE_ENDPOINTS``, no NAT) on the way out, and what comes
+  back is looked up there first. A node that spoofs a host's underlay address
+  therefore cannot inject "replies" into an endpoint (unless it knows the
+  addresses and ports of a live connection: Geneve itself is not authenticated).
 - The service host is the endpoint's first-hop router (the virtual gateway
   fe80::1), so it answers what a router must (RFC 8200, RFC 4443): a packet
   to fd41::/16 with hop limit 0 or 1 is not forwarded but punted (metered)
@@ -29,18 +34,21 @@ from __future__ import annotations
 import struct
 
 from ... import address, gateway
-from ..flows import (ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, CheckPktLarger, Controller, Flow,
-                     Match, Move, Output, SetField, flow)
+from ..flows import (CT, ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, CheckPktLarger, Controller, Flow,
+                     Match, Move, Output, SetField, ct_state, flow)
 from ..inet import checksum
 from ..model import Model, Node
 from ..pipeline import (NA_FLAGS_RSO, PACKET_IN_METER, PRIO_HOP_LIMIT, PRIO_MATCH, PRIO_SPECIFIC,
-                        PRIO_TOO_BIG, PRIO_UNPARSED, TOO_BIG_BIT, TOO_BIG_REG, VNI, cookie)
+                        PRIO_TOO_BIG, PRIO_UNPARSED, TOO_BIG_BIT, TOO_BIG_REG, VNI,
+                        ZONE_ENDPOINTS, cookie)
 from . import Ports
 
 STEERING = address.STEERING_PREFIX
 ND_NS, ND_NA = 135, 136
 ND_OPT_TLL = 2
 ETH_HEADER = 14            # check_pkt_larger counts the Ethernet header
+CT_REPLY = ct_state("+trk", "+rpl", "-inv")
+CT_RELATED = ct_state("+trk", "+rel", "-inv")
 
 
 def endpoint_flows(model: Model, node: Node, ports: Ports, path_mtu: int | None = None) -> list[Flow]:
@@ -78,14 +86,23 @@ def endpoint_flows(model: Model, node: Node, ports: Ports, path_mtu: int | None 
             out.append(flow("from_endpoint", PRIO_MATCH,
                             {"in_port": port, "eth_type": ETH_IPV6, "ipv6_src": ep.ipv6,
                              "ipv6_dst": STEERING},
-                            [SetField("tunnel_id", VNI),
+                            [CT(zone=ZONE_ENDPOINTS, commit=True),
+                             SetField("tunnel_id", VNI),
                              SetField("tun_ipv4_dst", appliance.underlay_ip),
                              Output(ports.geneve)], cookie=c))
-        out.append(flow("to_endpoint", PRIO_MATCH,
-                        {"eth_type": ETH_IPV6, "ipv6_dst": ep.ipv6, "ipv6_src": STEERING},
-                        [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", ep.mac),
-                         Output(port)], cookie=c))
+        # +rel may come with any other flag, so it cannot share a priority with +rpl
+        for prio, state in ((PRIO_SPECIFIC, CT_REPLY), (PRIO_MATCH, CT_RELATED)):
+            out.append(flow("to_endpoint", prio,
+                            {"eth_type": ETH_IPV6, "ipv6_dst": ep.ipv6, "ipv6_src": STEERING,
+                             "ct_state": state},
+                            [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", ep.mac),
+                             Output(port)], cookie=c))
     return out
+
+
+def to_endpoint() -> CT:
+    """The way into ``to_endpoint``: the endpoint zone's verdict first (module doc)."""
+    return CT(zone=ZONE_ENDPOINTS, table="to_endpoint")
 
 
 def nd_responder_flows() -> list[Flow]:
@@ -115,8 +132,8 @@ def peer_flows(model: Model, node: Node) -> list[Flow]:
         if peer.name == node.name:
             continue
         out.append(flow("from_tunnel", PRIO_MATCH,
-                        Match.of(tun_ipv4_src=peer.underlay_ip, tunnel_id=VNI),
-                        goto="to_endpoint", cookie=cookie("host", "peer", peer.name)))
+                        Match.of(tun_ipv4_src=peer.underlay_ip, tunnel_id=VNI, eth_type=ETH_IPV6),
+                        [to_endpoint()], cookie=cookie("host", "peer", peer.name)))
     return out
 
 
