@@ -255,6 +255,25 @@ def cmd_show(api: Any, args: argparse.Namespace) -> None:
     _emit(args, api.show(args.name))
 
 
+def cmd_connection_set(api: Any, args: argparse.Namespace) -> None:
+    changed = api.set_connections(args.target, args.inactivity_probe)
+    print(("set: " if changed else "unchanged: ") + ", ".join(args.target))
+
+
+def cmd_connection_del(api: Any, args: argparse.Namespace) -> None:
+    print("removed" if api.del_connections() else "there were none")
+
+
+def cmd_connection_list(api: Any, args: argparse.Namespace) -> None:
+    rows = api.connections()
+    if getattr(args, "json", False):
+        _emit(args, rows)
+        return
+    for r in rows:
+        r["status"] = " ".join(f"{k}={v}" for k, v in sorted(r["status"].items())) or None
+    _emit(args, rows, ["target", "inactivity_probe", "is_connected", "status"])
+
+
 def cmd_platform_show(api: Any, args: argparse.Namespace) -> None:
     info = api.platform_info()
     if info is None:
@@ -396,6 +415,26 @@ def build_parser() -> argparse.ArgumentParser:
     hmsub = hm.add_subparsers(dest="hm_cmd", metavar="ACTION", required=True)
     reader(hmsub.add_parser("list", help="list the host mapping")).set_defaults(
         func=_with_nb(_lister("host-mapping")))
+
+    cn = sub.add_parser("connection", help="the NB server's client remotes (besides its unix socket)")
+    cnsub = cn.add_subparsers(dest="connection_cmd", metavar="ACTION", required=True)
+    cs = cnsub.add_parser(
+        "set", help="listen (or connect) on these remotes, replacing the ones set before",
+        description="The NB server reads these remotes from the NB itself, so every member of a "
+                    "Raft cluster uses them. ovsdb-server probes an idle client every 5 s and drops "
+                    "it when it does not answer within another 5 s; a controller parsing a large "
+                    "NB (10k+ subscriptions) for longer is dropped and downloads everything again: "
+                    "give such NBs a longer probe (e.g. 180000) or 0 (no probes).")
+    cs.add_argument("target", nargs="+",
+                    help="ptcp:PORT[:IP], pssl:PORT[:IP], tcp:IP:PORT, ssl:IP:PORT, punix:/PATH or unix:/PATH")
+    cs.add_argument("--inactivity-probe", type=int, metavar="MS",
+                    help="milliseconds of silence before the server probes a client (0: never; "
+                         "default: ovsdb-server's 5000)")
+    cs.set_defaults(func=_with_nb(cmd_connection_set))
+    cnsub.add_parser("del", help="remove them all (the unix socket stays)").set_defaults(
+        func=_with_nb(cmd_connection_del))
+    reader(cnsub.add_parser("list", help="list them, with ovsdb-server's status")).set_defaults(
+        func=_with_nb(cmd_connection_list))
 
     pl = reader(sub.add_parser("platform", help="show the platform settings"))
     pl.set_defaults(func=_with_nb(cmd_platform_show))

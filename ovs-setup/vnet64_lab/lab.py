@@ -240,12 +240,13 @@ class Lab:
 
     def _nb(self, plan: P.Plan) -> dict:
         """Start the NB in the controller namespace and load the topology into it."""
-        server = NbServer(Path(plan.nb_run_dir), extra_remotes=[plan.nb_listen_remote],
-                          netns=plan.ctl_ns)
+        server = NbServer(Path(plan.nb_run_dir), netns=plan.ctl_ns)
         server.start()
         api = nb_api.connect(server.remote)
         try:
             api.load_topology(plan.topology)
+            # the TCP remote the controller uses, kept in the NB with its probe (plan.py)
+            api.set_connections([plan.nb_listen_remote], inactivity_probe=P.NB_INACTIVITY_PROBE_MS)
             info = api.platform_info() or {}
             info["vnet_zones"] = {v["name"]: v["ct_zone"] for v in api.list("vnet")}
             return info

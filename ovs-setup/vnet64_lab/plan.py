@@ -28,6 +28,10 @@ from .settings import LabSettings
 
 OF_PORT = 6653
 NB_PORT = 6641
+# ovsdb-server's inactivity probe on the NB's TCP remote (``vnet64 connection set``): the
+# default 5 s dropped a controller that needs longer to parse a large NB (10k+
+# subscriptions: pure-Python JSON), which then downloaded everything again, in a loop.
+NB_INACTIVITY_PROBE_MS = 180_000
 XLAT_NS_IF = "ovs0"  # translator-namespace side
 XLAT_TUN = "nat64"
 UNDERLAY_IF = "ul0"  # node side of the fabric veth (a port of br-phy)

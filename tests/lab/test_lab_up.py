@@ -102,6 +102,9 @@ def test_nb_is_loaded_from_the_topology(lab):
             {name: n["datapath_id"] for name, n in nodes.items()}
         assert {v["name"] for v in api.list("vm")} == {v.name for v in plan.topology.vms}
         assert len(api.list("subscription")) == len(plan.topology.subscriptions)
+        # the management remote comes from the NB, with the lab's inactivity probe
+        assert [(c["target"], c["inactivity_probe"]) for c in api.connections()] == \
+            [(plan.nb_listen_remote, P.NB_INACTIVITY_PROBE_MS)]
     finally:
         api.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
@@ -255,3 +256,81 @@ def test_database_from_an_older_schema_is_converted_on_start(tmp_path):
             assert "snat_vip" in api.tables["VNet"].columns
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------
+# Client remotes kept in the NB (Platform.connections -> ovsdb-server --remote=db:...)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _silent_client(port: int, timeout: float = 5.0) -> socket.socket:
+    """A TCP client of the NB that never says anything (so it never answers an echo)."""
+    assert nbapi.wait_for(lambda: _accepts(port), timeout), f"nothing listens on {port}"
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return sock
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+def test_connections_come_from_the_nb_with_their_inactivity_probe(loaded_nb):
+    """`vnet64 connection set` makes the running server listen - no restart - and the
+    probe applies: a client that answers nothing gets an echo request after 1 s and is
+    dropped 1 s later; with 0 it is never probed."""
+    port = _free_port()
+    target = f"ptcp:{port}:127.0.0.1"
+    assert loaded_nb.set_connections([target], inactivity_probe=1000) is True
+    assert loaded_nb.set_connections([target], inactivity_probe=1000) is False     # idempotent
+    with _silent_client(port) as sock:
+        said = _read_until_closed(sock)            # the server closes it (or the 5 s timeout raises)
+    assert json.loads(said.split(b"}", 1)[0] + b"}")["method"] == "echo", said
+    assert nbapi.wait_for(lambda: loaded_nb.connections()[0]["status"].get("bound_port") == str(port), 5)
+
+    assert loaded_nb.set_connections([target], inactivity_probe=0) is True
+    assert [(c["target"], c["inactivity_probe"]) for c in loaded_nb.connections()] == [(target, 0)]
+    with _silent_client(port, timeout=3.0) as sock:
+        with pytest.raises(socket.timeout):        # 3 s of silence: no echo, not dropped
+            sock.recv(4096)
+
+    assert loaded_nb.del_connections() is True and loaded_nb.connections() == []
+    assert nbapi.wait_for(lambda: not _accepts(port), 5), "the server still listens after del"
+    assert loaded_nb.del_connections() is False
+
+
+@pytest.mark.parametrize("targets,probe,error", [
+    (["ptcp:70000"], None, "not an OVSDB remote"),
+    (["tcp:nb.example:6641"], None, "not an OVSDB remote"),
+    (["ptcp:6641:10.0.0.300"], None, "not an IP address"),
+    (["ptcp:6641", "udp:1.2.3.4:6641"], None, "not an OVSDB remote"),
+    (["ptcp:6641", "ptcp:6641"], None, "given twice"),
+    (["ptcp:6641"], -1, "0 or more"),
+])
+def test_bad_connections_change_nothing(nb_server, loaded_nb, targets, probe, error):
+    loaded_nb.set_connections([f"punix:{nb_server.run_dir}/extra.sock"], inactivity_probe=30000)
+    before = loaded_nb.connections()
+    with pytest.raises(Invalid, match=error):
+        loaded_nb.set_connections(targets, probe)
+    assert loaded_nb.connections() == before
+
+
+def test_connections_need_the_platform_row(nb):
+    with pytest.raises(Invalid, match="load a topology first"):
+        nb.set_connections(["ptcp:6641"])
+    assert nb.connections() == [] and nb.del_connections() is False

@@ -135,6 +135,19 @@ class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
 
     # -- reads --------------------------------------------------------------
 
+    def set_connections(self, targets: Iterable[str], inactivity_probe: int | None = None) -> bool:
+        """The NB server's client remotes besides its unix socket (True if changed)."""
+        return self.run(cmd.SetConnectionsCommand(self, targets, inactivity_probe))[0]
+
+    def del_connections(self) -> bool:
+        return self.run(cmd.DelConnectionsCommand(self))[0]
+
+    def connections(self) -> list[dict]:
+        platform = next(iter(self.tables["Platform"].rows.values()), None)
+        rows = sorted(platform.connections, key=lambda r: r.target) if platform else []
+        return [{"target": r.target, "inactivity_probe": r.inactivity_probe[0] if r.inactivity_probe else None,
+                 "is_connected": r.is_connected, "status": dict(r.status)} for r in rows]
+
     def _rows(self, table: str) -> list:
         return sorted(self.tables[table].rows.values(), key=lambda r: getattr(r, "name", ""))
 

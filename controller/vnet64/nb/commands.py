@@ -9,8 +9,10 @@ already in the replica's tables and indexes, so later commands find them.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
+from typing import Any, Iterable
 
 from ovsdbapp.backend.ovs_idl import command, idlutils
 
@@ -194,6 +196,75 @@ class SetPlatformCommand(_Command):
         row.region = [region]
         row.appliance = [appliance]
         self.result = row.uuid
+
+
+# ---------------------------------------------------------------------------
+# Client remotes of the NB server (``--remote=db:...,Platform,connections``)
+
+_PORT = r"(?:6553[0-5]|655[0-2]\d|65[0-4]\d{2}|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}|0)"
+_HOST = r"(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\])"
+REMOTE_FORMS = {
+    "ptcp": re.compile(rf"{_PORT}(?::{_HOST})?"), "pssl": re.compile(rf"{_PORT}(?::{_HOST})?"),
+    "tcp": re.compile(rf"{_HOST}:{_PORT}"), "ssl": re.compile(rf"{_HOST}:{_PORT}"),
+    "punix": re.compile(r"/.+"), "unix": re.compile(r"/.+"),
+}
+
+
+def check_remote(target: str) -> str:
+    """``target`` if it is a remote ovsdb-server understands (ovsdb-server(1)), else Invalid."""
+    kind, _, rest = target.partition(":")
+    form = REMOTE_FORMS.get(kind)
+    if form is None or not form.fullmatch(rest):
+        raise Invalid(f"{target!r} is not an OVSDB remote: use ptcp:PORT[:IP], pssl:PORT[:IP], "
+                      f"tcp:IP:PORT, ssl:IP:PORT, punix:/PATH or unix:/PATH")
+    if kind in ("ptcp", "pssl", "tcp", "ssl"):
+        host = rest.split(":", 1)[1] if kind in ("ptcp", "pssl") and ":" in rest else \
+            rest.rsplit(":", 1)[0] if kind in ("tcp", "ssl") else None
+        if host is not None:
+            try:
+                ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                raise Invalid(f"{target!r}: {host} is not an IP address") from None
+    return target
+
+
+class SetConnectionsCommand(_Command):
+    """The NB server's extra client remotes, replacing the ones set before; each with
+    ``inactivity_probe`` ms (None: ovsdb-server's 5 s default; 0: no probes)."""
+
+    def __init__(self, api: Any, targets: Iterable[str], inactivity_probe: int | None = None):
+        super().__init__(api)
+        self.targets = [check_remote(t) for t in targets]
+        if len(set(self.targets)) != len(self.targets):
+            raise Invalid("a target is given twice")
+        if inactivity_probe is not None and inactivity_probe < 0:
+            raise Invalid("the inactivity probe is in milliseconds, 0 or more (0 turns it off)")
+        self.probe = inactivity_probe
+
+    def run_idl(self, txn: Any) -> None:
+        platform = _one(self.api.tables["Platform"].rows.values())
+        if platform is None:
+            raise Invalid("the NB has no platform settings yet: load a topology first")
+        wanted = {(t, self.probe) for t in self.targets}
+        if {(c.target, _opt(c.inactivity_probe)) for c in platform.connections} == wanted:
+            self.result = False
+            return
+        rows = []
+        for target in self.targets:
+            row = txn.insert(self.api.tables["Connection"])
+            row.target = target
+            row.inactivity_probe = [] if self.probe is None else [self.probe]
+            rows.append(row)
+        platform.connections = rows          # the old rows go: strongly referenced only here
+        self.result = True
+
+
+class DelConnectionsCommand(_Command):
+    def run_idl(self, txn: Any) -> None:
+        platform = _one(self.api.tables["Platform"].rows.values())
+        self.result = bool(platform is not None and platform.connections)
+        if self.result:
+            platform.connections = []
 
 
 class AddRegionCommand(_Command):

@@ -147,6 +147,9 @@ class NbServer:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         args = [*prefix, _tool("ovsdb-server"), str(self.db_path),
                 f"--remote=punix:{self.sock_path}",
+                # client remotes kept in the NB itself (``vnet64 connection set``), each
+                # with its inactivity probe; the same in every member of a Raft cluster
+                f"--remote=db:{SCHEMA_NAME},Platform,connections",
                 *[f"--remote={r}" for r in self.extra_remotes],
                 f"--pidfile={self.pidfile}", f"--unixctl={self.ctl_path}",
                 f"--log-file={self.log_path}", "--detach", "--no-chdir"]
