@@ -18,9 +18,9 @@ Known gap (strict xfail, see docs/lab.md "Sustained load"): with OVS 3.1's users
 conntrack, a SYN that reuses a closed connection's tuple re-opens it: the old entry is
 force-expired and swept seconds later, so its NAT port is free again while the VM still
 holds that port in TIME_WAIT; at this occupancy the next new connection takes it, the
-VM's TIME_WAIT socket rejects the SYN (PAWS: the service's timestamps are per
-connection) and answers with an ACK the platform drops as invalid: the connection
-stalls. Measured: from ~30 s on, a few hundred to thousands of connections stall.
+VM's TIME_WAIT socket rejects the SYN (PAWS: Linux derives the timestamp offset from
+the four-tuple, so only the same service port's SYN would pass) and answers with an ACK
+the platform drops as invalid: the connection stalls. Measured: from ~30 s on, a few hundred to thousands of connections stall.
 """
 
 from __future__ import annotations
