@@ -77,7 +77,6 @@ import select
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,10 +90,13 @@ if "--agent" not in sys.argv:         # agents (below) need only the standard li
     sys.path.insert(0, str(ROOT / "ovs-setup"))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import pair_setup as ps
-    from pair_setup import CpuMeter, flow_count, how_section, interrupted
+    from common import (LOG, CpuMeter, flow_count, how_section, interrupted, med, note, pct,
+                        rng_with, rss_kib, start_run, yes_no)
     from vnet64 import topology
     from vnet64_lab import Lab, sh
     from vnet64_lab.ovs import OvsNode
+
+    rng = rng_with(",.0f", collapse=True)
 
 PREFIX, RUN_DIR = "v64c-", "/run/vnet64-lab-c"
 SERVICE = "capbench"
@@ -129,25 +131,6 @@ subscriptions:
   - {{vm: cv1, service: {service}}}
   - {{vm: cv2, service: {service}}}
 """
-
-LOG: list[str] = []
-
-
-def note(msg: str) -> None:
-    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-    print(line, flush=True)
-    LOG.append(line)
-
-
-def rss_kib(pid: int | None) -> int:
-    if not pid:
-        return 0
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
 
 def ename(err: int) -> str:
     return errno.errorcode.get(err, str(err))
@@ -523,13 +506,6 @@ def topology_text(n_endpoints: int) -> str:
     return TOPOLOGY.format(service=SERVICE, endpoints=eps)
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q / 100 * len(s)))]
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -797,25 +773,6 @@ def probe_from(client: Agent, dst: str, port: int) -> dict:
 # Report
 
 
-def rng(values, fmt: str = ",.0f") -> str:
-    values = [v for v in values if v == v]
-    if not values:
-        return "n/a"
-    med_ = statistics.median(values)
-    if min(values) == max(values):
-        return f"{med_:{fmt}}"
-    return f"{med_:{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
-
-
-def med(values) -> float:
-    values = [v for v in values if v == v]
-    return statistics.median(values) if values else float("nan")
-
-
-def yes_no(ok: bool) -> str:
-    return "**yes**" if ok else "**no**"
-
-
 def report(args, runs: list[dict], started: datetime) -> str:
     ovs_version = sh.run([sh.tool("ovs-vswitchd"), "--version"]).stdout.splitlines()[0]
     lo, hi = args.snat_ports
@@ -1063,14 +1020,9 @@ def main() -> int:
         args.out = args.out or ROOT / "benchmarks" / "results" / "capacity.md"
         args.json = args.json or ROOT / "benchmarks" / "results" / "capacity.json"
     args.targets = [(t.split(":")[0], int(t.split(":")[1])) for t in args.targets.split(",")]
-    args.argv = [".venv/bin/python", *sys.argv]
     args.notes = []
-    args.load_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    args.commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                 check=False, capture_output=True, text=True).stdout.strip() or "?"
-    if os.geteuid() != 0:
-        print("capacity.py needs root (network namespaces, OVS)", file=sys.stderr)
-        return 2
+    if (code := start_run(args, "capacity.py")) is not None:
+        return code
     if not re.fullmatch(r"v64[a-z0-9]*-", args.prefix):
         parser.error("--prefix must look like v64X-")
     nofile = raise_nofile()

@@ -67,8 +67,8 @@ sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pair_setup import (CpuMeter, cpu_ticks, how_section, med, rng, thread_ticks,  # noqa: E402
-                        yes_no)
+from common import (LOG, CpuMeter, cpu_ticks, how_section, med, note, rng, start_run,  # noqa: E402
+                    thread_ticks, yes_no)
 from vnet64.controller.pipeline import ZONE_ENDPOINTS, tables_for  # noqa: E402
 from vnet64_lab import Lab, sh  # noqa: E402
 from vnet64_lab.ovs import OvsNode, terminate  # noqa: E402
@@ -112,15 +112,6 @@ ROLES = {"service host OVS": ("ovs-vswitchd host2", "ovs-vswitchd s"),
          "customer host OVS": ("ovs-vswitchd host1", "ovs-vswitchd c"),
          "translator (TAYGA)": ("tayga host1", "tayga jumpbox"),
          "iperf3 (both ends)": ("iperf3 server", "iperf3 client")}
-
-LOG: list[str] = []
-
-
-def note(msg: str) -> None:
-    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-    print(line, flush=True)
-    LOG.append(line)
-
 
 # ---------------------------------------------------------------------------
 # Load generators: iperf3, and a request/response client + echo server in Python
@@ -1048,13 +1039,8 @@ def main() -> int:
         args.out = ROOT / "benchmarks" / "results" / "datapath.md"
     if args.json is None and args.out is not None:
         args.json = args.out.with_suffix(".json")
-    args.argv = [".venv/bin/python", *sys.argv]
-    args.load_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    args.commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                 check=False, capture_output=True, text=True).stdout.strip() or "?"
-    if os.geteuid() != 0:
-        print("datapath.py needs root (network namespaces, OVS)", file=sys.stderr)
-        return 2
+    if (code := start_run(args, "datapath.py")) is not None:
+        return code
     for tool in ("iperf3", "nft", "tayga"):
         sh.tool(tool)
 

@@ -63,7 +63,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,12 +75,14 @@ sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pair_setup import (CpuMeter, flow_count, how_section, interrupted,  # noqa: E402
-                        seconds_until_idle, summarise_profile)
+from common import (LOG, CpuMeter, flow_count, how_section, interrupted, med, note,  # noqa: E402
+                    rng_with, rss_kib, seconds_until_idle, start_run, summarise_profile, yes_no)
 from vnet64 import address, topology  # noqa: E402
 from vnet64.nb import api as nbapi  # noqa: E402
 from vnet64_lab import Lab, sh  # noqa: E402
 from vnet64_lab.ovs import OvsNode  # noqa: E402
+
+rng = rng_with(".1f")
 
 PREFIX, RUN_DIR = "v64g-", "/run/vnet64-lab-g"
 SERVICE = "growth"
@@ -124,27 +125,6 @@ services:
     endpoints:
       - {name: e0, ipv6: "fd00:5e:7::10", host: host2}
 """
-
-LOG: list[str] = []
-
-
-def note(msg: str) -> None:
-    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-    print(line, flush=True)
-    LOG.append(line)
-
-
-def rss_kib(pid: int | None) -> int:
-    if not pid:
-        return 0
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
 
 # ---------------------------------------------------------------------------
 # The NB load: one raw OVSDB transaction
@@ -401,22 +381,6 @@ class Growth:
 # Report
 
 
-def rng(values, fmt: str = ".1f") -> str:
-    values = list(values)
-    if not values:
-        return "n/a"
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
-
-
-def med(values) -> float:
-    values = list(values)
-    return statistics.median(values) if values else float("nan")
-
-
-def yes_no(ok: bool) -> str:
-    return "**yes**" if ok else "**no**"
-
-
 def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
     ovs_version = sh.run([sh.tool("ovs-vswitchd"), "--version"]).stdout.splitlines()[0]
     sizes = sorted(rows)
@@ -565,14 +529,9 @@ def main() -> int:
         args.out = args.out or ROOT / "benchmarks" / "results" / "growth.md"
         args.json = args.json or ROOT / "benchmarks" / "results" / "growth.json"
     sizes = [int(s) for s in args.sizes.split(",")]
-    args.argv = [".venv/bin/python", *sys.argv]
     args.notes = []
-    args.load_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    args.commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                 check=False, capture_output=True, text=True).stdout.strip() or "?"
-    if os.geteuid() != 0:
-        print("growth.py needs root (network namespaces, OVS)", file=sys.stderr)
-        return 2
+    if (code := start_run(args, "growth.py")) is not None:
+        return code
     # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so the lab is taken down
     signal.signal(signal.SIGTERM, interrupted)
     started = datetime.now(UTC)

@@ -60,7 +60,6 @@ import platform
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -72,9 +71,10 @@ sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from common import (LOG, CpuMeter, how_section, interrupted, med, note, rng_with,  # noqa: E402
+                    start_run, summarise_profile)
 import pair_setup  # noqa: E402
-from pair_setup import (Bench, CpuMeter, PairPool, Pinger, closed_loop, how_section,  # noqa: E402
-                        interrupted, open_loop, summarise_profile)
+from pair_setup import Bench, PairPool, Pinger, closed_loop, open_loop  # noqa: E402
 from vnet64.controller.pipeline import HOST_TABLES, cookie  # noqa: E402
 from vnet64_lab import sh  # noqa: E402
 from vnet64_lab.traffic import LINE_PORT, LineSession, start_echo_server  # noqa: E402
@@ -88,18 +88,7 @@ STRANGER = "fd00:5e:1::99"                  # no endpoint has this address
 _PAIR_FLOW = re.compile(r"cookie=(0x[0-9a-f]+).*ipv6_src=([0-9a-f:]+),ipv6_dst=([0-9a-f:]+)"
                         r".*nat\(src=([0-9a-f:.]+)\)")
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-
-LOG: list[str] = []
-
-
-def note(msg: str) -> None:
-    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-    print(line, flush=True)
-    LOG.append(line)
-    pair_setup.LOG.clear()
-
-
-pair_setup.note = note       # Bench's own log lines go to this benchmark's run log
+rng = rng_with(".2f")
 
 
 def log_time(line: str) -> float | None:
@@ -371,18 +360,6 @@ class Resync(Bench):
 # Report
 
 
-def rng(values, fmt: str = ".2f") -> str:
-    values = [v for v in values if v == v]
-    if not values:
-        return "n/a"
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
-
-
-def med(values) -> float:
-    values = [v for v in values if v == v]
-    return statistics.median(values) if values else float("nan")
-
-
 def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
     ovs_version = sh.run([sh.tool("ovs-vswitchd"), "--version"]).stdout.splitlines()[0]
     sizes = sorted(rows)
@@ -485,14 +462,9 @@ def main() -> int:
     if args.endpoints * args.vms < max(sizes) + args.new_pairs:
         parser.error(f"{args.endpoints} endpoints x {args.vms} VMs = {args.endpoints * args.vms} "
                      f"pairs: not enough for {max(sizes)} + {args.new_pairs} new ones")
-    args.argv = [".venv/bin/python", *sys.argv]
     args.notes = []
-    args.load_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    args.commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                 check=False, capture_output=True, text=True).stdout.strip() or "?"
-    if os.geteuid() != 0:
-        print("resync.py needs root (network namespaces, OVS)", file=sys.stderr)
-        return 2
+    if (code := start_run(args, "resync.py")) is not None:
+        return code
     signal.signal(signal.SIGTERM, interrupted)
     started = datetime.now(UTC)
     rows: dict[int, list[dict]] = {n: [] for n in sizes}
