@@ -56,12 +56,13 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.l2 import ARP, Ether
 from vnet64 import gateway
-from vnet64.controller.pipeline import HOST_TABLES
+from vnet64.controller.pipeline import ERROR_METER, HOST_TABLES, PACKET_IN_METER
 from vnet64.nb import api as nbapi
 from vnet64_lab import Lab, sh
 
 from tests.lab.conftest import KnownGap, need_lab
 from tests.lab.traffic import (
+    meter_drops,
     LINE_PORT,
     PLATFORM_IP,
     TCP_PORT,
@@ -903,6 +904,79 @@ def test_a_flood_of_random_destinations_under_the_prefix(env):
     assert flow_packets(e.plan, "host1", "priority=0", "table=20") - punts <= 3
     assert "refused pair" not in e.log_since(offset)
     assert_nothing_crashed_and_tenants_work(e, "flood")
+
+
+ERROR_FLOOD = r"""
+import signal, socket, struct, sys, time
+platform, vm, sport, dport, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+def csum(b):
+    b += b"\0" * (len(b) % 2)
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+# the datagram being "refused": as the VM got it, Platform_IP:sport -> the VM's dport
+quoted = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 36, 0, 0, 64, 17, 0,
+                     socket.inet_aton(platform), socket.inet_aton(vm))
+udp = struct.pack("!HHHH", sport, dport, 16, 0) + b"x" * 8
+pseudo = socket.inet_aton(platform) + socket.inet_aton(vm) + struct.pack("!BBH", 0, 17, 16)
+udp = udp[:6] + struct.pack("!H", csum(pseudo + udp) or 0xFFFF) + udp[8:]   # TAYGA drops checksum 0
+quoted = quoted[:10] + struct.pack("!H", csum(quoted)) + quoted[12:] + udp
+icmp = struct.pack("!BBHI", 3, 3, 0, 0) + quoted
+icmp = icmp[:2] + struct.pack("!H", csum(icmp)) + icmp[4:]
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+sent, start = 0, time.monotonic()
+while time.monotonic() < start + seconds and not stop:
+    for _ in range(50):          # ~10,000 a second: 10x the errors' meter, and few enough
+        try:                     # that the VM ports' captures stay quick to read back
+            s.sendto(icmp, (platform, 0))
+            sent += 1
+        except OSError:
+            pass
+    time.sleep(max(0.0, start + sent / 10000 - time.monotonic()))
+print(sent)
+"""
+
+
+def test_a_vms_flood_of_icmp_errors_cannot_starve_new_pairs(env):
+    """a-vm1 floods Platform_IP with ICMP port-unreachable errors, each about a live
+    datagram of svc1's (so each is related: it goes back through TAYGA, and the controller
+    relays it). Those punts have their own meter: it drops the excess, while a new pair set
+    up meanwhile on the same host (bk1 -> a-vm3, subscribed during the flood) goes through
+    the new pairs' meter untouched."""
+    e = env
+    name, seen, port, _ = answer(client(e.plan, "udp", A6, UDP_PORT, "live"))
+    assert (name, seen) == ("a-vm1", PLATFORM_IP)
+    before = meter_drops(e.plan, "host1")
+    assert set(before) >= {PACKET_IN_METER, ERROR_METER}, before
+    v = vif(e.plan, "a-vm1")
+    flood = subprocess.Popen([sh.tool("ip"), "netns", "exec", v.ns, sys.executable, "-c", ERROR_FLOOD,
+                              PLATFORM_IP, "10.0.0.4", port, str(UDP_PORT), "20"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: meter_drops(e.plan, "host1")[ERROR_METER] - before[ERROR_METER] >= 1000, 10), \
+            "the ICMP errors' meter dropped nothing: the flood did not reach it"
+        e.nb.subscribe("a-vm3", "backup")
+        t0 = time.monotonic()
+        reached = wait_for(lambda: udp_many(e.plan, "bk1", [ADDR["a-vm3"]], "beside-errors", timeout=0.3)
+                           ["replies"], 5, interval=0)
+        new_pair = time.monotonic() - t0
+        still_flooding = flood.poll() is None
+    finally:
+        flood.terminate()   # our own child, by its pid
+        sent = int(flood.communicate(timeout=30)[0].strip() or 0)
+        e.nb.unsubscribe("a-vm3", "backup", if_exists=True)
+    after = meter_drops(e.plan, "host1")
+    print(f"\nICMP error flood: a-vm1 sent {sent}; the errors' meter dropped "
+          f"{after[ERROR_METER] - before[ERROR_METER]}, the new pairs' meter "
+          f"{after[PACKET_IN_METER] - before[PACKET_IN_METER]}; bk1 -> a-vm3 (new pair) answered "
+          f"after {new_pair * 1000:.0f} ms")
+    assert still_flooding, "the flood ended before the new pair was tried"
+    assert reached, "bk1 could not reach a-vm3, subscribed during the flood"
+    assert after[PACKET_IN_METER] == before[PACKET_IN_METER], "the new pairs' meter dropped packets"
+    assert_nothing_crashed_and_tenants_work(e, "icmp-error-flood")
 
 
 def answered_ratio(e: Env, source: str, addr: str, seconds: float) -> tuple[int, int]:

@@ -202,6 +202,18 @@ def coverage(plan, node: str, counter: str) -> int:
     return int(out.strip() or 0) if out.strip().isdigit() else 0
 
 
+def meter_drops(plan, node: str) -> dict[int, int]:
+    """Packets each meter of a node's br-int dropped (meter id -> its one band's count)."""
+    out = _t.ovs_node(plan, node).ofctl("-O", "OpenFlow13", "meter-stats", "br-int")
+    drops, meter = {}, None
+    for line in out.splitlines():
+        if m := re.search(r"meter[:=](\d+)", line):
+            meter = int(m.group(1))
+        if (m := re.search(r"^\s*0: packet_count:(\d+)", line)) and meter is not None:
+            drops[meter] = int(m.group(1))
+    return drops
+
+
 def ipf_counters(plan, node: str) -> dict[str, int]:
     """The userspace conntrack's fragment reassembly counters (``dpctl/ipf-get-status``)."""
     out = _t.ovs_node(plan, node).appctl("dpctl/ipf-get-status")

@@ -13,7 +13,7 @@ from vnet64 import topology
 from vnet64.controller import model as M
 from vnet64.controller.flows import DeleteFlows, DeleteStrict, Flow, MeterMod, PacketOut, Resubmit
 from vnet64.controller.logic import Logic, desired_flows
-from vnet64.controller.pipeline import HOST_TABLES, Cookie, cookie
+from vnet64.controller.pipeline import ERROR_METER, HOST_TABLES, PACKET_IN_METER, Cookie, cookie
 from vnet64.controller.roles import Ports
 from vnet64.controller.roles.customer import Allocator, Pair, PoolExhausted
 from vnet64.ports import GENEVE_PORT, XLAT_PORT, vif_port
@@ -95,7 +95,13 @@ def test_host_connect_installs_meter_and_flows_for_its_vms(model):
     logic = Logic(lambda: model)
     tables, msgs = logic.switch_connected(dpid(model, "host1"), HOST1_PORTS)
     assert tables is HOST_TABLES
-    assert isinstance(msgs[0], MeterMod)
+    meters = {m.meter_id: m for m in msgs if isinstance(m, MeterMod)}
+    assert sorted(meters) == [PACKET_IN_METER, ERROR_METER] and isinstance(msgs[0], MeterMod)
+    assert meters[PACKET_IN_METER].rate_pps == 5000 and meters[ERROR_METER].rate_pps == 1000
+    # new pairs alone use theirs; errors and refusals a tenant can provoke use the other
+    punts = [m for m in msgs if isinstance(m, Flow) and m.meter is not None]
+    assert {m.table for m in punts if m.meter == PACKET_IN_METER} == {"pair"}
+    assert {m.table for m in punts if m.meter == ERROR_METER} == {"v6_unsnat", "to_vm"}
     text = "\n".join(m.ofctl() for m in msgs if isinstance(m, Flow))
     assert "ipv6_dst=fd41::3930:1f:6600:a00:4" in text and "ipv6_dst=fd41::3930:20:6600:a00:4" in text
     assert "nat(dst=[fd64:64::a00:4])" in text
@@ -230,7 +236,7 @@ def test_a_connection_with_no_port_left_is_refused_towards_the_service(model):
     d = dpid(model, "host1")
     _, msgs = logic.switch_connected(d, HOST1_PORTS)
     punts = [m for m in msgs if isinstance(m, Flow) and m.table == "to_vm" and "CONTROLLER" in m.ofctl()]
-    assert len(punts) == 2 and all("-snat" in f.ofctl() and "+new" in f.ofctl() and "meter:1" in f.ofctl()
+    assert len(punts) == 2 and all("-snat" in f.ofctl() and "+new" in f.ofctl() and "meter:2" in f.ofctl()
                                    for f in punts)
 
     def refuse(pkt) -> Ether | None:

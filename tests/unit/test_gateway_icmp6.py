@@ -19,7 +19,7 @@ from vnet64.controller.fake import FakeSwitch
 from vnet64.controller.flows import (ETH_IPV6, OFPP_CONTROLLER, CheckPktLarger, Controller, Output,
                                      PacketOut, flow)
 from vnet64.controller.logic import Logic
-from vnet64.controller.pipeline import (HOST_TABLES, PACKET_IN_METER, PRIO_HOP_LIMIT, PRIO_MATCH,
+from vnet64.controller.pipeline import (ERROR_METER, HOST_TABLES, PRIO_HOP_LIMIT, PRIO_MATCH,
                                         PRIO_TOO_BIG, VNI, Cookie, tables_for)
 from vnet64.controller.roles import service
 from vnet64.ports import GENEVE_PORT, XLAT_PORT, vif_port
@@ -186,7 +186,7 @@ def test_the_punts_are_metered_and_owned_by_the_endpoint(host2):
     assert sorted(f.priority for f in punts) == [PRIO_TOO_BIG, PRIO_HOP_LIMIT, PRIO_HOP_LIMIT]
     assert PRIO_HOP_LIMIT > PRIO_TOO_BIG > PRIO_MATCH
     for f in punts:
-        assert f.meter == PACKET_IN_METER
+        assert f.meter == ERROR_METER      # not the new pairs' meter
         assert Cookie.decode(f.cookie) == Cookie.decode(
             next(g.cookie for g in host2.sw.flows("from_endpoint") if g.priority == PRIO_MATCH))
         assert f.match.get("ipv6_src") == SVC1 and f.match.get("in_port") == SVC1_PORT

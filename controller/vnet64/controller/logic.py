@@ -24,13 +24,14 @@ from ..ports import translator_mac
 from .flows import (ETH_IPV6, OFPP_CONTROLLER, DeleteFlows, DeleteStrict, Flow, Match, Message,
                     MeterMod, Output, PacketOut, Resubmit, TableMap)
 from .model import Model, Node
-from .pipeline import (PACKET_IN_METER, Cookie, cookie, tables_for)
+from .pipeline import (ERROR_METER, PACKET_IN_METER, Cookie, cookie, tables_for)
 from .roles import Ports, appliance, customer, service
 
 LOG = logging.getLogger(__name__)
 EXACT = 0xFFFFFFFFFFFFFFFF       # cookie mask: this cookie only
 OFPRR_IDLE_TIMEOUT, OFPRR_HARD_TIMEOUT = 0, 1
 DEFAULT_PACKET_IN_RATE = 5000    # pps on the new-pair path; the excess is dropped by the meter
+DEFAULT_ERROR_PUNT_RATE = 1000   # pps of ICMP errors and refusals to the controller (own meter)
 SUMMARY_EVERY = 10.0            # s between INFO lines of pair counters
 
 
@@ -68,6 +69,7 @@ class Logic:
 
     def __init__(self, load_model: Callable[[], Model], packet_in_rate: int = DEFAULT_PACKET_IN_RATE,
                  clock: Callable[[], float] = time.monotonic,
+                 error_punt_rate: int = DEFAULT_ERROR_PUNT_RATE,
                  snat_ports: tuple[int, int] = customer.PORT_RANGE, path_mtu: int | None = None):
         self._load_model = load_model
         self._clock = clock
@@ -75,6 +77,7 @@ class Logic:
         self._last_refusal_log: dict[str, float] = {}
         self.model = load_model()
         self.packet_in_rate = packet_in_rate
+        self.error_punt_rate = error_punt_rate
         self.snat_ports = snat_ports
         self.path_mtu = path_mtu     # endpoints' packets above it get Packet Too Big (None: off)
         self.switches: dict[int, Switch] = {}
@@ -99,6 +102,7 @@ class Logic:
         msgs: list[Message] = []
         if node.role == "host":
             msgs.append(MeterMod(PACKET_IN_METER, self.packet_in_rate, burst=self.packet_in_rate // 10))
+            msgs.append(MeterMod(ERROR_METER, self.error_punt_rate, burst=self.error_punt_rate // 10))
         return sw.tables, msgs + flows
 
     def switch_disconnected(self, dpid: int) -> None:

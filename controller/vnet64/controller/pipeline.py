@@ -124,8 +124,11 @@ VNI = 0x6464
 # NA flags in nd_reserved: Router, Solicited, Override
 NA_FLAGS_RSO = 0xE0000000
 
-# Meter on the packet-in path (new pairs, refusals, the gateway's ICMPv6 errors)
-PACKET_IN_METER = 1
+# Meters on the packet-in path of a host: new pairs have their own, so that what else is
+# punted - ICMP errors (the gateway's, a VM's relayed ones) and port-exhaustion refusals,
+# which a tenant can provoke at will - cannot take the new pairs' share of it.
+PACKET_IN_METER = 1     # first packets of new pairs
+ERROR_METER = 2         # the gateway's ICMPv6 errors, relayed ICMP errors, refusals
 
 # The register bit check_pkt_larger sets in classify for an endpoint's packets that are
 # larger than the path MTU (matched in from_endpoint)

@@ -54,7 +54,7 @@ from ..flows import (CT, ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6
                      Match, Move, Nat, Output, SetField, ct_state, flow)
 from ..inet import checksum
 from ..model import VM, Endpoint, Model, Node
-from ..pipeline import (PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_MATCH, PRIO_MISS,
+from ..pipeline import (ERROR_METER, PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_MATCH, PRIO_MISS,
                         PRIO_SPECIFIC, VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, cookie)
 from . import Ports, service
 
@@ -172,7 +172,7 @@ def base_flows(ports: Ports, xlat_mac: str) -> list[Flow]:
     out += [flow("v6_unsnat", PRIO_SPECIFIC,
                  {"eth_type": ETH_IPV6, "ip_proto": PROTO_ICMPV6, "icmpv6_type": kind,
                   "ct_state": CT_RELATED},
-                 [Controller()], meter=PACKET_IN_METER, cookie=c) for kind in ICMP6_ERRORS]
+                 [Controller()], meter=ERROR_METER, cookie=c) for kind in ICMP6_ERRORS]
     if ports.geneve is not None:
         out.append(flow("classify", PRIO_MATCH, {"in_port": ports.geneve, "tunnel_id": VNI},
                         goto="from_tunnel", cookie=c))
@@ -221,7 +221,7 @@ def vm_flows(model: Model, node: Node, ports: Ports, vm: VM) -> list[Flow]:
         # no Platform_IP port left: never delivered; the controller refuses it (module doc)
         flow("to_vm", PRIO_DEFAULT,
              {"eth_type": ETH_IPV4, "ct_zone": vm.zone, "ipv4_dst": vm.ipv4, "ct_state": CT_NOT_SNATTED},
-             [Controller()], meter=PACKET_IN_METER, cookie=c),
+             [Controller()], meter=ERROR_METER, cookie=c),
     ]
     if appliance is not None:
         out.append(flow("from_tunnel", PRIO_MATCH,

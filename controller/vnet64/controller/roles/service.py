@@ -38,7 +38,7 @@ from ..flows import (CT, ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, CheckPktLarger, C
                      Match, Move, Output, SetField, ct_state, flow)
 from ..inet import checksum
 from ..model import Model, Node
-from ..pipeline import (NA_FLAGS_RSO, PACKET_IN_METER, PRIO_HOP_LIMIT, PRIO_MATCH, PRIO_SPECIFIC,
+from ..pipeline import (ERROR_METER, NA_FLAGS_RSO, PRIO_HOP_LIMIT, PRIO_MATCH, PRIO_SPECIFIC,
                         PRIO_TOO_BIG, PRIO_UNPARSED, TOO_BIG_BIT, TOO_BIG_REG, VNI,
                         ZONE_ENDPOINTS, cookie)
 from . import Ports
@@ -78,11 +78,11 @@ def endpoint_flows(model: Model, node: Node, ports: Ports, path_mtu: int | None 
             out.append(flow("from_endpoint", PRIO_UNPARSED, {**steered, "ip_proto": 0}, [], cookie=c))
             for hop_limit in (0, 1):    # nw_ttl is the hop limit for IPv6; it cannot be masked
                 out.append(flow("from_endpoint", PRIO_HOP_LIMIT, {**steered, "nw_ttl": hop_limit},
-                                [Controller()], meter=PACKET_IN_METER, cookie=c))
+                                [Controller()], meter=ERROR_METER, cookie=c))
             if path_mtu:
                 bit = 1 << TOO_BIG_BIT
                 out.append(flow("from_endpoint", PRIO_TOO_BIG, {**steered, TOO_BIG_REG: (bit, bit)},
-                                [Controller()], meter=PACKET_IN_METER, cookie=c))
+                                [Controller()], meter=ERROR_METER, cookie=c))
             out.append(flow("from_endpoint", PRIO_MATCH,
                             {"in_port": port, "eth_type": ETH_IPV6, "ipv6_src": ep.ipv6,
                              "ipv6_dst": STEERING},
