@@ -65,7 +65,7 @@ DENY_HOLD = 5                                # s a refused pair is dropped witho
 
 CT_REPLY_OR_RELATED = ct_state("+trk", "-new", "-inv")
 CT_SNATTED = ct_state("+trk", "+snat", "-inv")
-CT_RELATED = ct_state("+trk", "+rel", "-inv")
+CT_RELATED = service.CT_RELATED
 CT_NOT_SNATTED = ct_state("+trk", "+new", "-snat", "-rel", "-inv")   # NAT found no port
 CT_TRACKED_OK = ct_state("+trk", "-inv")
 ICMP6_ERRORS = (1, 2, 3, 4)   # unreachable, packet too big, time exceeded, parameter problem
