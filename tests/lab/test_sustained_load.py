@@ -60,8 +60,8 @@ def time_wait(ns: str) -> int:
 
 
 @pytest.mark.xfail(strict=True, raises=KnownGap, reason=(
-    "OVS 3.1 userspace conntrack frees a re-opened connection's NAT port early; at ~96 % "
-    "port occupancy a new connection then hits a port the VM holds in TIME_WAIT and stalls"))
+    "OVS 3.1 userspace conntrack gives a re-opened connection another NAT port and hands "
+    "its old one to another service port while the VM holds it in TIME_WAIT: the SYN stalls"))
 def test_a_thousand_new_tcp_connections_per_second_for_two_minutes():
     need_lab()
     lab = new_lab("l")
