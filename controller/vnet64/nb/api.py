@@ -129,18 +129,18 @@ class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
     def unsubscribe(self, vm: str, service: str, if_exists: bool = False) -> bool:
         return self.run(cmd.UnsubscribeCommand(self, vm, service, if_exists))[0]
 
-    def move_vm(self, vm: str, host: str) -> dict:
-        self.run(cmd.MoveVMCommand(self, vm, host))
-        return self.vm_info(vm)
-
-    # -- reads --------------------------------------------------------------
-
     def set_connections(self, targets: Iterable[str], inactivity_probe: int | None = None) -> bool:
         """The NB server's client remotes besides its unix socket (True if changed)."""
         return self.run(cmd.SetConnectionsCommand(self, targets, inactivity_probe))[0]
 
     def del_connections(self) -> bool:
         return self.run(cmd.DelConnectionsCommand(self))[0]
+
+    def move_vm(self, vm: str, host: str) -> dict:
+        self.run(cmd.MoveVMCommand(self, vm, host))
+        return self.vm_info(vm)
+
+    # -- reads --------------------------------------------------------------
 
     def connections(self) -> list[dict]:
         platform = next(iter(self.tables["Platform"].rows.values()), None)

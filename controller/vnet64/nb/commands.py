@@ -217,14 +217,13 @@ def check_remote(target: str) -> str:
     if form is None or not form.fullmatch(rest):
         raise Invalid(f"{target!r} is not an OVSDB remote: use ptcp:PORT[:IP], pssl:PORT[:IP], "
                       f"tcp:IP:PORT, ssl:IP:PORT, punix:/PATH or unix:/PATH")
-    if kind in ("ptcp", "pssl", "tcp", "ssl"):
-        host = rest.split(":", 1)[1] if kind in ("ptcp", "pssl") and ":" in rest else \
-            rest.rsplit(":", 1)[0] if kind in ("tcp", "ssl") else None
-        if host is not None:
-            try:
-                ipaddress.ip_address(host.strip("[]"))
-            except ValueError:
-                raise Invalid(f"{target!r}: {host} is not an IP address") from None
+    host = {"ptcp": rest.partition(":")[2], "pssl": rest.partition(":")[2],
+            "tcp": rest.rpartition(":")[0], "ssl": rest.rpartition(":")[0]}.get(kind)
+    if host:                           # ptcp/pssl may leave it out (all addresses)
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise Invalid(f"{target!r}: {host} is not an IP address") from None
     return target
 
 
