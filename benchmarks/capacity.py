@@ -90,7 +90,7 @@ if "--agent" not in sys.argv:         # agents (below) need only the standard li
     sys.path.insert(0, str(ROOT / "ovs-setup"))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import pair_setup as ps
-    from common import (LOG, CpuMeter, flow_count, how_section, interrupted, med, note, pct,
+    from common import (CpuMeter, flow_count, report_end, interrupted, med, note, pct,
                         rng_with, rss_kib, start_run, yes_no)
     from vnet64 import topology
     from vnet64_lab import Lab, sh
@@ -957,9 +957,7 @@ def report(args, runs: list[dict], started: datetime) -> str:
             + ("; here the platform, whose path crosses more kernel queues (veths, TAYGA's tun), "
                "lost more of the burst" if rp > 1.5 * rb else "")
             + ". The batched rate is the steadier comparison.")
-    if notes:
-        lines += ["", "## Notes", "", *notes]
-    lines += how_section(args.argv, LOG)
+    lines += report_end(args.argv, notes)
     return "\n".join(lines) + "\n"
 
 

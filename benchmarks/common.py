@@ -50,9 +50,11 @@ def start_run(args: argparse.Namespace, script: str) -> int | None:
     return None
 
 
-def how_section(argv: list[str], log: list[str]) -> list[str]:
-    """The last section of every benchmark's report: its command line and run log."""
-    return ["", "## How", "", "```", " ".join(argv), "```", "", "Run log:", "", "```", *log, "```"]
+def report_end(argv: list[str], notes: list[str] = (), heading: str = "Notes") -> list[str]:
+    """The last sections of every benchmark's report: its notes (if any) under ``heading``,
+    then its command line and this run's log."""
+    out = ["", f"## {heading}", "", *notes] if notes else []
+    return out + ["", "## How", "", "```", " ".join(argv), "```", "", "Run log:", "", "```", *LOG, "```"]
 
 
 def interrupted(signum, frame) -> None:

@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import (LOG, CpuMeter, cpu_ticks, how_section, med, note, rng, start_run,  # noqa: E402
+from common import (CpuMeter, cpu_ticks, report_end, med, note, rng, start_run,  # noqa: E402
                     thread_ticks, yes_no)
 from vnet64.controller.pipeline import ZONE_ENDPOINTS, tables_for  # noqa: E402
 from vnet64_lab import Lab, sh  # noqa: E402
@@ -964,9 +964,7 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
                "namespace has none of that cost. vnet64 needs none per VNet: one TAYGA and "
                "the conntrack zones per host, shared by every VNet."), "",
               "ovs-vswitchd RSS (kB): " + ", ".join(f"{k} {v}" for k, v in jump["ovs_rss_kb"].items()) + "."]
-    if args.findings:
-        lines += ["", "## Findings", "", *args.findings]
-    lines += how_section(args.argv, LOG)
+    lines += report_end(args.argv, args.findings, "Findings")
     return "\n".join(lines) + "\n"
 
 

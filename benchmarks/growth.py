@@ -75,7 +75,7 @@ sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import (LOG, CpuMeter, flow_count, how_section, interrupted, med, note,  # noqa: E402
+from common import (CpuMeter, flow_count, report_end, interrupted, med, note,  # noqa: E402
                     rng_with, rss_kib, seconds_until_idle, start_run, summarise_profile, yes_no)
 from vnet64 import address, topology  # noqa: E402
 from vnet64.nb import api as nbapi  # noqa: E402
@@ -492,9 +492,7 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
                 f"{b['host2']} -> {a['host2']} | "
                 f"{r['nb_counts']['VM']} / {r['nb_counts']['Subscription']} / "
                 f"{r['nb_counts']['Host_Mapping']} | {r['log_errors']} |")
-    if args.notes:
-        lines += ["", "## Notes", "", *args.notes]
-    lines += how_section(args.argv, LOG)
+    lines += report_end(args.argv, args.notes)
     return "\n".join(lines) + "\n"
 
 

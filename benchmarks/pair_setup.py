@@ -85,7 +85,7 @@ sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import (LOG, CpuMeter, flow_count, how_section, med, note, pct, rng,
+from common import (CpuMeter, flow_count, report_end, med, note, pct, rng,
                     seconds_until_idle, start_run, summarise_profile, thread_ticks, yes_no)
 from vnet64 import topology
 from vnet64.controller.pipeline import CT_TIMEOUTS
@@ -990,7 +990,7 @@ def report(args, large: Bench, small: Bench | None, p1: list[dict], whatif: list
                 "endpoint ports. Every ovs-vswitchd of the userspace datapath polls all its "
                 "ports from its main loop, so idle ports cost time on every packet.",
                 args, names, p2_large, judge=False)
-    lines += how_section(args.argv, LOG)
+    lines += report_end(args.argv)
     return "\n".join(lines) + "\n"
 
 

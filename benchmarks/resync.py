@@ -71,7 +71,7 @@ sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import (LOG, CpuMeter, how_section, interrupted, med, note, rng_with,  # noqa: E402
+from common import (CpuMeter, report_end, interrupted, med, note, rng_with,  # noqa: E402
                     start_run, summarise_profile)
 import pair_setup  # noqa: E402
 from pair_setup import Bench, PairPool, Pinger, closed_loop, open_loop  # noqa: E402
@@ -419,9 +419,7 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
     else:
         lines.append(f"| {AIM_PAIRS:,} active pairs resynced in <= {AIM_SECONDS:g} s | not measured "
                      "(size not run) | - |")
-    if args.notes:
-        lines += ["", "## Notes", "", *args.notes]
-    lines += how_section(args.argv, LOG)
+    lines += report_end(args.argv, args.notes)
     return "\n".join(lines) + "\n"
 
 
