@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = str(ROOT / "topologies" / "two-tenants.yaml")
 READ_COMMANDS = [["vm", "list"], ["vnet", "list"], ["service", "list"], ["node", "list"],
                  ["region", "list"], ["subscription", "list"], ["host-mapping", "list"],
-                 ["platform"], ["show", "a-vm1"], ["show", "svc1"], ["show", "customer-b"],
+                 ["platform"], ["platform", "show"], ["show", "a-vm1"], ["show", "svc1"], ["show", "customer-b"],
                  ["nb", "status"], ["address", "decode", "fd41:0:0:3930:1f:6600:a00:4"]]
 
 
@@ -57,6 +57,19 @@ def test_every_read_command_speaks_json(vnet64):
         code, out, err = vnet64(*command, "--json")
         assert code == 0, (command, err)
         json.loads(out)
+
+
+def test_platform_rotate_token_prints_the_new_token_that_show_then_shows(vnet64):
+    code, _, err = vnet64("platform", "rotate-token")
+    assert code == 1 and "load a topology first" in err
+    assert vnet64("load", DEFAULT)[0] == 0
+    before = json.loads(vnet64("platform", "--json")[1])["tunnel_token"]
+    code, out, err = vnet64("platform", "rotate-token")
+    assert code == 0, err
+    token = out.split()[-1]
+    assert out == f"tunnel token {token}\n" and token != before and int(token, 16) > 0
+    assert json.loads(vnet64("platform", "show", "--json")[1])["tunnel_token"] == token
+    assert token in vnet64("platform")[1]
 
 
 def test_subscribe_prints_the_address_and_refuses_a_duplicate(vnet64):

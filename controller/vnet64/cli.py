@@ -281,6 +281,10 @@ def cmd_platform_show(api: Any, args: argparse.Namespace) -> None:
     _emit(args, info)
 
 
+def cmd_platform_rotate_token(api: Any, args: argparse.Namespace) -> None:
+    print(f"tunnel token {api.rotate_tunnel_token():#010x}")
+
+
 # ---------------------------------------------------------------------------
 # Parser
 
@@ -436,8 +440,19 @@ def build_parser() -> argparse.ArgumentParser:
     reader(cnsub.add_parser("list", help="list them, with ovsdb-server's status")).set_defaults(
         func=_with_nb(cmd_connection_list))
 
-    pl = reader(sub.add_parser("platform", help="show the platform settings"))
+    pl = reader(sub.add_parser("platform", help="show the platform settings (or rotate its tunnel token)",
+                               description="Without an ACTION: show the platform settings."))
     pl.set_defaults(func=_with_nb(cmd_platform_show))
+    plsub = pl.add_subparsers(dest="platform_cmd", metavar="ACTION")
+    reader(plsub.add_parser("show", help="show the platform settings (the default)")).set_defaults(
+        func=_with_nb(cmd_platform_show))
+    plsub.add_parser(
+        "rotate-token", help="give the platform a new tunnel token",
+        description="Draw a new tunnel token (the 32-bit Geneve option every node sends and "
+                    "expects from the fabric) and print it. The controller reprograms every "
+                    "node within a second; until a node has its new flows, it drops what "
+                    "nodes already on the new token send it (and they drop its packets).",
+    ).set_defaults(func=_with_nb(cmd_platform_rotate_token))
 
     sh = reader(sub.add_parser("show", help="show any object by name (VM, VNet, service, endpoint, node, region)"))
     sh.add_argument("name")

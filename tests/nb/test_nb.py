@@ -31,8 +31,9 @@ def test_load_default_topology_subscribes_both_vms_with_different_ipv6(loaded_nb
     mapping = {m["ipv6"]: (m["vnet"], m["ipv4"], m["host"]) for m in loaded_nb.list("host-mapping")}
     assert mapping == {"fd41::3930:1f:6600:a00:4": ("customer-a", "10.0.0.4", "host1"),
                        "fd41::3930:20:6600:a00:4": ("customer-b", "10.0.0.4", "host1")}
-    assert loaded_nb.platform_info() == {"platform_ip": "100.100.0.1", "translator_prefix": "fd64:64::/96",
-                                         "region": "westeurope", "appliance": "appliance"}
+    info = loaded_nb.platform_info()
+    assert info == {"platform_ip": "100.100.0.1", "translator_prefix": "fd64:64::/96",
+                    "region": "westeurope", "appliance": "appliance", "tunnel_token": info["tunnel_token"]}
 
 
 def test_each_vnet_gets_its_own_conntrack_zone(loaded_nb):
@@ -238,6 +239,7 @@ def test_database_from_an_older_schema_is_converted_on_start(tmp_path):
     old = json.loads(SCHEMA_PATH.read_text())
     old["version"] = "0.9.0"
     del old["tables"]["VNet"]["columns"]["snat_vip"]
+    del old["tables"]["Platform"]["columns"]["tunnel_token"]
     old_schema = tmp_path / "old.ovsschema"
     old_schema.write_text(json.dumps(old))
     server = NbServer(tmp_path / "nb")
@@ -254,8 +256,30 @@ def test_database_from_an_older_schema_is_converted_on_start(tmp_path):
         with nbapi.connect(server.remote) as api:
             assert [r["name"] for r in api.list("region")] == ["legacy"]
             assert "snat_vip" in api.tables["VNet"].columns
+            assert "tunnel_token" in api.tables["Platform"].columns
     finally:
         server.stop()
+
+
+def test_the_platform_gets_a_tunnel_token_once_and_rotating_changes_only_it(loaded_nb, default_topology):
+    """The Geneve tunnel token (controller pipeline.TOKEN_OPTION): drawn when the platform
+    is first set, kept when the topology is loaded again, replaced by a rotation; the
+    controller's model reads it."""
+    from vnet64.controller import model as M
+    info = loaded_nb.platform_info()
+    token = int(info["tunnel_token"], 16)
+    assert 0 < token < 2**32 and M.from_nb(loaded_nb).tunnel_token == token
+    loaded_nb.load_topology(default_topology)
+    assert loaded_nb.platform_info() == info
+    new = loaded_nb.rotate_tunnel_token()
+    assert new != token and 0 < new < 2**32
+    assert loaded_nb.platform_info() == {**info, "tunnel_token": f"{new:#010x}"}
+    assert M.from_nb(loaded_nb).tunnel_token == new
+
+
+def test_rotating_the_token_needs_the_platform_row(nb):
+    with pytest.raises(NotFound, match="load a topology first"):
+        nb.rotate_tunnel_token()
 
 
 # ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from vnet64 import topology
 from vnet64.controller import model as M
 from vnet64.controller.flows import DeleteFlows, DeleteStrict, Flow, MeterMod, PacketOut, Resubmit
 from vnet64.controller.logic import Logic, desired_flows
-from vnet64.controller.pipeline import ERROR_METER, HOST_TABLES, PACKET_IN_METER, Cookie, cookie
+from vnet64.controller.pipeline import (ERROR_METER, HOST_TABLES, PACKET_IN_METER, TOKEN_OPTION, Cookie,
+                                       cookie)
 from vnet64.controller.roles import Ports
 from vnet64.controller.roles.customer import Allocator, Pair, PoolExhausted
 from vnet64.ports import GENEVE_PORT, XLAT_PORT, vif_port
@@ -96,7 +97,9 @@ def test_host_connect_installs_meter_and_flows_for_its_vms(model):
     tables, msgs = logic.switch_connected(dpid(model, "host1"), HOST1_PORTS)
     assert tables is HOST_TABLES
     meters = {m.meter_id: m for m in msgs if isinstance(m, MeterMod)}
-    assert sorted(meters) == [PACKET_IN_METER, ERROR_METER] and isinstance(msgs[0], MeterMod)
+    # the TLV map and the meters come before any flow that uses them
+    assert msgs[0] == TOKEN_OPTION and all(isinstance(m, MeterMod) for m in msgs[1:3])
+    assert sorted(meters) == [PACKET_IN_METER, ERROR_METER]
     assert meters[PACKET_IN_METER].rate_pps == 5000 and meters[ERROR_METER].rate_pps == 1000
     # new pairs alone use theirs; errors and refusals a tenant can provoke use the other
     punts = [m for m in msgs if isinstance(m, Flow) and m.meter is not None]

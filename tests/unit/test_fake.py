@@ -8,7 +8,7 @@ from vnet64.controller.fake import FakeSwitch, FakeTableError, FixedCt, SimpleCo
 from vnet64.controller.flows import (CT, CT_DNAT, CT_EST, CT_NEW, CT_REL, CT_RPL, CT_SNAT, CT_TRK,
                                      ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, Controller,
                                      DeleteFlows, DeleteStrict, Match, MeterMod, Move, Nat, Output,
-                                     Resubmit, SetField, TableMap, ct_state, flow)
+                                     Resubmit, SetField, TableMap, TlvMap, ct_state, flow)
 
 TABLES = TableMap("test", (("ingress", 0), ("classify", 10), ("snat", 20), ("dnat", 30),
                            ("egress", 40)))
@@ -186,6 +186,21 @@ def test_delete_by_cookie_and_mask_meters_and_packet_outs():
     assert sw.meters[7].rate_pps == 100
     t = sw.trace(tcp6(), 1)
     assert t.punts and not t.dropped and t.outputs == []
+
+
+def test_tun_metadata_needs_its_tlv_map_first_and_a_map_is_not_silently_changed():
+    geneve = {"in_port": 1, "tun_metadata0": 0x1234}
+    with pytest.raises(FakeTableError, match="tun_metadata0 is not mapped"):
+        switch(flow("ingress", 10, geneve, [Output(2)]))
+    with pytest.raises(FakeTableError, match="tun_metadata0 is not mapped"):
+        switch(flow("ingress", 10, V6, [SetField("tun_metadata0", 1), Output(2)]))
+    sw = switch()
+    mapping = TlvMap(index=0, option_class=0xFFFF, option_type=0x64, length=4)
+    sw.apply([mapping, mapping, flow("ingress", 10, geneve, [Output(2)])])   # again: harmless
+    assert sw.trace({**tcp6(), "tun_metadata0": 0x1234}, 1).outputs
+    assert sw.trace(tcp6(), 1).dropped                  # no option: 0, as in OVS
+    with pytest.raises(FakeTableError, match="already mapped"):
+        sw.apply([TlvMap(index=0, option_class=0xFFFF, option_type=0x65, length=4)])
 
 
 # -- actions -----------------------------------------------------------------

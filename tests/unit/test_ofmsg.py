@@ -325,6 +325,35 @@ def test_flow_entry_round_trips_a_match(dp):
     assert F.Match.of(e.match) == F.Match.of({**f.match.as_dict(), "reg3": 7})
 
 
+def test_tlv_map_is_the_nicira_tlv_table_mod_ovs_reads(dp):
+    """NXT_TLV_TABLE_MOD add, as ``ovs-ofctl add-tlv-map br "{class=0xffff,type=0x64,len=4}
+    ->tun_metadata0"`` sends it (include/openflow/nicira-ext.h)."""
+    msg = one(dp, F.TlvMap(index=0, option_class=0xFFFF, option_type=0x64, length=4))
+    msg.set_xid(5)
+    msg.serialize()
+    assert bytes(msg.buf) == bytes.fromhex(
+        "04" "04" "0020" "00000005"        # OpenFlow 1.3 experimenter message, 32 bytes
+        "00002320" "00000018"              # Nicira, NXT_TLV_TABLE_MOD (24)
+        "0000" "000000000000"              # command ADD, pad
+        "ffff" "64" "04" "0000" "0000")    # class, type, length, index 0, pad
+    with pytest.raises(F.FlowError, match="not a Geneve TLV mapping"):
+        F.TlvMap(index=0, option_class=0xFFFF, option_type=0x64, length=6)
+
+
+def test_tun_metadata0_is_four_bytes_both_ways(dp):
+    f = F.flow("classify", 100, {"tun_ipv4_src": "192.0.2.1", "tun_metadata0": 0x5EC0E7A1},
+               [F.SetField("tun_metadata0", 0x5EC0E7A1), F.Output(1)], cookie=0x9)
+    fm = roundtrip(dp, one(dp, f))
+    assert dict(fm.match.items())["tun_metadata0"] == 0x5EC0E7A1
+    # NXM_NX_TUN_METADATA0 (class 1, field 40), 4 bytes: in the match and in the set_field
+    assert bytes.fromhex("0001" "50" "04" "5ec0e7a1") in bytes(fm.buf)
+    assert bytes.fromhex("0019" "0010" "0001" "50" "04" "5ec0e7a1") in bytes(fm.buf)
+    stats = parser.OFPFlowStats(table_id=0, duration_sec=1, duration_nsec=0, priority=100,
+                                idle_timeout=0, hard_timeout=0, flags=0, cookie=0x9,
+                                packet_count=0, byte_count=0, match=fm.match, instructions=[])
+    assert F.Match.of(ofmsg.flow_entry(stats).match) == f.match
+
+
 def test_not_a_message(dp):
     with pytest.raises(F.FlowError, match="not a flow-language message"):
         ofmsg.to_messages(dp, TABLES, ["flow"])

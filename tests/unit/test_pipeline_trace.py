@@ -32,6 +32,7 @@ PORTS = {
 SVC1 = "fd00:5e:1::10"
 A6, B6 = "fd41::3930:1f:6600:a00:4", "fd41::3930:20:6600:a00:4"
 PREFIX = "fd64:64::"
+TOKEN = 0x5EC0E7A1        # the NB's tunnel token in these tests
 
 
 class Platform:
@@ -39,7 +40,7 @@ class Platform:
 
     def __init__(self):
         self.topo = topology.load(DEFAULT_TOPOLOGY)
-        self.model = M.from_topology(self.topo)
+        self.model = M.from_topology(self.topo, tunnel_token=TOKEN)
         self.logic = Logic(lambda: self.model)
         self.sw: dict[str, FakeSwitch] = {}
         for node in self.model.nodes:
@@ -63,9 +64,12 @@ class Platform:
 
 
 def arrive(pkt: dict, **outer) -> dict:
-    """What the next node sees: the frame (metadata dropped) plus new tunnel metadata."""
+    """What the next node sees: the frame (metadata dropped) plus, through the tunnel
+    (``outer`` given), the Geneve options the sender put on it and the outer header."""
     keep = {k: v for k, v in pkt.items()
             if k != "in_port" and not k.startswith(("ct_", "reg", "tun_", "tunnel_id"))}
+    if outer:
+        keep.update({k: v for k, v in pkt.items() if k.startswith("tun_metadata")})
     return {**keep, **outer}
 
 
@@ -180,29 +184,65 @@ def test_a_vm_cannot_use_another_vms_connection(p):
 
 
 def test_forged_geneve_from_a_non_appliance_is_dropped(p):
-    pkt = tcp6(SVC1, A6, 1, 80, tun_ipv4_src=p.ip("host2"), tunnel_id=VNI)
+    pkt = tcp6(SVC1, A6, 1, 80, tun_ipv4_src=p.ip("host2"), tunnel_id=VNI, tun_metadata0=TOKEN)
     t = p.sw["host1"].trace(pkt, GENEVE)
     assert t.dropped and not t.punts, str(t)
+
+
+def test_every_hop_into_the_fabric_carries_the_token_and_every_node_wants_it(p):
+    """The round trip (above) only works with the token on every hop; here each node,
+    given a packet that would be accepted from the right outer source, drops it in
+    ``from_tunnel`` when the token is missing or wrong - never punts it."""
+    round_trip(p, A6, 10, 40000)
+    t = p.sw["host2"].trace(tcp6(SVC1, A6, 40000, 80, eth_dst=gateway.GATEWAY_MAC), 10)
+    assert t.output_packet(GENEVE)["tun_metadata0"] == TOKEN
+    cases = {   # node: (packet, outer source that node accepts)
+        "appliance": (tcp6(SVC1, A6, 40000, 80), "host2"),
+        "host1": (tcp6(SVC1, A6, 40000, 80), "appliance"),
+        "host2": (tcp6(A6, SVC1, 80, 40000, tcp_flags=0x12), "host1"),
+    }
+    for node, (pkt, source) in cases.items():
+        ok = p.sw[node].trace({**pkt, "tun_ipv4_src": p.ip(source), "tunnel_id": VNI,
+                               "tun_metadata0": TOKEN}, GENEVE)
+        assert ok.outputs, (node, str(ok))
+        for token in (None, TOKEN ^ 1):
+            bad = {**pkt, "tun_ipv4_src": p.ip(source), "tunnel_id": VNI}
+            if token is not None:
+                bad["tun_metadata0"] = token
+            t = p.sw[node].trace(bad, GENEVE)
+            assert not t.outputs and not t.punts and t.dropped_at == "from_tunnel", (node, str(t))
+
+
+def test_without_a_token_in_the_nb_nothing_matches_or_sets_one():
+    model = M.from_topology(topology.load(DEFAULT_TOPOLOGY))     # an NB from before tokens
+    logic = Logic(lambda: model)
+    for node in model.nodes:
+        _, msgs = logic.switch_connected(node.datapath_id, PORTS[node.name])
+        assert not [m for m in msgs if isinstance(m, Flow) and "tun_metadata0" in m.ofctl()]
 
 
 def test_a_known_host_delivers_to_an_endpoint_only_replies_to_what_it_sent(p):
     """host2 keeps state for its endpoints: a "reply" from host1's address (e.g. a node
     spoofing it) for a connection svc1 never made stops in ``to_endpoint``."""
-    forged = tcp6(A6, SVC1, 80, 40000, tun_ipv4_src=p.ip("host1"), tunnel_id=VNI, tcp_flags=0x12)
+    forged = tcp6(A6, SVC1, 80, 40000, tun_ipv4_src=p.ip("host1"), tunnel_id=VNI, tcp_flags=0x12,
+                  tun_metadata0=TOKEN)
     t = p.sw["host2"].trace(forged, GENEVE)
     assert not t.outputs and not t.punts and t.dropped_at == "to_endpoint", str(t)
     round_trip(p, A6, 10, 40000)              # svc1 -> a-vm1 from port 40000 and back
     t = p.sw["host2"].trace(forged, GENEVE)   # now the same tuple is a reply
     assert t.is_output(10, ipv6_src=A6, ipv6_dst=SVC1), str(t)
-    other = tcp6(A6, SVC1, 80, 40001, tun_ipv4_src=p.ip("host1"), tunnel_id=VNI, tcp_flags=0x12)
+    other = tcp6(A6, SVC1, 80, 40001, tun_ipv4_src=p.ip("host1"), tunnel_id=VNI, tcp_flags=0x12,
+                 tun_metadata0=TOKEN)
     assert p.sw["host2"].trace(other, GENEVE).dropped
 
 
 def test_appliance_drops_unknown_destinations_without_punting(p):
-    pkt = tcp6(SVC1, "fd41::3930:99:6600:a00:4", 1, 80, tun_ipv4_src=p.ip("host2"), tunnel_id=VNI)
+    pkt = tcp6(SVC1, "fd41::3930:99:6600:a00:4", 1, 80, tun_ipv4_src=p.ip("host2"), tunnel_id=VNI,
+               tun_metadata0=TOKEN)
     t = p.sw["appliance"].trace(pkt, GENEVE)
     assert t.dropped and not t.punts and t.dropped_at == "route", str(t)
-    pkt = tcp6(SVC1, A6, 1, 80, tun_ipv4_src="192.168.64.99", tunnel_id=VNI)   # not a known host
+    pkt = tcp6(SVC1, A6, 1, 80, tun_ipv4_src="192.168.64.99", tunnel_id=VNI,   # not a known host
+               tun_metadata0=TOKEN)
     assert p.sw["appliance"].trace(pkt, GENEVE).dropped
 
 

@@ -426,12 +426,18 @@ class Vnet64App(app_manager.OSKenApp):
         msg = ev.msg
         if (msg.type, msg.code) == (ofp.OFPET_METER_MOD_FAILED, ofp.OFPMMFC_METER_EXISTS):
             return   # ofmsg sends ADD then MODIFY: the ADD fails on a switch that kept the meter
+        if msg.type == ofp.OFPET_EXPERIMENTER:
+            if (msg.experimenter, msg.exp_type) == (ofmsg.NX_VENDOR_ID, ofmsg.NXTTMFC_ALREADY_MAPPED):
+                return   # the TLV map sent on every connect: the switch kept it
+            what = f"experimenter {msg.experimenter:#x} error type {msg.exp_type}"
+        else:
+            what = ofp.ofp_error_code_to_str(msg.type, msg.code)
         sw = self._switch(msg.datapath)
         log = sw.log if sw is not None else LOG
         failed = ""
         if len(msg.data) >= 8:
             failed = f" to {ofp.ofp_msg_type_to_str(msg.data[1])} xid {int.from_bytes(msg.data[4:8], 'big')}"
-        log.warning("switch error%s: %s", failed, ofp.ofp_error_code_to_str(msg.type, msg.code))
+        log.warning("switch error%s: %s", failed, what)
 
     # -- helpers ------------------------------------------------------------
 

@@ -47,8 +47,8 @@ from typing import Any, NamedTuple, Protocol
 from .flows import (CT, CT_DNAT, CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_SNAT, CT_TRK,
                     ETH_ARP, ETH_IPV4, ETH_IPV6, FIELDS, OFPP_CONTROLLER, OFPP_IN_PORT,
                     OFPP_TABLE, Batch, CheckPktLarger, Controller, DeleteFlows, DeleteStrict, Flow, FlowError,
-                    MeterMod, Move, Nat, Output, PacketOut, Resubmit, SetField, TableMap, _fmt,
-                    ct_state, ct_state_str)
+                    MeterMod, Move, Nat, Output, PacketOut, Resubmit, SetField, TableMap, TlvMap,
+                    _fmt, ct_state, ct_state_str)
 
 MAX_DEPTH = 64  # nested resubmit/ct(table=) before the fake calls it a loop
 
@@ -63,6 +63,7 @@ class FakeTableError(FlowError):
 EXTRA_FIELDS = {"icmp_id": (16, "int"),
                 "pkt_len": (16, "int")}   # the frame's length with its Ethernet header (check_pkt_larger)
 ZERO_DEFAULT = frozenset({"metadata", "pkt_mark", "tunnel_id", "tun_ipv4_src", "tun_ipv4_dst",
+                          "tun_metadata0",
                           "vlan_vid", "ct_state", "ct_zone", "ct_mark",
                           *(f"reg{i}" for i in range(16))})
 NOT_MASKABLE = frozenset({"in_port", "eth_type", "ip_proto", "ip_dscp", "nw_ttl", "icmpv4_type",
@@ -489,6 +490,7 @@ class FakeSwitch:
         self.tables = tables
         self.conntrack: CtOracle = conntrack or SimpleConntrack()
         self.meters: dict[int, MeterMod] = {}
+        self.tlv_map: dict[int, TlvMap] = {}     # tun_metadata<index> -> its Geneve option
         self.packet_outs: list[PacketOut] = []
         self._tables: dict[str, dict[tuple, _Entry]] = {s: {} for s, _ in tables.stages}
 
@@ -498,7 +500,7 @@ class FakeSwitch:
         """Install flows (an add), delete flows, record meters and packet-outs, in order."""
         if isinstance(messages, Batch):
             messages = messages.messages
-        elif isinstance(messages, (Flow, DeleteFlows, DeleteStrict, MeterMod, PacketOut)):
+        elif isinstance(messages, (Flow, DeleteFlows, DeleteStrict, MeterMod, PacketOut, TlvMap)):
             messages = (messages,)
         for msg in messages:
             if isinstance(msg, Flow):
@@ -518,6 +520,12 @@ class FakeSwitch:
                                             None)
             elif isinstance(msg, MeterMod):
                 self.meters[msg.meter_id] = msg
+            elif isinstance(msg, TlvMap):
+                old = self.tlv_map.get(msg.index)
+                if old is None:
+                    self.tlv_map[msg.index] = msg
+                elif old != msg:   # OVS: NXTTMFC_ALREADY_MAPPED (and the flows would misread it)
+                    raise FakeTableError(f"tun_metadata{msg.index} is already mapped to {old.ofctl()}")
             elif isinstance(msg, PacketOut):
                 self.packet_outs.append(msg)
             else:
@@ -547,6 +555,9 @@ class FakeSwitch:
         for name in match:
             if why := _prereq_error(name, exact):
                 _refuse(flow, why)
+        for name in (*match, *(a.field for a in flow.actions if isinstance(a, SetField))):
+            if name.startswith("tun_metadata") and int(name[12:]) not in self.tlv_map:
+                _refuse(flow, f"{name} is not mapped to a Geneve option (send its TlvMap first)")
         if "ct_state" in match:
             v, m = match["ct_state"]
             if not any(s & m == v for s in VALID_CT_STATES):

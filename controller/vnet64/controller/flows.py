@@ -66,6 +66,9 @@ FIELDS = {
     "arp_op": (16, "int"), "arp_spa": (32, "ipv4"), "arp_tpa": (32, "ipv4"),
     "arp_sha": (48, "mac"), "arp_tha": (48, "mac"),
     "tunnel_id": (64, "hex"), "tun_ipv4_src": (32, "ipv4"), "tun_ipv4_dst": (32, "ipv4"),
+    # the first Geneve option the switch's TLV map names (a ``TlvMap`` message sets it up;
+    # NXM_NX_TUN_METADATA0, used here as a 4-byte option: the platform's tunnel token)
+    "tun_metadata0": (32, "hex"),
     "ct_state": (32, "ct"), "ct_zone": (16, "int"), "ct_mark": (32, "hex"),
     "metadata": (64, "hex"), "pkt_mark": (32, "hex"),
     **{f"reg{i}": (32, "hex") for i in range(16)},
@@ -439,7 +442,31 @@ class MeterMod:
     burst: int = 0
 
 
-Message = Union[Flow, PacketOut, DeleteFlows, DeleteStrict, MeterMod]
+@dataclass(frozen=True)
+class TlvMap:
+    """Map a Geneve option (class, type, length in bytes) to ``tun_metadata<index>``
+    (NXT_TLV_TABLE_MOD, add). The switch keeps the map only while it runs (it is not in
+    OVSDB), so it is sent on every connect, before the flows that use the field; adding
+    a mapping that exists already fails harmlessly (NXTTMFC_ALREADY_MAPPED)."""
+
+    index: int
+    option_class: int
+    option_type: int
+    length: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.index < 64 and 0 <= self.option_class <= 0xFFFF
+                and 0 <= self.option_type <= 0xFF and 4 <= self.length <= 124
+                and self.length % 4 == 0):
+            raise FlowError(f"not a Geneve TLV mapping: {self!r}")
+
+    def ofctl(self) -> str:
+        """As ``ovs-ofctl add-tlv-map`` takes it."""
+        return (f"{{class={self.option_class:#x},type={self.option_type:#x},len={self.length}}}"
+                f"->tun_metadata{self.index}")
+
+
+Message = Union[Flow, PacketOut, DeleteFlows, DeleteStrict, MeterMod, TlvMap]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from ..ports import translator_mac
 from .flows import (ETH_IPV6, OFPP_CONTROLLER, DeleteFlows, DeleteStrict, Flow, Match, Message,
                     MeterMod, Output, PacketOut, Resubmit, TableMap)
 from .model import Model, Node
-from .pipeline import (ERROR_METER, PACKET_IN_METER, Cookie, cookie, tables_for)
+from .pipeline import (ERROR_METER, PACKET_IN_METER, TOKEN_OPTION, Cookie, cookie, tables_for)
 from .roles import Ports, appliance, customer, service
 
 LOG = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Logic:
         flows = desired_flows(self.model, node, ports, self.path_mtu)
         sw.proactive = {f.key: f for f in flows}
         LOG.info("switch %016x is %s (%s): %d proactive flows", dpid, node.name, node.role, len(flows))
-        msgs: list[Message] = []
+        msgs: list[Message] = [TOKEN_OPTION]   # before the flows that match or set it
         if node.role == "host":
             msgs.append(MeterMod(PACKET_IN_METER, self.packet_in_rate, burst=self.packet_in_rate // 10))
             msgs.append(MeterMod(ERROR_METER, self.error_punt_rate, burst=self.error_punt_rate // 10))

@@ -57,6 +57,7 @@ class Model:
     nodes: tuple[Node, ...] = ()
     vms: tuple[VM, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
+    tunnel_token: int | None = None   # the Geneve option every node sends and expects (None: none)
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -141,13 +142,15 @@ def from_nb(api: Any) -> Model:
         platform_ip=platform_ip,
         translator_prefix=IPv6Network(platform.translator_prefix) if platform else IPv6Network("fd64:64::/96"),
         appliance=platform.appliance[0].name if platform and platform.appliance else None,
+        tunnel_token=(platform.tunnel_token[0] if platform and platform.tunnel_token else None),
         nodes=tuple(sorted(nodes, key=lambda n: n.name)),
         vms=tuple(sorted(vms, key=lambda v: v.name)),
         endpoints=tuple(sorted(endpoints, key=lambda e: e.name)))
 
 
-def from_topology(topo: Any) -> Model:
-    """The model a freshly loaded NB would give for a topology file (zones in file order).
+def from_topology(topo: Any, tunnel_token: int | None = None) -> Model:
+    """The model a freshly loaded NB would give for a topology file (zones in file order;
+    the NB draws the tunnel token at random, so it is given here).
 
     For tests and offline tools (e.g. printing the flows a topology implies).
     """
@@ -169,4 +172,5 @@ def from_topology(topo: Any) -> Model:
         nodes=tuple(Node(n.name, n.role, n.underlay_ip, n.datapath_id) for n in topo.nodes),
         vms=tuple(vms),
         endpoints=tuple(Endpoint(e.name, s.name, e.ipv6, e.mac, e.host)
-                        for s in topo.services for e in s.endpoints))
+                        for s in topo.services for e in s.endpoints),
+        tunnel_token=tunnel_token)

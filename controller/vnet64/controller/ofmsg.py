@@ -68,6 +68,7 @@ from .flows import (
     Resubmit,
     SetField,
     TableMap,
+    TlvMap,
 )
 
 # NAT flags of NXAST_NAT (OVS include/openflow/nicira-ext.h); os-ken has no names for them.
@@ -112,6 +113,8 @@ def to_messages(datapath: Any, tables: TableMap | None, msgs: Iterable[flows.Mes
             out.append(delete_strict(datapath, tables, m))
         elif isinstance(m, MeterMod):
             out.extend(meter_mods(datapath, m))
+        elif isinstance(m, TlvMap):
+            out.append(tlv_table_mod(datapath, m))
         else:
             raise FlowError(f"not a flow-language message: {m!r}")
     return out
@@ -336,6 +339,23 @@ def meter_mods(datapath: Any, m: MeterMod) -> list:
                                bands=[parser.OFPMeterBandDrop(rate=m.rate_pps,
                                                               burst_size=m.burst)])
             for command in (ofp.OFPMC_ADD, ofp.OFPMC_MODIFY)]
+
+
+NX_VENDOR_ID = 0x00002320
+NXT_TLV_TABLE_MOD = 24
+NXTTMC_ADD = 0
+NXTTMFC_ALREADY_MAPPED = 20     # the (OpenFlow 1.2+) experimenter error type of that failure
+
+
+def tlv_table_mod(datapath: Any, m: TlvMap) -> Any:
+    """NXT_TLV_TABLE_MOD (add one mapping), which os-ken has no class for: an OpenFlow 1.3
+    experimenter message (OVS's ``nicira_header`` has the same layout) whose body is
+    ``nx_tlv_table_mod`` (command, 6 pad bytes) and one ``nx_tlv_map`` (class, type,
+    length, index, 2 pad bytes) - include/openflow/nicira-ext.h."""
+    body = struct.pack("!H6x", NXTTMC_ADD) + struct.pack(
+        "!HBBH2x", m.option_class, m.option_type, m.length, m.index)
+    return datapath.ofproto_parser.OFPExperimenter(
+        datapath, experimenter=NX_VENDOR_ID, exp_type=NXT_TLV_TABLE_MOD, data=body)
 
 
 def packet_out(datapath: Any, tables: TableMap | None, p: PacketOut) -> Any:

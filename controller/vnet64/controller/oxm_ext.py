@@ -7,6 +7,11 @@ ERICOXM_OF_ICMPV6_ND_OPTIONS_TYPE = 2, since OVS 2.11). The datapath needs
 both to turn a Neighbor Solicitation into a Neighbor Advertisement: without
 them the reply keeps the NS's source-link-layer option and Linux ignores it.
 
+os-ken also lacks ``tun_metadata0`` (NXM_NX_TUN_METADATA0: class 0x0001, field
+40), a variable-length field whose width is the length its Geneve option has in
+the switch's TLV map; vnet64 maps a 4-byte option to it (the tunnel token), so
+it is declared here as 4 bytes - what OVS then writes in flow-stats replies too.
+
 Importing this module adds them to ``os_ken.ofproto.ofproto_v1_3``'s field
 table and regenerates its lookup functions (os-ken resolves them through the
 module at call time, so existing parser classes pick them up).
@@ -29,6 +34,7 @@ class EricssonExtended(oxm_fields._OxmClass):
 FIELDS = (
     EricssonExtended("nd_reserved", 1, type_desc.Int4),
     EricssonExtended("nd_options_type", 2, type_desc.Int1),
+    oxm_fields.NiciraExtended1("tun_metadata0", 40, type_desc.Int4),
 )
 
 

@@ -7,7 +7,7 @@ go into OVS's Flow_Table rows, so ``ovs-ofctl dump-flows --names`` reads well.
 
 Host pipeline (table ids in brackets)::
 
-  classify [0] ── in_port=geneve0 ──► from_tunnel [1]
+  classify [0] ── in_port=geneve0 ──► from_tunnel [1]   (every flow there also wants the token)
      │                                 ├ tun_src=appliance, dst=local VM's platform IPv6 ─► pair [20]
      │                                 └ tun_src=a known host ─► ct(endpoint zone) ─► to_endpoint [11]
      │                                   (delivered only as a reply or related to what it sent)
@@ -29,9 +29,13 @@ Host pipeline (table ids in brackets)::
 
 Appliance pipeline::
 
-  classify [0] ── in_port=geneve0 ──► from_tunnel [1]: tun_src = a known host ─► route [2]
-  route [2]: ipv6_dst = a subscribed VM's platform IPv6 ─► tun_dst = its host, out IN_PORT
+  classify [0] ── in_port=geneve0 ──► from_tunnel [1]: tun_src = a known host + token ─► route [2]
+  route [2]: ipv6_dst = a subscribed VM's platform IPv6 ─► tun_dst = its host, token, out IN_PORT
              anything else: dropped and counted (never punted)
+
+Tunnel token: every node puts the platform's tunnel token (NB ``Platform.tunnel_token``)
+in a Geneve option on what it sends into the fabric, and every ``from_tunnel`` flow
+matches it besides the outer source (see ``TOKEN_OPTION``).
 
 Cookies (64 bits): ``role (8) | feature (8) | object (48)``. ``object`` is the
 pair's alias index for per-pair flows (so a restarted controller can rebuild
@@ -43,7 +47,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from .flows import TableMap
+from .flows import SetField, TableMap, TlvMap
 
 # ---------------------------------------------------------------------------
 # Table maps
@@ -120,6 +124,28 @@ CT_TIMEOUTS = {"tcp_time_wait": 62, "tcp_close": 62}
 
 # Geneve VNI carried by every platform packet (key=flow)
 VNI = 0x6464
+
+# The tunnel token: a 4-byte Geneve option (class 0xffff, from IANA's "Experimental Use"
+# range 0xfff0-0xffff; type 0x64, not critical) that every node sets on what it sends into
+# the fabric and every ``from_tunnel`` flow matches, besides the outer source address. A
+# node on the fabric that can spoof the appliance's or a host's underlay address, but
+# cannot read the fabric's traffic, no longer gets packets in (it would have to guess 32
+# bits). With its 4-byte header the option takes the 8 bytes ``geneve_option_bytes`` keeps
+# in the MTU plan. The switch learns the option's field from a TLV map the controller
+# sends on every connect (OVS does not keep it in OVSDB).
+TOKEN_FIELD = "tun_metadata0"
+TOKEN_OPTION = TlvMap(index=0, option_class=0xFFFF, option_type=0x64, length=4)
+
+
+def token_match(token: int | None) -> dict:
+    """What a ``from_tunnel`` flow adds to its match (nothing when the NB has no token)."""
+    return {TOKEN_FIELD: token} if token else {}
+
+
+def token_actions(token: int | None) -> list[SetField]:
+    """What a flow that sends into the fabric does before its output."""
+    return [SetField(TOKEN_FIELD, token)] if token else []
+
 
 # NA flags in nd_reserved: Router, Solicited, Override
 NA_FLAGS_RSO = 0xE0000000

@@ -129,6 +129,10 @@ class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
     def unsubscribe(self, vm: str, service: str, if_exists: bool = False) -> bool:
         return self.run(cmd.UnsubscribeCommand(self, vm, service, if_exists))[0]
 
+    def rotate_tunnel_token(self) -> int:
+        """A new tunnel token for the platform; returns it."""
+        return self.run(cmd.RotateTunnelTokenCommand(self))[0]
+
     def set_connections(self, targets: Iterable[str], inactivity_probe: int | None = None) -> bool:
         """The NB server's client remotes besides its unix socket (True if changed)."""
         return self.run(cmd.SetConnectionsCommand(self, targets, inactivity_probe))[0]
@@ -157,7 +161,8 @@ class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
             return None
         return {"platform_ip": row.platform_ip, "translator_prefix": row.translator_prefix,
                 "region": row.region[0].name if row.region else None,
-                "appliance": row.appliance[0].name if row.appliance else None}
+                "appliance": row.appliance[0].name if row.appliance else None,
+                "tunnel_token": f"{row.tunnel_token[0]:#010x}" if row.tunnel_token else None}
 
     def region_info(self, row: Any) -> dict:
         return {"name": row.name, "region_id": f"{row.region_id:#06x}"}

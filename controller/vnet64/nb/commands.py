@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import secrets
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Iterable
 
@@ -195,7 +196,29 @@ class SetPlatformCommand(_Command):
         row.translator_prefix = str(p.translator_prefix)
         row.region = [region]
         row.appliance = [appliance]
+        if not getattr(row, "tunnel_token", None):   # made once (a new row has none yet); kept on reload
+            row.tunnel_token = [new_tunnel_token()]
         self.result = row.uuid
+
+
+def new_tunnel_token() -> int:
+    """A fresh tunnel token: 32 random bits, never 0 (pipeline.TOKEN_OPTION)."""
+    return secrets.randbelow(0xFFFFFFFF) + 1
+
+
+class RotateTunnelTokenCommand(_Command):
+    """Give the platform a new tunnel token (result: the new token)."""
+
+    def run_idl(self, txn: Any) -> None:
+        row = _one(self.api.tables["Platform"].rows.values())
+        if row is None:
+            raise NotFound("the NB has no platform settings yet (load a topology first)")
+        old = row.tunnel_token[0] if row.tunnel_token else None
+        token = new_tunnel_token()
+        while token == old:
+            token = new_tunnel_token()
+        row.tunnel_token = [token]
+        self.result = token
 
 
 # ---------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """SDN appliance: route each subscribed VM's platform IPv6 to that VM's host.
 
-From the tunnel, only packets whose outer source is a known host are looked
-at; ``route`` matches the inner IPv6 destination against the host mapping
-(one flow per subscribed VM), rewrites the outer destination to the VM's host
-and sends the packet back into the fabric through the port it came in on.
+From the tunnel, only packets whose outer source is a known host and that carry
+the platform's tunnel token (``pipeline.TOKEN_OPTION``) are looked at; ``route``
+matches the inner IPv6 destination against the host mapping (one flow per
+subscribed VM), rewrites the outer destination to the VM's host, sets the token
+(the appliance's own hop) and sends the packet back into the fabric through the
+port it came in on.
 Everything else is dropped by explicit, counted miss flows — never punted.
 
 The outer source of the rewritten packet is the appliance's own address (the
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from ..flows import ETH_IPV6, OFPP_IN_PORT, Flow, Output, SetField, flow
 from ..model import Model, Node
-from ..pipeline import PRIO_MATCH, PRIO_MISS, VNI, cookie
+from ..pipeline import PRIO_MATCH, PRIO_MISS, VNI, cookie, token_actions, token_match
 from . import Ports
 
 
@@ -32,13 +34,15 @@ def appliance_flows(model: Model, node: Node, ports: Ports) -> list[Flow]:
     out.append(flow("classify", PRIO_MATCH, {"in_port": ports.geneve, "tunnel_id": VNI},
                     goto="from_tunnel", cookie=base))
     for host in model.hosts():
-        out.append(flow("from_tunnel", PRIO_MATCH, {"tun_ipv4_src": host.underlay_ip},
+        out.append(flow("from_tunnel", PRIO_MATCH,
+                        {"tun_ipv4_src": host.underlay_ip, **token_match(model.tunnel_token)},
                         goto="route", cookie=cookie("appliance", "peer", host.name)))
     for vm in model.vms:
         host = model.node(vm.host)
         if not vm.subscribed or host is None:
             continue
         out.append(flow("route", PRIO_MATCH, {"eth_type": ETH_IPV6, "ipv6_dst": vm.ipv6},
-                        [SetField("tun_ipv4_dst", host.underlay_ip), Output(OFPP_IN_PORT)],
+                        [SetField("tun_ipv4_dst", host.underlay_ip),
+                         *token_actions(model.tunnel_token), Output(OFPP_IN_PORT)],
                         cookie=cookie("appliance", "route", vm.name)))
     return out

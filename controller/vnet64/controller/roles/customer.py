@@ -5,8 +5,8 @@ Stages owned: ``from_tunnel`` (forward traffic), ``pair``, ``v6_dnat``,
 ``to_vm``, ``from_vm``, ``arp_reply``, ``vm_return``.
 
 Forward (service -> VM), per DESIGN §4b:
- 1. from the tunnel, outer source = the appliance, inner destination = the
-    platform IPv6 of a local subscribed VM -> ``pair``;
+ 1. from the tunnel, outer source = the appliance with the tunnel token, inner
+    destination = the platform IPv6 of a local subscribed VM -> ``pair``;
  2. ``pair``: (service IPv6, VM IPv6) identifies a pair. Its flow (installed
     by the controller on the pair's first packet) SNATs the source to
     ``<xlat /96>::<alias>`` in the v6 SNAT zone; a miss is metered and punted;
@@ -23,7 +23,7 @@ Return (VM -> service):
     VM's port to one of this VM's pairs' aliases go on to TAYGA;
  8. TAYGA returns IPv6; un-DNAT then un-SNAT rebuild (VM platform IPv6 ->
     service IPv6); ``to_service`` encapsulates it straight to the endpoint's
-    host (not via the appliance).
+    host (not via the appliance), with the tunnel token.
 
 Pairs and aliases: every pair on a host owns one alias from ``ALIAS_POOL``; the
 alias is what tells TAYGA's IPv4 output apart per pair (hence per VNet and VM,
@@ -55,7 +55,8 @@ from ..flows import (CT, ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6
 from ..inet import checksum
 from ..model import VM, Endpoint, Model, Node
 from ..pipeline import (ERROR_METER, PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_MATCH, PRIO_MISS,
-                        PRIO_SPECIFIC, VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, cookie)
+                        PRIO_SPECIFIC, VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, cookie, token_actions,
+                        token_match)
 from . import Ports, service
 
 ALIAS_POOL = IPv4Network("198.18.0.0/15")   # RFC 2544 benchmarking space: never a customer's
@@ -226,7 +227,8 @@ def vm_flows(model: Model, node: Node, ports: Ports, vm: VM) -> list[Flow]:
     if appliance is not None:
         out.append(flow("from_tunnel", PRIO_MATCH,
                         {"tun_ipv4_src": appliance.underlay_ip, "tunnel_id": VNI,
-                         "eth_type": ETH_IPV6, "ipv6_dst": vm.ipv6},
+                         "eth_type": ETH_IPV6, "ipv6_dst": vm.ipv6,
+                         **token_match(model.tunnel_token)},
                         goto="pair", cookie=c))
     return out
 
@@ -245,7 +247,7 @@ def to_service_flows(model: Model, node: Node, ports: Ports) -> list[Flow]:
             continue
         out.append(flow("to_service", PRIO_MATCH, m,
                         [SetField("tunnel_id", VNI), SetField("tun_ipv4_dst", host.underlay_ip),
-                         Output(ports.geneve)], cookie=c))
+                         *token_actions(model.tunnel_token), Output(ports.geneve)], cookie=c))
     return out
 
 

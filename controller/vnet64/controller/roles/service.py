@@ -4,19 +4,21 @@ Stages owned: ``from_endpoint``, ``nd_reply``, ``nd_tll``, ``to_endpoint``, and
 in ``from_tunnel`` the flows that accept return traffic from known hosts.
 
 - From an endpoint's port, IPv6 from that endpoint's own address to the
-  steering prefix fd41::/16 is encapsulated (Geneve, VNI) towards the appliance.
+  steering prefix fd41::/16 is encapsulated (Geneve, VNI, tunnel token) towards
+  the appliance.
 - Neighbour solicitations for the virtual gateway fe80::1 are answered in the
   datapath: ``nd_reply`` turns the NS into an NA (addresses swapped, type 136,
   R/S/O flags, option type TLL) and ``nd_tll`` fills in the gateway MAC (OVS
   refuses to set nd_tll in a flow that matches an NS).
-- From the tunnel, only packets whose outer source is a known host are
-  accepted; ``to_endpoint`` delivers IPv6 from a platform address to the
-  local endpoint it is addressed to - only replies to, or errors related to,
+- From the tunnel, only packets whose outer source is a known host and that
+  carry the platform's tunnel token (``pipeline.TOKEN_OPTION``) are accepted;
+  ``to_endpoint`` delivers IPv6 from a platform address to the local endpoint
+  it is addressed to - only replies to, or errors related to,
   what the endpoint sent: its packets to the platform are committed in the
   endpoint zone (``ZONE_ENDPOINTS``, no NAT) on the way out, and what comes
   back is looked up there first. A node that spoofs a host's underlay address
-  therefore cannot inject "replies" into an endpoint (unless it knows the
-  addresses and ports of a live connection: Geneve itself is not authenticated).
+  therefore cannot inject "replies" into an endpoint (unless it knows the token
+  and the addresses and ports of a live connection).
 - The service host is the endpoint's first-hop router (the virtual gateway
   fe80::1), so it answers what a router must (RFC 8200, RFC 4443): a packet
   to fd41::/16 with hop limit 0 or 1 is not forwarded but punted (metered)
@@ -40,7 +42,7 @@ from ..inet import checksum
 from ..model import Model, Node
 from ..pipeline import (ERROR_METER, NA_FLAGS_RSO, PRIO_HOP_LIMIT, PRIO_MATCH, PRIO_SPECIFIC,
                         PRIO_TOO_BIG, PRIO_UNPARSED, TOO_BIG_BIT, TOO_BIG_REG, VNI,
-                        ZONE_ENDPOINTS, cookie)
+                        ZONE_ENDPOINTS, cookie, token_actions, token_match)
 from . import Ports
 
 STEERING = address.STEERING_PREFIX
@@ -89,6 +91,7 @@ def endpoint_flows(model: Model, node: Node, ports: Ports, path_mtu: int | None 
                             [CT(zone=ZONE_ENDPOINTS, commit=True),
                              SetField("tunnel_id", VNI),
                              SetField("tun_ipv4_dst", appliance.underlay_ip),
+                             *token_actions(model.tunnel_token),
                              Output(ports.geneve)], cookie=c))
         # +rel may come with any other flag, so it cannot share a priority with +rpl
         for prio, state in ((PRIO_SPECIFIC, CT_REPLY), (PRIO_MATCH, CT_RELATED)):
@@ -132,7 +135,8 @@ def peer_flows(model: Model, node: Node) -> list[Flow]:
         if peer.name == node.name:
             continue
         out.append(flow("from_tunnel", PRIO_MATCH,
-                        Match.of(tun_ipv4_src=peer.underlay_ip, tunnel_id=VNI, eth_type=ETH_IPV6),
+                        Match.of(tun_ipv4_src=peer.underlay_ip, tunnel_id=VNI, eth_type=ETH_IPV6,
+                                 **token_match(model.tunnel_token)),
                         [to_endpoint()], cookie=cookie("host", "peer", peer.name)))
     return out
 
