@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vnet64.controller.pipeline import TOKEN_OPTION
 from vnet64.nb import api as nb_api
 from vnet64.topology import TopologyError
 
@@ -97,6 +98,7 @@ class Setup:
     vms: list[Vif]
     nodes: dict[str, Node]
     appliance: str
+    tunnel_token: int | None = None   # the Geneve option every hop must carry (NB)
 
     def node_of(self, vif: Vif) -> Node:
         return self.nodes[vif.host]
@@ -137,7 +139,8 @@ def read_setup(plan: P.Plan, endpoint: str | None, only_vms: list[str]) -> Setup
                  norm(s["ipv4"]), s["vnet"]) for s in subs],
         nodes={name: Node(name, norm(n["underlay_ip"]), node_plans[name].ns,
                           node_plans[name].fabric_if) for name, n in nodes.items()},
-        appliance=platform["appliance"])
+        appliance=platform["appliance"],
+        tunnel_token=int(platform["tunnel_token"], 16) if platform.get("tunnel_token") else None)
 
 
 # -- captured headers ----------------------------------------------------------------
@@ -157,6 +160,7 @@ class Head:
     detail: str = ""       # TCP flags and length, UDP length, ICMP echo id/seq
     echo: str = ""         # "request" / "reply" for ICMP(v6) echo
     outer: tuple[str, str, int] | None = None   # (src, dst, VNI)
+    token: int | None = None                    # the tunnel-token option's value, if any
 
     def text(self) -> str:
         ports = f" {self.sport} > {self.dport}" if self.sport is not None else ""
@@ -164,7 +168,8 @@ class Head:
 
     def outer_text(self) -> str:
         src, dst, vni = self.outer or ("?", "?", 0)
-        return f"IPv4 {src} > {dst}  Geneve VNI {vni:#x}"
+        token = "" if self.token is None else f" token {self.token:#010x}"
+        return f"IPv4 {src} > {dst}  Geneve VNI {vni:#x}{token}"
 
     def endpoint(self, which: str) -> str:
         addr, port = (self.src, self.sport) if which == "src" else (self.dst, self.dport)
@@ -194,11 +199,14 @@ def read_pcap(path: Path) -> list[Head]:
         return heads
     with reader:
         for pkt in reader:
-            outer = None
+            outer, token = None, None
             layer = pkt
             if pkt.haslayer(GENEVE) and pkt.haslayer(IP):
                 g = pkt[GENEVE]
                 outer = (pkt[IP].src, pkt[IP].dst, int(g.vni))
+                token = next((int.from_bytes(o.data, "big") for o in g.options
+                              if (o.classid, o.type) == (TOKEN_OPTION.option_class,
+                                                         TOKEN_OPTION.option_type)), None)
                 layer = g.payload
             if layer.haslayer(IPv6):
                 ip, family = layer[IPv6], "IPv6"
@@ -226,7 +234,7 @@ def read_pcap(path: Path) -> list[Head]:
             else:
                 kw = dict(proto=t.name if t else "?")
             heads.append(Head(time=float(pkt.time), family=family, src=norm(ip.src),
-                              dst=norm(ip.dst), outer=outer, **kw))
+                              dst=norm(ip.dst), outer=outer, token=token, **kw))
     return heads
 
 
@@ -409,6 +417,11 @@ def analyse(setup: Setup, ex: Exchange, caps: Captures) -> None:
         problems.append(f"253: destination {p253.dst}, not Platform_IP {setup.platform_ip}")
     if p262 and p262.outer[1] != svc_host.ip:
         problems.append(f"262: outer dst {p262.outer[1]}, not {svc_host.name} {svc_host.ip}")
+    if setup.tunnel_token is not None:
+        for no, h in (("216", p216), ("234", p234), ("262", p262)):
+            if h and h.token != setup.tunnel_token:
+                problems.append(f"{no}: tunnel token {h.token if h.token is None else hex(h.token)}, "
+                                f"not the NB's {setup.tunnel_token:#010x}")
     if ex.via_appliance:
         problems.append(f"{ex.via_appliance} reply packet(s) went through the appliance")
 

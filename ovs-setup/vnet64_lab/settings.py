@@ -7,7 +7,8 @@ hands the free-form ``lab:`` mapping through untouched. This module owns its key
       underlay_cidr: 192.168.64.0/24    # the fabric segment; every node's underlay_ip in it
       management_cidr: 172.31.255.0/24  # OpenFlow + NB; controller at the first address
       underlay_mtu: 1500                # MTU of the fabric (node NICs, br-phy)
-      geneve_option_bytes: 8            # room kept for Geneve TLV options (4-byte multiples)
+      geneve_option_bytes: 8            # room kept for Geneve options (4-byte multiples; at
+                                        # least 8, the tunnel token's option with its header)
       translator_ipv4: 192.0.0.1        # TAYGA's own IPv4 (source of its ICMPv4 errors)
 
 Every key is optional. The MTUs of everything above the fabric follow from the
@@ -27,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from vnet64 import topology
+from vnet64.controller.pipeline import TOKEN_OPTION
 from vnet64.topology import Topology, TopologyError
 
 GENEVE_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + Geneve 8 + inner Ethernet 14
+TOKEN_OPTION_BYTES = 4 + TOKEN_OPTION.length   # the tunnel token's Geneve option, header included
 IPV6_MIN_MTU = 1280
 TRANSLATION_GROWTH = 20  # IPv4 header 20 -> IPv6 header 40
 MAX_MTU = 9000
@@ -130,7 +133,7 @@ def from_topology(topo: Topology, path: str | Path | None = None) -> LabSettings
         raise err("management_cidr", f"{mgmt} is too small for {len(topo.nodes)} nodes "
                                      f"(needs {needed} addresses)")
 
-    options = integer("geneve_option_bytes", 0, 252)
+    options = integer("geneve_option_bytes", TOKEN_OPTION_BYTES, 252)   # at least the token's option
     if options % 4:
         raise err("geneve_option_bytes", f"must be a multiple of 4 (Geneve options are 4-byte "
                                          f"words), got {options}")

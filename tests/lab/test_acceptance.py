@@ -445,5 +445,5 @@ def test_direct_return_to_the_service_host(trace):
     # and the appliance's OVS never processed a packet from a customer host
     from_tunnel = flows(t.plan, "appliance", "table=from_tunnel")
     for host in ("host1", "host3"):
-        assert f"tun_src={t.underlay(host)} " in from_tunnel, from_tunnel
-        assert flow_packets(t.plan, "appliance", f"tun_src={t.underlay(host)} ") == 0, from_tunnel
+        assert f"tun_src={t.underlay(host)}," in from_tunnel, from_tunnel
+        assert flow_packets(t.plan, "appliance", f"tun_src={t.underlay(host)},") == 0, from_tunnel

@@ -18,7 +18,7 @@ from vnet64_lab.ovs import OvsNode
 from vnet64_lab.traffic import ns_of, programmed, wait_for
 
 from tests.lab.conftest import ROOT, need_lab, new_lab
-from tests.lab.traffic import meter_drops
+from tests.lab.traffic import meter_drops, tunnel_token
 
 A6 = "fd41::3930:1f:6600:a00:4"
 BULK_PORT, BIG_UDP_PORT, LATE_UDP_PORT = 9001, 9002, 9003
@@ -156,7 +156,9 @@ def test_icmp_error_from_the_service_reaches_the_vms_connected_socket(platform):
 FLOOD = r"""
 import os, socket, struct, sys, time
 host1, vm6, seconds = sys.argv[1], socket.inet_pton(socket.AF_INET6, sys.argv[2]), float(sys.argv[3])
-geneve = struct.pack("!BBHI", 0, 0, 0x6558, 0x6464 << 8)          # no options, TEB, VNI 0x6464
+token = int(sys.argv[4], 16)
+geneve = struct.pack("!BBHI", 2, 0, 0x6558, 0x6464 << 8)          # 2 words of options, TEB, VNI 0x6464
+geneve += struct.pack("!HBBI", 0xFFFF, 0x64, 1, token)            # the tunnel token's option
 eth = bytes.fromhex("020000000002" "020000000001") + struct.pack("!H", 0x86DD)
 udp = struct.pack("!HHHH", 1234, 80, 8, 0)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -183,7 +185,8 @@ def test_a_flood_of_new_pairs_is_metered_and_the_controller_stays_responsive(pla
     node.ofctl("-O", "OpenFlow13", "mod-meter", "br-int",
                "meter=1,pktps,burst,band=type=drop,rate=200,burst_size=20")
     flood = subprocess.Popen([sh.tool("ip"), "netns", "exec", plan.node("appliance").ns,
-                              sys.executable, "-c", FLOOD, str(host1.underlay_ip.ip), A6, "4"],
+                              sys.executable, "-c", FLOOD, str(host1.underlay_ip.ip), A6, "4",
+                              tunnel_token(plan)],
                              stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1.0)   # let the flood build up before the legitimate pair (no sync needed)

@@ -223,15 +223,17 @@ def test_ctrl_c_takes_the_lab_down():
 
 def test_pcap_reading_decodes_geneve_and_echo_replies(tmp_path):
     """No root: Geneve-encapsulated IPv6 and plain IPv4, as the demo summarises them."""
-    from scapy.contrib.geneve import GENEVE
+    from scapy.contrib.geneve import GENEVE, GeneveOptions
     from scapy.layers.inet import ICMP, IP, TCP, UDP
     from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
     from scapy.layers.l2 import Ether
     from scapy.utils import wrpcap
 
     inner = Ether() / IPv6(src=SVC1, dst=A6) / TCP(sport=40000, dport=8080, flags="S")
+    token = GeneveOptions(classid=0xFFFF, type=0x64, data=bytes.fromhex("5ec0e7a1"))
+    other = GeneveOptions(classid=0xFFFF, type=0x65, data=bytes.fromhex("01020304"))
     pkts = [Ether() / IP(src=HOST2, dst=APPLIANCE) / UDP(sport=5000, dport=6081)
-            / GENEVE(vni=0x6464, proto=0x6558) / inner,
+            / GENEVE(vni=0x6464, proto=0x6558, options=[other, token]) / inner,
             Ether() / IPv6(src=A6, dst=SVC1) / ICMPv6EchoReply(id=7, seq=1),
             Ether() / IPv6(src=SVC1, dst=A6) / ICMPv6EchoRequest(id=7, seq=1),
             Ether() / IP(src="10.0.0.4", dst=PLATFORM_IP) / UDP(sport=8081, dport=1234) / b"hi",
@@ -240,7 +242,8 @@ def test_pcap_reading_decodes_geneve_and_echo_replies(tmp_path):
     heads = D.read_pcap(tmp_path / "x.pcap")
     assert heads[0].outer == (HOST2, APPLIANCE, 0x6464)
     assert heads[0].text() == f"IPv6 {SVC1} > {A6}  TCP 40000 > 8080 [S]"
-    assert heads[0].outer_text() == f"IPv4 {HOST2} > {APPLIANCE}  Geneve VNI 0x6464"
+    assert heads[0].token == 0x5EC0E7A1      # the tunnel token's option, among others
+    assert heads[0].outer_text() == f"IPv4 {HOST2} > {APPLIANCE}  Geneve VNI 0x6464 token 0x5ec0e7a1"
     assert heads[1].echo == "reply" and heads[2].echo == "request"
     assert heads[3].text() == f"IPv4 10.0.0.4 > {PLATFORM_IP}  UDP 8081 > 1234 len 2"
     assert heads[4].text() == f"IPv4 {PLATFORM_IP} > 10.0.0.4  ICMP echo request id 7 seq 1"

@@ -160,7 +160,10 @@ class OfConnection:
         errors = []
         while True:
             reply = self.recv()
-            if isinstance(reply, self.dp.ofproto_parser.OFPErrorMsg):
+            if isinstance(reply, self.dp.ofproto_parser.OFPErrorMsg) \
+                    and reply.type == ofp.OFPET_EXPERIMENTER:
+                errors.append(f"experimenter={reply.experimenter:#x} exp_type={reply.exp_type}")
+            elif isinstance(reply, self.dp.ofproto_parser.OFPErrorMsg):
                 errors.append(f"type={reply.type} code={reply.code} "
                               f"({ofp.ofp_error_code_to_str(reply.type, reply.code)})")
             elif isinstance(reply, self.dp.ofproto_parser.OFPBarrierReply) \
@@ -309,6 +312,39 @@ def test_flows_are_what_ofctl_text_says(sandbox, conn):
     assert "meter:7" in got[0x109] and "CONTROLLER:65535" in got[0x109]
     assert "set_field:3758096384->nd_reserved" in got[0x10f]  # OVS prints decimal
     assert "set_field:2->nd_options_type" in got[0x10f]
+
+
+def test_tunnel_token_map_and_flows_are_what_ofctl_says(sandbox, conn):
+    """The TLV map (NXT_TLV_TABLE_MOD, encoded by hand) and flows that match and set
+    ``tun_metadata0`` as 4 bytes: what ``ovs-ofctl add-tlv-map`` / ``add-flow`` make of the
+    same text, and read back by a flow-stats request as the same match. Sending the map
+    again fails with NXTTMFC_ALREADY_MAPPED only (which the controller ignores)."""
+    from vnet64.controller.pipeline import TOKEN_OPTION
+    conn.send(ofmsg.to_messages(conn.dp, None, [TOKEN_OPTION]))
+    errors = conn.send_for_errors(ofmsg.to_messages(conn.dp, None, [TOKEN_OPTION]))
+    assert errors == [f"experimenter={ofmsg.NX_VENDOR_ID:#x} exp_type={ofmsg.NXTTMFC_ALREADY_MAPPED}"]
+    sandbox.ofctl("add-tlv-map", "ref", TOKEN_OPTION.ofctl())
+    tlv = sandbox.ofctl("dump-tlv-map", "br0")
+    assert tlv.splitlines()[1:] == sandbox.ofctl("dump-tlv-map", "ref").splitlines()[1:]
+    assert "0xffff 0x64 4 tun_metadata0" in " ".join(tlv.split()), tlv
+    token = [
+        F.flow("classify", 100, {"in_port": GENEVE, "tun_ipv4_src": "192.168.50.1",
+                                 "tun_metadata0": 0x5EC0E7A1, "eth_type": F.ETH_IPV6},
+               goto="out", cookie=0x401),
+        F.flow("out", 100, {"eth_type": F.ETH_IPV6, "ipv6_dst": "fd41::9"},
+               [F.SetField("tunnel_id", 0x6464), F.SetField("tun_ipv4_dst", "192.168.50.2"),
+                F.SetField("tun_metadata0", 0x5EC0E7A1), F.Output(GENEVE)], cookie=0x402),
+    ]
+    conn.send(ofmsg.to_messages(conn.dp, TABLES, token))
+    for f in token:
+        sandbox.ofctl("add-flow", "ref", f.ofctl(TABLES))
+    got, want = dump(sandbox, "br0"), dump(sandbox, "ref")
+    assert got == want
+    assert "tun_metadata0=0x5ec0e7a1" in got[0x401], got[0x401]
+    assert "set_field:0x5ec0e7a1->tun_metadata0" in got[0x402], got[0x402]
+    [part] = conn.multipart(ofmsg.flow_stats_request(conn.dp, 0x401, 0xFFFFFFFFFFFFFFFF))
+    [entry] = [ofmsg.flow_entry(s) for s in part.body]
+    assert F.Match.of(entry.match) == token[0].match, entry.match
 
 
 def test_meter_is_what_add_meter_says(sandbox, conn):

@@ -88,6 +88,7 @@ from tests.lab.traffic import (
     running_platform,
     send_frames,
     table_counts,
+    tunnel_token,
     udp_many,
     vif,
     wait_for,
@@ -481,22 +482,25 @@ def _ret_inner(tag: str):
 
 def test_forged_geneve_from_a_node_that_is_not_the_appliance_or_a_host_is_dropped(env, rogue, tmp_path):
     """A rogue node on the fabric sends well-formed Geneve (VNI 0x6464) that would reach
-    a-vm1 (svc1's pair exists) or svc1 if accepted: to host1 (table-miss in
-    ``from_tunnel``), to the appliance (its counted ``from_tunnel`` drop flow), a forged
-    return to host2 (table-miss in ``from_tunnel``), and - claiming host2's address - a
-    known host trying to bypass the appliance (host1 takes a host's packets as return
-    traffic for its own endpoints only: table-miss in ``to_endpoint``); a wrong VNI is
-    a table-miss in ``classify``."""
+    a-vm1 (svc1's pair exists) or svc1 if accepted - even with the right tunnel token
+    (as if it had learnt it), so that what drops them is the outer source check: to
+    host1 (table-miss in ``from_tunnel``), to the appliance (its counted ``from_tunnel``
+    drop flow), a forged return to host2 (table-miss in ``from_tunnel``), and - claiming
+    host2's address - a known host trying to bypass the appliance (host1 takes a host's
+    packets as return traffic for its own endpoints only: table-miss in
+    ``to_endpoint``); a wrong VNI is a table-miss in ``classify``."""
     e = env
     assert answer(client(e.plan, "udp", A6, UDP_PORT, "pair-exists"))[0] == "a-vm1"
     before = {n: table_counts(e.plan, n) for n in ("host1", "host2")}
     appliance_drop = flow_packets(e.plan, "appliance", "priority=0", "table=1")
+    token = int(tunnel_token(e.plan), 16)
     forged = [
-        rogue.geneve("host1", _fwd_inner("rogue-to-host1")),
-        rogue.geneve("appliance", _fwd_inner("rogue-via-appliance")),
-        rogue.geneve("host2", _ret_inner("rogue-return")),
-        rogue.geneve("host1", _fwd_inner("rogue-bypass"), src=e.underlay("host2")),
-        rogue.geneve("host1", _fwd_inner("rogue-vni"), src=e.underlay("appliance"), vni=0x1234),
+        rogue.geneve("host1", _fwd_inner("rogue-to-host1"), token=token),
+        rogue.geneve("appliance", _fwd_inner("rogue-via-appliance"), token=token),
+        rogue.geneve("host2", _ret_inner("rogue-return"), token=token),
+        rogue.geneve("host1", _fwd_inner("rogue-bypass"), src=e.underlay("host2"), token=token),
+        rogue.geneve("host1", _fwd_inner("rogue-vni"), src=e.underlay("appliance"), vni=0x1234,
+                      token=token),
     ]
     with e.capture("host2", "s-svc1") as svc, Pcap(e.ns("host1"), "xlat0", tmp_path) as xlat:
         assert rogue.send(forged) == len(forged)
@@ -515,34 +519,53 @@ def test_forged_geneve_from_a_node_that_is_not_the_appliance_or_a_host_is_droppe
     assert_nothing_crashed_and_tenants_work(e, "rogue")
 
 
-@pytest.mark.xfail(strict=True, raises=KnownGap, reason=(
-    "the platform authenticates Geneve by the outer source address only: a node that can "
-    "spoof the appliance's underlay address reaches any VM whose pair exists (the fabric "
-    "must prevent spoofing, or Geneve needs IPsec / an authenticated option)"))
-def test_geneve_spoofing_the_appliance_address_is_dropped(env, rogue):
+def test_geneve_spoofing_the_appliance_address_is_dropped_without_the_token(env, rogue):
+    """A node that can spoof the appliance's underlay address sends host1 Geneve for
+    a-vm1 (svc1's pair exists): without the tunnel token, with a wrong one, and with
+    the token's option under another type. host1 drops each in ``from_tunnel`` (its
+    miss, counted); a-vm1 sees none. Only the right token (which a node that cannot
+    read the fabric's traffic does not know) would get through."""
     e = env
     assert answer(client(e.plan, "udp", A6, UDP_PORT, "pair-exists"))[0] == "a-vm1"
-    rogue.send([rogue.geneve("host1", _fwd_inner("spoofed-appliance"), src=e.underlay("appliance"))])
-    reached = wait_for(lambda: e.arrived("spoofed-appliance"), 2)
+    token = int(tunnel_token(e.plan), 16)
+    appliance = e.underlay("appliance")
+    forged = [rogue.geneve("host1", _fwd_inner("spoofed-appliance-none"), src=appliance),
+              rogue.geneve("host1", _fwd_inner("spoofed-appliance-wrong"), src=appliance,
+                            token=token ^ 0x0101_0101)]
+    other_type = rogue.geneve("host1", _fwd_inner("spoofed-appliance-type"), src=appliance, token=token)
+    other_type["GENEVE"].options[0].type = 0x65
+    forged.append(other_type)
+    before = table_counts(e.plan, "host1")
+    assert rogue.send(forged) == len(forged)
+    dropped = wait_for(lambda: misses(before, table_counts(e.plan, "host1"), FROM_TUNNEL) >= len(forged), 5)
+    reached = e.arrived("spoofed-appliance")
+    assert not reached, f"a Geneve packet with the appliance's spoofed address reached {reached}"
+    assert dropped, misses(before, table_counts(e.plan, "host1"), FROM_TUNNEL)
     assert_nothing_crashed_and_tenants_work(e, "spoofed-appliance")
-    if reached:
-        raise KnownGap(f"a Geneve packet with the appliance's spoofed address reached {reached}")
 
 
 def test_geneve_spoofing_a_host_cannot_inject_replies_into_an_endpoint(env, rogue):
     """A node spoofing host1's underlay address sends svc1 a "reply" from a-vm1's platform
-    address for a connection svc1 never made: host2 keeps state for its endpoints
-    (endpoint zone, service module doc), so it stops in ``to_endpoint`` (counted as that
-    table's miss). Only a live connection's exact addresses and ports would get through:
-    Geneve itself is not authenticated."""
+    address for a connection svc1 never made. Without the tunnel token host2 drops it in
+    ``from_tunnel``; with it (a node that learnt the token) host2's state for its
+    endpoints (endpoint zone, service module doc) stops it in ``to_endpoint``. Both are
+    counted as those tables' misses. Only the token *and* a live connection's exact
+    addresses and ports would get through."""
     e = env
+    token = int(tunnel_token(e.plan), 16)
     before = table_counts(e.plan, "host2")
     with e.capture("host2", "s-svc1") as svc:
-        rogue.send([rogue.geneve("host2", _ret_inner("spoofed-host-reply"), src=e.underlay("host1"))])
-        dropped = wait_for(lambda: misses(before, table_counts(e.plan, "host2"), TO_ENDPOINT) >= 1, 3)
+        rogue.send([rogue.geneve("host2", _ret_inner("spoofed-host-reply"), src=e.underlay("host1")),
+                    rogue.geneve("host2", _ret_inner("spoofed-host-reply-token"), src=e.underlay("host1"),
+                                 token=token)])
+
+        def dropped() -> bool:
+            after = table_counts(e.plan, "host2")
+            return misses(before, after, FROM_TUNNEL) >= 1 and misses(before, after, TO_ENDPOINT) >= 1
+        was_dropped = wait_for(dropped, 3)
         got = svc.wait(lambda p: carrying(p, "spoofed-host-reply"), 1)
     assert not carrying(got, "spoofed-host-reply"), "a forged reply from a spoofed host address reached svc1"
-    assert dropped, "host2's to_endpoint did not count the forged reply as a miss"
+    assert was_dropped, "host2 did not count the forged replies as misses of from_tunnel and to_endpoint"
     assert_nothing_crashed_and_tenants_work(e, "spoofed-host")
 
 

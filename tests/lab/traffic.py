@@ -186,6 +186,13 @@ def misses(before: dict, after: dict, table: int) -> int:
     return (l1 - m1) - (l0 - m0)
 
 
+def tunnel_token(plan) -> str:
+    """The platform's tunnel token as the NB shows it (hex), read from the lab's NB."""
+    from vnet64.nb import api as nbapi
+    with nbapi.connect(f"unix:{plan.nb_run_dir}/nb.sock") as api:
+        return api.platform_info()["tunnel_token"]
+
+
 def flow_packets(plan, node: str, contains: str, *filters: str) -> int:
     """Sum of n_packets over a node's flows whose dump line contains ``contains``."""
     total = 0
@@ -292,14 +299,21 @@ class Rogue:
             self.remove()
             raise
 
-    def geneve(self, to_node: str, inner, src: str | None = None, vni: int = 0x6464):
-        """A Geneve frame from this node (or from ``src``, spoofed) to ``to_node``."""
-        from scapy.contrib.geneve import GENEVE
+    def geneve(self, to_node: str, inner, src: str | None = None, vni: int = 0x6464,
+               token: int | None = None):
+        """A Geneve frame from this node (or from ``src``, spoofed) to ``to_node``; with
+        ``token``, it carries the platform's tunnel-token option with that value."""
+        from scapy.contrib.geneve import GENEVE, GeneveOptions
         from scapy.layers.inet import IP, UDP
         from scapy.layers.l2 import Ether
+
+        from vnet64.controller.pipeline import TOKEN_OPTION
         n = self.plan.node(to_node)
+        options = [] if token is None else [GeneveOptions(
+            classid=TOKEN_OPTION.option_class, type=TOKEN_OPTION.option_type,
+            data=token.to_bytes(TOKEN_OPTION.length, "big"))]
         return (Ether(src=self.mac, dst=n.underlay_mac) / IP(src=src or self.ip, dst=str(n.underlay_ip.ip))
-                / UDP(sport=50000, dport=6081) / GENEVE(vni=vni, proto=0x6558) / inner)
+                / UDP(sport=50000, dport=6081) / GENEVE(vni=vni, proto=0x6558, options=options) / inner)
 
     def send(self, frames) -> int:
         return send_frames(self.ns, "r0", frames)

@@ -99,6 +99,9 @@ class Logic:
         flows = desired_flows(self.model, node, ports, self.path_mtu)
         sw.proactive = {f.key: f for f in flows}
         LOG.info("switch %016x is %s (%s): %d proactive flows", dpid, node.name, node.role, len(flows))
+        if self.model.tunnel_token is None:
+            LOG.warning("the NB has no tunnel token: %s accepts Geneve by outer source address only "
+                        "(`vnet64 platform rotate-token` sets one)", node.name)
         msgs: list[Message] = [TOKEN_OPTION]   # before the flows that match or set it
         if node.role == "host":
             msgs.append(MeterMod(PACKET_IN_METER, self.packet_in_rate, burst=self.packet_in_rate // 10))
