@@ -46,6 +46,14 @@ OFPORT_FIRST_VIF = 10
 XLAT_TABLE_TO_TUN = 100
 XLAT_TABLE_TO_OVS = 200
 XLAT_NEXTHOP_V4 = IPv4Address("169.254.0.1")  # stands for br-int; neighbour = gateway MAC
+# A VM's fragmented IPv4 datagram (larger than its MTU) is reassembled in the translator
+# namespace and goes into the tun in pieces no larger than XLAT_FRAGMENT_MTU, by a route of
+# its own that packets marked as fragments take (Lab._translators says why).
+XLAT_TABLE_FRAGMENTS = 101
+XLAT_FRAGMENT_MARK = 0x64
+XLAT_FRAGMENT_MTU = 1280 - 40 - 8 + 20   # TAYGA's IPv6 fragment of it: exactly 1280 bytes
+XLAT_NFT_TABLE = "vnet64_xlat"       # in families ip (fragments) and ip6 (routing headers)
+XLAT_NFT_RH_COUNTER = "routing_header_segments_left"
 
 
 @dataclass(frozen=True)

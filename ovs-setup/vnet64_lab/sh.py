@@ -19,7 +19,7 @@ class LabError(RuntimeError):
 
 
 TOOLS = ("ip", "ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-appctl", "ovs-ofctl",
-         "tayga", "ethtool", "sysctl")
+         "tayga", "ethtool", "sysctl", "nft")
 
 
 def tool(name: str) -> str:

@@ -45,6 +45,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, TCPerror
 from scapy.layers.inet6 import (
     ICMPv6PacketTooBig,
+    ICMPv6ParamProblem,
     ICMPv6TimeExceeded,
     IPv6,
     IPv6ExtHdrDestOpt,
@@ -59,6 +60,7 @@ from vnet64 import gateway
 from vnet64.controller.pipeline import ERROR_METER, HOST_TABLES, PACKET_IN_METER
 from vnet64.nb import api as nbapi
 from vnet64_lab import Lab, sh
+from vnet64_lab.plan import XLAT_NFT_RH_COUNTER, XLAT_NFT_TABLE
 
 from tests.lab.conftest import KnownGap, need_lab
 from tests.lab.traffic import (
@@ -80,6 +82,7 @@ from tests.lab.traffic import (
     flows,
     ipf_counters,
     misses,
+    nft_counter,
     norm,
     nstat,
     ovs_node,
@@ -630,6 +633,7 @@ def snapshot(e: Env) -> dict:
         "tables": {n: table_counts(e.plan, n) for n in ("host2", "appliance", "host1")},
         "ipf": ipf_counters(e.plan, "host1"),
         "xlat": nstat(e.plan.translator("host1").ns),
+        "rh_dropped": nft_counter(e.plan.translator("host1").ns, "ip6", XLAT_NFT_TABLE, XLAT_NFT_RH_COUNTER),
         "cov": {c: coverage(e.plan, "host2", c) for c in ("miniflow_extract_ipv6_pkt_too_short",
                                                              "miniflow_extract_ipv6_pkt_len_error")},
         "logs": {n: vswitchd_log(e, n).stat().st_size for n in ("host1", "host2")},
@@ -724,22 +728,24 @@ BAD: dict[str, Bad] = {
         None, "translated; the spent routing header is left out (RFC 7915 5.1)",
         check_vm=plain_ipv4_from_platform_ip),
     "routing-header-segments-left-1": Bad(
-        frames(rh_segments_left_1), None,
-        "translated to the IPv6 destination (a-vm1; never the header's b-vm1): TAYGA 0.9.2 "
-        "skips routing headers whatever Segments Left says",
-        gap="RFC 7915 5.1: a routing header with Segments Left != 0 MUST NOT be translated "
-            "(and an ICMPv6 Parameter Problem SHOULD go back)",
-        rfc_done=lambda pkts, _: False),
+        frames(rh_segments_left_1), "host1",
+        "not translated (RFC 7915 5.1: MUST NOT): dropped on its way into TAYGA, which would "
+        "skip the header, by host1's translator namespace (nftables counter "
+        "routing_header_segments_left)",
+        lambda b, a: a["rh_dropped"] > b["rh_dropped"],
+        gap="RFC 7915 5.1: the ICMPv6 Parameter Problem (pointer to Segments Left) that SHOULD "
+            "go back to the sender is not sent (nftables, which drops it, cannot make one)",
+        rfc_done=lambda pkts, _: any(p.haslayer(ICMPv6ParamProblem) for p in pkts)),
     "fragments": Bad(
         lambda e, m: udp_many(e.plan, "svc1", [A6], m.ljust(3000, "f"), timeout=2), None,
-        "translated: svc1's kernel fragments 3000 bytes at its 1442-byte MTU, host1's conntrack "
-        "reassembles them to NAT and sends the fragments on, TAYGA turns them into IPv4 "
-        "fragments (RFC 7915 5.1.1), a-vm1 reassembles",
-        grew(("ipf", "v6 frags too small")), check_vm=ipv4_fragments,
-        gap="a-vm1's 3 kB answer, IPv4-fragmented at its MTU, never reaches svc1: TAYGA 0.9.2 "
-            "cuts every translated fragment at 1232 bytes, and host1's conntrack reassembly drops "
-            "the 168-byte middle pieces as too small (ipf 'v6 frags too small')",
-        rfc_done=lambda pkts, res: bool(res and res["replies"])),
+        "translated both ways: svc1's kernel fragments 3000 bytes at its 1442-byte MTU, host1's "
+        "conntrack reassembles them to NAT and sends the fragments on, TAYGA turns them into "
+        "IPv4 fragments (RFC 7915 5.1.1), a-vm1 reassembles; a-vm1's 3 kB answer, IPv4-"
+        "fragmented at its MTU, is reassembled in the translator namespace and cut into pieces "
+        "TAYGA translates into IPv6 fragments of at most 1280 bytes (kernel IpReasmOKs there), "
+        "which host1's conntrack reassembles again (ipf 'v6 frags completed'): svc1 gets it whole",
+        lambda b, a: grew(("xlat", "IpReasmOKs"))(b, a) and grew(("ipf", "v6 frags completed"))(b, a),
+        check_vm=ipv4_fragments, rfc_done=lambda pkts, res: bool(res and res["replies"])),
     "tiny-fragments": Bad(
         frames(tiny_fragments), "host1",
         "host1: conntrack's fragment reassembly refuses non-final IPv6 fragments under 1280 "

@@ -228,6 +228,13 @@ def ipf_counters(plan, node: str) -> dict[str, int]:
             for m in re.finditer(r"^\s*([a-z0-9 ]+?):\s*(\d+)\s*$", out, re.MULTILINE)}
 
 
+def nft_counter(ns: str, family: str, table: str, name: str) -> int:
+    """Packets a named nftables counter inside a namespace has counted."""
+    proc = _t.in_ns(ns, "nft", "-j", "list", "counter", family, table, name)
+    return next(item["counter"]["packets"] for item in json.loads(proc.stdout)["nftables"]
+                if "counter" in item)
+
+
 def nstat(ns: str) -> dict[str, int]:
     """The kernel's SNMP counters inside a namespace (absolute values)."""
     proc = _t.in_ns(ns, "nstat", "-a", "-z", "--json")
