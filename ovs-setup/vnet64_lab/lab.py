@@ -564,9 +564,11 @@ def translator_nft(from_ovs: str) -> str:
 
     IPv6 with a routing header whose Segments Left is not 0: TAYGA skips routing headers
     and would translate it to the IPv6 destination; RFC 7915 5.1 says it MUST NOT be
-    translated. It is dropped on its way in and counted (named counter
-    ``P.XLAT_NFT_RH_COUNTER``). The ICMPv6 Parameter Problem the RFC says SHOULD go back
-    is not sent (nftables cannot make one).
+    translated, and an ICMPv6 Parameter Problem SHOULD go back. At the ingress of the
+    veth from br-int it is counted (named counter ``P.XLAT_NFT_RH_COUNTER``) and sent
+    straight back out of it, unchanged: br-int punts it (its source is a pair's alias,
+    never TAYGA's) and the controller answers the service (controller customer module,
+    "Routing headers").
 
     A VM's fragmented IPv4 datagrams: a VM fragments a datagram larger than its MTU into pieces of up to that MTU; TAYGA
     (0.9.2) translates each into an IPv6 fragment 28 bytes larger and, that being over
@@ -595,13 +597,14 @@ def translator_nft(from_ovs: str) -> str:
             f"    meta l4proto tcp tproxy to :1\n"
             f"  }}\n"
             f"}}\n"
-            f"table ip6 {P.XLAT_NFT_TABLE}\n"
-            f"delete table ip6 {P.XLAT_NFT_TABLE}\n"
-            f"table ip6 {P.XLAT_NFT_TABLE} {{\n"
+            f"table netdev {P.XLAT_NFT_TABLE}\n"
+            f"delete table netdev {P.XLAT_NFT_TABLE}\n"
+            f"table netdev {P.XLAT_NFT_TABLE} {{\n"
             f"  counter {P.XLAT_NFT_RH_COUNTER} {{ }}\n"
             f"  chain routing_header {{\n"
-            f"    type filter hook prerouting priority 0; policy accept;\n"
-            f"    iifname \"{from_ovs}\" rt seg-left != 0 counter name {P.XLAT_NFT_RH_COUNTER} drop\n"
+            f"    type filter hook ingress device \"{from_ovs}\" priority 0; policy accept;\n"
+            f"    meta protocol ip6 rt seg-left != 0 counter name {P.XLAT_NFT_RH_COUNTER} "
+            f"fwd to \"{from_ovs}\"\n"
             f"  }}\n"
             f"}}\n")
 

@@ -52,7 +52,7 @@ XLAT_NEXTHOP_V4 = IPv4Address("169.254.0.1")  # stands for br-int; neighbour = g
 XLAT_TABLE_FRAGMENTS = 101
 XLAT_FRAGMENT_MARK = 0x64
 XLAT_FRAGMENT_MTU = 1280 - 40 - 8 + 20   # TAYGA's IPv6 fragment of it: exactly 1280 bytes
-XLAT_NFT_TABLE = "vnet64_xlat"       # in families ip (fragments) and ip6 (routing headers)
+XLAT_NFT_TABLE = "vnet64_xlat"       # in families ip (fragments) and netdev (routing headers)
 XLAT_NFT_RH_COUNTER = "routing_header_segments_left"
 
 

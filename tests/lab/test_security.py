@@ -45,6 +45,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, TCPerror
 from scapy.layers.inet6 import (
     ICMPv6PacketTooBig,
+    IPerror6,
     ICMPv6ParamProblem,
     ICMPv6TimeExceeded,
     IPv6,
@@ -622,6 +623,15 @@ def rh_segments_left_1(e: Env, marker: str) -> list:
     return [build(1, chksum=spent[UDP].chksum)]
 
 
+def parameter_problem_at_segments_left(pkts: list, _) -> bool:
+    """svc1 got RFC 7915 5.1's answer to ``rh_segments_left_1``: a Parameter Problem, code
+    0, pointing at Segments Left (byte 43: the routing header follows the IPv6 header),
+    from a-vm1's platform address, quoting svc1's own packet."""
+    return any(p.haslayer(ICMPv6ParamProblem) and p[IPv6].src == A6
+               and (p[ICMPv6ParamProblem].code, p[ICMPv6ParamProblem].ptr) == (0, 43)
+               and (p[IPerror6].src, p[IPerror6].dst) == (SVC1, A6) for p in pkts)
+
+
 def tiny_fragments(e: Env, marker: str) -> list:
     p = IPv6(src=SVC1, dst=A6) / IPv6ExtHdrFragment(id=random.randint(1, 2**31)) \
         / UDP(sport=41000, dport=UDP_PORT) / marker.encode().ljust(600, b"f")
@@ -633,7 +643,8 @@ def snapshot(e: Env) -> dict:
         "tables": {n: table_counts(e.plan, n) for n in ("host2", "appliance", "host1")},
         "ipf": ipf_counters(e.plan, "host1"),
         "xlat": nstat(e.plan.translator("host1").ns),
-        "rh_dropped": nft_counter(e.plan.translator("host1").ns, "ip6", XLAT_NFT_TABLE, XLAT_NFT_RH_COUNTER),
+        "rh_dropped": nft_counter(e.plan.translator("host1").ns, "netdev", XLAT_NFT_TABLE,
+                                  XLAT_NFT_RH_COUNTER),
         "cov": {c: coverage(e.plan, "host2", c) for c in ("miniflow_extract_ipv6_pkt_too_short",
                                                              "miniflow_extract_ipv6_pkt_len_error")},
         "logs": {n: vswitchd_log(e, n).stat().st_size for n in ("host1", "host2")},
@@ -729,13 +740,12 @@ BAD: dict[str, Bad] = {
         check_vm=plain_ipv4_from_platform_ip),
     "routing-header-segments-left-1": Bad(
         frames(rh_segments_left_1), "host1",
-        "not translated (RFC 7915 5.1: MUST NOT): dropped on its way into TAYGA, which would "
-        "skip the header, by host1's translator namespace (nftables counter "
-        "routing_header_segments_left)",
+        "not translated (RFC 7915 5.1): host1's translator namespace sends it back before TAYGA "
+        "(which would skip the header; nftables counter routing_header_segments_left), "
+        "from_translator punts it and the controller answers svc1 with an ICMPv6 Parameter "
+        "Problem pointing at Segments Left, from a-vm1's platform address",
         lambda b, a: a["rh_dropped"] > b["rh_dropped"],
-        gap="RFC 7915 5.1: the ICMPv6 Parameter Problem (pointer to Segments Left) that SHOULD "
-            "go back to the sender is not sent (nftables, which drops it, cannot make one)",
-        rfc_done=lambda pkts, _: any(p.haslayer(ICMPv6ParamProblem) for p in pkts)),
+        rfc_done=parameter_problem_at_segments_left),
     "fragments": Bad(
         lambda e, m: udp_many(e.plan, "svc1", [A6], m.ljust(3000, "f"), timeout=2), None,
         "translated both ways: svc1's kernel fragments 3000 bytes at its 1442-byte MTU, host1's "

@@ -17,7 +17,7 @@ import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from ipaddress import IPv6Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Callable, Iterable
 
 from ..ports import translator_mac
@@ -207,6 +207,8 @@ class Logic:
             return self._gateway_error(sw, in_port, data)
         if sw is not None and sw.node.role == "host" and sw.tables.name(table_id) == "v6_unsnat":
             return self._relay_icmp6_error(data, in_port)
+        if sw is not None and sw.node.role == "host" and sw.tables.name(table_id) == "from_translator":
+            return self._routing_header_error(sw, data)
         if sw is None or sw.node.role != "host" or sw.tables.name(table_id) != "pair":
             self.stats["packet_ins_ignored"] += 1
             return []
@@ -271,6 +273,29 @@ class Logic:
         if frame[14 + 40 + 16:14 + 40 + 32] != data[14 + 40 + 16:14 + 40 + 32]:
             self.stats["icmp6_errors_repaired"] += 1
         return [PacketOut(frame, in_port, (Resubmit("v6_unsnat"),))]
+
+    def _routing_header_error(self, sw: Switch, data: bytes) -> list[Message]:
+        """A packet the translator namespace bounced (a routing header with Segments Left
+        != 0; ``from_translator`` punts it): the Parameter Problem goes to the service,
+        straight to its host (customer module doc, "Routing headers")."""
+        pair = None
+        if len(data) >= 14 + 40 and struct.unpack_from("!H", data, 12)[0] == ETH_IPV6:
+            alias = IPv4Address(data[14 + 8 + 12:14 + 8 + 16])     # the low 32 bits of the source
+            pair = sw.allocator.by_index.get(sw.allocator.index_of(alias))
+        ep = self.model.endpoint_by_ipv6(pair.service) if pair else None
+        frame = customer.routing_header_error(data, pair.service, pair.vm, ep.mac) if ep else None
+        if frame is None:
+            self.stats["packet_ins_ignored"] += 1
+            return []
+        if ep.host == sw.node.name:
+            actions: list = [service.to_endpoint()]
+        else:
+            actions = customer.to_host(self.model, sw.ports, ep.host)
+        if not actions:
+            self.stats["packet_ins_ignored"] += 1
+            return []
+        self.stats["icmp6_param_problems_sent"] += 1
+        return [PacketOut(frame, OFPP_CONTROLLER, tuple(actions))]
 
     def _gateway_error(self, sw: Switch, in_port: int, data: bytes) -> list[Message]:
         """An endpoint's packet the gateway must not forward (hop limit <= 1, or larger

@@ -41,18 +41,28 @@ UDP and echo an ICMPv4 "administratively prohibited" quoting the datagram -
 which comes back to the service through the IPv6 zones' NAT like any reply:
 connect() fails at once (ECONNREFUSED; EACCES for UDP) instead of timing out.
 Existing connections keep their ports.
+
+Routing headers: TAYGA skips routing headers, so an IPv6 packet whose routing header
+has Segments Left != 0 - which RFC 7915 5.1 says must not be translated - would reach
+the VM. The translator namespace sends such packets straight back out towards br-int
+(nftables, at the ingress of its veth: node bring-up); ``from_translator`` tells them
+apart by their source, a pair's alias (TAYGA's IPv6 output always comes from a VM's
+translated address), and punts them (errors' meter). The controller answers as RFC 7915
+says the translator should: an ICMPv6 Parameter Problem pointing at Segments Left,
+from the VM's platform address to the service, sent straight to the service's host
+like any reply; the packet goes no further.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from ... import gateway
 from ..flows import (CT, ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, Controller, Flow,
                      Match, Move, Nat, Output, SetField, ct_state, flow)
-from ..inet import checksum
+from ..inet import checksum, icmp6_checksum, icmp6_packet
 from ..model import VM, Endpoint, Model, Node
 from ..pipeline import (ERROR_METER, PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_MATCH, PRIO_MISS,
                         PRIO_SPECIFIC, VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, cookie, token_actions,
@@ -151,7 +161,12 @@ class Allocator:
 # Proactive flows
 
 
-def base_flows(ports: Ports, xlat_mac: str) -> list[Flow]:
+def alias_sources(model: Model) -> IPv6Network:
+    """Where the pairs' aliases are on the IPv6 side: ``<xlat /96>::<ALIAS_POOL>``."""
+    return IPv6Network(f"{model.translated(ALIAS_POOL.network_address)}/{96 + ALIAS_POOL.prefixlen}")
+
+
+def base_flows(model: Model, ports: Ports, xlat_mac: str) -> list[Flow]:
     """Host-wide flows of the translator side (independent of VMs and pairs)."""
     c = cookie("host", "base", "translator")
     out = [
@@ -182,6 +197,11 @@ def base_flows(ports: Ports, xlat_mac: str) -> list[Flow]:
             flow("classify", PRIO_MATCH, {"in_port": ports.xlat}, goto="from_translator", cookie=c),
             flow("from_translator", PRIO_DEFAULT, {"eth_type": ETH_IPV6},
                  [CT(zone=ZONE_V6_DNAT, table="v6_unsnat", nat=Nat())], cookie=c),
+            # IPv6 *from* a pair's alias is no translation (TAYGA's sources are VMs'
+            # addresses): it is what the translator namespace bounced, a routing header
+            # with Segments Left != 0; the controller answers it (module doc)
+            flow("from_translator", PRIO_SPECIFIC, {"eth_type": ETH_IPV6, "ipv6_src": alias_sources(model)},
+                 [Controller()], meter=ERROR_METER, cookie=c),
             flow("to_translator", PRIO_MATCH, {"ct_state": CT_TRACKED_OK},
                  [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", xlat_mac),
                   Output(ports.xlat)], cookie=c),
@@ -242,17 +262,23 @@ def to_service_flows(model: Model, node: Node, ports: Ports) -> list[Flow]:
         if ep.host == node.name:
             out.append(flow("to_service", PRIO_MATCH, m, [service.to_endpoint()], cookie=c))
             continue
-        host = model.node(ep.host)
-        if host is None or ports.geneve is None:
-            continue
-        out.append(flow("to_service", PRIO_MATCH, m,
-                        [SetField("tunnel_id", VNI), SetField("tun_ipv4_dst", host.underlay_ip),
-                         *token_actions(model.tunnel_token), Output(ports.geneve)], cookie=c))
+        actions = to_host(model, ports, ep.host)
+        if actions:
+            out.append(flow("to_service", PRIO_MATCH, m, actions, cookie=c))
     return out
 
 
+def to_host(model: Model, ports: Ports, host: str) -> list:
+    """Geneve (VNI, token) straight to another host; [] if it or the tunnel is unknown."""
+    node = model.node(host)
+    if node is None or ports.geneve is None:
+        return []
+    return [SetField("tunnel_id", VNI), SetField("tun_ipv4_dst", node.underlay_ip),
+            *token_actions(model.tunnel_token), Output(ports.geneve)]
+
+
 def host_flows(model: Model, node: Node, ports: Ports, xlat_mac: str) -> list[Flow]:
-    out = base_flows(ports, xlat_mac)
+    out = base_flows(model, ports, xlat_mac)
     for vm in model.vms_on(node.name):
         out += vm_flows(model, node, ports, vm)
     out += to_service_flows(model, node, ports)
@@ -367,9 +393,48 @@ def relayed_icmp6_error(frame: bytes) -> bytes | None:
     if icmp[16:32] == dst:
         return frame[:14] + ip
     icmp = icmp[:2] + b"\0\0" + icmp[4:16] + dst + icmp[32:]
-    pseudo = ip[8:24] + dst + struct.pack("!IxxxB", len(icmp), PROTO_ICMPV6)
-    icmp = icmp[:2] + struct.pack("!H", checksum(pseudo + icmp)) + icmp[4:]
+    icmp = icmp[:2] + struct.pack("!H", icmp6_checksum(ip[8:24], dst, icmp)) + icmp[4:]
     return frame[:14] + ip[:40] + icmp
+
+
+ICMP6_PARAM_PROBLEM, ICMP6_ERRONEOUS_HEADER = 4, 0
+ROUTING_HEADER = 43
+
+
+def routing_header_error(frame: bytes, service6: IPv6Address, vm6: IPv6Address,
+                         service_mac: str) -> bytes | None:
+    """RFC 7915 5.1's answer to an IPv6 packet whose routing header has Segments Left
+    != 0, which must not be translated: an ICMPv6 Parameter Problem, code 0 (erroneous
+    header field), pointing at the Segments Left byte, from the VM's platform address
+    (where the packet was going) to the service, quoting the packet as the service sent
+    it, as much as fits in 1280 bytes (RFC 4443 2.4(c)); Ethernet from the gateway MAC
+    to ``service_mac``.
+
+    ``frame`` is that packet as the translator namespace bounced it (module doc,
+    "Routing headers"): its addresses are the IPv6 zones' (pair alias, translated VM
+    address), so the quote gets ``service6`` and ``vm6`` back. None unless ``frame`` is
+    Ethernet/IPv6 with such a routing header (walking hop-by-hop and destination
+    options before it)."""
+    if len(frame) < 14 + 40 or struct.unpack_from("!H", frame, 12)[0] != ETH_IPV6:
+        return None
+    ip = frame[14:]
+    plen = struct.unpack_from("!H", ip, 4)[0]
+    if ip[0] >> 4 != 6 or not plen or 40 + plen > len(ip):
+        return None
+    ip = ip[:40 + plen]
+    nh, off = ip[6], 40
+    while nh in service.EXT_HEADERS and len(ip) >= off + 8:
+        if nh == ROUTING_HEADER:
+            if ip[off + 3] == 0:
+                return None
+            quoted = ip[:8] + service6.packed + vm6.packed + ip[40:]
+            message = struct.pack("!BBHI", ICMP6_PARAM_PROBLEM, ICMP6_ERRONEOUS_HEADER, 0, off + 3) \
+                + quoted[:service.IPV6_MIN_MTU - 40 - 8]
+            eth = bytes.fromhex(service_mac.replace(":", "")) + \
+                bytes.fromhex(gateway.GATEWAY_MAC.replace(":", "")) + struct.pack("!H", ETH_IPV6)
+            return eth + icmp6_packet(vm6.packed, service6.packed, message, service.ERROR_HOP_LIMIT)
+        nh, off = ip[off], off + (ip[off + 1] + 1) * 8
+    return None
 
 
 def _ipv4(src: bytes, dst: bytes, proto: int, payload: bytes) -> bytes:

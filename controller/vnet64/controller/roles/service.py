@@ -38,7 +38,7 @@ import struct
 from ... import address, gateway
 from ..flows import (CT, ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, CheckPktLarger, Controller, Flow,
                      Match, Move, Output, SetField, ct_state, flow)
-from ..inet import checksum
+from ..inet import icmp6_packet
 from ..model import Model, Node
 from ..pipeline import (ERROR_METER, NA_FLAGS_RSO, PRIO_HOP_LIMIT, PRIO_MATCH, PRIO_SPECIFIC,
                         PRIO_TOO_BIG, PRIO_UNPARSED, TOO_BIG_BIT, TOO_BIG_REG, VNI,
@@ -202,10 +202,7 @@ def gateway_error(frame: bytes, path_mtu: int | None = None) -> bytes | None:
         head = struct.pack("!BBHI", ICMP6_PACKET_TOO_BIG, 0, 0, path_mtu)
     else:
         return None
-    icmp = head + ip[:IPV6_MIN_MTU - 40 - len(head)]
-    me = gateway.SERVICE_GATEWAY_IPV6.packed
-    pseudo = me + src + struct.pack("!IxxxB", len(icmp), PROTO_ICMPV6)
-    icmp = icmp[:2] + struct.pack("!H", checksum(pseudo + icmp)) + icmp[4:]
-    ipv6 = struct.pack("!IHBB", 6 << 28, len(icmp), PROTO_ICMPV6, ERROR_HOP_LIMIT) + me + src
+    ipv6 = icmp6_packet(gateway.SERVICE_GATEWAY_IPV6.packed, src,
+                        head + ip[:IPV6_MIN_MTU - 40 - len(head)], ERROR_HOP_LIMIT)
     eth = frame[6:12] + bytes.fromhex(gateway.GATEWAY_MAC.replace(":", "")) + struct.pack("!H", ETH_IPV6)
-    return eth + ipv6 + icmp
+    return eth + ipv6
