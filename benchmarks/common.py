@@ -137,6 +137,12 @@ def seconds_until_idle(pid: int, timeout: float) -> float | None:
     return time.monotonic() - t0 - 2.0
 
 
+def log_errors(text: str, keep: int = 20) -> list[str]:
+    """The ERROR and Traceback lines of a controller log (the first ``keep``), so that a
+    report - and a CI failure - says what went wrong, not only how often."""
+    return [line for line in text.splitlines() if " ERROR " in line or "Traceback" in line][:keep]
+
+
 def flow_count(node: OvsNode, table: str | None = None) -> int:
     args = ["-O", "OpenFlow15", "dump-aggregate", "br-int"] + ([f"table={table}"] if table else [])
     out = node.ofctl(*args)

@@ -76,7 +76,8 @@ sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import (CpuMeter, flow_count, report_end, interrupted, med, note,  # noqa: E402
-                    rng_with, rss_kib, seconds_until_idle, start_run, summarise_profile, yes_no)
+                    log_errors, rng_with, rss_kib, seconds_until_idle, start_run, summarise_profile,
+                    yes_no)
 from vnet64 import address, topology  # noqa: E402
 from vnet64.nb import api as nbapi  # noqa: E402
 from vnet64_lab import Lab, sh  # noqa: E402
@@ -334,8 +335,8 @@ class Growth:
             log = log_path.read_text(errors="replace")
             r["disconnects"] = sum(1 for line in log_path.read_bytes()[log_offset:].decode(
                 errors="replace").splitlines() if "] disconnected" in line)
-            r["log_errors"] = sum(1 for line in log.splitlines()
-                                  if " ERROR " in line or "Traceback" in line)
+            r["log_error_lines"] = log_errors(log)
+            r["log_errors"] = len(r["log_error_lines"])
         finally:
             self.down()
         note(f"{n:,} subscriptions ({p:,} VM ports on host1): NB load {r['nb_load_s']:.2f}s, "

@@ -71,7 +71,7 @@ sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import (CpuMeter, report_end, interrupted, med, note, rng_with,  # noqa: E402
+from common import (CpuMeter, report_end, interrupted, log_errors, med, note, rng_with,  # noqa: E402
                     start_run, summarise_profile)
 import pair_setup  # noqa: E402
 from pair_setup import Bench, PairPool, Pinger, closed_loop, open_loop  # noqa: E402
@@ -340,7 +340,8 @@ class Resync(Bench):
                              and sorted(all_cookies) == sorted(cks * 3)
                              and all(final[k] == v for k, v in before.items()))
         text = self.controller_log().read_text(errors="replace")
-        r["log_errors"] = sum(1 for line in text.splitlines() if " ERROR " in line or "Traceback" in line)
+        r["log_error_lines"] = log_errors(text)
+        r["log_errors"] = len(r["log_error_lines"])
         r["ok"] = (r["connection_ok"] and r["pairs_kept"] and r["stale_swept"] and r["flows_kept"]
                    and r["no_duplicate"] and r["new_pairs"] == len(extra) and r["log_errors"] == 0)
         self.close_session()

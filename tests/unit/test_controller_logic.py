@@ -273,3 +273,11 @@ def test_a_connection_with_no_port_left_is_refused_towards_the_service(model):
     assert refuse(alias_to_vm / TCP(flags="R")) is None
     assert refuse(alias_to_vm / ICMP(type=3, code=3) / IP(src="10.0.0.4", dst="198.18.0.1") / TCP()) is None
     assert logic.packet_in(d, HOST_TABLES.id("to_vm"), 2, frame(SVC1, A_VM1)) == []
+
+
+def test_a_tlv_map_not_ours_is_named():
+    from vnet64.controller.flows import TlvMap
+    from vnet64.controller.pipeline import tlv_map_problem
+    assert tlv_map_problem([TOKEN_OPTION, TlvMap(3, 0x0102, 1, 8)]) is None
+    assert "tun_metadata0 is mapped to {class=0x102,type=0x1,len=8}" in tlv_map_problem([TlvMap(0, 0x0102, 1, 8)])
+    assert "not mapped" in tlv_map_problem([])

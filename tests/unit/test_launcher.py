@@ -246,9 +246,24 @@ def test_connect_sends_set_config_then_pipeline_and_dump_in_one_write(vnet64):
     assert t1 == ofp.OFPT_SET_CONFIG
     assert struct.unpack_from("!HH", set_config, 8) == (0, 0xFFFF)   # miss_send_len: whole packets
     assert [t for t, _ in pipeline] == [ofp.OFPT_METER_MOD, ofp.OFPT_METER_MOD, ofp.OFPT_FLOW_MOD,
-                                        ofp.OFPT_MULTIPART_REQUEST]
+                                        ofp.OFPT_EXPERIMENTER, ofp.OFPT_MULTIPART_REQUEST]
+    assert struct.unpack_from("!II", pipeline[-2][1], 8) == (0x2320, 25)   # NXT_TLV_TABLE_REQUEST
     assert vnet64.logic.calls == [("switch_connected", DPID, {"geneve0": 10, "v-a": 3})]
     assert sw.state == "resyncing" and sw.stats_xid == struct.unpack_from("!I", pipeline[-1][1], 4)[0]
+
+
+def test_a_tlv_map_that_is_not_ours_is_logged_as_an_error(vnet64, caplog):
+    dp = FakeDatapath()
+    connect(vnet64, dp)
+
+    def reply(*maps: bytes):
+        body = bytes.fromhex("00000100" "0040") + bytes(10) + b"".join(maps)
+        return ofp_event.EventOFPExperimenter(parser.OFPExperimenter(dp, 0x2320, 26, body))
+    vnet64._on_experimenter(reply(bytes.fromhex("ffff" "64" "04" "0000" "0000")))      # ours
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    vnet64._on_experimenter(reply(bytes.fromhex("0102" "01" "08" "0000" "0000")))      # someone else's
+    [error] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "tun_metadata0 is mapped to {class=0x102,type=0x1,len=8}" in error.getMessage()
 
 
 def test_resync_follows_reply_more_and_holds_packet_ins(vnet64):

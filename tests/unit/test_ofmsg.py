@@ -340,6 +340,18 @@ def test_tlv_map_is_the_nicira_tlv_table_mod_ovs_reads(dp):
         F.TlvMap(index=0, option_class=0xFFFF, option_type=0x64, length=6)
 
 
+def test_tlv_table_request_and_reply(dp):
+    msg = ofmsg.tlv_table_request(dp)
+    msg.set_xid(6)
+    msg.serialize()
+    assert bytes(msg.buf) == bytes.fromhex("04" "04" "0010" "00000006" "00002320" "00000019")
+    # a reply's body as OVS writes it: space 256, 64 fields, reserved, then two maps
+    body = bytes.fromhex("00000100" "0040" + "00" * 10 + "ffff" "64" "04" "0000" "0000"
+                         + "0102" "03" "08" "0005" "0000")
+    assert ofmsg.tlv_table_reply(body) == [F.TlvMap(0, 0xFFFF, 0x64, 4), F.TlvMap(5, 0x0102, 3, 8)]
+    assert ofmsg.tlv_table_reply(body[:16]) == []
+
+
 def test_tun_metadata0_is_four_bytes_both_ways(dp):
     f = F.flow("classify", 100, {"tun_ipv4_src": "192.0.2.1", "tun_metadata0": 0x5EC0E7A1},
                [F.SetField("tun_metadata0", 0x5EC0E7A1), F.Output(1)], cookie=0x9)

@@ -57,6 +57,7 @@ from vnet64.nb import api as nbapi
 
 from . import model, ofmsg
 from .flows import FlowError, Message, TableMap
+from .pipeline import tlv_map_problem
 
 LOG = logging.getLogger("vnet64.controller")
 
@@ -345,7 +346,7 @@ class Vnet64App(app_manager.OSKenApp):
         sw.state, sw.found, sw.resync_started = "resyncing", [], time.monotonic()
         sw.log.info("%s pipeline: %d messages; reading the switch's flows",
                     sw.tables.role, len(msgs))
-        self._send(sw, msgs, extra=[request])
+        self._send(sw, msgs, extra=[ofmsg.tlv_table_request(sw.dp), request])
         sw.stats_xid = request.xid
 
     def _disconnected(self, dp: Any) -> None:
@@ -420,6 +421,17 @@ class Vnet64App(app_manager.OSKenApp):
                     {ofp.OFPPR_ADD: "added", ofp.OFPPR_DELETE: "deleted"}.get(msg.reason, "modified"))
         if sw.state in ("resyncing", "ready"):
             self._send(sw, self._call(sw, "ports_changed", sw.dp.id, dict(sw.ports), default=[]))
+
+    @set_ev_cls(ofp_event.EventOFPExperimenter, MAIN_DISPATCHER)
+    def _on_experimenter(self, ev: Any) -> None:
+        """The TLV map asked for on connect: say so if it is not ours (pipeline.tlv_map_problem)."""
+        msg = ev.msg
+        sw = self._switch(msg.datapath)
+        if sw is None or (msg.experimenter, msg.exp_type) != (ofmsg.NX_VENDOR_ID, ofmsg.NXT_TLV_TABLE_REPLY):
+            return
+        problem = tlv_map_problem(ofmsg.tlv_table_reply(bytes(msg.data)))
+        if problem:
+            sw.log.error("%s", problem)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _on_error(self, ev: Any) -> None:

@@ -342,7 +342,7 @@ def meter_mods(datapath: Any, m: MeterMod) -> list:
 
 
 NX_VENDOR_ID = 0x00002320
-NXT_TLV_TABLE_MOD = 24
+NXT_TLV_TABLE_MOD, NXT_TLV_TABLE_REQUEST, NXT_TLV_TABLE_REPLY = 24, 25, 26
 NXTTMC_ADD = 0
 NXTTMFC_ALREADY_MAPPED = 20     # the (OpenFlow 1.2+) experimenter error type of that failure
 
@@ -356,6 +356,22 @@ def tlv_table_mod(datapath: Any, m: TlvMap) -> Any:
         "!HBBH2x", m.option_class, m.option_type, m.length, m.index)
     return datapath.ofproto_parser.OFPExperimenter(
         datapath, experimenter=NX_VENDOR_ID, exp_type=NXT_TLV_TABLE_MOD, data=body)
+
+
+def tlv_table_request(datapath: Any) -> Any:
+    """NXT_TLV_TABLE_REQUEST (no body): the switch answers with its whole TLV map."""
+    return datapath.ofproto_parser.OFPExperimenter(
+        datapath, experimenter=NX_VENDOR_ID, exp_type=NXT_TLV_TABLE_REQUEST, data=b"")
+
+
+def tlv_table_reply(data: bytes) -> list[TlvMap]:
+    """The mappings of an NXT_TLV_TABLE_REPLY's body (``nx_tlv_table_reply``: option
+    space, field count, 10 reserved bytes; then 8-byte ``nx_tlv_map`` entries)."""
+    maps = []
+    for off in range(16, len(data) - 7, 8):
+        option_class, option_type, length, index = struct.unpack_from("!HBBH", data, off)
+        maps.append(TlvMap(index, option_class, option_type, length))
+    return maps
 
 
 def packet_out(datapath: Any, tables: TableMap | None, p: PacketOut) -> Any:

@@ -137,6 +137,20 @@ TOKEN_FIELD = "tun_metadata0"
 TOKEN_OPTION = TlvMap(index=0, option_class=0xFFFF, option_type=0x64, length=4)
 
 
+def tlv_map_problem(maps: list[TlvMap]) -> str | None:
+    """What is wrong with a switch's TLV map (its NXT_TLV_TABLE_REPLY) for the token, or
+    None. Adding ``TOKEN_OPTION`` where ``tun_metadata0`` is mapped to another option fails
+    with the same "already mapped" as re-adding ours (ignored): this tells them apart."""
+    if TOKEN_OPTION in maps:
+        return None
+    theirs = [m for m in maps if m.index == TOKEN_OPTION.index]
+    if theirs:
+        return (f"tun_metadata{TOKEN_OPTION.index} is mapped to {theirs[0].ofctl()}, not to the tunnel "
+                f"token's {TOKEN_OPTION.ofctl()}: every flow that matches or sets the token reads "
+                f"the wrong option (ovs-ofctl del-tlv-map, then reconnect the switch)")
+    return f"the tunnel token's option is not mapped ({TOKEN_OPTION.ofctl()} is missing)"
+
+
 def token_match(token: int | None) -> dict:
     """What a ``from_tunnel`` flow adds to its match (nothing when the NB has no token)."""
     return {TOKEN_FIELD: token} if token else {}
