@@ -147,7 +147,8 @@ def tlv_map_problem(maps: list[TlvMap]) -> str | None:
     if theirs:
         return (f"tun_metadata{TOKEN_OPTION.index} is mapped to {theirs[0].ofctl()}, not to the tunnel "
                 f"token's {TOKEN_OPTION.ofctl()}: every flow that matches or sets the token reads "
-                f"the wrong option (ovs-ofctl del-tlv-map, then reconnect the switch)")
+                f"the wrong option (remove that mapping - ovs-ofctl del-tlv-map, once no flow "
+                f"uses it - and reconnect the switch)")
     return f"the tunnel token's option is not mapped ({TOKEN_OPTION.ofctl()} is missing)"
 
 
