@@ -143,6 +143,19 @@ def log_errors(text: str, keep: int = 20) -> list[str]:
     return [line for line in text.splitlines() if " ERROR " in line or "Traceback" in line][:keep]
 
 
+def print_log_tail(path: Path, lines: int = 40) -> None:
+    """The ERROR lines and the last ``lines`` lines of a log, on stderr: what a run that
+    failed leaves behind before its lab (and the log with it) is taken down."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        print(f"(no {path}: {exc})", file=sys.stderr)
+        return
+    errors = log_errors(text)
+    print(f"--- {path}: {len(errors)} error line(s), then its last {lines} lines", file=sys.stderr)
+    print("\n".join(errors + ["..."] + text.splitlines()[-lines:]), file=sys.stderr)
+
+
 def flow_count(node: OvsNode, table: str | None = None) -> int:
     args = ["-O", "OpenFlow15", "dump-aggregate", "br-int"] + ([f"table={table}"] if table else [])
     out = node.ofctl(*args)

@@ -71,8 +71,8 @@ sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import (CpuMeter, report_end, interrupted, log_errors, med, note, rng_with,  # noqa: E402
-                    start_run, summarise_profile)
+from common import (CpuMeter, report_end, interrupted, log_errors, med, note,  # noqa: E402
+                    print_log_tail, rng_with, start_run, summarise_profile)
 import pair_setup  # noqa: E402
 from pair_setup import Bench, PairPool, Pinger, closed_loop, open_loop  # noqa: E402
 from vnet64.controller.pipeline import HOST_TABLES, cookie  # noqa: E402
@@ -480,6 +480,10 @@ def main() -> int:
                 rows[n].append(bench.measure(n, offset % max(1, len(bench.pool.pairs) - n - args.new_pairs),
                                              profile))
                 offset += n + args.new_pairs
+    except BaseException:
+        if getattr(bench, "lab", None) is not None:
+            print_log_tail(bench.controller_log())
+        raise
     finally:
         bench.down()
     args.load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])

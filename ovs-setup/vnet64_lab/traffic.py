@@ -116,7 +116,7 @@ LINE_CLIENT = r"""
 import json, socket, sys
 addr, port = sys.argv[1], int(sys.argv[2])
 try:
-    s = socket.create_connection((addr, port), timeout=5)
+    s = socket.create_connection((addr, port), timeout=10)   # a new pair's first SYN goes via the controller
 except OSError as exc:
     print(json.dumps({"error": type(exc).__name__}), flush=True)
     sys.exit()
@@ -298,7 +298,7 @@ class LineSession:
              LINE_CLIENT, addr, str(port)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             bufsize=1)
-        self.hello = self._read(10)
+        self.hello = self._read(15)
         if "error" in self.hello:
             self.close()
             raise AssertionError(f"could not connect to [{addr}]:{port}: {self.hello}")
