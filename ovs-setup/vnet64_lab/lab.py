@@ -570,10 +570,10 @@ def translator_nft(from_ovs: str) -> str:
     never TAYGA's) and the controller answers the service (controller customer module,
     "Routing headers").
 
-    A VM's fragmented IPv4 datagrams: a VM fragments a datagram larger than its MTU into pieces of up to that MTU; TAYGA
-    (0.9.2) translates each into an IPv6 fragment 28 bytes larger and, that being over
-    1280 bytes (the only IPv6 MTU it assumes off-link), cuts it again into a 1232-byte
-    piece and a small one - which the IPv6 zones' reassembly on br-int refuses as too
+    A VM's fragmented IPv4 datagrams: a VM fragments a datagram larger than its MTU into
+    pieces of up to that MTU; TAYGA (0.9.2) translates each into an IPv6 fragment 28
+    bytes larger and, that being over 1280 bytes (the only IPv6 MTU it assumes
+    off-link), cuts it again into a 1232-byte piece and a small one - which the IPv6 zones' reassembly on br-int refuses as too
     small ("v6 frags too small"), so the datagram never reached the service. So here:
     fragments from br-int are marked before the kernel's defragmentation (priority -450,
     before -400), reassembled, and the mark routes the datagram into the tun by a route
