@@ -7,6 +7,13 @@ from __future__ import annotations
 import struct
 
 
+def ethernet(dst: str | bytes, src: str | bytes, ethertype: int) -> bytes:
+    """An Ethernet header; MACs as ``02:00:...`` text or as 6 bytes."""
+    def mac(m: str | bytes) -> bytes:
+        return bytes.fromhex(m.replace(":", "")) if isinstance(m, str) else bytes(m)
+    return mac(dst) + mac(src) + struct.pack("!H", ethertype)
+
+
 def checksum(data: bytes) -> int:
     """One's complement of the one's complement sum of ``data``'s 16-bit words."""
     if len(data) % 2:

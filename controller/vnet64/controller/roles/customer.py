@@ -62,7 +62,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from ... import gateway
 from ..flows import (CT, ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, Controller, Flow,
                      Match, Move, Nat, Output, SetField, ct_state, flow)
-from ..inet import checksum, icmp6_checksum, icmp6_packet
+from ..inet import checksum, ethernet, icmp6_checksum, icmp6_packet
 from ..model import VM, Endpoint, Model, Node
 from ..pipeline import (ERROR_METER, PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_MATCH, PRIO_MISS,
                         PRIO_SPECIFIC, VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, cookie, token_actions,
@@ -347,8 +347,7 @@ def refusal(frame: bytes, xlat_mac: str) -> bytes | None:
         return None
     total = min(struct.unpack_from("!H", ip, 2)[0], len(ip))
     src, dst, proto = ip[12:16], ip[16:20], ip[9]
-    eth = bytes.fromhex(xlat_mac.replace(":", "")) + \
-        bytes.fromhex(gateway.GATEWAY_MAC.replace(":", "")) + b"\x08\x00"
+    eth = ethernet(xlat_mac, gateway.GATEWAY_MAC, ETH_IPV4)
     if proto == 6:
         tcp = ip[ihl:total]
         if len(tcp) < 20 or tcp[13] & TCP_RST:
@@ -430,9 +429,8 @@ def routing_header_error(frame: bytes, service6: IPv6Address, vm6: IPv6Address,
             quoted = ip[:8] + service6.packed + vm6.packed + ip[40:]
             message = struct.pack("!BBHI", ICMP6_PARAM_PROBLEM, ICMP6_ERRONEOUS_HEADER, 0, off + 3) \
                 + quoted[:service.IPV6_MIN_MTU - 40 - 8]
-            eth = bytes.fromhex(service_mac.replace(":", "")) + \
-                bytes.fromhex(gateway.GATEWAY_MAC.replace(":", "")) + struct.pack("!H", ETH_IPV6)
-            return eth + icmp6_packet(vm6.packed, service6.packed, message, service.ERROR_HOP_LIMIT)
+            return ethernet(service_mac, gateway.GATEWAY_MAC, ETH_IPV6) + \
+                icmp6_packet(vm6.packed, service6.packed, message, service.ERROR_HOP_LIMIT)
         nh, off = ip[off], off + (ip[off + 1] + 1) * 8
     return None
 

@@ -38,7 +38,7 @@ import struct
 from ... import address, gateway
 from ..flows import (CT, ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, CheckPktLarger, Controller, Flow,
                      Match, Move, Output, SetField, ct_state, flow)
-from ..inet import icmp6_packet
+from ..inet import ethernet, icmp6_packet
 from ..model import Model, Node
 from ..pipeline import (ERROR_METER, NA_FLAGS_RSO, PRIO_HOP_LIMIT, PRIO_MATCH, PRIO_SPECIFIC,
                         PRIO_TOO_BIG, PRIO_UNPARSED, TOO_BIG_BIT, TOO_BIG_REG, VNI,
@@ -204,5 +204,4 @@ def gateway_error(frame: bytes, path_mtu: int | None = None) -> bytes | None:
         return None
     ipv6 = icmp6_packet(gateway.SERVICE_GATEWAY_IPV6.packed, src,
                         head + ip[:IPV6_MIN_MTU - 40 - len(head)], ERROR_HOP_LIMIT)
-    eth = frame[6:12] + bytes.fromhex(gateway.GATEWAY_MAC.replace(":", "")) + struct.pack("!H", ETH_IPV6)
-    return eth + ipv6
+    return ethernet(frame[6:12], gateway.GATEWAY_MAC, ETH_IPV6) + ipv6
