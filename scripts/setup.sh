@@ -33,6 +33,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The lab's ovs-vswitchd: the system's OVS with vnet64's conntrack patch (see the script).
+./scripts/build-ovs.sh
+
 if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating $VENV"
     python3 -m venv "$VENV"

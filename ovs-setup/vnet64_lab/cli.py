@@ -62,6 +62,8 @@ def _print_status(st: dict) -> None:
     print(f"nb: {'pid ' + str(st['nb']['pid']) if st['nb']['pid'] else 'NOT RUNNING'}  "
           f"remotes: {', '.join(st['nb']['remotes'])}")
     print(f"controller: {st['controller']['state']}  target: {st['controller']['target']}")
+    if st.get("vswitchd"):
+        print(f"ovs-vswitchd: {st['vswitchd']}")
     print()
     for n in st["nodes"]:
         procs = " ".join(f"{d}={'pid ' + str(n[k]) if n[k] else 'DOWN'}"

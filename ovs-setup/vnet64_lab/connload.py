@@ -5,7 +5,10 @@ Run inside lab namespaces (``ip netns exec NS python -m vnet64_lab.connload ...`
 ``server PORT``: accepts, reads one request, answers and closes *first* (like an
 HTTP/1.0 server), so every connection leaves a TIME_WAIT socket in the server -
 the VM - for 60 s (Linux). Prints ``ready``, then on SIGTERM/SIGINT one JSON
-line: connections answered, distinct peer addresses and peer ports seen.
+line: connections answered, distinct peer addresses and peer ports seen, and how
+many connections came from a peer address and port this server had closed a
+connection with less than 60 s before (``on_time_wait``: their SYN met this
+server's TIME_WAIT socket of that address and port, and was accepted).
 
 ``client ADDR PORT --rate R --seconds S``: opens R new connections per second
 for S seconds (open loop: the schedule does not wait for answers), each one
@@ -34,6 +37,7 @@ import time
 REQUEST = b"GET\n"
 ANSWER = b"OK\n"
 CONNECT_TIMEOUT = 10.0     # s; a connection not done by then counts as stalled and failed
+TIME_WAIT = 60.0           # s; Linux's TCP_TIMEWAIT_LEN
 
 
 def netstat(name: str) -> int:
@@ -66,8 +70,9 @@ def serve(port: int) -> dict:
     lsock.setblocking(False)
     ep = select.epoll()
     ep.register(lsock.fileno(), select.EPOLLIN)
-    conns: dict[int, socket.socket] = {}
-    answered, peers, ports = 0, set(), set()
+    conns: dict[int, tuple[socket.socket, tuple]] = {}
+    closed_at: dict[tuple, float] = {}     # peer (address, port) -> when we closed on it
+    answered, on_time_wait, peers, ports = 0, 0, set(), set()
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
@@ -85,12 +90,14 @@ def serve(port: int) -> dict:
                     except (BlockingIOError, InterruptedError):
                         break
                     c.setblocking(False)
-                    conns[c.fileno()] = c
+                    conns[c.fileno()] = (c, peer)
                     ep.register(c.fileno(), select.EPOLLIN)
                     peers.add(peer[0])
                     ports.add(peer[1])
+                    if time.monotonic() - closed_at.get(peer, -TIME_WAIT) < TIME_WAIT:
+                        on_time_wait += 1
                 continue
-            c = conns.pop(fd)
+            c, peer = conns.pop(fd)
             ep.unregister(fd)
             try:
                 if c.recv(64):
@@ -99,7 +106,9 @@ def serve(port: int) -> dict:
             except OSError:
                 pass
             c.close()      # the server closes first: TIME_WAIT stays here
-    return {"answered": answered, "peers": sorted(peers), "peer_ports": len(ports)}
+            closed_at[peer] = time.monotonic()
+    return {"answered": answered, "peers": sorted(peers), "peer_ports": len(ports),
+            "on_time_wait": on_time_wait}
 
 
 # ---------------------------------------------------------------------------

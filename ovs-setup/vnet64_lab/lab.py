@@ -150,6 +150,11 @@ class Lab:
     def _up(self, topology_path: Path) -> dict:
         plan = self.plan(topology_path)  # validation: raises before anything exists
         sh.check_tools()
+        vswitchd, patched = sh.vswitchd()
+        if not patched:
+            LOG.warning("the nodes run %s, not vnet64's patched build (scripts/build-ovs.sh): "
+                        "sustained connection load to one VM will stall (docs/lab.md, "
+                        "\"Sustained load\")", vswitchd)
         digest = hashlib.sha256(topology_path.read_bytes()).hexdigest()
         state = self.state()
         if state and state.get("phase") == "up":
@@ -168,7 +173,7 @@ class Lab:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(topology_path, self.run_dir / TOPOLOGY_COPY)
         self._write_state(phase="building", topology=str(topology_path), sha256=digest,
-                          prefix=self.prefix, started=time.time())
+                          vswitchd=vswitchd, prefix=self.prefix, started=time.time())
         self._namespaces(plan)
         self._fabric(plan)
         timings.mark("namespaces+networks")
@@ -542,6 +547,7 @@ class Lab:
         return {"up": state.get("phase") == "up", "phase": state.get("phase"),
                 "topology": state.get("topology"), "prefix": self.prefix,
                 "run_dir": str(self.run_dir), "up_seconds": state.get("up_seconds"),
+                "vswitchd": state.get("vswitchd"),
                 "nb": {"pid": NbServer(Path(plan.nb_run_dir)).pid(),
                        "remotes": [NbServer(Path(plan.nb_run_dir)).remote, plan.nb_tcp_remote]},
                 "controller": {"state": controller, "target": plan.controller_target},

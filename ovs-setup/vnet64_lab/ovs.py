@@ -275,7 +275,7 @@ class OvsNode:
                         f"ovsdb-server of {self.name}")
         if not self.pid("ovs-vswitchd"):
             sh.in_ns(self.ns, [
-                sh.tool("ovs-vswitchd"), self.remote,
+                sh.vswitchd()[0], self.remote,
                 f"--pidfile={self.pidfile('ovs-vswitchd')}",
                 f"--log-file={self.run_dir / 'ovs-vswitchd.log'}", "--detach", "--no-chdir"],
                 env=env)

@@ -32,6 +32,24 @@ def tool(name: str) -> str:
     return path
 
 
+# vnet64's build of ovs-vswitchd (scripts/build-ovs.sh: the system's OVS with the
+# conntrack patch in ovs-setup/patches/); VNET64_OVS_VSWITCHD names another binary.
+PATCHED_VSWITCHD = "/usr/local/libexec/vnet64/ovs-vswitchd"
+
+
+def vswitchd() -> tuple[str, bool]:
+    """The ovs-vswitchd the lab runs, and whether it is vnet64's patched build.
+
+    Without the build the system's runs (``make setup`` builds it): everything works
+    but sustained connection load to one VM stalls (docs/lab.md, "Sustained load")."""
+    path = os.environ.get("VNET64_OVS_VSWITCHD") or PATCHED_VSWITCHD
+    if os.access(path, os.X_OK):
+        return path, path == PATCHED_VSWITCHD
+    if os.environ.get("VNET64_OVS_VSWITCHD"):
+        raise LabError(f"VNET64_OVS_VSWITCHD={path}: not an executable file")
+    return tool("ovs-vswitchd"), False
+
+
 def check_tools() -> None:
     for name in TOOLS:
         tool(name)

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Build the ovs-vswitchd the lab runs: Debian 12's Open vSwitch (the source of the
+# installed openvswitch-switch, from the openvswitch-source package) with vnet64's
+# patches, ovs-setup/patches/*.patch - today one: OVS 3.1's userspace conntrack gives a
+# re-opened TCP connection another NAT port, which stalls sustained connection load
+# (the patch's header; docs/lab.md "Sustained load"). Only ovs-vswitchd is built
+# (~2 min on 2 cores); every other OVS tool stays the system's.
+#
+# Installs $VNET64_OVS_DIR/ovs-vswitchd (default /usr/local/libexec/vnet64), where
+# the lab looks for it. Idempotent: rebuilds only when the patches or the installed
+# openvswitch-switch version change. Run as root (apt, /usr/local).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEST=${VNET64_OVS_DIR:-/usr/local/libexec/vnet64}
+shopt -s nullglob
+PATCHES=("$PWD"/ovs-setup/patches/*.patch)
+version=$(dpkg-query -W -f='${Version}' openvswitch-switch)
+want="openvswitch-switch $version; patches $(cat "${PATCHES[@]}" | sha256sum | cut -d' ' -f1)"
+if [ -x "$DEST/ovs-vswitchd" ] && [ "$(cat "$DEST/ovs-vswitchd.built" 2>/dev/null)" = "$want" ]; then
+    exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+    echo "build-ovs: need root to build and install $DEST/ovs-vswitchd" >&2
+    exit 1
+fi
+echo "build-ovs: building ovs-vswitchd ($version + ${#PATCHES[@]} vnet64 patch(es)) into $DEST"
+
+BUILD_PACKAGES=("openvswitch-source=$version" build-essential autoconf automake libtool pkg-config
+                libssl-dev libcap-ng-dev)
+missing=()
+for pkg in "${BUILD_PACKAGES[@]}"; do
+    name=${pkg%%=*}
+    dpkg-query -W -f='${Status} ${Version}' "$name" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$pkg")
+done
+if [ "$(dpkg-query -W -f='${Version}' openvswitch-source 2>/dev/null)" != "$version" ]; then
+    missing+=("openvswitch-source=$version")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+work=$(mktemp -d /tmp/vnet64-ovs-build.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+tarball=(/usr/src/openvswitch/openvswitch.tar.*)
+tar xf "${tarball[0]}" -C "$work"
+cd "$work/openvswitch"
+log="$work/build.log"
+fail() { echo "build-ovs: $1 failed; the end of its log:" >&2; tail -40 "$log" >&2; exit 1; }
+for p in "${PATCHES[@]}"; do
+    patch -p1 --forward --quiet < "$p" >> "$log" 2>&1 || fail "patch $(basename "$p")"
+done
+./configure --prefix=/usr --localstatedir=/var --sysconfdir=/etc --enable-ssl >> "$log" 2>&1 \
+    || fail configure
+# Generated headers first (the full build's BUILT_SOURCES), then vswitchd alone.
+make -j"$(nproc)" ofproto/ipfix-entities.def include/odp-netlink.h include/odp-netlink-macros.h \
+    lib/vswitch-idl.c lib/vswitch-idl.h lib/ovsdb-server-idl.c lib/ovsdb-server-idl.h >> "$log" 2>&1 \
+    || fail "make (generated headers)"
+make -j"$(nproc)" vswitchd/ovs-vswitchd >> "$log" 2>&1 || fail "make vswitchd/ovs-vswitchd"
+
+install -d "$DEST"
+install -m 755 vswitchd/ovs-vswitchd "$DEST/ovs-vswitchd.new"
+mv "$DEST/ovs-vswitchd.new" "$DEST/ovs-vswitchd"
+echo "$want" > "$DEST/ovs-vswitchd.built"
+echo "build-ovs: installed $DEST/ovs-vswitchd"
