@@ -119,7 +119,11 @@ ZONE_ENDPOINTS = 65532  # a service host's endpoints' connections (no NAT): only
 # tcp_time_wait alone leaves such entries at the default 30 s), so set both.
 # Not much longer than 60 s either: a VM's port space towards one Platform_IP is
 # 64,512 ports (1024-65535), so holding each closed connection H seconds caps new
-# connections to one VM service port at 64,512 / H per second (62 s -> ~1,040/s).
+# connections to one VM service port at 64,512 / H per second (62 s -> ~1,040/s) from
+# distinct service addresses and ports. A service port used again within H re-opens its
+# closed connection and keeps its Platform_IP port (the VM's TIME_WAIT socket for it
+# accepts the SYN): Linux's conntrack does, OVS 3.1's userspace conntrack only with the
+# lab's patch (ovs-setup/patches/), which the sustained-load test depends on.
 CT_TIMEOUTS = {"tcp_time_wait": 62, "tcp_close": 62}
 
 # Geneve VNI carried by every platform packet (key=flow)
