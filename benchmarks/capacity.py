@@ -774,7 +774,7 @@ def probe_from(client: Agent, dst: str, port: int) -> dict:
 
 
 def report(args, runs: list[dict], started: datetime) -> str:
-    ovs_version = sh.run([sh.tool("ovs-vswitchd"), "--version"]).stdout.splitlines()[0]
+    ovs_version = sh.vswitchd_version()
     lo, hi = args.snat_ports
     prange = hi - lo + 1
     caps = [r["capacity"] for r in runs]

@@ -761,7 +761,7 @@ def summarise(runs: list[dict], names: list[str]) -> dict:
 
 
 def machine_line(args, started: datetime) -> str:
-    ovs_version = sh.run([sh.tool("ovs-vswitchd"), "--version"]).stdout.splitlines()[0]
+    ovs_version = sh.vswitchd_version()
     iperf_version = sh.run(["iperf3", "--version"], check=False).stdout.split("\n")[0]
     tayga = "TAYGA " + (sh.run(["dpkg-query", "-W", "-f=${Version}", "tayga"], check=False).stdout
                         or "?")

@@ -383,7 +383,7 @@ class Growth:
 
 
 def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
-    ovs_version = sh.run([sh.tool("ovs-vswitchd"), "--version"]).stdout.splitlines()[0]
+    ovs_version = sh.vswitchd_version()
     sizes = sorted(rows)
     lines = [
         "# Growth: subscriptions from the NB to programmed switches, and memory",

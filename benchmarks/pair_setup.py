@@ -838,7 +838,7 @@ def tcp_section(title: str, intro: str, args, paths: list[str], runs: list[dict]
 
 def report(args, large: Bench, small: Bench | None, p1: list[dict], whatif: list[dict],
            p2_large: list[dict], p2_small: list[dict], started: datetime) -> str:
-    ovs_version = sh.run([sh.tool("ovs-vswitchd"), "--version"]).stdout.splitlines()[0]
+    ovs_version = sh.vswitchd_version()
     lines = [
         "# Pair setup through the controller, and connections inside one pair",
         "",

@@ -362,7 +362,7 @@ class Resync(Bench):
 
 
 def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
-    ovs_version = sh.run([sh.tool("ovs-vswitchd"), "--version"]).stdout.splitlines()[0]
+    ovs_version = sh.vswitchd_version()
     sizes = sorted(rows)
     base = rows.get(0, [])
     lines = [

@@ -39,7 +39,11 @@ if [ "$(dpkg-query -W -f='${Version}' openvswitch-source 2>/dev/null)" != "$vers
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    # setup.sh refreshes the package lists only when it installs something itself
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
+        apt-get update -q >/dev/null || apt-get update
+        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    }
 fi
 
 work=$(mktemp -d /tmp/vnet64-ovs-build.XXXXXX)

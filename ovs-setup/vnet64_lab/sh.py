@@ -50,6 +50,14 @@ def vswitchd() -> tuple[str, bool]:
     return tool("ovs-vswitchd"), False
 
 
+def vswitchd_version() -> str:
+    """What benchmarks record: the version line of the ovs-vswitchd the lab runs, and
+    whether it is vnet64's patched build."""
+    path, patched = vswitchd()
+    line = run([path, "--version"]).stdout.splitlines()[0]
+    return f"{line} + vnet64 patches ({path})" if patched else line
+
+
 def check_tools() -> None:
     for name in TOOLS:
         tool(name)
