@@ -316,12 +316,21 @@ def test_flow_removed_port_status_and_errors(vnet64, caplog):
         duration_nsec=0, idle_timeout=60, hard_timeout=0, packet_count=1, byte_count=80,
         match=parser.OFPMatch())))
     assert vnet64.logic.calls[-1] == ("flow_removed", DPID, 0x7705, ofp.OFPRR_IDLE_TIMEOUT)
+    posted = []
+    vnet64.send_event = lambda name, ev: posted.append(ev)
     vnet64._on_port_status(ofp_event.EventOFPPortStatus(
         parser.OFPPortStatus(dp, reason=ofp.OFPPR_ADD, desc=port("v-b", 4))))
-    assert vnet64.logic.calls[-1] == ("ports_changed", DPID, {"geneve0": 10, "v-a": 3, "v-b": 4})
+    vnet64._on_port_status(ofp_event.EventOFPPortStatus(
+        parser.OFPPortStatus(dp, reason=ofp.OFPPR_ADD, desc=port("v-c", 5))))
+    # a burst: one reconcile, posted behind it, with both ports
+    assert vnet64.logic.calls[-1][0] == "flow_removed" and len(posted) == 1
+    vnet64._on_ports_changed(posted.pop())
+    assert vnet64.logic.calls[-1] == ("ports_changed", DPID, {"geneve0": 10, "v-a": 3, "v-b": 4, "v-c": 5})
     vnet64._on_port_status(ofp_event.EventOFPPortStatus(
         parser.OFPPortStatus(dp, reason=ofp.OFPPR_DELETE, desc=port("v-a", 3))))
-    assert vnet64.logic.calls[-1] == ("ports_changed", DPID, {"geneve0": 10, "v-b": 4})
+    vnet64._on_ports_changed(posted.pop())
+    assert vnet64.logic.calls[-1] == ("ports_changed", DPID, {"geneve0": 10, "v-b": 4, "v-c": 5})
+    assert not posted
     caplog.set_level(logging.WARNING)
     vnet64._on_error(ofp_event.EventOFPErrorMsg(parser.OFPErrorMsg(
         dp, type_=ofp.OFPET_METER_MOD_FAILED, code=ofp.OFPMMFC_METER_EXISTS, data=b"\x04\x1d" + b"\0" * 6)))
@@ -332,6 +341,21 @@ def test_flow_removed_port_status_and_errors(vnet64, caplog):
     [record] = caplog.records
     assert "OFPBAC_BAD_OUT_PORT" in record.getMessage() and "xid 4660" in record.getMessage()
     assert f"{DPID:016x}" in record.getMessage()
+
+
+def test_a_port_burst_queued_for_a_connection_that_was_replaced_is_dropped(vnet64):
+    old, new = FakeDatapath(), FakeDatapath()
+    sw = connect(vnet64, old)
+    vnet64._on_flow_stats(stats_reply(old, sw.stats_xid, []))
+    posted = []
+    vnet64.send_event = lambda name, ev: posted.append(ev)
+    vnet64._on_port_status(ofp_event.EventOFPPortStatus(
+        parser.OFPPortStatus(old, reason=ofp.OFPPR_ADD, desc=port("v-b", 4))))
+    connect(vnet64, new)                    # reconnected: programmed whole on its own
+    calls = len(vnet64.logic.calls)
+    old.take()
+    vnet64._on_ports_changed(posted.pop())
+    assert len(vnet64.logic.calls) == calls and not old.take()
 
 
 def test_disconnect_and_a_reconnect_that_overtakes_the_old_connection(vnet64):

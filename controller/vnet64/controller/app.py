@@ -156,6 +156,16 @@ class EventNbChanged(event.EventBase):
     """Posted by the NB watcher into the app's own queue."""
 
 
+class EventPortsChanged(event.EventBase):
+    """Posted into the app's own queue by the first port-status message of a burst: the
+    switch's ports are reconciled once, when the queue reaches it, with every change
+    that arrived before (a host that adds 200 VM ports costs one reconcile, not 200)."""
+
+    def __init__(self, dp: Any):
+        super().__init__()
+        self.dp = dp
+
+
 class SwitchLog(logging.LoggerAdapter):
     """Log lines prefixed with the switch's node name and datapath id."""
 
@@ -178,6 +188,7 @@ class Switch:
         default_factory=lambda: collections.deque(maxlen=PENDING_PACKET_INS))
     dropped: int = 0
     resync_started: float = 0.0
+    ports_pending: bool = False   # an EventPortsChanged is on its way
 
 
 def port_names(ports: Iterable[Any]) -> dict[str, int]:
@@ -419,6 +430,16 @@ class Vnet64App(app_manager.OSKenApp):
             sw.ports[name] = port_no
         sw.log.info("port %s (%d) %s", name, port_no,
                     {ofp.OFPPR_ADD: "added", ofp.OFPPR_DELETE: "deleted"}.get(msg.reason, "modified"))
+        if sw.state in ("resyncing", "ready") and not sw.ports_pending:
+            sw.ports_pending = True
+            self.send_event(self.name, EventPortsChanged(sw.dp))
+
+    @set_ev_cls(EventPortsChanged)
+    def _on_ports_changed(self, ev: EventPortsChanged) -> None:
+        sw = self._switch(ev.dp)
+        if sw is None:
+            return   # gone, or reconnected: the new connection was programmed whole
+        sw.ports_pending = False
         if sw.state in ("resyncing", "ready"):
             self._send(sw, self._call(sw, "ports_changed", sw.dp.id, dict(sw.ports), default=[]))
 
