@@ -9,16 +9,24 @@
 # Installs $VNET64_OVS_DIR/ovs-vswitchd (default /usr/local/libexec/vnet64), where
 # the lab looks for it. Idempotent: rebuilds only when the patches or the installed
 # openvswitch-switch version change. Run as root (apt, /usr/local).
+#   scripts/build-ovs.sh           build if needed
+#   scripts/build-ovs.sh --check   exit 0 if the installed build is current, else 1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEST=${VNET64_OVS_DIR:-/usr/local/libexec/vnet64}
 shopt -s nullglob
 PATCHES=("$PWD"/ovs-setup/patches/*.patch)
-version=$(dpkg-query -W -f='${Version}' openvswitch-switch)
+if ! version=$(dpkg-query -W -f='${Version}' openvswitch-switch 2>/dev/null) || [ -z "$version" ]; then
+    echo "build-ovs: openvswitch-switch is not installed (scripts/setup.sh installs it)" >&2
+    exit 1
+fi
 want="openvswitch-switch $version; patches $(cat "${PATCHES[@]}" | sha256sum | cut -d' ' -f1)"
 if [ -x "$DEST/ovs-vswitchd" ] && [ "$(cat "$DEST/ovs-vswitchd.built" 2>/dev/null)" = "$want" ]; then
     exit 0
+fi
+if [ "${1:-}" = --check ]; then
+    exit 1
 fi
 if [ "$(id -u)" != 0 ]; then
     echo "build-ovs: need root to build and install $DEST/ovs-vswitchd" >&2
@@ -26,14 +34,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "build-ovs: building ovs-vswitchd ($version + ${#PATCHES[@]} vnet64 patch(es)) into $DEST"
 
-BUILD_PACKAGES=("openvswitch-source=$version" build-essential autoconf automake libtool pkg-config
-                libssl-dev libcap-ng-dev)
+BUILD_PACKAGES=(build-essential autoconf automake libtool pkg-config libssl-dev libcap-ng-dev)
 missing=()
 for pkg in "${BUILD_PACKAGES[@]}"; do
-    name=${pkg%%=*}
-    dpkg-query -W -f='${Status} ${Version}' "$name" 2>/dev/null | grep -q "install ok installed" \
-        || missing+=("$pkg")
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# the source of exactly the installed version (Debian's own patches are applied in it)
 if [ "$(dpkg-query -W -f='${Version}' openvswitch-source 2>/dev/null)" != "$version" ]; then
     missing+=("openvswitch-source=$version")
 fi
