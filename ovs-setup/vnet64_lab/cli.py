@@ -13,6 +13,10 @@ Options before the subcommand: ``--prefix`` (namespace prefix, env
 ``VNET64_LAB_PREFIX``, default ``v64-``) and ``--run-dir`` (env
 ``VNET64_LAB_RUN_DIR``, default ``/run/vnet64-lab``). Exit status 2 = bad input
 (nothing was created), 1 = the lab failed.
+
+Each node runs ``/usr/local/libexec/vnet64/ovs-vswitchd`` (the system's Open vSwitch
+with vnet64's conntrack patch, built by ``scripts/build-ovs.sh``) when it is there,
+else the system's ovs-vswitchd; env ``VNET64_OVS_VSWITCHD`` names another binary.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ def _print_status(st: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vnet64-lab", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.strip().split("\n\n")[-1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prefix", help="namespace prefix (default $VNET64_LAB_PREFIX or v64-)")
     parser.add_argument("--run-dir", help="run directory (default $VNET64_LAB_RUN_DIR or "
