@@ -941,8 +941,9 @@ def report(args, large: Bench, small: Bench | None, p1: list[dict], whatif: list
             f"{k} {v:.0f}" for k, v in sorted(split.items(), key=lambda kv: -kv[1]) if v >= 0.5)
             + "."]
         lines += ["", (f"After the large lab was up (flows in), the controller stayed busy "
-                       f"for {large.facts.get('settle_after_up', 0):.0f} s more: one port-status "
-                       "event per VM/endpoint port, each recomputing host1's proactive flows.")]
+                       f"for {large.facts.get('settle_after_up', 0):.0f} s more (host1 adds its "
+                       f"{args.vms} VM ports one port-status message after another; the "
+                       "controller reconciles a burst of them once).")]
         notes = []
         if AIM_RATE in args.rates and med(sat) < AIM_RATE:
             notes.append(f"{AIM_RATE} new pairs/s is above the saturation rate measured here, so "
