@@ -1,30 +1,31 @@
 """Two endpoints ping one VM at the same time with the same ICMP echo identifier.
 
 On the VM's side both pairs become Platform_IP: the VNet zone's SNAT rewrites the
-source address, and OVS 3.1's userspace conntrack NATs no ICMP identifier (it changes
-ports for TCP and UDP only), so both pings would have the same reply tuple
-(VM -> Platform_IP, echo id). Conntrack refuses the second mapping; OVS's NAT fails
-open; ``to_vm`` never delivers such a packet and the controller refuses it cleanly
-("administratively prohibited", as for port exhaustion). DESIGN §4b listed this as
-untested.
+source address, so both pings would have the same reply tuple (VM -> Platform_IP,
+echo id) unless the identifier is translated too, as NAT translates ports for TCP
+and UDP. OVS 3.1's userspace conntrack translates no echo identifier (the second
+endpoint's echoes were refused, "administratively prohibited", while the first's
+entry lived); the lab's patched ovs-vswitchd (``ovs-setup/patches/``) gives the second
+echo another identifier when its own is taken, as Linux does. DESIGN §4b listed the
+case as untested.
 
-Known gap (strict xfail, docs/lab.md "Known limits"): while the first endpoint's
-echo entry lives (OVS's ICMP timeout), the second endpoint's pings with that
-identifier are refused. A NAT that rewrites echo identifiers like ports (Linux's
-does) would answer both.
+Asserted on the packets: both endpoints get every echo reply (matched on their own
+identifier and sequence), and the VM saw the echoes from Platform_IP under two
+identifiers, one of them the endpoints' own.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from collections import Counter
 
-import pytest
 from vnet64_lab import sh
-from vnet64_lab.traffic import ns_of, running_platform
+from vnet64_lab.traffic import PLATFORM_IP, Capture, ns_of, running_platform
 
-from tests.lab.conftest import ROOT, KnownGap, need_lab, new_lab
+from tests.lab.conftest import ROOT, need_lab, new_lab
 
 A_WEB1 = "fd41::3930:1f:6600:a00:4"   # a-web1 (customer-a 10.0.0.4, host1) in four-hosts
 IDENT, COUNT = 4242, 10
@@ -55,29 +56,28 @@ print(json.dumps({"replies": len(replies), "errors": errors}))
 """
 
 
-@pytest.mark.xfail(strict=True, raises=KnownGap, reason=(
-    "OVS 3.1's userspace NAT rewrites no ICMP echo identifier: two pairs' echoes with one id "
-    "map to one reply tuple at Platform_IP"))
 def test_two_endpoints_ping_one_vm_with_the_same_echo_id():
     need_lab()
     with running_platform(new_lab("i"), ROOT / "topologies" / "four-hosts.yaml") as (lab, plan):
-        procs = {ep: subprocess.Popen(
-            [sh.tool("ip"), "netns", "exec", ns_of(plan, ep), sys.executable, "-c", PINGER,
-             A_WEB1, str(IDENT), str(COUNT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True) for ep in ("ana1", "ana2")}
-        seen = {}
-        for ep, proc in procs.items():
-            out, err = proc.communicate(timeout=30)
-            assert proc.returncode == 0, err
-            seen[ep] = json.loads(out)
-    print(f"\nsame echo id {IDENT} from ana1 and ana2 to a-web1: {json.dumps(seen)}")
+        with Capture(ns_of(plan, "a-web1"), "eth0", "icmp[icmptype] == icmp-echo",
+                     count=None) as cap:
+            procs = {ep: subprocess.Popen(
+                [sh.tool("ip"), "netns", "exec", ns_of(plan, ep), sys.executable, "-c", PINGER,
+                 A_WEB1, str(IDENT), str(COUNT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True) for ep in ("ana1", "ana2")}
+            seen = {}
+            for ep, proc in procs.items():
+                out, err = proc.communicate(timeout=30)
+                assert proc.returncode == 0, err
+                seen[ep] = json.loads(out)
+            at_vm = cap.stop()
+    requests = re.findall(r"(\S+) > 10\.0\.0\.4: ICMP echo request, id (\d+)", at_vm)
+    ids = Counter(int(i) for _, i in requests)
+    print(f"\nsame echo id {IDENT} from ana1 and ana2 to a-web1: {json.dumps(seen)}; "
+          f"a-web1 saw ids {dict(ids)}")
 
-    assert any(s["replies"] == COUNT for s in seen.values()), \
-        f"neither endpoint got all its echo replies: {seen}"
-    short = {ep: s for ep, s in seen.items() if s["replies"] < COUNT}
-    if short:
-        refused = all(s["errors"].get("type 1 code 1") for s in short.values())
-        if refused:
-            raise KnownGap(f"the second endpoint's echoes with the same id were refused: {seen}")
-        raise AssertionError(f"echo replies missing, and not refused: {seen}")
-
+    assert seen == {ep: {"replies": COUNT, "errors": {}} for ep in ("ana1", "ana2")}, \
+        f"not every echo was answered: {seen}"
+    assert {src for src, _ in requests} == {PLATFORM_IP}, requests
+    assert len(ids) == 2 and IDENT in ids and sorted(ids.values()) == [COUNT, COUNT], \
+        f"a-web1 did not see the two endpoints' echoes under two identifiers: {dict(ids)}"
