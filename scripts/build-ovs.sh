@@ -2,8 +2,9 @@
 # Build the ovs-vswitchd the lab runs: Debian 12's Open vSwitch (the source of the
 # installed openvswitch-switch, from the openvswitch-source package) with vnet64's
 # patches, ovs-setup/patches/*.patch - today one: OVS 3.1's userspace conntrack gives a
-# re-opened TCP connection another NAT port, which stalls sustained connection load
-# (the patch's header; docs/lab.md "Sustained load"). Only ovs-vswitchd is built
+# re-opened TCP connection another NAT port, which stalls sustained connection load,
+# and translates no ICMP echo identifier (the patch's header; docs/lab.md "Sustained
+# load"). Only ovs-vswitchd is built
 # (~2 min on 2 cores); every other OVS tool stays the system's.
 #
 # Installs $VNET64_OVS_DIR/ovs-vswitchd (default /usr/local/libexec/vnet64), where
