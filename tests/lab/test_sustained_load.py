@@ -40,27 +40,13 @@ from tests.lab.conftest import ROOT, need_lab, new_lab
 RATE, SECONDS = 1000, 120
 PORT = 7000
 
-NETSTAT = r"""
-import json
-rows = open("/proc/net/netstat").read().splitlines()
-out = {}
-for head, vals in zip(rows[::2], rows[1::2]):
-    out.update(zip(head.split()[1:], map(int, vals.split()[1:])))
-print(json.dumps(out))
-"""
-
 # svc1: N connections to ADDR PORT one after another, all from source port SPORT; each
 # one request, the answer, close after the server's FIN (svc1 then holds no TIME_WAIT)
 REOPEN_CLIENT = r"""
 import json, socket, sys, time
+from vnet64_lab.connload import netstat
 addr, port, sport, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-def syn_retrans():
-    rows = open("/proc/net/netstat").read().splitlines()
-    for head, vals in zip(rows[::2], rows[1::2]):
-        stats = dict(zip(head.split()[1:], vals.split()[1:]))
-        if "TCPSynRetrans" in stats:
-            return int(stats["TCPSynRetrans"])
-before, conns = syn_retrans(), []
+before, conns = netstat("TCPSynRetrans"), []
 for _ in range(n):
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -76,14 +62,16 @@ for _ in range(n):
     s.close()
     conns.append({"connect_ms": round(ms, 2), "answer": answer.decode()})
     time.sleep(0.5)
-print(json.dumps({"conns": conns, "syn_retransmits": syn_retrans() - before}))
+print(json.dumps({"conns": conns, "syn_retransmits": netstat("TCPSynRetrans") - before}))
 """
 
 
-def netstat(ns: str) -> dict[str, int]:
-    proc = in_ns(ns, sys.executable, "-c", NETSTAT)
+def paws_timewait(ns: str) -> int:
+    """The kernel's PAWSTimewait in ``ns``: segments a TIME_WAIT socket rejected (PAWS)."""
+    proc = in_ns(ns, sys.executable, "-c",
+                 "from vnet64_lab.connload import netstat; print(netstat('PAWSTimewait'))")
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return int(proc.stdout)
 
 
 def time_wait(ns: str) -> int:
@@ -123,13 +111,13 @@ def test_a_reopened_connection_keeps_its_platform_port(platform):
     left, and none had to be sent again."""
     plan, n = platform, 5
     vm_ns, svc_ns = ns_of(plan, "a-vm1"), ns_of(plan, "svc1")
-    vm_before = netstat(vm_ns)
+    vm_before = paws_timewait(vm_ns)
     with connload_server(plan, "a-vm1") as seen:
         proc = in_ns(svc_ns, sys.executable, "-c", REOPEN_CLIENT, A6, str(PORT), "40123", str(n),
                      timeout=60)
         assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    paws_tw = netstat(vm_ns)["PAWSTimewait"] - vm_before["PAWSTimewait"]
+    paws_tw = paws_timewait(vm_ns) - vm_before
     print(f"\nre-open: {json.dumps(result)}\nVM: {json.dumps(seen)}; PAWS rejections {paws_tw}")
 
     assert [c["answer"] for c in result["conns"]] == ["OK\n"] * n
@@ -143,16 +131,16 @@ def test_a_reopened_connection_keeps_its_platform_port(platform):
 def test_a_thousand_new_tcp_connections_per_second_for_two_minutes(platform):
     plan = platform
     vm_ns, svc_ns = ns_of(plan, "a-vm1"), ns_of(plan, "svc1")
-    vm_before = netstat(vm_ns)
+    vm_before = paws_timewait(vm_ns)
     with connload_server(plan, "a-vm1") as seen:
         client = in_ns(svc_ns, sys.executable, "-m", "vnet64_lab.connload", "client", A6,
                        str(PORT), "--rate", str(RATE), "--seconds", str(SECONDS),
                        timeout=SECONDS + 120)
         assert client.returncode == 0, client.stderr
         result = json.loads(client.stdout)
-        vm_after = netstat(vm_ns)
+        vm_after = paws_timewait(vm_ns)
         held = time_wait(vm_ns)
-    paws_tw = vm_after["PAWSTimewait"] - vm_before["PAWSTimewait"]
+    paws_tw = vm_after - vm_before
     print(f"\nsustained load: {json.dumps(result)}\nVM: answered {seen['answered']} from "
           f"{seen['peers']} on {seen['peer_ports']} distinct ports, {seen['on_time_wait']} of "
           f"them on a TIME_WAIT socket of their port; TIME_WAIT sockets at the end {held}; "
