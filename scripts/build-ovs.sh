@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Build the ovs-vswitchd the lab runs: Debian 12's Open vSwitch (the source of the
 # installed openvswitch-switch, from the openvswitch-source package) with vnet64's
-# patches, ovs-setup/patches/*.patch - today one: OVS 3.1's userspace conntrack gives a
-# re-opened TCP connection another NAT port, which stalls sustained connection load,
-# and translates no ICMP echo identifier (the patch's header; docs/lab.md "Sustained
-# load"). Only ovs-vswitchd is built
-# (~2 min on 2 cores); every other OVS tool stays the system's.
+# patches, ovs-setup/patches/*.patch (each explains itself in its header):
+# - conntrack-nat: OVS 3.1's userspace conntrack gives a re-opened TCP connection
+#   another NAT port, which stalls sustained connection load, and translates no ICMP
+#   echo identifier (docs/lab.md "Sustained load");
+# - netdev-linux-rx-buffers: the main thread allocated and freed 32 receive buffers
+#   per idle port on every wakeup (docs/lab.md "Idle ports and the main thread").
+# Only ovs-vswitchd is built (~2 min on 2 cores); every other OVS tool stays the system's.
 #
 # Installs $VNET64_OVS_DIR/ovs-vswitchd (default /usr/local/libexec/vnet64), where
 # the lab looks for it. Idempotent: rebuilds only when the patches or the installed
