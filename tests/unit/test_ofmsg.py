@@ -176,6 +176,28 @@ def test_ct_with_nat(dp, nat, flags, ranges):
     assert {k: getattr(n, k) for k in defaults} == {**defaults, **ranges}
 
 
+@pytest.mark.parametrize("nats", [
+    [F.Nat("src", f"fd64::a00:{i:x}") for i in range(1, 4)],
+    [F.Nat("src", f"100.64.0.{i}", f"100.64.1.{i}", 1024, 65535, random=True) for i in range(1, 4)],
+    [F.Nat("dst", f"fd64::{i}", f"fd64::{i}:1", 80) for i in range(1, 4)],
+])
+def test_nat_addresses_written_into_a_shared_encoding_are_os_kens_bytes(dp, nats):
+    """Pairs' ct actions differ only in their NAT address: encoded once per shape, the
+    address written in - each must still be byte for byte os-ken's own encoding."""
+    for nat in nats:
+        a = F.CT(zone=64001, commit=True, table="ct_fwd", nat=nat)
+        [ours] = ofmsg.actions(dp, TABLES, [a])
+        plain = ofmsg.action(dp, TABLES, a)
+        buf = bytearray()
+        plain.serialize(buf, 0)
+        assert ours.data == bytes(buf).ljust(plain.len, b"\0"), nat
+
+
+def test_a_nat_address_that_is_not_one_is_refused(dp):
+    with pytest.raises(F.FlowError, match="not an IP address"):
+        one(dp, F.flow("classify", 1, {}, [F.CT(zone=1, nat=F.Nat("src", "fd64::zz"))]))
+
+
 def test_ct_without_table_or_commit(dp):
     [ct] = apply_actions(roundtrip(dp, one(dp, F.flow("classify", 1, {}, [F.CT(zone=7)]))))
     assert (ct.flags, ct.recirc_table, ct.actions) == (0, nicira_ext.NX_CT_RECIRC_NONE, [])

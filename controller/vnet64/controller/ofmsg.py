@@ -301,7 +301,47 @@ def check_pkt_larger(a: CheckPktLarger) -> bytes:
 
 def actions(datapath: Any, tables: TableMap | None, acts: Iterable[flows.Action]) -> list:
     """Serialisable actions (cached encodings of :func:`action`)."""
-    return [_encoded_action(a, tables) for a in acts]
+    return [_nat_ct_action(a, tables) if isinstance(a, CT) and a.nat is not None and a.nat.addr_min
+            else _encoded_action(a, tables) for a in acts]
+
+
+# A ct action whose NAT has addresses is encoded once per shape (everything but the
+# addresses, which take these placeholders) and gets its addresses written in: each new
+# pair's alias is a new address, and os-ken's NXActionCT/NXActionNAT took ~20 % of the
+# controller's event thread at saturation (py-spy, benchmarks/pair_setup.py).
+_NAT_PLACEHOLDERS = {socket.AF_INET: ("192.0.2.254", "192.0.2.255"),
+                     socket.AF_INET6: ("2001:db8::fffe", "2001:db8::ffff")}
+_NAT_ADDRS_AT = 24 + 16   # NXAST_CT (24 bytes), then the nested NXAST_NAT's 16 before its ranges
+
+
+def _nat_ct_action(a: CT, tables: TableMap | None) -> EncodedAction:
+    nat = a.nat
+    family = socket.AF_INET6 if ":" in nat.addr_min else socket.AF_INET
+    if nat.addr_max and (":" in nat.addr_max) != (family == socket.AF_INET6):
+        return _encoded_action(a, tables)   # mixed families: os-ken's path says why
+    try:
+        addrs = socket.inet_pton(family, nat.addr_min)
+        if nat.addr_max:
+            addrs += socket.inet_pton(family, nat.addr_max)
+    except OSError:
+        raise FlowError(f"nat range {nat.addr_min}-{nat.addr_max or ''}: not an IP address") from None
+    template = _nat_ct_template(a.zone, a.commit, a.table, nat.kind, family, nat.addr_max is not None,
+                                nat.port_min, nat.port_max, nat.random, tables)
+    return EncodedAction(template[:_NAT_ADDRS_AT] + addrs + template[_NAT_ADDRS_AT + len(addrs):], a)
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def _nat_ct_template(zone: int, commit: bool, table: str | None, kind: str | None, family: int,
+                     has_max: bool, port_min: int | None, port_max: int | None, random: bool,
+                     tables: TableMap | None) -> bytes:
+    low, high = _NAT_PLACEHOLDERS[family]
+    nat = Nat(kind, low, high if has_max else None, port_min, port_max, random)
+    data = _encoded_action(CT(zone, commit, table, nat), tables).data
+    size = 4 if family == socket.AF_INET else 16
+    placed = socket.inet_pton(family, low) + (socket.inet_pton(family, high) if has_max else b"")
+    assert data[_NAT_ADDRS_AT:_NAT_ADDRS_AT + len(placed)] == placed, "os-ken moved NAT addresses"
+    assert len(placed) in (size, 2 * size)
+    return data
 
 
 # ofp_flow_mod after the header, up to the match (os-ken's OFP_FLOW_MOD_PACK_STR0)
