@@ -15,8 +15,9 @@ Options before the subcommand: ``--prefix`` (namespace prefix, env
 (nothing was created), 1 = the lab failed.
 
 Each node runs ``/usr/local/libexec/vnet64/ovs-vswitchd`` (the system's Open vSwitch
-with vnet64's conntrack patch, built by ``scripts/build-ovs.sh``) when it is there,
-else the system's ovs-vswitchd; env ``VNET64_OVS_VSWITCHD`` names another binary.
+with vnet64's patches in ``ovs-setup/patches/``, built by ``scripts/build-ovs.sh``)
+when it is there, else the system's ovs-vswitchd; env ``VNET64_OVS_VSWITCHD`` names
+another binary.
 """
 
 from __future__ import annotations

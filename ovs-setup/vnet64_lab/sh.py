@@ -33,7 +33,7 @@ def tool(name: str) -> str:
 
 
 # vnet64's build of ovs-vswitchd (scripts/build-ovs.sh: the system's OVS with the
-# conntrack patch in ovs-setup/patches/); VNET64_OVS_VSWITCHD names another binary.
+# patches in ovs-setup/patches/); VNET64_OVS_VSWITCHD names another binary.
 PATCHED_VSWITCHD = "/usr/local/libexec/vnet64/ovs-vswitchd"
 
 
