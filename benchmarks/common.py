@@ -139,8 +139,24 @@ def seconds_until_idle(pid: int, timeout: float) -> float | None:
 
 def log_errors(text: str, keep: int = 20) -> list[str]:
     """The ERROR and Traceback lines of a controller log (the first ``keep``), so that a
-    report - and a CI failure - says what went wrong, not only how often."""
-    return [line for line in text.splitlines() if " ERROR " in line or "Traceback" in line][:keep]
+    report - and a CI failure - says what went wrong, not only how often. A Traceback line
+    carries, after " -> ", the exception it ended with and the frame that raised it."""
+    lines = text.splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if " ERROR " in line:
+            out.append(line)
+        elif "Traceback" in line:
+            frames = []
+            for j in range(i + 1, len(lines)):
+                if lines[j].startswith("  File "):
+                    frames.append(lines[j].strip())
+                elif lines[j] and not lines[j].startswith(" "):
+                    out.append(f"{line} -> {lines[j]} (at {frames[-1] if frames else '?'})")
+                    break
+            else:
+                out.append(line)
+    return out[:keep]
 
 
 def print_log_tail(path: Path, lines: int = 40) -> None:
