@@ -44,32 +44,12 @@ from vnet64.controller import model as M  # noqa: E402
 from vnet64.controller import ofmsg  # noqa: E402
 from vnet64.ports import vif_port  # noqa: E402
 
-from os_ken.ofproto import ofproto_v1_3 as ofp  # noqa: E402
-from os_ken.ofproto import ofproto_v1_3_parser as ofpp  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "controller_cost.md"
 
 
-def plain_flow_mod(dp, tables: F.TableMap, f: F.Flow):
-    """The flow-mod as os-ken builds it from scratch (no cached encodings)."""
-    inst = []
-    if f.meter is not None:
-        inst.append(ofpp.OFPInstructionMeter(f.meter))
-    if f.actions:
-        inst.append(ofpp.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS,
-                                               [ofmsg.action(dp, tables, a) for a in f.actions]))
-    if f.goto is not None:
-        inst.append(ofpp.OFPInstructionGotoTable(tables.id(f.goto)))
-    return ofpp.OFPFlowMod(
-        dp, cookie=f.cookie, table_id=tables.id(f.table), command=ofp.OFPFC_ADD,
-        idle_timeout=f.idle_timeout, hard_timeout=f.hard_timeout, priority=f.priority,
-        buffer_id=ofp.OFP_NO_BUFFER, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
-        flags=ofp.OFPFF_SEND_FLOW_REM if f.send_flow_rem else 0,
-        match=ofpp.OFPMatch(**f.match.as_dict()), instructions=inst)
-
-
 def plain_messages(dp, tables: F.TableMap, msgs: list) -> list:
-    return [plain_flow_mod(dp, tables, m) if isinstance(m, F.Flow)
+    return [ofmsg.os_ken_flow_mod(dp, tables, m) if isinstance(m, F.Flow)
             else ofmsg.to_messages(dp, tables, [m])[0] for m in msgs]
 
 
@@ -94,8 +74,7 @@ class Bench:
     def release_all(self) -> None:
         sw = self.logic.switches[self.dpid]
         for index in list(sw.pairs):
-            sw.allocator.release(index)
-            sw.pairs.pop(index, None)
+            self.logic._release(sw, index)
 
     def one_pass(self, n: int, encode) -> tuple[float, int]:
         """CPU seconds for n new pairs (logic + encode), and the bytes written."""

@@ -63,20 +63,7 @@ def test_flow_mod_fields_and_instruction_order(dp):
 
 def plain_os_ken(dp, f):
     """The same flow-mod built the plain os-ken way (OFPMatch(**fields), fresh action objects)."""
-    inst = []
-    if f.meter is not None:
-        inst.append(parser.OFPInstructionMeter(f.meter))
-    if f.actions:
-        inst.append(parser.OFPInstructionActions(
-            ofp.OFPIT_APPLY_ACTIONS, [ofmsg.action(dp, TABLES, a) for a in f.actions]))
-    if f.goto is not None:
-        inst.append(parser.OFPInstructionGotoTable(TABLES.id(f.goto)))
-    return parser.OFPFlowMod(
-        dp, cookie=f.cookie, table_id=TABLES.id(f.table), command=ofp.OFPFC_ADD,
-        idle_timeout=f.idle_timeout, hard_timeout=f.hard_timeout, priority=f.priority,
-        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
-        flags=ofp.OFPFF_SEND_FLOW_REM if f.send_flow_rem else 0,
-        match=parser.OFPMatch(**f.match.as_dict()), instructions=inst)
+    return ofmsg.os_ken_flow_mod(dp, TABLES, f)
 
 
 def test_cached_encoding_is_byte_for_byte_what_os_ken_writes(dp):
