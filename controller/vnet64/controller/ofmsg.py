@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 from collections.abc import Iterable
 from functools import cache, lru_cache
 from ipaddress import ip_address
@@ -129,6 +130,19 @@ def _table_id(tables: TableMap | None, name: str) -> int:
 
 
 CACHE_SIZE = 1 << 16   # distinct field values / actions kept encoded
+
+
+def clear_caches() -> None:
+    """Forget every cached encoding and normalisation, here and in ``flows``.
+
+    What a fresh process starts with: ``benchmarks/controller_cost.py`` measures its
+    cold case after it. Every ``functools`` cache of the two modules is found by its
+    ``cache_clear``, so one added later is cleared too.
+    """
+    for module in (flows, sys.modules[__name__]):
+        for obj in list(vars(module).values()):
+            if callable(getattr(obj, "cache_clear", None)):
+                obj.cache_clear()
 
 
 @lru_cache(maxsize=CACHE_SIZE)
