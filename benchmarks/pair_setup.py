@@ -935,6 +935,15 @@ def report(args, large: Bench, small: Bench | None, p1: list[dict], whatif: list
         for label, vals in per_pair:
             lines.append(f"| {label} | " + " | ".join(f"{med([v[k] for v in vals]):.2f}"
                                                       for k in keys) + " |")
+        platform_keys = ("controller", "ovs-vswitchd (3 nodes)", "tayga host1")
+        if all(k in keys for k in platform_keys):
+            per = {k: med([r["sat"]["ms_per_pair"][k] for r in p1]) for k in platform_keys}
+            total = sum(per.values())
+            lines += ["", (f"CPU per new pair at saturation, the platform's processes "
+                           f"({', '.join(f'{k} {v:.2f}' for k, v in per.items())}): "
+                           f"{total:.2f} ms. At the aim of {AIM_PAIRS_PER_S:,} new pairs/s that "
+                           f"is {total * AIM_PAIRS_PER_S / 1000:.1f} cores busy; this machine "
+                           f"has {os.cpu_count()}, shared with the generator and other labs.")]
         kinds = sorted({k for r in p1 for k in r["sat"]["host1_threads"]})
         split = {k: med([r["sat"]["host1_threads"].get(k, 0.0) for r in p1]) for k in kinds}
         lines += ["", "host1's ovs-vswitchd at saturation, % of one core by thread: " + ", ".join(
