@@ -9,7 +9,9 @@ On the default topology with the real controller:
    the switches' flows (cookies) and the NB. The open connection still works, a
    new connection in the same pair uses the same alias, a new pair gets another
    alias, flows planted while it was down with vnet64 cookies the NB does not
-   want are swept, and exactly one set of pair flows exists per live pair;
+   want are swept (and a pair's flows left without its pair-table flow, as when
+   that flow idles out while no controller listens), and exactly one set of pair
+   flows exists per live pair;
 3. restart host1's ovs-vswitchd (its flows go with the process): the controller
    reprograms it and new connections to both VMs work.
 
@@ -49,6 +51,12 @@ STALE = {
          f"ipv6,ipv6_src={STRANGER},ipv6_dst={A6},actions=drop"),
         (f"cookie={cookie('host', 'pair', 0x77):#x},table={HOST_TABLES.id('from_translator')},"
          f"priority=100,ip,nw_src=198.18.0.119,nw_dst=10.0.0.4,actions=drop"),
+        # a pair whose pair-table flow idled out while no controller listened (so its
+        # flow-removed, which deletes the rest, went nowhere): its other flows are left
+        (f"cookie={cookie('host', 'pair', 0x78):#x},table={HOST_TABLES.id('from_translator')},"
+         f"priority=100,ip,nw_src=198.18.0.120,nw_dst=10.0.0.4,actions=drop"),
+        (f"cookie={cookie('host', 'pair', 0x78):#x},table={HOST_TABLES.id('vm_return')},"
+         f"priority=100,ip,in_port=99,nw_dst=198.18.0.120,actions=drop"),
         # steering/DNAT for a VM address that does not exist
         (f"cookie={cookie('host', 'vm', 'ghost-vm'):#x},table={HOST_TABLES.id('v6_dnat')},"
          f"priority=100,ipv6,ipv6_dst={GHOST6},actions=drop"),
@@ -59,7 +67,7 @@ STALE = {
     ],
 }
 STALE_COOKIES = {
-    "host1": {cookie("host", "pair", 0x77), cookie("host", "vm", "ghost-vm")},
+    "host1": {cookie("host", "pair", 0x77), cookie("host", "pair", 0x78), cookie("host", "vm", "ghost-vm")},
     "appliance": {cookie("appliance", "route", "ghost-vm")},
 }
 

@@ -198,6 +198,33 @@ def test_resync_adopts_live_pairs_and_sweeps_stale_flows(model):
     assert Cookie.decode(flows[0].cookie).obj == 7
 
 
+def test_resync_sweeps_a_pair_whose_pair_flow_idled_out_while_no_controller_listened(model):
+    """The pair-table flow expired during the outage (its flow-removed went nowhere): the
+    pair's SNAT and return flows are left, and nothing else would ever delete them."""
+    logic = Logic(lambda: model)
+    d = dpid(model, "host1")
+    logic.switch_connected(d, HOST1_PORTS)
+    t = HOST_TABLES.id
+    live = [(cookie("host", "pair", 3), t("pair"), 100,
+             {"eth_type": 0x86DD, "ipv6_src": str(SVC1), "ipv6_dst": str(A_VM1)}),
+            (cookie("host", "pair", 3), t("from_translator"), 100,
+             {"eth_type": 0x800, "ipv4_src": "198.18.0.3", "ipv4_dst": "10.0.0.4"}),
+            (cookie("host", "pair", 3), t("vm_return"), 100,
+             {"eth_type": 0x800, "in_port": 10, "ipv4_dst": "198.18.0.3"})]
+    orphan = [(cookie("host", "pair", 4), t("from_translator"), 100,
+               {"eth_type": 0x800, "ipv4_src": "198.18.0.4", "ipv4_dst": "10.0.0.4"}),
+              (cookie("host", "pair", 4), t("vm_return"), 100,
+               {"eth_type": 0x800, "in_port": 11, "ipv4_dst": "198.18.0.4"})]
+    msgs = logic.resynced(d, live + orphan)
+    assert [m for m in msgs if isinstance(m, DeleteFlows)] == [
+        DeleteFlows(cookie("host", "pair", 4), 0xFFFFFFFFFFFFFFFF)]
+    assert logic.switches[d].pairs == {3: ("svc1", "a-vm1")}
+    assert logic.stats["orphan_pairs_swept"] == 1 and logic.stats["stale_pairs_swept"] == 0
+    # a new pair does not get the live pair's index
+    flows = [m for m in logic.packet_in(d, t("pair"), 1, frame(SVC1, B_VM1)) if isinstance(m, Flow)]
+    assert Cookie.decode(flows[0].cookie).obj != 3
+
+
 def test_resync_after_a_switch_restart_frees_the_pairs_whose_flows_are_gone(model):
     logic = Logic(lambda: model)
     d = dpid(model, "host1")

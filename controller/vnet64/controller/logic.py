@@ -131,6 +131,7 @@ class Logic:
         out: list[Message] = []
         stale_pairs: set[int] = set()
         adopted: set[int] = set()
+        partial: set[int] = set()   # pairs seen by their flows outside the pair table
         for ck, table_id, priority, match in found:
             try:
                 c = Cookie.decode(ck)
@@ -138,6 +139,7 @@ class Logic:
                 continue
             if c.feature == "pair":
                 if sw.tables.name(table_id) != "pair":
+                    partial.add(c.obj)
                     continue
                 src, dst = match.get("ipv6_src"), match.get("ipv6_dst")
                 allowed = self.model.allowed(IPv6Address(src), IPv6Address(dst)) if src and dst else None
@@ -159,6 +161,11 @@ class Logic:
         for index in sorted(stale_pairs):
             out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
             self.stats["stale_pairs_swept"] += 1
+        # A pair's other flows without its pair-table flow: that flow idled out while no
+        # controller was connected, so its flow-removed (which deletes the rest) was lost.
+        for index in sorted(partial - adopted - stale_pairs):
+            out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
+            self.stats["orphan_pairs_swept"] += 1
         # Pairs kept from before whose flows the switch no longer holds (it restarted):
         # no flow-removed will ever free them. A returning pair gets its alias back.
         for index in set(sw.pairs) - adopted:
