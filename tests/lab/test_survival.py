@@ -10,8 +10,8 @@ On the default topology with the real controller:
    new connection in the same pair uses the same alias, a new pair gets another
    alias, flows planted while it was down with vnet64 cookies the NB does not
    want are swept (and a pair's flows left without its pair-table flow, as when
-   that flow idles out while no controller listens), and exactly one set of pair
-   flows exists per live pair;
+   that flow idles out while no controller listens: ``Logic.resynced`` deletes a
+   pair that is not whole), and exactly one set of pair flows exists per live pair;
 3. restart host1's ovs-vswitchd (its flows go with the process): the controller
    reprograms it and new connections to both VMs work.
 

@@ -16,6 +16,7 @@ from vnet64.controller.logic import Logic, desired_flows
 from vnet64.controller.pipeline import (ERROR_METER, HOST_TABLES, PACKET_IN_METER, TOKEN_OPTION, Cookie,
                                        cookie)
 from vnet64.controller.roles import Ports
+from vnet64.controller.roles import customer
 from vnet64.controller.roles.customer import Allocator, Pair, PoolExhausted
 from vnet64.ports import GENEVE_PORT, XLAT_PORT, vif_port
 
@@ -174,16 +175,31 @@ def test_flow_removed_releases_the_alias(model):
     assert not logic.switches[d].pairs and logic.stats["pairs_expired"] == 1
 
 
+def pair_found(index: int, src, dst, vm_port: int) -> list[tuple[int, int, int, dict]]:
+    """A pair's three flows as a switch's flow dump gives them to ``Logic.resynced``."""
+    t, c, alias = HOST_TABLES.id, cookie("host", "pair", index), f"198.18.0.{index}"
+    return [(c, t("pair"), 100, {"eth_type": 0x86DD, "ipv6_src": str(src), "ipv6_dst": str(dst)}),
+            (c, t("from_translator"), 100, {"eth_type": 0x800, "ipv4_src": alias, "ipv4_dst": "10.0.0.4"}),
+            (c, t("vm_return"), 100, {"eth_type": 0x800, "in_port": vm_port, "ipv4_dst": alias})]
+
+
+def test_pair_tables_are_where_a_new_pair_gets_its_flows(model):
+    logic = Logic(lambda: model)
+    d = dpid(model, "host1")
+    logic.switch_connected(d, HOST1_PORTS)
+    msgs = logic.packet_in(d, HOST_TABLES.id("pair"), 1, frame(SVC1, A_VM1))
+    flows = [m for m in msgs if isinstance(m, Flow)]
+    assert len(flows) == len(customer.PAIR_TABLES) and {f.table for f in flows} == customer.PAIR_TABLES
+
+
 def test_resync_adopts_live_pairs_and_sweeps_stale_flows(model):
     logic = Logic(lambda: model)
     d = dpid(model, "host1")
     logic.switch_connected(d, HOST1_PORTS)
     pair_id = HOST_TABLES.id("pair")
     found = [
-        (cookie("host", "pair", 7), pair_id, 100,
-         {"eth_type": 0x86DD, "ipv6_src": str(SVC1), "ipv6_dst": str(A_VM1)}),
-        (cookie("host", "pair", 8), pair_id, 100,                      # no longer allowed
-         {"eth_type": 0x86DD, "ipv6_src": "fd00:5e:1::99", "ipv6_dst": str(A_VM1)}),
+        *pair_found(7, SVC1, A_VM1, 10),
+        *pair_found(8, "fd00:5e:1::99", A_VM1, 10),                     # no longer allowed
         (cookie("host", "vm", "gone-vm"), HOST_TABLES.id("v6_dnat"), 100,   # VM left the NB
          {"eth_type": 0x86DD, "ipv6_dst": "fd41::3930:1f:6600:a00:9"}),
         (0x1234, 0, 1, {}),                                             # not ours: left alone
@@ -191,38 +207,31 @@ def test_resync_adopts_live_pairs_and_sweeps_stale_flows(model):
     msgs = logic.resynced(d, found)
     sw = logic.switches[d]
     assert sw.pairs == {7: ("svc1", "a-vm1")}
-    assert DeleteFlows(cookie("host", "pair", 8), 0xFFFFFFFFFFFFFFFF) in msgs
+    assert [m for m in msgs if isinstance(m, DeleteFlows)] == [
+        DeleteFlows(cookie("host", "pair", 8), 0xFFFFFFFFFFFFFFFF)]
     assert [m.table for m in msgs if isinstance(m, DeleteStrict)] == ["v6_dnat"]
+    assert logic.stats["stale_pairs_swept"] == 1 and logic.stats["pairs_adopted"] == 1
     # the adopted pair keeps its alias when its traffic comes back
     flows = [m for m in logic.packet_in(d, pair_id, 1, frame(SVC1, A_VM1)) if isinstance(m, Flow)]
     assert Cookie.decode(flows[0].cookie).obj == 7
 
 
-def test_resync_sweeps_a_pair_whose_pair_flow_idled_out_while_no_controller_listened(model):
-    """The pair-table flow expired during the outage (its flow-removed went nowhere): the
-    pair's SNAT and return flows are left, and nothing else would ever delete them."""
+def test_resync_deletes_a_pair_that_is_not_whole(model):
+    """A pair's flows live and die together. Its pair-table flow idled out during the
+    outage (the flow-removed that deletes the rest went nowhere), or its install was cut
+    short: what is left is deleted and its index freed, never adopted or left for good."""
     logic = Logic(lambda: model)
     d = dpid(model, "host1")
     logic.switch_connected(d, HOST1_PORTS)
-    t = HOST_TABLES.id
-    live = [(cookie("host", "pair", 3), t("pair"), 100,
-             {"eth_type": 0x86DD, "ipv6_src": str(SVC1), "ipv6_dst": str(A_VM1)}),
-            (cookie("host", "pair", 3), t("from_translator"), 100,
-             {"eth_type": 0x800, "ipv4_src": "198.18.0.3", "ipv4_dst": "10.0.0.4"}),
-            (cookie("host", "pair", 3), t("vm_return"), 100,
-             {"eth_type": 0x800, "in_port": 10, "ipv4_dst": "198.18.0.3"})]
-    orphan = [(cookie("host", "pair", 4), t("from_translator"), 100,
-               {"eth_type": 0x800, "ipv4_src": "198.18.0.4", "ipv4_dst": "10.0.0.4"}),
-              (cookie("host", "pair", 4), t("vm_return"), 100,
-               {"eth_type": 0x800, "in_port": 11, "ipv4_dst": "198.18.0.4"})]
-    msgs = logic.resynced(d, live + orphan)
+    idled_out = pair_found(4, SVC1, B_VM1, 11)[1:]          # SNAT and return rule only
+    cut_short = pair_found(5, SVC1, B_VM1, 11)[:2]          # no return rule
+    strange = [(cookie("host", "pair", 6), 200, 100, {})]    # a table the pipeline has not
+    msgs = logic.resynced(d, pair_found(3, SVC1, A_VM1, 10) + idled_out + cut_short + strange)
     assert [m for m in msgs if isinstance(m, DeleteFlows)] == [
-        DeleteFlows(cookie("host", "pair", 4), 0xFFFFFFFFFFFFFFFF)]
-    assert logic.switches[d].pairs == {3: ("svc1", "a-vm1")}
-    assert logic.stats["orphan_pairs_swept"] == 1 and logic.stats["stale_pairs_swept"] == 0
-    # a new pair does not get the live pair's index
-    flows = [m for m in logic.packet_in(d, t("pair"), 1, frame(SVC1, B_VM1)) if isinstance(m, Flow)]
-    assert Cookie.decode(flows[0].cookie).obj != 3
+        DeleteFlows(cookie("host", "pair", i), 0xFFFFFFFFFFFFFFFF) for i in (4, 5, 6)]
+    sw = logic.switches[d]
+    assert sw.pairs == {3: ("svc1", "a-vm1")} and set(sw.allocator.by_index) == {3}
+    assert logic.stats["incomplete_pairs_swept"] == 3 and logic.stats["stale_pairs_swept"] == 0
 
 
 def test_resync_after_a_switch_restart_frees_the_pairs_whose_flows_are_gone(model):
@@ -234,10 +243,9 @@ def test_resync_after_a_switch_restart_frees_the_pairs_whose_flows_are_gone(mode
     logic.packet_in(d, pair_id, 1, frame(SVC1, A_VM1))
     logic.packet_in(d, pair_id, 1, frame(SVC1, B_VM1))
     assert set(logic.switches[d].pairs) == {1, 2}
-    # the switch restarted: it reconnects holding a-vm1's pair flow only (b-vm1's is gone)
+    # the switch restarted: it reconnects holding a-vm1's pair flows only (b-vm1's are gone)
     logic.switch_connected(d, HOST1_PORTS)
-    logic.resynced(d, [(cookie("host", "pair", 1), pair_id, 100,
-                        {"eth_type": 0x86DD, "ipv6_src": str(SVC1), "ipv6_dst": str(A_VM1)})])
+    logic.resynced(d, pair_found(1, SVC1, A_VM1, 10))
     sw = logic.switches[d]
     assert sw.pairs == {1: ("svc1", "a-vm1")} and set(sw.allocator.by_index) == {1}
     assert logic.stats["pairs_lost"] == 1

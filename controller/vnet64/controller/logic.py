@@ -129,27 +129,21 @@ class Logic:
         if sw is None:
             return []
         out: list[Message] = []
-        stale_pairs: set[int] = set()
-        adopted: set[int] = set()
-        partial: set[int] = set()   # pairs seen by their flows outside the pair table
+        pair_rules: dict[int, dict] = {}           # index -> the pair-table flow's match
+        pair_tables: dict[int, set[str]] = {}      # index -> the tables holding its flows
         for ck, table_id, priority, match in found:
             try:
                 c = Cookie.decode(ck)
             except ValueError:
                 continue
             if c.feature == "pair":
-                if sw.tables.name(table_id) != "pair":
-                    partial.add(c.obj)
-                    continue
-                src, dst = match.get("ipv6_src"), match.get("ipv6_dst")
-                allowed = self.model.allowed(IPv6Address(src), IPv6Address(dst)) if src and dst else None
-                pair = customer.Pair(IPv6Address(src), IPv6Address(dst)) if src and dst else None
-                if allowed and allowed[1].host == sw.node.name and sw.allocator.adopt(pair, c.obj):
-                    sw.pairs[c.obj] = (allowed[0].name, allowed[1].name)
-                    adopted.add(c.obj)
-                    self.stats["pairs_adopted"] += 1
-                else:
-                    stale_pairs.add(c.obj)
+                try:
+                    table = sw.tables.name(table_id)
+                except ValueError:      # not a table of ours: the pair is not whole
+                    table = str(table_id)
+                pair_tables.setdefault(c.obj, set()).add(table)
+                if table == "pair":
+                    pair_rules[c.obj] = match
             elif c.feature != "deny":
                 try:
                     key = (sw.tables.name(table_id), priority, _match_of(match))
@@ -158,14 +152,26 @@ class Logic:
                 if key not in sw.proactive:
                     out.append(DeleteStrict(*key))
                     self.stats["stale_flows_swept"] += 1
-        for index in sorted(stale_pairs):
-            out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
-            self.stats["stale_pairs_swept"] += 1
-        # A pair's other flows without its pair-table flow: that flow idled out while no
-        # controller was connected, so its flow-removed (which deletes the rest) was lost.
-        for index in sorted(partial - adopted - stale_pairs):
-            out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
-            self.stats["orphan_pairs_swept"] += 1
+        adopted: set[int] = set()
+        for index in sorted(pair_tables):
+            # A pair missing some of its flows is deleted whole; its next packet sets it up
+            # again. Most often its pair-table flow idled out while no controller listened,
+            # so the flow-removed that deletes the rest went nowhere.
+            if pair_tables[index] != customer.PAIR_TABLES:
+                out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
+                self.stats["incomplete_pairs_swept"] += 1
+                continue
+            match = pair_rules[index]
+            src, dst = match.get("ipv6_src"), match.get("ipv6_dst")
+            allowed = self.model.allowed(IPv6Address(src), IPv6Address(dst)) if src and dst else None
+            pair = customer.Pair(IPv6Address(src), IPv6Address(dst)) if src and dst else None
+            if allowed and allowed[1].host == sw.node.name and sw.allocator.adopt(pair, index):
+                sw.pairs[index] = (allowed[0].name, allowed[1].name)
+                adopted.add(index)
+                self.stats["pairs_adopted"] += 1
+            else:
+                out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
+                self.stats["stale_pairs_swept"] += 1
         # Pairs kept from before whose flows the switch no longer holds (it restarted):
         # no flow-removed will ever free them. A returning pair gets its alias back.
         for index in set(sw.pairs) - adopted:

@@ -289,6 +289,9 @@ def host_flows(model: Model, node: Node, ports: Ports, xlat_mac: str) -> list[Fl
 # Per-pair flows (installed on the pair's first packet)
 
 
+PAIR_TABLES = frozenset({"pair", "from_translator", "vm_return"})   # where pair_flows() puts them
+
+
 def pair_flows(model: Model, ports: Ports, ep: Endpoint, vm: VM, index: int, alias: IPv4Address,
                idle_timeout: int = PAIR_IDLE_TIMEOUT,
                port_range: tuple[int, int] = PORT_RANGE) -> list[Flow]:
