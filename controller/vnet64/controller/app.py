@@ -187,6 +187,7 @@ class Switch:
     pending: collections.deque = field(
         default_factory=lambda: collections.deque(maxlen=PENDING_PACKET_INS))
     dropped: int = 0
+    removed: list = field(default_factory=list)   # (cookie, reason) of flow-removeds held in resync
     resync_started: float = 0.0
     ports_pending: bool = False   # an EventPortsChanged is on its way
 
@@ -385,9 +386,15 @@ class Vnet64App(app_manager.OSKenApp):
         sw.state = "ready"
         held = list(sw.pending)
         sw.pending.clear()
-        sw.log.info("resynced in %.2fs: %d flows read, %d messages; %d packet-ins held%s",
+        removed, sw.removed = sw.removed, []
+        sw.log.info("resynced in %.2fs: %d flows read, %d messages; %d packet-ins held%s%s",
                     time.monotonic() - sw.resync_started, len(found), len(msgs), len(held),
-                    f" ({sw.dropped} dropped)" if sw.dropped else "")
+                    f" ({sw.dropped} dropped)" if sw.dropped else "",
+                    f", {len(removed)} flow removals held" if removed else "")
+        # Removals first: the dump may predate them, so resynced() may have adopted a pair
+        # that is gone since; and a held first packet of that pair must find it released.
+        for ck, reason in removed:
+            msgs += self._call(sw, "flow_removed", sw.dp.id, ck, reason, default=[])
         for table_id, in_port, data in held:
             msgs += self._call(sw, "packet_in", sw.dp.id, table_id, in_port, data, default=[])
         self._send(sw, msgs)
@@ -412,6 +419,9 @@ class Vnet64App(app_manager.OSKenApp):
         msg = ev.msg
         sw = self._switch(msg.datapath)
         if sw is None or sw.state not in ("resyncing", "ready"):
+            return
+        if sw.state == "resyncing":   # applied after the dump's adoption, not before it
+            sw.removed.append((msg.cookie, msg.reason))
             return
         self._send(sw, self._call(sw, "flow_removed", sw.dp.id, msg.cookie, msg.reason,
                                   default=[]))
