@@ -163,8 +163,8 @@ class Logic:
                 continue
             match = pair_rules[index]
             src, dst = match.get("ipv6_src"), match.get("ipv6_dst")
-            allowed = self.model.allowed(IPv6Address(src), IPv6Address(dst)) if src and dst else None
             pair = customer.Pair(IPv6Address(src), IPv6Address(dst)) if src and dst else None
+            allowed = self.model.allowed(pair.service, pair.vm) if pair else None
             if allowed and allowed[1].host == sw.node.name and sw.allocator.adopt(pair, index):
                 sw.pairs[index] = (allowed[0].name, allowed[1].name)
                 adopted.add(index)
