@@ -52,3 +52,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/pip" install -q -e '.[test]'
     touch "$stamp"
 fi
+# The OVSDB IDL's C JSON parser from Debian's python3-openvswitch (the wheel from PyPI
+# has none), when it is safe: see the script.
+"$VENV/bin/python" scripts/ovs-json-c.py
