@@ -14,9 +14,11 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
 from os_ken.ofproto import ofproto_parser, ofproto_protocol
@@ -25,6 +27,8 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from vnet64.controller import app as vapp
 from vnet64.controller import flows as F
 from vnet64.controller import launcher
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TABLES = F.TableMap("test", (("classify", 0), ("pair", 3)))
 DPID = 0x3E4024C22B47
@@ -292,7 +296,7 @@ def test_resync_follows_reply_more_and_holds_packet_ins(vnet64):
     assert sw.state == "ready"
 
 
-def flow_removed(dp, cookie, reason=ofp.OFPRR_IDLE_TIMEOUT):
+def flow_removed_event(dp, cookie, reason=ofp.OFPRR_IDLE_TIMEOUT):
     return ofp_event.EventOFPFlowRemoved(parser.OFPFlowRemoved(
         dp, cookie=cookie, priority=100, reason=reason, table_id=3, duration_sec=61,
         duration_nsec=0, idle_timeout=60, hard_timeout=0, packet_count=1, byte_count=80,
@@ -307,7 +311,7 @@ def test_a_flow_removed_during_resync_is_applied_after_the_dump_then_held_packet
     sw = connect(vnet64, dp)
     dp.take()
     vnet64._on_packet_in(packet_in(dp))
-    vnet64._on_flow_removed(flow_removed(dp, 0x7705))
+    vnet64._on_flow_removed(flow_removed_event(dp, 0x7705))
     assert [c[0] for c in vnet64.logic.calls] == ["switch_connected"] and dp.take() == []
     vnet64._on_flow_stats(stats_reply(dp, sw.stats_xid, [
         (0x7705, 3, 100, {"eth_type": 0x86DD, "ipv6_src": "fd00:5::10"}, 60)]))
@@ -315,7 +319,7 @@ def test_a_flow_removed_during_resync_is_applied_after_the_dump_then_held_packet
                                                    "packet_in"]
     assert vnet64.logic.calls[2] == ("flow_removed", DPID, 0x7705, ofp.OFPRR_IDLE_TIMEOUT)
     assert sw.state == "ready" and not sw.removed
-    vnet64._on_flow_removed(flow_removed(dp, 0x7706))    # ready: at once
+    vnet64._on_flow_removed(flow_removed_event(dp, 0x7706))    # ready: at once
     assert vnet64.logic.calls[-1] == ("flow_removed", DPID, 0x7706, ofp.OFPRR_IDLE_TIMEOUT)
 
 
@@ -338,10 +342,10 @@ def test_flow_removed_port_status_and_errors(vnet64, caplog):
     dp = FakeDatapath()
     sw = connect(vnet64, dp)
     vnet64._on_flow_stats(stats_reply(dp, sw.stats_xid, []))
-    vnet64._on_flow_removed(flow_removed(dp, 0x7705))
+    vnet64._on_flow_removed(flow_removed_event(dp, 0x7705))
     assert vnet64.logic.calls[-1] == ("flow_removed", DPID, 0x7705, ofp.OFPRR_IDLE_TIMEOUT)
     posted = []
-    vnet64.send_event = lambda name, ev: posted.append(ev)
+    vnet64._post_to_self = posted.append
     vnet64._on_port_status(ofp_event.EventOFPPortStatus(
         parser.OFPPortStatus(dp, reason=ofp.OFPPR_ADD, desc=port("v-b", 4))))
     vnet64._on_port_status(ofp_event.EventOFPPortStatus(
@@ -372,7 +376,7 @@ def test_a_port_burst_queued_for_a_connection_that_was_replaced_is_dropped(vnet6
     sw = connect(vnet64, old)
     vnet64._on_flow_stats(stats_reply(old, sw.stats_xid, []))
     posted = []
-    vnet64.send_event = lambda name, ev: posted.append(ev)
+    vnet64._post_to_self = posted.append
     vnet64._on_port_status(ofp_event.EventOFPPortStatus(
         parser.OFPPortStatus(old, reason=ofp.OFPPR_ADD, desc=port("v-b", 4))))
     connect(vnet64, new)                    # reconnected: programmed whole on its own
@@ -380,6 +384,75 @@ def test_a_port_burst_queued_for_a_connection_that_was_replaced_is_dropped(vnet6
     old.take()
     vnet64._on_ports_changed(posted.pop())
     assert len(vnet64.logic.calls) == calls and not old.take()
+
+
+def port_burst_through_a_full_queue() -> None:
+    """The app's real event loop with a full queue and a port-status burst (see the test)."""
+    vnet64 = vapp.Vnet64App(vnet64=vapp.Settings(nb_remote="unix:/nonexistent",
+                                                 logic_factory=RecordingLogic))
+    vnet64.logic = RecordingLogic()
+    dp = FakeDatapath()
+    sw = connect(vnet64, dp)
+    vnet64._on_flow_stats(stats_reply(dp, sw.stats_xid, []))
+    n = vnet64.events.maxsize * 3
+    gate, flow_removed = threading.Event(), vnet64.logic.flow_removed
+    vnet64.logic.flow_removed = lambda *a: (gate.wait(10), flow_removed(*a))[1]   # a slow handler
+    log = sw.log   # each port-status handler yields after the loop freed a slot: the sender takes it
+
+    class YieldingLog:
+        def info(self, *a):
+            log.info(*a)
+            time.sleep(0.002)
+
+        def __getattr__(self, name):
+            return getattr(log, name)
+    sw.log = YieldingLog()
+
+    def burst():
+        vnet64.send_event(vnet64.name, flow_removed_event(dp, 0x7705))   # holds the loop
+        for i in range(n):
+            vnet64.send_event(vnet64.name, ofp_event.EventOFPPortStatus(
+                parser.OFPPortStatus(dp, reason=ofp.OFPPR_ADD, desc=port(f"v-{i}", 100 + i))))
+    sender = threading.Thread(target=burst, daemon=True)
+    app_manager.register_app(vnet64)   # its handlers, and send_event finds it
+    vnet64.start()
+    sender.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not vnet64.events.full():
+        time.sleep(0.01)
+    assert vnet64.events.full()
+    gate.set()   # the loop goes on with a full queue and a sender waiting for room
+    sender.join(20)
+    assert not sender.is_alive(), "the burst could not be delivered: the app's event loop is stuck"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (
+            vnet64.logic.calls[-1][0] == "ports_changed" and len(vnet64.logic.calls[-1][2]) == n + 2):
+        time.sleep(0.05)
+    last = vnet64.logic.calls[-1]
+    assert last[0] == "ports_changed" and len(last[2]) == n + 2, last[:2]
+    reconciles = sum(c[0] == "ports_changed" for c in vnet64.logic.calls)
+    assert 1 <= reconciles < n / 10, reconciles   # coalesced, not one per port
+    vnet64.stop()
+    app_manager.unregister_app(vnet64)
+    assert not vnet64._poster.is_alive()
+
+
+def test_a_port_burst_larger_than_the_event_queue_does_not_stop_the_app():
+    """Regression: the first port-status of a burst posted the reconcile into the app's
+    own queue with a send_event that waits for room, and only the waiting thread makes
+    room: with the queue full, the app stopped for good (growth benchmark, host1 adding
+    1,000 ports). In a process of its own: a stuck app's threads cannot be stopped."""
+    code = ("import os, traceback\n"
+            "try:\n"
+            "    from tests.unit.test_launcher import port_burst_through_a_full_queue as run\n"
+            "    run()\n"
+            "except BaseException:\n"
+            "    traceback.print_exc()\n"
+            "    os._exit(1)\n"
+            "os._exit(0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_disconnect_and_a_reconnect_that_overtakes_the_old_connection(vnet64):

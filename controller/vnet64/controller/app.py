@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -213,20 +214,42 @@ class Vnet64App(app_manager.OSKenApp):
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._nb_pending = False
+        self._posts: queue.SimpleQueue = queue.SimpleQueue()   # see _post_to_self
+        self._poster: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> Any:
         super().start()
+        self._poster = threading.Thread(target=self._post_loop, name="vnet64-poster", daemon=True)
+        self._poster.start()
         self._watcher = threading.Thread(target=self._watch_nb, name="vnet64-nb-watcher",
                                          daemon=True)
         self._watcher.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._posts.put(None)
         if self._watcher is not None:
             self._watcher.join(timeout=self.settings.nb_connect_timeout + 5)
         super().stop()   # drains the queue: DEAD events of the switches closed before us
+        if self._poster is not None:   # unblocked by that drain if it waited for room
+            self._poster.join(timeout=5)
+
+    def _post_to_self(self, ev: event.EventBase) -> None:
+        """Queue ``ev`` for this app's own event loop, from one of its handlers.
+
+        os-ken's ``send_event`` waits while the app's queue (128 events) is full, and
+        only the event loop - the caller - frees room in it: a handler posting to its
+        own app in a burst (host1 adding 1,000 VM ports) waited for good, and with it
+        every switch connection and the NB watcher (seen in benchmarks/growth.py at
+        100,000 subscriptions). The poster thread waits instead.
+        """
+        self._posts.put(ev)
+
+    def _post_loop(self) -> None:
+        while (ev := self._posts.get()) is not None:
+            self.send_event(self.name, ev)
 
     def close(self) -> None:
         if self.nb is not None:
@@ -442,7 +465,7 @@ class Vnet64App(app_manager.OSKenApp):
                     {ofp.OFPPR_ADD: "added", ofp.OFPPR_DELETE: "deleted"}.get(msg.reason, "modified"))
         if sw.state in ("resyncing", "ready") and not sw.ports_pending:
             sw.ports_pending = True
-            self.send_event(self.name, EventPortsChanged(sw.dp))
+            self._post_to_self(EventPortsChanged(sw.dp))
 
     @set_ev_cls(EventPortsChanged)
     def _on_ports_changed(self, ev: EventPortsChanged) -> None:
