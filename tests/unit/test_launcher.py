@@ -296,6 +296,29 @@ def test_resync_follows_reply_more_and_holds_packet_ins(vnet64):
     assert sw.state == "ready"
 
 
+def test_a_flow_dump_that_never_completes_is_asked_for_again(vnet64, caplog):
+    dp = FakeDatapath()
+    sw = connect(vnet64, dp)
+    dp.take()
+    first = sw.stats_xid
+    vnet64._on_flow_stats(stats_reply(dp, first, [(0x7700, 3, 200, {}, 0)], more=True))
+    vnet64._on_tick(vapp.EventTick())                  # not yet due
+    assert dp.take() == [] and sw.stats_xid == first
+    sw.resync_started -= vapp.RESYNC_TIMEOUT + 1       # the rest of the reply never came
+    vnet64._on_tick(vapp.EventTick())
+    [[(msg_type, raw)]] = dp.take()
+    assert msg_type == ofp.OFPT_MULTIPART_REQUEST and struct.unpack_from("!H", raw, 8)[0] == ofp.OFPMP_FLOW
+    assert sw.stats_xid == struct.unpack_from("!I", raw, 4)[0] != first and sw.found == []
+    assert "no complete flow dump" in caplog.text and "asking again" in caplog.text
+    vnet64._on_flow_stats(stats_reply(dp, first, [(0x7701, 3, 200, {}, 0)]))    # late: ignored
+    assert sw.state == "resyncing"
+    vnet64._on_flow_stats(stats_reply(dp, sw.stats_xid, [(0x7702, 3, 200, {}, 0)]))
+    assert sw.state == "ready"
+    assert [f[0] for f in vnet64.logic.calls[-1][2]] == [0x7702]
+    vnet64._on_tick(vapp.EventTick())                  # ready: nothing to do
+    assert [t for w in dp.take() for t, _ in w] == [ofp.OFPT_FLOW_MOD]   # only resync's delete
+
+
 def flow_removed_event(dp, cookie, reason=ofp.OFPRR_IDLE_TIMEOUT):
     return ofp_event.EventOFPFlowRemoved(parser.OFPFlowRemoved(
         dp, cookie=cookie, priority=100, reason=reason, table_id=3, duration_sec=61,

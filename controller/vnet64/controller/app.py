@@ -64,6 +64,8 @@ LOG = logging.getLogger("vnet64.controller")
 
 DEFAULT_LOGIC = "vnet64.controller.logic:Logic"
 PENDING_PACKET_INS = 4096   # held per switch while its resync runs; the oldest are dropped beyond
+RESYNC_TIMEOUT = 30.0       # s without a complete flow dump before it is asked for again
+TICK = 1.0                  # s between EventTicks (the resync watchdog)
 
 
 def default_nb_remote() -> str:
@@ -157,6 +159,10 @@ class EventNbChanged(event.EventBase):
     """Posted by the NB watcher into the app's own queue."""
 
 
+class EventTick(event.EventBase):
+    """Posted every TICK seconds by the poster thread: the app's clock for timeouts."""
+
+
 class EventPortsChanged(event.EventBase):
     """Posted into the app's own queue by the first port-status message of a burst: the
     switch's ports are reconciled once, when the queue reaches it, with every change
@@ -248,8 +254,29 @@ class Vnet64App(app_manager.OSKenApp):
         self._posts.put(ev)
 
     def _post_loop(self) -> None:
-        while (ev := self._posts.get()) is not None:
+        while True:
+            try:
+                ev = self._posts.get(timeout=TICK)
+            except queue.Empty:
+                ev = EventTick()
+            if ev is None:
+                return
             self.send_event(self.name, ev)
+
+    @set_ev_cls(EventTick)
+    def _on_tick(self, ev: EventTick) -> None:
+        """A switch whose flow dump is not complete after RESYNC_TIMEOUT is asked again
+        (its packet-ins stay held meanwhile: without the dump no pair can be adopted)."""
+        now = time.monotonic()
+        for sw in list(self.switches.values()):
+            if sw.state != "resyncing" or now - sw.resync_started < RESYNC_TIMEOUT:
+                continue
+            sw.log.error("no complete flow dump %.0fs after asking for it (%d flows in); "
+                         "asking again", now - sw.resync_started, len(sw.found))
+            request = ofmsg.flow_stats_request(sw.dp)
+            sw.found, sw.resync_started = [], now
+            self._send(sw, [], extra=[request])
+            sw.stats_xid = request.xid
 
     def close(self) -> None:
         if self.nb is not None:
