@@ -208,11 +208,15 @@ class RecordingLogic:
         return dict(self.on_nb)
 
 
-@pytest.fixture
-def vnet64():
+def new_app() -> vapp.Vnet64App:
     a = vapp.Vnet64App(vnet64=vapp.Settings(nb_remote="unix:/nonexistent", logic_factory=RecordingLogic))
     a.logic = RecordingLogic()
     return a
+
+
+@pytest.fixture
+def vnet64():
+    return new_app()
 
 
 def state(dp, st):
@@ -319,6 +323,23 @@ def test_a_flow_dump_that_never_completes_is_asked_for_again(vnet64, caplog):
     assert [t for w in dp.take() for t, _ in w] == [ofp.OFPT_FLOW_MOD]   # only resync's delete
 
 
+def test_ticks_keep_their_pace_under_a_stream_of_posts(vnet64):
+    """The resync watchdog's clock: a post every 0.1 s must not hold the ticks back."""
+    got: list = []
+    vnet64.send_event = lambda name, ev: got.append(ev)
+    poster = threading.Thread(target=vnet64._post_loop, daemon=True)
+    poster.start()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2.5 * vapp.TICK:
+        vnet64._post_to_self(vapp.EventPortsChanged(None))
+        time.sleep(0.1)
+    vnet64._posts.put(None)
+    poster.join(5)
+    assert not poster.is_alive()
+    assert sum(isinstance(e, vapp.EventTick) for e in got) >= 2   # 0 when posts held them back
+    assert sum(isinstance(e, vapp.EventPortsChanged) for e in got) >= 20
+
+
 def flow_removed_event(dp, cookie, reason=ofp.OFPRR_IDLE_TIMEOUT):
     return ofp_event.EventOFPFlowRemoved(parser.OFPFlowRemoved(
         dp, cookie=cookie, priority=100, reason=reason, table_id=3, duration_sec=61,
@@ -411,9 +432,7 @@ def test_a_port_burst_queued_for_a_connection_that_was_replaced_is_dropped(vnet6
 
 def port_burst_through_a_full_queue() -> None:
     """The app's real event loop with a full queue and a port-status burst (see the test)."""
-    vnet64 = vapp.Vnet64App(vnet64=vapp.Settings(nb_remote="unix:/nonexistent",
-                                                 logic_factory=RecordingLogic))
-    vnet64.logic = RecordingLogic()
+    vnet64 = new_app()
     dp = FakeDatapath()
     sw = connect(vnet64, dp)
     vnet64._on_flow_stats(stats_reply(dp, sw.stats_xid, []))

@@ -254,11 +254,12 @@ class Vnet64App(app_manager.OSKenApp):
         self._posts.put(ev)
 
     def _post_loop(self) -> None:
+        next_tick = time.monotonic() + TICK
         while True:
-            try:
-                ev = self._posts.get(timeout=TICK)
+            try:   # a tick every TICK seconds, however many posts come in between
+                ev = self._posts.get(timeout=max(0.0, next_tick - time.monotonic()))
             except queue.Empty:
-                ev = EventTick()
+                ev, next_tick = EventTick(), time.monotonic() + TICK
             if ev is None:
                 return
             self.send_event(self.name, ev)
@@ -273,10 +274,7 @@ class Vnet64App(app_manager.OSKenApp):
                 continue
             sw.log.error("no complete flow dump %.0fs after asking for it (%d flows in); "
                          "asking again", now - sw.resync_started, len(sw.found))
-            request = ofmsg.flow_stats_request(sw.dp)
-            sw.found, sw.resync_started = [], now
-            self._send(sw, [], extra=[request])
-            sw.stats_xid = request.xid
+            self._ask_for_flows(sw)
 
     def close(self) -> None:
         if self.nb is not None:
@@ -404,11 +402,17 @@ class Vnet64App(app_manager.OSKenApp):
             sw.state = "unknown"
             return
         sw.tables, msgs = result
-        request = ofmsg.flow_stats_request(sw.dp)
-        sw.state, sw.found, sw.resync_started = "resyncing", [], time.monotonic()
+        sw.state = "resyncing"
         sw.log.info("%s pipeline: %d messages; reading the switch's flows",
                     sw.tables.role, len(msgs))
-        self._send(sw, msgs, extra=[ofmsg.tlv_table_request(sw.dp), request])
+        self._ask_for_flows(sw, msgs, [ofmsg.tlv_table_request(sw.dp)])
+
+    def _ask_for_flows(self, sw: Switch, msgs: Iterable[Message] = (), extra: Iterable[Any] = ()) -> None:
+        """Send ``msgs``, ``extra`` and a request for the switch's whole flow table, in one
+        write; the resync then waits for that request's reply (its xid) from now."""
+        request = ofmsg.flow_stats_request(sw.dp)
+        sw.found, sw.resync_started = [], time.monotonic()
+        self._send(sw, msgs, extra=[*extra, request])
         sw.stats_xid = request.xid
 
     def _disconnected(self, dp: Any) -> None:
