@@ -7,7 +7,7 @@ TOPOLOGY ?= topologies/two-tenants.yaml
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup test unit lab demo bench bench-lab clean
+.PHONY: setup test unit lab demo bench bench-lab lock clean
 
 setup:
 	@VENV=$(VENV) ./scripts/setup.sh
@@ -30,6 +30,18 @@ bench: setup
 
 bench-lab: setup
 	$(PY) benchmarks/lab_up.py
+
+# Re-resolve requirements/lock.txt (pyproject.toml's ranges + requirements/lock.in's pins)
+# to today's newest releases, with hashes, using pip-tools in a throw-away venv; then run
+# `make test` before committing the new lock.
+PIP_TOOLS ?= pip-tools==7.7.0
+lock:
+	@rm -rf build/lock-venv && python3 -m venv build/lock-venv
+	@build/lock-venv/bin/pip install -q "$(PIP_TOOLS)"
+	build/lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+	    --extra test --no-emit-index-url --no-emit-find-links --upgrade \
+	    -o requirements/lock.txt pyproject.toml requirements/lock.in
+	@rm -rf build/lock-venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info controller/*.egg-info

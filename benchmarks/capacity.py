@@ -92,7 +92,7 @@ if "--agent" not in sys.argv:         # agents (below) need only the standard li
     import pair_setup as ps
     from common import (CpuMeter, flow_count, report_end, interrupted, med, note, pct,
                         rng_with, rss_kib, start_run, yes_no)
-    from vnet64 import topology
+    from vnet64 import helptext, topology
     from vnet64_lab import Lab, sh
     from vnet64_lab.ovs import OvsNode
 
@@ -977,7 +977,7 @@ def main() -> int:
         ports = sys.argv[sys.argv.index("--agent-ports") + 1] if "--agent-ports" in sys.argv else ""
         return agent_main(sys.argv[i + 1], [int(p) for p in ports.split(",") if p])
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        description=helptext.paragraphs(__doc__, 0, 1),
         epilog="Results: benchmarks/results/capacity.md and capacity.json, unless --quick (then "
                "only where --out/--json say; nothing by default).")
     parser.add_argument("--runs", type=int, default=2)

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import rng  # noqa: E402
 from pair_setup import PAIR_SERVICE, topology_text  # noqa: E402
+from vnet64 import helptext  # noqa: E402
 from vnet64 import topology  # noqa: E402
 from vnet64.controller import flows as F  # noqa: E402
 from vnet64.controller import logic as L  # noqa: E402
@@ -103,7 +104,7 @@ def frame(src, dst) -> bytes:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=helptext.paragraphs(__doc__, 0, 1))
     parser.add_argument("--pairs", type=int, default=3000, help="new pairs per pass (at most 6400)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=OUT)

@@ -69,6 +69,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import (CpuMeter, cpu_ticks, report_end, med, note, rng, start_run,  # noqa: E402
                     thread_ticks, yes_no)
+from vnet64 import helptext  # noqa: E402
 from vnet64.controller.pipeline import ZONE_ENDPOINTS, tables_for  # noqa: E402
 from vnet64_lab import Lab, sh  # noqa: E402
 from vnet64_lab.ovs import OvsNode, terminate  # noqa: E402
@@ -1009,7 +1010,7 @@ def findings(runs: list[dict], names: list[str]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        description=helptext.paragraphs(__doc__, 0, 1),
         epilog="--quick: one run, 1 s per throughput test, 0.5 s per latency test (CI smoke); "
                "prints the table but saves nothing unless --out / --json are given.")
     parser.add_argument("--runs", type=int, default=3, help="rounds over every path (default 3)")

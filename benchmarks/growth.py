@@ -78,6 +78,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import (CpuMeter, flow_count, report_end, interrupted, med, note,  # noqa: E402
                     log_errors, rng_with, rss_kib, seconds_until_idle, start_run, summarise_profile,
                     yes_no)
+from vnet64 import helptext  # noqa: E402
 from vnet64 import address, topology  # noqa: E402
 from vnet64.nb import api as nbapi  # noqa: E402
 from vnet64_lab import Lab, sh  # noqa: E402
@@ -499,7 +500,7 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        description=helptext.paragraphs(__doc__, 0, 1),
         epilog="Results: benchmarks/results/growth.md and growth.json, unless --quick (then "
                "only where --out/--json say; nothing by default).")
     parser.add_argument("--sizes", default="1000,10000,100000",

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 
+from vnet64 import helptext  # noqa: E402
 from vnet64_lab import Lab
 from vnet64_lab import settings as lab_settings
 
@@ -61,7 +62,7 @@ def measure(path: Path, runs: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=helptext.paragraphs(__doc__, 0, 1))
     parser.add_argument("topologies", nargs="*", type=Path,
                         default=sorted((ROOT / "topologies").glob("*.yaml")))
     parser.add_argument("--runs", type=int, default=5)

@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "controller"))
 
+from vnet64 import helptext  # noqa: E402
 from vnet64 import topology  # noqa: E402
 from vnet64.nb import api as nbapi  # noqa: E402
 from vnet64.nb.server import NbServer  # noqa: E402
@@ -125,7 +126,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=helptext.paragraphs(__doc__, 0, 1))
     parser.add_argument("--sizes", default="1000,10000,100000",
                         help="comma-separated subscription counts (default 1000,10000,100000)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "nb_scale.md"))

@@ -87,6 +87,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import (CpuMeter, flow_count, report_end, med, note, pct, rng,
                     seconds_until_idle, start_run, summarise_profile, thread_ticks, yes_no)
+from vnet64 import helptext  # noqa: E402
 from vnet64 import topology
 from vnet64.controller.pipeline import CT_TIMEOUTS
 from vnet64.nb import api as nbapi
@@ -1005,7 +1006,7 @@ def report(args, large: Bench, small: Bench | None, p1: list[dict], whatif: list
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=helptext.paragraphs(__doc__, 0, 1))
     parser.add_argument("--endpoints", type=int, default=40)
     parser.add_argument("--vms", type=int, default=160, help="an even number")
     parser.add_argument("--runs", type=int, default=3)

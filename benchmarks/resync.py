@@ -75,6 +75,7 @@ from common import (CpuMeter, report_end, interrupted, log_errors, med, note,  #
                     print_log_tail, rng_with, start_run, summarise_profile)
 import pair_setup  # noqa: E402
 from pair_setup import Bench, PairPool, Pinger, closed_loop, open_loop  # noqa: E402
+from vnet64 import helptext  # noqa: E402
 from vnet64.controller.pipeline import HOST_TABLES, cookie  # noqa: E402
 from vnet64_lab import sh  # noqa: E402
 from vnet64_lab.traffic import LINE_PORT, LineSession, start_echo_server  # noqa: E402
@@ -426,7 +427,7 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        description=helptext.paragraphs(__doc__, 0, 1),
         epilog="Results: benchmarks/results/resync.md and resync.json, unless --quick (then "
                "only where --out/--json say; nothing by default).")
     parser.add_argument("--sizes", default="100,1000,10000",

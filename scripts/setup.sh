@@ -41,15 +41,36 @@ elif ! ./scripts/build-ovs.sh --check; then
     echo "setup: not root: the lab's patched ovs-vswitchd is not built (scripts/build-ovs.sh as root)" >&2
 fi
 
+# The Debian packages the lab relies on, at the versions the suite was last run with. Another
+# version may work; if something fails, this is the first thing to compare.
+declare -A TESTED=([openvswitch-switch]=3.1.0-2+deb12u1 [openvswitch-common]=3.1.0-2+deb12u1
+                   [tayga]=0.9.2-8)
+for pkg in "${!TESTED[@]}"; do
+    have=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null || true)
+    if [ "$have" != "${TESTED[$pkg]}" ]; then
+        echo "setup: warning: $pkg is ${have:-not installed}, vnet64 was tested with ${TESTED[$pkg]}" >&2
+    fi
+done
+
+# The Python side comes from the lock (requirements/lock.txt: every package pinned with its
+# hashes, pip and setuptools included; `make lock` refreshes it), so every install resolves
+# to the same set. The project itself is installed without dependencies and without build
+# isolation, so nothing outside the lock is downloaded.
+LOCK=requirements/lock.txt
 if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating $VENV"
     python3 -m venv "$VENV"
 fi
 stamp="$VENV/.vnet64-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "setup: installing vnet64 into $VENV"
-    "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-    "$VENV/bin/pip" install -q -e '.[test]'
+if [ ! -f "$stamp" ] || [ "$LOCK" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing vnet64 and $LOCK into $VENV"
+    "$VENV/bin/python" -m pip install -q --require-hashes --no-deps -r "$LOCK"
+    # (setuptools' build output, warnings included, is shown only if the install fails)
+    if ! out=$("$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e . 2>&1); then
+        echo "$out" >&2
+        exit 1
+    fi
+    "$VENV/bin/python" -m pip check >/dev/null || { "$VENV/bin/python" -m pip check >&2; exit 1; }
     touch "$stamp"
 fi
 # The OVSDB IDL's C JSON parser from Debian's python3-openvswitch (the wheel from PyPI

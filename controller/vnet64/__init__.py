@@ -9,8 +9,8 @@ Modules:
 
 __version__ = "0.1.0"
 
-import warnings as _warnings
+from . import _warnings
 
-# python-ovs imports eventlet's patcher only to detect monkey-patching; eventlet
-# warns about its own deprecation on import. vnet64 does not use eventlet.
-_warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+# Before any dependency is imported: their warnings go to the debug log, not to the
+# user's terminal (see _warnings.py).
+_warnings.divert()

@@ -21,7 +21,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import __version__, address, topology
+from . import __version__, address, helptext, topology
 from .address import AddressError
 from .topology import TopologyError
 
@@ -291,7 +291,7 @@ def cmd_platform_rotate_token(api: Any, args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="vnet64", description=__doc__.split("\n\n")[0].strip("`"),
+        prog="vnet64", description=helptext.paragraphs(__doc__, 0, 1),
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"vnet64 {__version__}")
     p.add_argument("--nb", metavar="REMOTE",

@@ -30,6 +30,7 @@ import sys
 from typing import Any
 
 from vnet64.topology import TopologyError
+from vnet64 import helptext
 
 from . import plan as P
 from . import sh
@@ -99,8 +100,8 @@ def _print_status(st: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vnet64-lab", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.strip().split("\n\n")[-1],
+    parser = argparse.ArgumentParser(prog="vnet64-lab", description=helptext.paragraphs(__doc__, 0, 1),
+                                     epilog=helptext.paragraphs(__doc__, -1),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prefix", help="namespace prefix (default $VNET64_LAB_PREFIX or v64-)")
     parser.add_argument("--run-dir", help="run directory (default $VNET64_LAB_RUN_DIR or "

@@ -34,6 +34,8 @@ import socket
 import sys
 import time
 
+from vnet64 import helptext
+
 REQUEST = b"GET\n"
 ANSWER = b"OK\n"
 CONNECT_TIMEOUT = 10.0     # s; a connection not done by then counts as stalled and failed
@@ -227,7 +229,7 @@ def run_client(addr: str, port: int, rate: float, seconds: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vnet64_lab.connload", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m vnet64_lab.connload", description=helptext.paragraphs(__doc__, 0),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("server", help="answer and close first (TIME_WAIT on this side)")

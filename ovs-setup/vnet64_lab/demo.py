@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from vnet64.controller.pipeline import TOKEN_OPTION
+from vnet64 import helptext
 from vnet64.nb import api as nb_api
 from vnet64.topology import TopologyError
 
@@ -680,7 +681,7 @@ def _terminate(signum: int, _frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m vnet64_lab.demo", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2])
+        description=helptext.paragraphs(__doc__, 0, 1), epilog=helptext.paragraphs(__doc__, 2))
     parser.add_argument("topology", nargs="?", default=DEFAULT_TOPOLOGY,
                         help=f"topology file (default {DEFAULT_TOPOLOGY})")
     parser.add_argument("--keep", action="store_true",
