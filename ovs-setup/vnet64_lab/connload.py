@@ -31,6 +31,7 @@ import json
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -226,6 +227,98 @@ def run_client(addr: str, port: int, rate: float, seconds: float) -> dict:
         "failed_by_start": {"bucket_s": bucket, "counts": failed_at},
         "slowest": [{"ms": round(ms, 1), "nth": n} for ms, n in reversed(slowest)],
     }
+
+
+# ---------------------------------------------------------------------------
+# SYN fates: captures at both ends joined by the SYN's sequence number (its ISN, which
+# neither conntrack NAT nor the translator changes)
+
+# tcpdump filters: the client's outgoing SYNs (IPv6, no extension headers: the client
+# sends none) and, at the server, SYNs in and whatever the server answers them with
+CLIENT_SYN_BPF = "ip6 and ip6[6] == 6 and ip6[53] & 0x12 == 0x02 and ip6[42:2] == {port}"
+SERVER_SYN_BPF = "tcp port {port} and tcp[tcpflags] & (tcp-syn|tcp-rst) != 0"
+SYN, RST, ACK = 0x02, 0x04, 0x10
+
+
+def tcp_segments(pcap: str):
+    """(time, src port, dst port, seq, ack, flags) of every TCP segment in a pcap file of
+    Ethernet frames (tcpdump -w), IPv4 or IPv6 without extension headers."""
+    with open(pcap, "rb") as f:
+        data = f.read()
+    if len(data) < 24:
+        return
+    magic = struct.unpack_from("<I", data)[0]
+    order = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    scale = 1e-9 if magic in (0xA1B23C4D, 0x4D3CB2A1) else 1e-6
+    off = 24
+    while off + 16 <= len(data):
+        sec, frac, caplen, _ = struct.unpack_from(order + "IIII", data, off)
+        frame = data[off + 16:off + 16 + caplen]
+        off += 16 + caplen
+        ethertype = struct.unpack_from("!H", frame, 12)[0] if len(frame) >= 14 else 0
+        if ethertype == 0x86DD and len(frame) >= 54 and frame[20] == 6:
+            tcp = 54
+        elif ethertype == 0x0800 and len(frame) >= 34 and frame[23] == 6:
+            tcp = 14 + (frame[14] & 0x0F) * 4
+        else:
+            continue
+        if len(frame) < tcp + 14:
+            continue
+        sport, dport, seq, ack = struct.unpack_from("!HHII", frame, tcp)
+        yield sec + frac * scale, sport, dport, seq, ack, frame[tcp + 13]
+
+
+def syn_fates(client_pcap: str, server_pcap: str) -> dict:
+    """What became of every SYN the client had to send again, from the client's outgoing
+    SYNs and the server's SYN/SYN-ACK/RST capture:
+
+    - ``answered_late``: the server got the first copy and answered it with a SYN-ACK,
+      but the answer came back after the client's retransmission timer (a slow path);
+    - ``first_copy_late_or_lost``: the first copy reached the server only after the
+      client had sent it again, or never, and the server accepted a later copy;
+    - ``refused``: the server got a copy and answered none with a SYN-ACK (a TIME_WAIT
+      socket that rejected it, a reset): the platform gave the connection a port the
+      server could not take;
+    - ``never_arrived``: no copy reached the server.
+
+    Also ``server_refused``: SYNs (of any connection) the server received and answered
+    with no SYN-ACK at all - the same symptom without a retransmission."""
+    sent: dict[tuple[int, int], list[float]] = {}
+    for t, sport, _, seq, _, flags in tcp_segments(client_pcap):
+        if flags & (SYN | ACK) == SYN:
+            sent.setdefault((sport, seq), []).append(t)
+    got: dict[int, list[float]] = {}
+    answers: dict[int, list[tuple[float, int]]] = {}
+    for t, _, _, seq, ack, flags in tcp_segments(server_pcap):
+        if flags & (SYN | ACK) == SYN:
+            got.setdefault(seq, []).append(t)
+        elif flags & (SYN | ACK) == SYN | ACK or flags & RST:
+            answers.setdefault((ack - 1) & 0xFFFFFFFF, []).append((t, flags))
+    fates = {"answered_late": [], "first_copy_late_or_lost": [], "refused": [],
+             "never_arrived": []}
+    for (sport, isn), times in sent.items():
+        if len(times) < 2:
+            continue
+        first, again = times[0], times[1]
+        arrived = [t for t in got.get(isn, []) if first - 1 <= t <= times[-1] + 5]
+        synacks = [t for t, flags in answers.get(isn, []) if flags & SYN and first - 1 <= t]
+        entry = {"sport": sport, "isn": isn, "sent": [round(t - first, 3) for t in times],
+                 "arrived": [round(t - first, 3) for t in arrived],
+                 "synack": [round(t - first, 3) for t in synacks[:3]], "at": first}
+        if not arrived:
+            fates["never_arrived"].append(entry)
+        elif not synacks:
+            fates["refused"].append(entry)
+        elif arrived[0] < again:
+            fates["answered_late"].append(entry)
+        else:
+            fates["first_copy_late_or_lost"].append(entry)
+    refused = [isn for isn in got
+               if not any(flags & SYN for _, flags in answers.get(isn, []))]
+    return {"syns_sent": sum(len(v) for v in sent.values()), "connections": len(sent),
+            "sent_again": sum(1 for v in sent.values() if len(v) > 1),
+            "server_got": sum(len(v) for v in got.values()), "server_refused": len(refused),
+            **fates}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -370,10 +370,17 @@ class Capture:
             return False
 
     def stop(self) -> str:
+        """Stop tcpdump; its output. What it said on stderr at the end (its packet counts)
+        is kept in ``self.summary``; ``dropped()`` reads the kernel's drops from it."""
         if self.proc.poll() is None:
             self.proc.terminate()  # our own child, by its pid
-        out, _ = self.proc.communicate(timeout=5)
+        out, self.summary = self.proc.communicate(timeout=5)
         return out
+
+    def dropped(self) -> int | None:
+        """Packets the kernel dropped before tcpdump read them (None: not reported)."""
+        m = re.search(r"(\d+) packets? dropped by kernel", getattr(self, "summary", "") or "")
+        return int(m.group(1)) if m else None
 
     def __enter__(self) -> Capture:
         return self
