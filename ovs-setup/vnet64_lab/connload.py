@@ -274,8 +274,11 @@ def syn_fates(client_pcap: str, server_pcap: str) -> dict:
 
     - ``answered_late``: the server got the first copy and answered it with a SYN-ACK,
       but the answer came back after the client's retransmission timer (a slow path);
-    - ``first_copy_late_or_lost``: the first copy reached the server only after the
-      client had sent it again, or never, and the server accepted a later copy;
+    - ``first_copy_late``: every copy reached the server, the first only after the
+      client had sent it again (delayed on the way), and the server accepted one;
+    - ``first_copy_lost``: fewer copies reached the server than the client sent (one
+      was dropped on the way: a full queue, or the platform - its drop flows tell),
+      and the server accepted a later one;
     - ``refused``: the server got a copy and answered none with a SYN-ACK (a TIME_WAIT
       socket that rejected it, a reset): the platform gave the connection a port the
       server could not take;
@@ -294,7 +297,7 @@ def syn_fates(client_pcap: str, server_pcap: str) -> dict:
             got.setdefault(seq, []).append(t)
         elif flags & (SYN | ACK) == SYN | ACK or flags & RST:
             answers.setdefault((ack - 1) & 0xFFFFFFFF, []).append((t, flags))
-    fates = {"answered_late": [], "first_copy_late_or_lost": [], "refused": [],
+    fates = {"answered_late": [], "first_copy_late": [], "first_copy_lost": [], "refused": [],
              "never_arrived": []}
     for (sport, isn), times in sent.items():
         if len(times) < 2:
@@ -311,8 +314,10 @@ def syn_fates(client_pcap: str, server_pcap: str) -> dict:
             fates["refused"].append(entry)
         elif arrived[0] < again:
             fates["answered_late"].append(entry)
+        elif len(arrived) >= len(times):
+            fates["first_copy_late"].append(entry)
         else:
-            fates["first_copy_late_or_lost"].append(entry)
+            fates["first_copy_lost"].append(entry)
     refused = [isn for isn in got
                if not any(flags & SYN for _, flags in answers.get(isn, []))]
     return {"syns_sent": sum(len(v) for v in sent.values()), "connections": len(sent),

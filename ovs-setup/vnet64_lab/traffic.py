@@ -209,6 +209,20 @@ def flow_lines(plan, node: str, *args: str) -> list[str]:
                   if line.strip().startswith("cookie="))
 
 
+def drop_flow_counts(plan, nodes: list[str]) -> dict[str, int]:
+    """Packets each explicit drop flow (``actions=drop``: every table's miss, refused
+    pairs, spoofed returns, ...) has dropped so far, by ``node: flow`` without counters.
+    Two readings subtracted say whether the platform's own flows dropped anything."""
+    out = {}
+    for node in nodes:
+        for line in flows(plan, node).splitlines():
+            line = line.strip()
+            if line.startswith("cookie=") and re.search(r"actions=drop$", line):
+                n = re.search(r"n_packets=(\d+)", line)
+                out[f"{node}: {_COUNTERS.sub('', line).strip()}"] = int(n.group(1)) if n else 0
+    return out
+
+
 PAIR_TABLE = 20
 _PAIR_FLOW = re.compile(r"cookie=(0x[0-9a-f]+).*ipv6_src=([0-9a-f:]+),ipv6_dst=([0-9a-f:]+)"
                         r".*nat\(src=([0-9a-f:.]+)\)")

@@ -33,22 +33,25 @@ def test_each_retransmitted_syn_gets_its_fate(tmp_path):
               client_syn(100.1, 40002, 22), client_syn(101.1, 40002, 22),      # first copy lost
               client_syn(100.2, 40003, 33), client_syn(101.2, 40003, 33),      # refused (PAWS)
               client_syn(100.3, 40004, 44), client_syn(101.3, 40004, 44),      # never arrived
-              client_syn(100.4, 40005, 55)]                                    # fine, once
+              client_syn(100.4, 40005, 55),                                    # fine, once
+              client_syn(100.5, 40006, 66), client_syn(101.5, 40006, 66)]      # first copy late
     vm = [at_vm(100.01, 11, "S"), at_vm(101.5, 11, "SA"),
           at_vm(101.11, 22, "S"), at_vm(101.12, 22, "SA"),
           at_vm(100.21, 33, "S"), at_vm(101.21, 33, "S"),
-          at_vm(100.41, 55, "S"), at_vm(100.42, 55, "SA")]
+          at_vm(100.41, 55, "S"), at_vm(100.42, 55, "SA"),
+          at_vm(101.6, 66, "S"), at_vm(101.61, 66, "SA"), at_vm(101.62, 66, "S")]
     wrpcap(str(tmp_path / "c.pcap"), sorted(client, key=lambda p: p.time))
     wrpcap(str(tmp_path / "v.pcap"), sorted(vm, key=lambda p: p.time))
 
     fates = connload.syn_fates(str(tmp_path / "c.pcap"), str(tmp_path / "v.pcap"))
 
-    assert (fates["connections"], fates["syns_sent"], fates["sent_again"]) == (5, 9, 4)
+    assert (fates["connections"], fates["syns_sent"], fates["sent_again"]) == (6, 11, 5)
     assert [e["sport"] for e in fates["answered_late"]] == [40001]
-    assert [e["sport"] for e in fates["first_copy_late_or_lost"]] == [40002]
+    assert [e["sport"] for e in fates["first_copy_lost"]] == [40002]
+    assert [e["sport"] for e in fates["first_copy_late"]] == [40006]
     assert [e["sport"] for e in fates["refused"]] == [40003]
     assert [e["sport"] for e in fates["never_arrived"]] == [40004]
-    assert fates["server_got"] == 5 and fates["server_refused"] == 1   # isn 33
+    assert fates["server_got"] == 7 and fates["server_refused"] == 1   # isn 33
     late = fates["answered_late"][0]
     assert late["sent"] == [0.0, 1.0] and late["arrived"] == [0.01] and late["synack"] == [1.5]
 
