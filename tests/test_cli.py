@@ -17,6 +17,7 @@ DEFAULT = str(ROOT / "topologies" / "two-tenants.yaml")
 READ_COMMANDS = [["vm", "list"], ["vnet", "list"], ["service", "list"], ["node", "list"],
                  ["region", "list"], ["subscription", "list"], ["host-mapping", "list"],
                  ["platform"], ["platform", "show"], ["show", "a-vm1"], ["show", "svc1"], ["show", "customer-b"],
+                 ["show", "host1"], ["binding", "list"], ["binding", "list", "--node", "host1"],
                  ["nb", "status"], ["address", "decode", "fd41:0:0:3930:1f:6600:a00:4"]]
 
 
@@ -199,3 +200,60 @@ def test_nb_option_talks_to_a_named_server_and_not_the_embedded_one(vnet64, run_
         assert code == 1 and "cannot reach the NB at unix:" in err
     finally:
         other.stop()
+
+
+def test_node_set_gives_br_int_its_controllers(vnet64):
+    assert vnet64("load", DEFAULT)[0] == 0
+    code, out, err = vnet64("node", "set", "host1", "--controller", "tcp:172.31.255.1:6653",
+                            "--controller", "ssl:[fd00::1]:6653")
+    assert code == 0, err
+    assert "controllers  ssl:[fd00::1]:6653, tcp:172.31.255.1:6653\n" in out
+    lines = vnet64("node", "list")[1].splitlines()
+    assert lines[0].split() == ["NAME", "ROLE", "UNDERLAY_IP", "DATAPATH_ID", "CONTROLLERS"]
+    assert [line.split()[-1] for line in lines[1:]] == ["-", "ssl:[fd00::1]:6653,tcp:172.31.255.1:6653", "-"]
+    code, out, err = vnet64("node", "set", "host1", "--controller", "tcp:172.31.255.1:70000")
+    assert (code, out) == (1, "")
+    assert err == ("vnet64: error: node host1: controller target 'tcp:172.31.255.1:70000': "
+                   "port 70000 is not in 1..65535\n")
+    code, _, err = vnet64("node", "set", "hostx", "--controller", "tcp:172.31.255.1:6653")
+    assert code == 1 and "node 'hostx' does not exist" in err
+    show = json.loads(vnet64("show", "host1", "--json")[1])
+    assert show["controllers"] == ["ssl:[fd00::1]:6653", "tcp:172.31.255.1:6653"]
+    code, out, _ = vnet64("node", "set", "host1", "--no-controllers", "--json")
+    assert code == 0 and json.loads(out)["controllers"] == []
+    for bad in (["node", "set", "host1"],
+                ["node", "set", "host1", "--no-controllers", "--controller", "tcp:1.2.3.4:6653"]):
+        with pytest.raises(SystemExit) as exit_:
+            vnet64(*bad)
+        assert exit_.value.code == 2
+
+
+def test_bindings_are_listed_and_shown_with_their_vm(vnet64, run_dir):
+    from vnet64 import topology
+    from vnet64.nb import api as nbapi
+    assert vnet64("load", DEFAULT)[0] == 0
+    assert vnet64("binding", "list") == (0, "LOGICAL_PORT  KIND  NODE  PORT  OFPORT  MAC\n", "")
+    mac = topology.default_mac("a-vm1")
+    with nbapi.connect(NbServer(run_dir).remote) as api:      # what a node agent writes
+        api.bind_port("host2", "a-vm1", "vnet7", mac, ofport=7)
+        api.bind_port("host2", "svc1", "tap-svc1", topology.default_mac("svc1"))
+    lines = vnet64("binding", "list")[1].splitlines()
+    assert [line.split() for line in lines[1:]] == [
+        ["a-vm1", "vm", "host2", "vnet7", "7", mac],
+        ["svc1", "endpoint", "host2", "tap-svc1", "-", topology.default_mac("svc1")]]
+    assert vnet64("binding", "list", "--node", "host1")[1].count("\n") == 1     # the header only
+    rows = json.loads(vnet64("binding", "list", "--node", "host2", "--json")[1])
+    assert rows[0] == {"logical_port": "a-vm1", "kind": "vm", "node": "host2", "port": "vnet7",
+                       "ofport": 7, "mac": mac}
+    code, _, err = vnet64("binding", "list", "--node", "hostx")
+    assert code == 1 and "node 'hostx' does not exist" in err
+    # the VM followed its binding to host2; show says where its port is
+    out = vnet64("show", "a-vm1")[1]
+    assert "host           host2\n" in out
+    assert f"binding        vnet7 on host2 (ofport 7, mac {mac})\n" in out
+    assert "binding        unbound\n" in vnet64("show", "b-vm1")[1]
+    assert "binding  tap-svc1 on host2 (mac " in vnet64("show", "svc1")[1]
+    assert json.loads(vnet64("show", "a-vm1", "--json")[1])["binding"] == {
+        "node": "host2", "port": "vnet7", "ofport": 7, "mac": mac}
+    rows = json.loads(vnet64("host-mapping", "list", "--json")[1])
+    assert {r["vnet"]: r["host"] for r in rows} == {"customer-a": "host2", "customer-b": "host1"}

@@ -182,6 +182,11 @@ def cmd_node_add(api: Any, args: argparse.Namespace) -> None:
     _emit(args, api.show(node.name))
 
 
+def cmd_node_set(api: Any, args: argparse.Namespace) -> None:
+    api.set_node_controllers(args.name, [] if args.no_controllers else args.controller)
+    _emit(args, api.show(args.name))
+
+
 def cmd_region_add(api: Any, args: argparse.Namespace) -> None:
     region = topology.Region(topology.parse_name(args.name, "region name"),
                              address.parse_id(args.id, "region id"))
@@ -232,7 +237,7 @@ def cmd_unsubscribe(api: Any, args: argparse.Namespace) -> None:
 
 LIST_COLUMNS = {
     "region": ("name", "region_id"),
-    "node": ("name", "role", "underlay_ip", "datapath_id"),
+    "node": ("name", "role", "underlay_ip", "datapath_id", "controllers"),
     "vnet": ("name", "region", "vnet_id", "cidrs", "subnets", "snat_vip"),
     "vm": ("name", "vnet", "subnet", "ipv4", "host", "mac", "platform_ipv6", "subscriptions"),
     "service": ("name", "endpoints", "subscriptions"),
@@ -251,8 +256,28 @@ def _lister(kind: str) -> Callable[[Any, argparse.Namespace], None]:
     return run
 
 
+def binding_text(binding: dict | None) -> str:
+    """A VM's or endpoint's binding on one line: ``PORT on NODE (ofport N, mac M)``."""
+    if binding is None:
+        return "unbound"
+    details = [f"ofport {binding['ofport']}" if binding["ofport"] is not None else "",
+               f"mac {binding['mac']}" if binding["mac"] else ""]
+    details = [d for d in details if d]
+    return f"{binding['port']} on {binding['node']}" + (f" ({', '.join(details)})" if details else "")
+
+
 def cmd_show(api: Any, args: argparse.Namespace) -> None:
-    _emit(args, api.show(args.name))
+    data = api.show(args.name)
+    if not args.json and "binding" in data:
+        data["binding"] = binding_text(data["binding"])
+    _emit(args, data)
+
+
+BINDING_COLUMNS = ("logical_port", "kind", "node", "port", "ofport", "mac")
+
+
+def cmd_binding_list(api: Any, args: argparse.Namespace) -> None:
+    _emit(args, api.list_bindings(args.node), BINDING_COLUMNS)
 
 
 def cmd_connection_set(api: Any, args: argparse.Namespace) -> None:
@@ -357,6 +382,17 @@ def build_parser() -> argparse.ArgumentParser:
     nda.add_argument("--datapath-id", help="br-int datapath id (default derived from the underlay IP)")
     may_exist(nda)
     nda.set_defaults(func=_with_nb(cmd_node_add))
+    nds = reader(ndsub.add_parser(
+        "set", help="change a node's settings: the controllers of its br-int",
+        description="Set the OpenFlow controller targets the node agent gives the node's br-int, "
+                    "replacing the ones set before."))
+    nds.add_argument("name")
+    ndc = nds.add_mutually_exclusive_group(required=True)
+    ndc.add_argument("--controller", action="append", metavar="TARGET",
+                     help="tcp:IP:PORT or ssl:IP:PORT, IPv6 in brackets, e.g. tcp:172.31.255.1:6653 "
+                          "(repeat for several)")
+    ndc.add_argument("--no-controllers", action="store_true", help="remove every controller target")
+    nds.set_defaults(func=_with_nb(cmd_node_set))
     reader(ndsub.add_parser("list", help="list nodes")).set_defaults(func=_with_nb(_lister("node")))
 
     v = sub.add_parser("vnet", help="customer VNets")
@@ -415,6 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
     slsub = sl.add_subparsers(dest="subscription_cmd", metavar="ACTION", required=True)
     reader(slsub.add_parser("list", help="list subscriptions with their IPv6 and host")).set_defaults(
         func=_with_nb(_lister("subscription")))
+    bd = sub.add_parser(
+        "binding", help="port bindings: the OVS interface of each VM and endpoint, per node",
+        description="Node agents bind an OVS interface to the VM or endpoint its "
+                    "external_ids:iface-id names and record it here; the controller wires "
+                    "ports from these bindings, and a VM's host follows its binding.")
+    bdsub = bd.add_subparsers(dest="binding_cmd", metavar="ACTION", required=True)
+    bdl = reader(bdsub.add_parser("list", help="list the port bindings"))
+    bdl.add_argument("--node", help="only this node's")
+    bdl.set_defaults(func=_with_nb(cmd_binding_list))
     hm = sub.add_parser("host-mapping", help="the host mapping (platform IPv6 -> host)")
     hmsub = hm.add_subparsers(dest="hm_cmd", metavar="ACTION", required=True)
     reader(hmsub.add_parser("list", help="list the host mapping")).set_defaults(

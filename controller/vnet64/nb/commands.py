@@ -47,6 +47,7 @@ NAMED_TABLES = ("Region", "VNet", "Node", "VM", "Service", "Endpoint")
 # index on a reference column consistent when a transaction that inserted a row
 # aborts, nor an index whose column this client changes in a transaction.
 EXTRA_INDEXES = {
+    "Port_Binding": ["logical_port"],
     "Subscription": ["ipv6"],
     "Host_Mapping": ["ipv6"],
     "VM": ["ipv4"],
@@ -248,6 +249,48 @@ def check_remote(target: str) -> str:
         except ValueError:
             raise Invalid(f"{target!r}: {host} is not an IP address") from None
     return target
+
+
+_CONTROLLER_TARGET = re.compile(r"(tcp|ssl):(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]):(\d{1,5})")
+
+
+def check_controller_target(node: str, target: str) -> str:
+    """``target`` if it is an OpenFlow controller target of br-int (``tcp:IP:PORT`` or
+    ``ssl:IP:PORT``, IPv6 in brackets, port 1..65535), else Invalid naming node and value."""
+    form = _CONTROLLER_TARGET.fullmatch(target) if isinstance(target, str) else None
+    if form is None:
+        raise Invalid(f"node {node}: controller target {target!r} is not tcp:IP:PORT or ssl:IP:PORT "
+                      f"(e.g. tcp:172.31.255.1:6653, ssl:[fd00::1]:6653)")
+    host, port = form.group(2), int(form.group(3))
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise Invalid(f"node {node}: controller target {target!r}: {host} is not an IP address") from None
+    if ip.version == 4 and host.startswith("["):     # (the form has IPv6 only in brackets)
+        raise Invalid(f"node {node}: controller target {target!r}: an IPv4 address goes without "
+                      f"brackets (tcp:{ip}:{port})")
+    if not 1 <= port <= 65535:
+        raise Invalid(f"node {node}: controller target {target!r}: port {port} is not in 1..65535")
+    return target
+
+
+class SetNodeControllersCommand(_Command):
+    """The OpenFlow controller targets of a node's br-int, replacing the ones set before
+    (result: True if they changed)."""
+
+    def __init__(self, api: Any, node: str, targets: Iterable[str]):
+        super().__init__(api)
+        self.node = node
+        self.targets = [check_controller_target(node, t) for t in targets]
+        twice = sorted({t for t in self.targets if self.targets.count(t) > 1})
+        if twice:
+            raise Invalid(f"node {node}: controller target {twice[0]!r} is given twice")
+
+    def run_idl(self, txn: Any) -> None:
+        row = get(self.api, "Node", self.node)
+        self.result = sorted(row.controllers) != sorted(self.targets)
+        if self.result:
+            row.controllers = sorted(self.targets)
 
 
 class SetConnectionsCommand(_Command):
@@ -523,6 +566,108 @@ class MoveVMCommand(_Command):
         for mapping in lookup(self.api, "Host_Mapping", ipv6=addr):
             mapping.host = host
         self.result = True
+
+
+# ---------------------------------------------------------------------------
+# Port bindings: which node's OVS interface is a VM's or an endpoint's port (written
+# by the node agent, which finds the interface by its external_ids:iface-id)
+
+OFPORT_RANGE = (1, 65279)      # what OVS gives an interface (Interface.ofport_request's range)
+
+
+def logical_object(api: Any, name: str) -> tuple[str, Any]:
+    """("vm", row) or ("endpoint", row) of the NB object a logical port names."""
+    vm, ep = find(api, "VM", name), find(api, "Endpoint", name)
+    if vm is not None and ep is not None:
+        raise Conflict(f"logical port {name!r} is ambiguous: a VM and an endpoint are both called so")
+    if vm is not None:
+        return "vm", vm
+    if ep is not None:
+        return "endpoint", ep
+    raise NotFound(f"logical port {name!r} is neither a VM nor an endpoint of the NB")
+
+
+def binding_of(api: Any, logical_port: str) -> Any:
+    return _one(lookup(api, "Port_Binding", logical_port=logical_port))
+
+
+class BindPortCommand(_Command):
+    """Record that ``port`` (an OVS interface on ``node``) is the port of the VM or
+    endpoint ``logical_port``. The object follows its binding in the same transaction:
+    its host becomes ``node`` (a VM's host mapping with it, as MoveVMCommand does).
+
+    Result: the binding as a dict (``NbApi.binding_info``) plus ``moved_from``, the
+    object's previous host when it moved, else None. Identical input writes nothing.
+    """
+
+    def __init__(self, api: Any, node: str, logical_port: str, port: str, mac: str,
+                 ofport: int | None = None):
+        super().__init__(api)
+        label = f"logical port {logical_port}"
+        if not isinstance(port, str) or not port or any(c.isspace() or not c.isprintable() for c in port):
+            raise Invalid(f"{label}: port {port!r} is not an interface name")
+        if mac:
+            try:
+                mac = topology.parse_mac(mac)
+            except TopologyError as exc:
+                raise Invalid(f"{label}: {exc}") from None
+        if ofport is not None and (isinstance(ofport, bool) or not isinstance(ofport, int)
+                                   or not OFPORT_RANGE[0] <= ofport <= OFPORT_RANGE[1]):
+            raise Invalid(f"{label}: ofport {ofport!r} is not in {OFPORT_RANGE[0]}..{OFPORT_RANGE[1]}")
+        self.node, self.logical_port, self.port = node, logical_port, port
+        self.mac, self.ofport = mac or "", ofport
+
+    def run_idl(self, txn: Any) -> None:
+        kind, obj = logical_object(self.api, self.logical_port)
+        node = get(self.api, "Node", self.node)
+        if node.role != "host":
+            raise Invalid(f"logical port {self.logical_port}: node {self.node!r} is the {node.role}, "
+                          f"not a host")
+        binding = binding_of(self.api, self.logical_port)
+        # Verified so that a concurrent rebind (or move) makes this transaction retry
+        # against the new state instead of overwriting it unseen.
+        if obj.uuid not in txn._txn_rows:
+            obj.verify("host")
+        if binding is not None and binding.uuid not in txn._txn_rows:
+            binding.verify("node")
+        moved_from = None
+        if obj.host.uuid != node.uuid:
+            moved_from = obj.host.name
+            if kind == "vm":
+                MoveVMCommand(self.api, obj.name, node.name).run_idl(txn)
+            else:
+                obj.host = node
+        wanted = {"kind": kind, "node": node, "port": self.port,
+                  "ofport": [] if self.ofport is None else [self.ofport], "mac": self.mac}
+        if binding is None:
+            binding = self._insert(txn, "Port_Binding", logical_port=self.logical_port, **wanted)
+        else:
+            for col, value in wanted.items():
+                if not _same(getattr(binding, col), value):
+                    setattr(binding, col, value)
+        self.result = {"logical_port": self.logical_port, "kind": kind, "node": node.name,
+                       "port": self.port, "ofport": self.ofport, "mac": self.mac,
+                       "moved_from": moved_from}
+
+
+class UnbindPortCommand(_Command):
+    """Delete a logical port's binding if it is bound to ``node`` (result: whether it was).
+
+    A binding to another node is left alone: the VM migrated, and the node it left
+    reports its port gone after the new node bound it.
+    """
+
+    def __init__(self, api: Any, node: str, logical_port: str):
+        super().__init__(api)
+        self.node, self.logical_port = node, logical_port
+
+    def run_idl(self, txn: Any) -> None:
+        node = get(self.api, "Node", self.node)
+        binding = binding_of(self.api, self.logical_port)
+        self.result = binding is not None and binding.node.uuid == node.uuid
+        if self.result:
+            binding.verify("node")      # a rebind racing with this makes it retry
+            binding.delete()
 
 
 class LoadTopologyCommand(_Command):
