@@ -57,7 +57,9 @@ def plain_messages(dp, tables: F.TableMap, msgs: list) -> list:
 class Bench:
     def __init__(self, n_ep: int, n_vm: int):
         topo = topology.loads(topology_text(n_ep, n_vm))
-        self.model = M.from_topology(topo, tunnel_token=0x5E1F)
+        # every VM bound on its host under the lab's port names, as the node agents would
+        self.model = M.from_topology(topo, tunnel_token=0x5E1F,
+                                     bindings=M.topology_bindings(topo, vif_port))
         host1 = self.model.node("host1")
         self.dpid = host1.datapath_id
         ports = {"geneve0": 1, "xlat0": 2}

@@ -94,12 +94,13 @@ FIRST_IP = int(ipaddress.IPv4Address("10.1.0.10"))
 def host_flows_per_vm() -> int:
     """How many flows roles/customer.py's vm_flows gives a subscribed VM with a port
     (asked of the controller's own pure function, so the count follows the pipeline)."""
-    from vnet64.controller.model import from_topology
+    from vnet64.controller.model import from_topology, topology_bindings
     from vnet64.controller.roles import Ports, customer
     from vnet64.ports import GENEVE_PORT, XLAT_PORT, vif_port
-    model = from_topology(topology.load(ROOT / "topologies" / "two-tenants.yaml"))
+    topo = topology.load(ROOT / "topologies" / "two-tenants.yaml")
+    model = from_topology(topo, bindings=topology_bindings(topo, vif_port))
     vm = next(v for v in model.vms if v.subscribed)
-    ports = Ports.from_names({GENEVE_PORT: 1, XLAT_PORT: 2, vif_port("vm", vm.name): 10})
+    ports = Ports.of(model, vm.host, {GENEVE_PORT: 1, XLAT_PORT: 2, vif_port("vm", vm.name): 10})
     return len(customer.vm_flows(model, model.node(vm.host), ports, vm))
 
 
@@ -161,8 +162,10 @@ def nb_transact(sock_path: str, ops: list, timeout: float = 600) -> list:
             return reply["result"]
 
 
-def load_ops(api: nbapi.NbApi, n: int) -> list:
-    """Insert ops for N VMs on host1, their subscriptions to SERVICE and host mappings."""
+def load_ops(api: nbapi.NbApi, n: int, bound: int = 0) -> list:
+    """Insert ops for N VMs on host1, their subscriptions to SERVICE and host mappings, and
+    the port bindings of the first ``bound`` (to v-g<i>, as host1's node agent would write
+    them: the controller wires a VM only through its binding)."""
     vnet = next(r for r in api.tables["VNet"].rows.values() if r.name == "bench")
     subnet = next(r for r in api.tables["Subnet"].rows.values() if r.vnet.uuid == vnet.uuid)
     host = next(r for r in api.tables["Node"].rows.values() if r.name == "host1")
@@ -184,6 +187,10 @@ def load_ops(api: nbapi.NbApi, n: int) -> list:
         ops.append({"op": "insert", "table": "Host_Mapping",
                     "row": {"ipv6": ipv6, "vnet": ref(vnet), "ipv4": str(ipv4),
                             "host": ref(host)}})
+        if i < bound:
+            ops.append({"op": "insert", "table": "Port_Binding",
+                        "row": {"logical_port": name, "kind": "vm", "node": ref(host),
+                                "port": f"v-g{i}", "mac": topology.default_mac(name)}})
     return ops
 
 
@@ -274,7 +281,7 @@ class Growth:
             self.settle()
             before = self.counts()
             mem0 = self.memory()
-            ops = load_ops(self.api, n)
+            ops = load_ops(self.api, n, bound=p)
             # This process's own NB replica would parse the whole load too, competing
             # with the controller for the 2 cores: closed before the load.
             self.api.close()

@@ -1,11 +1,16 @@
 """The node bring-up contract: what the controller expects to find on each node.
 
-Node bring-up (the lab's ``vnet64_lab``, or a real host's provisioning) names
-br-int's ports by these rules, and the controller recognises ports by name in
-the switch's port descriptions, so neither side needs the other's state:
+Node bring-up names br-int's own ports by these rules, and the controller
+recognises them by name in the switch's port descriptions:
 
     geneve0          the Geneve tunnel port (remote_ip=flow, key=flow)
     xlat0            the veth to the host's stateless translator namespace
+
+A VM's or a service endpoint's port may have any name (the hypervisor's): the node
+agent finds it by its external_ids:iface-id and records a port binding in the NB,
+and the controller wires it from that binding only (``controller.roles.Ports``).
+``vif_port`` is merely the name the lab gives such a port when it makes one:
+
     v-<vm>           a customer VM's port           (vif_port("vm", name))
     s-<endpoint>     a service endpoint's port      (vif_port("endpoint", name))
 

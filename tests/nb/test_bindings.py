@@ -296,3 +296,41 @@ def test_a_1_3_0_database_with_a_loaded_topology_converts_and_keeps_its_data(tmp
             assert api.set_node_controllers("host1", ["tcp:172.31.255.1:6653"]) is True
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------
+# The controller reads them
+
+
+def test_the_controller_model_reads_bindings_and_a_rebind_moves_the_flows(loaded_nb):
+    """NB -> model -> Logic: a VM's flows follow its binding from host1 to host2."""
+    from vnet64.controller import model as M
+    from vnet64.controller.flows import DeleteStrict, Flow
+    from vnet64.controller.logic import Logic
+    from vnet64.controller.pipeline import cookie
+    assert M.from_nb(loaded_nb).bindings == ()
+    loaded_nb.bind_port("host1", "a-vm1", "vnet7", A_VM1_MAC, ofport=7)
+    loaded_nb.bind_port("host2", "svc1", "tap0", SVC1_MAC)
+    model = M.from_nb(loaded_nb)
+    assert model.bindings == (M.Binding("a-vm1", "vm", "host1", "vnet7", 7),
+                              M.Binding("svc1", "endpoint", "host2", "tap0", None))
+    logic = Logic(lambda: M.from_nb(loaded_nb))
+    ports = {"host1": {"geneve0": 1, "xlat0": 2, "vnet7": 7},
+             "host2": {"geneve0": 1, "xlat0": 2, "tap0": 3, "vnet3": 4}}
+    dpid = {n: model.node(n).datapath_id for n in ports}
+    a_vm1 = cookie("host", "vm", "a-vm1")
+    for node, names in ports.items():
+        _, msgs = logic.switch_connected(dpid[node], names)
+        assert any(isinstance(m, Flow) and m.cookie == a_vm1 for m in msgs) == (node == "host1")
+    assert logic.nb_changed() == {}                     # nothing changed since
+    loaded_nb.bind_port("host2", "a-vm1", "vnet3", A_VM1_MAC, ofport=4)
+    moved = M.from_nb(loaded_nb)
+    assert moved != model and next(v for v in moved.vms if v.name == "a-vm1").host == "host2"
+    changes = logic.nb_changed()
+    assert {f.match.get("in_port") for f in changes[dpid["host2"]]
+            if isinstance(f, Flow) and f.cookie == a_vm1} >= {4}
+    assert any(isinstance(m, DeleteStrict) and m.match.get("in_port") == 7 for m in changes[dpid["host1"]])
+    assert loaded_nb.unbind_port("host2", "a-vm1") is True
+    changes = logic.nb_changed()
+    assert any(isinstance(m, DeleteStrict) and m.match.get("in_port") == 4 for m in changes[dpid["host2"]])
+    assert dpid["host1"] not in changes

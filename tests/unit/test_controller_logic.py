@@ -34,7 +34,8 @@ def topo():
 
 @pytest.fixture
 def model(topo):
-    return M.from_topology(topo)
+    """Every VM and endpoint bound on its topology host, under the lab's port names."""
+    return M.from_topology(topo, bindings=M.topology_bindings(topo, vif_port))
 
 
 def frame(src: IPv6Address, dst: IPv6Address, payload: bytes = b"\x00" * 20) -> bytes:
@@ -79,7 +80,7 @@ def test_allocator_skips_aliases_equal_to_a_local_vm_address():
 
 def test_flows_use_declared_stages_and_forward_gotos(model):
     for node in model.nodes:
-        ports = Ports.from_names(HOST1_PORTS if node.name == "host1" else HOST2_PORTS)
+        ports = Ports.of(model, node.name, HOST1_PORTS if node.name == "host1" else HOST2_PORTS)
         from vnet64.controller.pipeline import tables_for
         tables = tables_for(node.role)
         flows = desired_flows(model, node, ports)

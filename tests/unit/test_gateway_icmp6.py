@@ -136,7 +136,8 @@ class Host2:
     """host2 (svc1's host) programmed by a Logic with a path MTU."""
 
     def __init__(self, path_mtu: int | None = MTU):
-        self.model = M.from_topology(topology.load(DEFAULT_TOPOLOGY))
+        topo = topology.load(DEFAULT_TOPOLOGY)
+        self.model = M.from_topology(topo, bindings=M.topology_bindings(topo, vif_port))
         self.logic = Logic(lambda: self.model, path_mtu=path_mtu)
         self.dpid = self.model.node("host2").datapath_id
         tables, msgs = self.logic.switch_connected(self.dpid, HOST2_PORTS)

@@ -101,7 +101,8 @@ def test_anything_else_is_not_relayed(frame):
 
 
 def host1_logic() -> tuple[Logic, int]:
-    model = M.from_topology(topology.load(DEFAULT_TOPOLOGY))
+    topo = topology.load(DEFAULT_TOPOLOGY)
+    model = M.from_topology(topo, bindings=M.topology_bindings(topo, vif_port))
     logic = Logic(lambda: model)
     dpid = model.node("host1").datapath_id
     logic.switch_connected(dpid, {GENEVE_PORT: 1, XLAT_PORT: XLAT, vif_port("vm", "a-vm1"): 10,

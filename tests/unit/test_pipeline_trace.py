@@ -40,7 +40,8 @@ class Platform:
 
     def __init__(self):
         self.topo = topology.load(DEFAULT_TOPOLOGY)
-        self.model = M.from_topology(self.topo, tunnel_token=TOKEN)
+        self.model = M.from_topology(self.topo, tunnel_token=TOKEN,
+                                     bindings=M.topology_bindings(self.topo, vif_port))
         self.logic = Logic(lambda: self.model)
         self.sw: dict[str, FakeSwitch] = {}
         for node in self.model.nodes:
@@ -214,7 +215,8 @@ def test_every_hop_into_the_fabric_carries_the_token_and_every_node_wants_it(p):
 
 
 def test_without_a_token_in_the_nb_nothing_matches_or_sets_one():
-    model = M.from_topology(topology.load(DEFAULT_TOPOLOGY))     # an NB from before tokens
+    topo = topology.load(DEFAULT_TOPOLOGY)
+    model = M.from_topology(topo, bindings=M.topology_bindings(topo, vif_port))   # an NB from before tokens
     logic = Logic(lambda: model)
     for node in model.nodes:
         _, msgs = logic.switch_connected(node.datapath_id, PORTS[node.name])

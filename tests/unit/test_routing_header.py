@@ -6,6 +6,7 @@ doc, "Routing headers") - the bytes read back with scapy, Logic's dispatch and c
 
 from __future__ import annotations
 
+import dataclasses
 from ipaddress import IPv6Address
 
 import pytest
@@ -84,7 +85,8 @@ def test_anything_else_gets_no_answer(frame):
 
 @pytest.fixture
 def host1():
-    model = M.from_topology(topology.load(DEFAULT_TOPOLOGY), tunnel_token=TOKEN)
+    topo = topology.load(DEFAULT_TOPOLOGY)
+    model = M.from_topology(topo, tunnel_token=TOKEN, bindings=M.topology_bindings(topo, vif_port))
     logic = Logic(lambda: model)
     dpid = model.node("host1").datapath_id
     tables, msgs = logic.switch_connected(dpid, {GENEVE_PORT: GENEVE, XLAT_PORT: XLAT,
@@ -126,10 +128,12 @@ def test_logic_sends_the_answer_straight_to_the_services_host_and_counts(host1):
 
 
 def test_an_endpoint_on_the_same_host_gets_it_through_its_zone():
-    model = M.from_topology(topology.load(DEFAULT_TOPOLOGY), tunnel_token=TOKEN)
+    topo = topology.load(DEFAULT_TOPOLOGY)
+    bindings = [b if b.kind == "vm" else dataclasses.replace(b, node="host1")    # svc1's port on host1
+                for b in M.topology_bindings(topo, vif_port)]
+    model = M.from_topology(topo, tunnel_token=TOKEN, bindings=bindings)
     ep = model.endpoints[0]
-    model = M.Model(model.platform_ip, model.translator_prefix, model.appliance, model.nodes, model.vms,
-                    (M.Endpoint(ep.name, ep.service, ep.ipv6, ep.mac, "host1"),), TOKEN)
+    assert ep.host == "host1"
     logic = Logic(lambda: model)
     dpid = model.node("host1").datapath_id
     logic.switch_connected(dpid, {GENEVE_PORT: GENEVE, XLAT_PORT: XLAT, vif_port("vm", "a-vm1"): 10,

@@ -8,6 +8,13 @@ in fixed models.
 Per switch it keeps: the node (picked from the NB by datapath id), its ports,
 the proactive flows last sent (to diff against when the NB changes), and, on
 hosts, the pair allocator.
+
+A switch's ``Ports`` are rebuilt from its port descriptions and the NB's port
+bindings to its node whenever either changes: a VM or endpoint is wired where it is
+bound (``roles.Ports``), so a port bound, rebound elsewhere (live migration) or
+unbound moves its flows on the next NB change. A pair whose VM is no longer wired on
+the switch under the port its flows use is deleted; its next packet sets it up again
+where the VM now is.
 """
 
 from __future__ import annotations
@@ -41,9 +48,11 @@ class Switch:
     node: Node
     ports: Ports
     tables: TableMap
+    port_names: dict = field(default_factory=dict)         # the switch's ports: name -> ofport
     proactive: dict = field(default_factory=dict)          # flow key -> Flow last sent
     allocator: customer.Allocator = field(default_factory=customer.Allocator)
     pairs: dict = field(default_factory=dict)              # alias index -> (endpoint, vm) names
+    pair_ports: dict = field(default_factory=dict)         # alias index -> the VM port its flows use
 
 
 def desired_flows(model: Model, node: Node, ports: Ports, path_mtu: int | None = None) -> list[Flow]:
@@ -90,11 +99,11 @@ class Logic:
         if node is None:
             LOG.warning("switch %016x is not a node of the NB; leaving it alone", dpid)
             return None
-        ports = Ports.from_names(port_names)
-        sw = Switch(dpid, node, ports, tables_for(node.role))
+        ports = self._ports(node, port_names)
+        sw = Switch(dpid, node, ports, tables_for(node.role), port_names=dict(port_names))
         old = self.switches.get(dpid)
-        if old is not None and old.node == node:
-            sw.allocator, sw.pairs = old.allocator, old.pairs   # a reconnect keeps allocations
+        if old is not None and old.node == node:   # a reconnect keeps allocations
+            sw.allocator, sw.pairs, sw.pair_ports = old.allocator, old.pairs, old.pair_ports
         self.switches[dpid] = sw
         flows = desired_flows(self.model, node, ports, self.path_mtu)
         sw.proactive = {f.key: f for f in flows}
@@ -117,8 +126,18 @@ class Logic:
         sw = self.switches.get(dpid)
         if sw is None:
             return []
-        sw.ports = Ports.from_names(port_names)
+        sw.port_names = dict(port_names)
         return self._reconcile(sw)
+
+    def _ports(self, node: Node, port_names: dict[str, int], before: Ports | None = None) -> Ports:
+        """The switch's ports as the roles see them: its own ports plus the VMs and
+        endpoints bound to ``node`` whose interfaces it has. An interface bound more
+        than once is logged when that starts (``before``: the ports until now)."""
+        ports = Ports.of(self.model, node.name, port_names)
+        if ports.contested and ports.contested != (before.contested if before else ()):
+            LOG.warning("%s: %s bound to more than one VM or endpoint in the NB: not wired",
+                        node.name, ", ".join(ports.contested))
+        return ports
 
     def resynced(self, dpid: int, found: Iterable[tuple[int, int, int, dict]]) -> list[Message]:
         """After connect: adopt live pairs, delete what the NB no longer wants.
@@ -131,6 +150,7 @@ class Logic:
         out: list[Message] = []
         pair_rules: dict[int, dict] = {}           # index -> the pair-table flow's match
         pair_tables: dict[int, set[str]] = {}      # index -> the tables holding its flows
+        vm_ports: dict[int, int] = {}              # index -> the VM port its return rule matches
         for ck, table_id, priority, match in found:
             try:
                 c = Cookie.decode(ck)
@@ -144,6 +164,8 @@ class Logic:
                 pair_tables.setdefault(c.obj, set()).add(table)
                 if table == "pair":
                     pair_rules[c.obj] = match
+                elif table == "vm_return" and "in_port" in match:
+                    vm_ports[c.obj] = match["in_port"]
             elif c.feature != "deny":
                 try:
                     key = (sw.tables.name(table_id), priority, _match_of(match))
@@ -165,8 +187,11 @@ class Logic:
             src, dst = match.get("ipv6_src"), match.get("ipv6_dst")
             pair = customer.Pair(IPv6Address(src), IPv6Address(dst)) if src and dst else None
             allowed = self.model.allowed(pair.service, pair.vm) if pair else None
-            if allowed and allowed[1].host == sw.node.name and sw.allocator.adopt(pair, index):
+            vm_port = sw.ports.vif("vm", allowed[1].name) if allowed else None
+            if (allowed and allowed[1].host == sw.node.name and vm_port is not None
+                    and vm_ports.get(index, vm_port) == vm_port and sw.allocator.adopt(pair, index)):
                 sw.pairs[index] = (allowed[0].name, allowed[1].name)
+                sw.pair_ports[index] = vm_port
                 adopted.add(index)
                 self.stats["pairs_adopted"] += 1
             else:
@@ -192,6 +217,7 @@ class Logic:
             LOG.warning("node %s left the NB; its switch keeps its flows", sw.node.name)
             return out
         sw.node = node
+        sw.ports = self._ports(node, sw.port_names, before=sw.ports)
         wanted = {f.key: f for f in desired_flows(self.model, node, sw.ports, self.path_mtu)}
         for key, f in sw.proactive.items():
             if key not in wanted:
@@ -203,7 +229,9 @@ class Logic:
         for index, (ep_name, vm_name) in list(sw.pairs.items()):
             pair = sw.allocator.by_index.get(index)
             allowed = self.model.allowed(pair.service, pair.vm) if pair else None
-            if allowed is None or allowed[1].host != node.name:
+            # gone, moved elsewhere, or its port here is not the one the pair's flows use
+            if (allowed is None or allowed[1].host != node.name
+                    or sw.ports.vif("vm", allowed[1].name) != sw.pair_ports.get(index)):
                 out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
                 self._release(sw, index)
                 self.stats["pairs_revoked"] += 1
@@ -252,6 +280,7 @@ class Logic:
                       vm.name, dst, sw.allocator.alias(index))
             self._summary()
         sw.pairs[index] = (ep.name, vm.name)
+        sw.pair_ports[index] = sw.ports.vif("vm", vm.name)
         flows = customer.pair_flows(self.model, sw.ports, ep, vm, index, sw.allocator.alias(index),
                                     port_range=self.snat_ports)
         return [*flows, PacketOut(data, in_port, (Resubmit("pair"),))]
@@ -350,6 +379,7 @@ class Logic:
     def _release(self, sw: Switch, index: int) -> None:
         sw.allocator.release(index)
         sw.pairs.pop(index, None)
+        sw.pair_ports.pop(index, None)
 
 
 def _match_of(fields: dict) -> Match:

@@ -3,13 +3,18 @@
 ``from_nb(api)`` copies the IDL replica into plain values once per change;
 role logic never touches OVSDB rows, so it can be tested with hand-built
 models.
+
+Ports: the NB's port bindings (``Binding``, written by each node's agent when it
+finds an OVS interface whose external_ids:iface-id names a VM or an endpoint) say
+which interface on which node is whose port; the controller wires a VM or an
+endpoint only through its binding (``roles.Ports``), never by an interface's name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from .. import address, gateway
 
@@ -50,6 +55,17 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class Binding:
+    """A VM's or endpoint's port: the OVS interface ``port`` on ``node`` (NB Port_Binding)."""
+
+    logical_port: str        # the VM's or endpoint's name (the interface's iface-id)
+    kind: str                # "vm" | "endpoint"
+    node: str
+    port: str                # the interface's name on that node
+    ofport: int | None = None   # as the node agent saw it; informational (the switch's own counts)
+
+
+@dataclass(frozen=True)
 class Model:
     platform_ip: IPv4Address
     translator_prefix: IPv6Network
@@ -58,6 +74,7 @@ class Model:
     vms: tuple[VM, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
     tunnel_token: int | None = None   # the Geneve option every node sends and expects (None: none)
+    bindings: tuple[Binding, ...] = ()
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +87,10 @@ class Model:
         for vm in self.vms:
             ipv4s.setdefault(vm.host, set()).add(vm.ipv4)
         idx["ipv4s"] = {host: frozenset(addrs) for host, addrs in ipv4s.items()}
+        bound: dict[str, list] = {}
+        for b in self.bindings:
+            bound.setdefault(b.node, []).append(b)
+        idx["bound"] = {node: tuple(bs) for node, bs in bound.items()}
 
     def node(self, name: str) -> Node | None:
         return self._index["node"].get(name)
@@ -92,6 +113,10 @@ class Model:
     def vm_ipv4s_on(self, host: str) -> frozenset:
         """The IPv4 addresses of the VMs on ``host`` (computed once per model)."""
         return self._index["ipv4s"].get(host, frozenset())
+
+    def bindings_on(self, node: str) -> tuple[Binding, ...]:
+        """The port bindings to ``node``: the VMs' and endpoints' interfaces its agent found."""
+        return self._index["bound"].get(node, ())
 
     def hosts(self) -> list[Node]:
         return [n for n in self.nodes if n.role == "host"]
@@ -138,6 +163,8 @@ def from_nb(api: Any) -> Model:
             services=frozenset(services_of.get(r.uuid, ()))))
     endpoints = tuple(Endpoint(r.name, r.service.name, IPv6Address(r.ipv6), r.mac, r.host.name)
                       for r in tables["Endpoint"].rows.values())
+    bindings = tuple(Binding(r.logical_port, r.kind, r.node.name, r.port, r.ofport[0] if r.ofport else None)
+                     for r in tables["Port_Binding"].rows.values())
     return Model(
         platform_ip=platform_ip,
         translator_prefix=IPv6Network(platform.translator_prefix) if platform else IPv6Network("fd64:64::/96"),
@@ -145,15 +172,24 @@ def from_nb(api: Any) -> Model:
         tunnel_token=(platform.tunnel_token[0] if platform and platform.tunnel_token else None),
         nodes=tuple(sorted(nodes, key=lambda n: n.name)),
         vms=tuple(sorted(vms, key=lambda v: v.name)),
-        endpoints=tuple(sorted(endpoints, key=lambda e: e.name)))
+        endpoints=tuple(sorted(endpoints, key=lambda e: e.name)),
+        bindings=tuple(sorted(bindings, key=lambda b: b.logical_port)))
 
 
-def from_topology(topo: Any, tunnel_token: int | None = None) -> Model:
+def from_topology(topo: Any, tunnel_token: int | None = None,
+                  bindings: Iterable[Binding] = ()) -> Model:
     """The model a freshly loaded NB would give for a topology file (zones in file order;
     the NB draws the tunnel token at random, so it is given here).
 
+    A loaded NB has no port bindings (node agents write them), so neither has this model
+    unless ``bindings`` are given: then it is the model after those ``bind_port`` calls,
+    each VM or endpoint on its binding's node (the NB moves it there). Every VM and
+    endpoint bound on its topology host: ``bindings=topology_bindings(topo, port_name)``.
+
     For tests and offline tools (e.g. printing the flows a topology implies).
     """
+    bindings = tuple(sorted(bindings, key=lambda b: b.logical_port))
+    node_of = {(b.kind, b.logical_port): b.node for b in bindings}
     zones = {v.name: i + 1 for i, v in enumerate(topo.vnets)}
     services_of: dict[str, set[str]] = {}
     for sub in topo.subscriptions:
@@ -163,7 +199,8 @@ def from_topology(topo: Any, tunnel_token: int | None = None) -> Model:
         vnet = topo.vnet(vm.vnet)
         addr = topo.platform_address(vm.name)
         subnet = next(s for s in vnet.subnets if s.name == vm.subnet)
-        vms.append(VM(vm.name, vm.vnet, vm.host, vm.ipv4, vm.mac, addr.ipv6, zones[vm.vnet],
+        vms.append(VM(vm.name, vm.vnet, node_of.get(("vm", vm.name), vm.host), vm.ipv4, vm.mac,
+                      addr.ipv6, zones[vm.vnet],
                       gateway.vm_gateway(subnet.cidr), vnet.snat_vip or topo.platform.platform_ip,
                       frozenset(services_of.get(vm.name, ()))))
     return Model(
@@ -171,6 +208,17 @@ def from_topology(topo: Any, tunnel_token: int | None = None) -> Model:
         appliance=topo.platform.appliance,
         nodes=tuple(Node(n.name, n.role, n.underlay_ip, n.datapath_id) for n in topo.nodes),
         vms=tuple(vms),
-        endpoints=tuple(Endpoint(e.name, s.name, e.ipv6, e.mac, e.host)
+        endpoints=tuple(Endpoint(e.name, s.name, e.ipv6, e.mac, node_of.get(("endpoint", e.name), e.host))
                         for s in topo.services for e in s.endpoints),
-        tunnel_token=tunnel_token)
+        tunnel_token=tunnel_token,
+        bindings=bindings)
+
+
+def topology_bindings(topo: Any, port_name: Callable[[str, str], str]) -> tuple[Binding, ...]:
+    """A binding for every VM and endpoint of ``topo`` on its topology host, its interface
+    called ``port_name(kind, name)`` (kind "vm" or "endpoint"): what node agents would
+    record if every port were where the topology file puts it. For ``from_topology``."""
+    out = [Binding(vm.name, "vm", vm.host, port_name("vm", vm.name)) for vm in topo.vms]
+    out += [Binding(e.name, "endpoint", e.host, port_name("endpoint", e.name))
+            for s in topo.services for e in s.endpoints]
+    return tuple(out)

@@ -11,21 +11,24 @@ Host pipeline (table ids in brackets)::
      │                                 ├ tun_src=appliance, dst=local VM's platform IPv6 ─► pair [20]
      │                                 └ tun_src=a known host ─► ct(endpoint zone) ─► to_endpoint [11]
      │                                   (delivered only as a reply or related to what it sent)
-     ├ in_port=s-<endpoint> ─► from_endpoint [10]: NS for fe80::1 ─► nd_reply [12] ─► nd_tll [13]
-     │                                          dst in fd41::/16 ─► ct(commit, endpoint zone),
-     │                                                             Geneve to the appliance
-     │                                          (hop limit <= 1, or > path MTU ─► meter ─► controller:
-     │                                           the gateway's ICMPv6 Time Exceeded / Packet Too Big)
+     ├ in_port=<endpoint> ─► from_endpoint [10]: NS for fe80::1 ─► nd_reply [12] ─► nd_tll [13]
+     │                                        dst in fd41::/16 ─► ct(commit, endpoint zone),
+     │                                                           Geneve to the appliance
+     │                                        (hop limit <= 1, or > path MTU ─► meter ─► controller:
+     │                                         the gateway's ICMPv6 Time Exceeded / Packet Too Big)
      ├ in_port=xlat0 ─► from_translator [30]: IPv4 from a pair alias ─► ct(VNet zone, SNAT) ─► to_vm [33]
      │                                       IPv6 back from TAYGA ─► ct(v6 DNAT zone) ─► v6_unsnat [31]
      │                                                    ─► ct(v6 SNAT zone) ─► to_service [32]
      │                                       (v6_unsnat: ICMPv6 errors ─► meter ─► controller, which
      │                                        repairs what OVS 3.1 damaged and re-injects them)
-     └ in_port=v-<vm> ─► from_vm [40]: ARP for the gateway ─► arp_reply [41]
-                                      IPv4 to Platform_IP ─► ct(VNet zone) ─► vm_return [42] ─► to_translator [50]
+     └ in_port=<vm> ─► from_vm [40]: ARP for the gateway ─► arp_reply [41]
+                                    IPv4 to Platform_IP ─► ct(VNet zone) ─► vm_return [42] ─► to_translator [50]
   pair [20]: (service IPv6, VM platform IPv6) ─► ct(v6 SNAT zone, src=<xlat /96>::<alias>) ─► v6_dnat [21]
              miss ─► meter ─► controller (first packet of a new pair)
   v6_dnat [21]: ─► ct(v6 DNAT zone, dst=<xlat /96>::<VM IPv4>) ─► to_translator [50] ─► xlat0
+
+  <endpoint>, <vm>: the interface bound to it on this node in the NB (Port_Binding, found by
+  the node agent through external_ids:iface-id; ``roles.Ports``), whatever it is called.
 
 Appliance pipeline::
 
