@@ -34,9 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))   # tests.support.reference: the plain os-ken encoder
 
 from common import rng  # noqa: E402
 from pair_setup import PAIR_SERVICE, topology_text  # noqa: E402
+from tests.support.reference import os_ken_flow_mod  # noqa: E402
 from vnet64 import helptext  # noqa: E402
 from vnet64 import topology  # noqa: E402
 from vnet64.controller import flows as F  # noqa: E402
@@ -50,7 +52,7 @@ OUT = ROOT / "benchmarks" / "results" / "controller_cost.md"
 
 
 def plain_messages(dp, tables: F.TableMap, msgs: list) -> list:
-    return [ofmsg.os_ken_flow_mod(dp, tables, m) if isinstance(m, F.Flow)
+    return [os_ken_flow_mod(dp, tables, m) if isinstance(m, F.Flow)
             else ofmsg.to_messages(dp, tables, [m])[0] for m in msgs]
 
 

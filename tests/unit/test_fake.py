@@ -4,7 +4,7 @@ from ipaddress import IPv6Network
 
 import pytest
 
-from vnet64.controller.fake import FakeSwitch, FakeTableError, FixedCt, SimpleConntrack, Step
+from tests.support.fake import FakeSwitch, FakeTableError, FixedCt, SimpleConntrack, Step
 from vnet64.controller.flows import (CT, CT_DNAT, CT_EST, CT_NEW, CT_REL, CT_RPL, CT_SNAT, CT_TRK,
                                      ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, Controller,
                                      DeleteFlows, DeleteStrict, Match, MeterMod, Move, Nat, Output,

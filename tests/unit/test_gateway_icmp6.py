@@ -12,10 +12,10 @@ from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6Pack
 from scapy.layers.l2 import Ether
 
 from tests.conftest import DEFAULT_TOPOLOGY
+from tests.support.fake import FakeSwitch
 from vnet64 import gateway, topology
 from vnet64.controller import model as M
 from vnet64.controller import ofmsg
-from vnet64.controller.fake import FakeSwitch
 from vnet64.controller.flows import (ETH_IPV6, OFPP_CONTROLLER, CheckPktLarger, Controller, Output,
                                      PacketOut, flow)
 from vnet64.controller.logic import Logic
@@ -272,4 +272,4 @@ def test_path_mtu_option(capsys):
         raise SystemExit(launcher.main(["--vnet64-path-mtu", "1000"]))
     assert exc.value.code == 2 and "1000" in capsys.readouterr().err
     assert launcher.main(["--vnet64-path-mtu", "1442", "--vnet64-logic",
-                          "vnet64.controller.app:NullLogic"]) == 2   # the default logic only
+                          "tests.support.logic:NullLogic"]) == 2   # the default logic only

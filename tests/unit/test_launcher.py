@@ -24,6 +24,8 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
 from os_ken.ofproto import ofproto_parser, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from tests.support.logic import NullLogic
 from vnet64.controller import app as vapp
 from vnet64.controller import flows as F
 from vnet64.controller import launcher
@@ -93,7 +95,7 @@ def test_config_file_and_command_line_precedence(tmp_path):
     (["--vnet64-logic", "vnet64.controller.app:Nope"], "vnet64.controller.app has no Nope"),
     (["--vnet64-logic", "justamodule"], "wants MODULE:CLASS"),
     (["--config-file", "/nonexistent/v64.conf"], "v64.conf"),
-    (["--log-file", "/nonexistent/dir/c.log", "--vnet64-logic", "vnet64.controller.app:NullLogic"],
+    (["--log-file", "/nonexistent/dir/c.log", "--vnet64-logic", "tests.support.logic:NullLogic"],
      "cannot open the log file"),
 ])
 def test_bad_usage_exits_2_and_says_why(argv, message, capsys):
@@ -106,7 +108,7 @@ def test_bad_usage_exits_2_and_says_why(argv, message, capsys):
 
 
 def test_resolve_logic():
-    assert launcher.resolve_logic("vnet64.controller.app:NullLogic") is vapp.NullLogic
+    assert launcher.resolve_logic("tests.support.logic:NullLogic") is NullLogic
     assert callable(launcher.resolve_logic(launcher.DEFAULT_LOGIC))
 
 

@@ -14,6 +14,8 @@ import pytest
 from os_ken.ofproto import nicira_ext, ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from tests.support.reference import os_ken_flow_mod
 from vnet64.controller import flows as F
 from vnet64.controller import ofmsg
 
@@ -63,7 +65,7 @@ def test_flow_mod_fields_and_instruction_order(dp):
 
 def plain_os_ken(dp, f):
     """The same flow-mod built the plain os-ken way (OFPMatch(**fields), fresh action objects)."""
-    return ofmsg.os_ken_flow_mod(dp, TABLES, f)
+    return os_ken_flow_mod(dp, TABLES, f)
 
 
 def test_cached_encoding_is_byte_for_byte_what_os_ken_writes(dp):

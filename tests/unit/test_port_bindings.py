@@ -14,9 +14,9 @@ from ipaddress import IPv4Address, IPv6Address
 import pytest
 
 from tests.conftest import DEFAULT_TOPOLOGY
+from tests.support.fake import FakeSwitch
 from vnet64 import gateway, topology
 from vnet64.controller import model as M
-from vnet64.controller.fake import FakeSwitch
 from vnet64.controller.flows import ETH_ARP, ETH_IPV6, DeleteFlows, Flow, PacketOut
 from vnet64.controller.logic import EXACT, Logic
 from vnet64.controller.pipeline import HOST_TABLES, VNI, Cookie, cookie

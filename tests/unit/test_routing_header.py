@@ -16,9 +16,9 @@ from scapy.layers.inet6 import (ICMPv6ParamProblem, IPerror6, IPv6, IPv6ExtHdrDe
 from scapy.layers.l2 import Ether
 
 from tests.conftest import DEFAULT_TOPOLOGY
+from tests.support.fake import FakeSwitch
 from vnet64 import gateway, topology
 from vnet64.controller import model as M
-from vnet64.controller.fake import FakeSwitch
 from vnet64.controller.flows import CT, Output, PacketOut, SetField
 from vnet64.controller.logic import Logic
 from vnet64.controller.pipeline import VNI, ZONE_ENDPOINTS, tables_for

@@ -6,6 +6,7 @@ Layout (pure logic apart from I/O, Faucet-style):
     model.py     the NB snapshot the roles read
     roles/       service host (encapsulator), appliance, customer host (translator)
     ofmsg.py     flow language -> os-ken OpenFlow messages
-    fake.py      a strict fake flow table for unit tests
     app.py       the thin os-ken app; launcher.py the ``vnet64-controller`` command
+
+The strict fake flow table the unit tests run flows on is ``tests/support/fake.py``.
 """

@@ -112,36 +112,6 @@ class Logic(Protocol):
 LogicFactory = Callable[[Callable[[], Any]], Logic]
 
 
-class NullLogic:
-    """A logic that programs nothing and answers nothing. For tests only; never the default."""
-
-    TABLES: ClassVar[TableMap] = TableMap("null", (("main", 0),))
-
-    def __init__(self, load_model: Callable[[], Any] | None = None):
-        self.load_model = load_model
-
-    def switch_connected(self, dpid: int, ports: dict[str, int]):
-        return self.TABLES, []
-
-    def resynced(self, dpid: int, flows: list) -> list[Message]:
-        return []
-
-    def switch_disconnected(self, dpid: int) -> None:
-        pass
-
-    def ports_changed(self, dpid: int, ports: dict[str, int]) -> list[Message]:
-        return []
-
-    def packet_in(self, dpid: int, table_id: int, in_port: int, data: bytes) -> list[Message]:
-        return []
-
-    def flow_removed(self, dpid: int, cookie: int, reason: int) -> list[Message]:
-        return []
-
-    def nb_changed(self) -> dict[int, list[Message]]:
-        return {}
-
-
 @dataclass
 class Settings:
     """What the launcher hands the apps (as the ``vnet64`` keyword of every app)."""

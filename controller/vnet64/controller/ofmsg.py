@@ -382,7 +382,8 @@ def flow_mod(datapath: Any, tables: TableMap | None, f: Flow) -> PackedFlowMod:
     """``OFPFlowMod(ADD)``: instructions meter, apply-actions, goto-table (in that order).
 
     Packed here from the cached match TLVs and action encodings, byte for byte what
-    os-ken's ``OFPFlowMod`` writes (the unit tests compare): os-ken re-packed every
+    os-ken's ``OFPFlowMod`` writes (``tests/unit/test_ofmsg.py`` compares with the plain
+    os-ken encoder in ``tests/support/reference.py``): os-ken re-packed every
     instruction and action object on each message, ~30 µs of a new pair's ~0.3 ms of
     role logic and encoding per flow-mod (pure-logic profile, docs/lab.md)."""
     inst = b""
@@ -398,27 +399,6 @@ def flow_mod(datapath: Any, tables: TableMap | None, f: Flow) -> PackedFlowMod:
         f.priority, ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY,
         ofp.OFPFF_SEND_FLOW_REM if f.send_flow_rem else 0)
     return PackedFlowMod(datapath, fixed + ofp_match(match_tlvs(f.match.items)) + inst, f)
-
-
-def os_ken_flow_mod(datapath: Any, tables: TableMap | None, f: Flow) -> Any:
-    """The same flow-mod built from os-ken's own classes (``OFPMatch(**fields)``, fresh
-    action objects): the reference :func:`flow_mod`'s bytes are tested against, and the
-    baseline of ``benchmarks/controller_cost.py``. Not used to send."""
-    parser = datapath.ofproto_parser
-    inst = []
-    if f.meter is not None:
-        inst.append(parser.OFPInstructionMeter(f.meter))
-    if f.actions:
-        inst.append(parser.OFPInstructionActions(
-            ofp.OFPIT_APPLY_ACTIONS, [action(datapath, tables, a) for a in f.actions]))
-    if f.goto is not None:
-        inst.append(parser.OFPInstructionGotoTable(_table_id(tables, f.goto)))
-    return parser.OFPFlowMod(
-        datapath, cookie=f.cookie, table_id=_table_id(tables, f.table), command=ofp.OFPFC_ADD,
-        idle_timeout=f.idle_timeout, hard_timeout=f.hard_timeout, priority=f.priority,
-        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
-        flags=ofp.OFPFF_SEND_FLOW_REM if f.send_flow_rem else 0,
-        match=parser.OFPMatch(**f.match.as_dict()), instructions=inst)
 
 
 def delete_flows(datapath: Any, tables: TableMap | None, d: DeleteFlows) -> Any:

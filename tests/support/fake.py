@@ -1,4 +1,4 @@
-"""A strict fake flow table: runs the flow language of ``flows.py`` in unit tests.
+"""A strict fake flow table: runs the flow language of ``vnet64.controller.flows`` in unit tests.
 
 No root, no OVS. Like Faucet's ``clib/fakeoftable.py``, with conntrack state as an
 input (as ``ovn-trace --ct=...``): a ``CtOracle`` answers every ``ct`` action.
@@ -44,11 +44,11 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from itertools import chain
 from typing import Any, NamedTuple, Protocol
 
-from .flows import (CT, CT_DNAT, CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_SNAT, CT_TRK,
-                    ETH_ARP, ETH_IPV4, ETH_IPV6, FIELDS, OFPP_CONTROLLER, OFPP_IN_PORT,
-                    OFPP_TABLE, Batch, CheckPktLarger, Controller, DeleteFlows, DeleteStrict, Flow, FlowError,
-                    MeterMod, Move, Nat, Output, PacketOut, Resubmit, SetField, TableMap, TlvMap,
-                    _fmt, ct_state, ct_state_str)
+from vnet64.controller.flows import (
+    CT, CT_DNAT, CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_SNAT, CT_TRK, ETH_ARP, ETH_IPV4,
+    ETH_IPV6, FIELDS, OFPP_CONTROLLER, OFPP_IN_PORT, OFPP_TABLE, Batch, CheckPktLarger,
+    Controller, DeleteFlows, DeleteStrict, Flow, FlowError, MeterMod, Move, Nat, Output,
+    PacketOut, Resubmit, SetField, TableMap, TlvMap, _fmt, ct_state, ct_state_str)
 
 MAX_DEPTH = 64  # nested resubmit/ct(table=) before the fake calls it a loop
 
