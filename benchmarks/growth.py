@@ -162,10 +162,9 @@ def nb_transact(sock_path: str, ops: list, timeout: float = 600) -> list:
             return reply["result"]
 
 
-def load_ops(api: nbapi.NbApi, n: int, bound: int = 0) -> list:
-    """Insert ops for N VMs on host1, their subscriptions to SERVICE and host mappings, and
-    the port bindings of the first ``bound`` (to v-g<i>, as host1's node agent would write
-    them: the controller wires a VM only through its binding)."""
+def load_ops(api: nbapi.NbApi, n: int) -> list:
+    """Insert ops for N VMs on host1, their subscriptions to SERVICE and host mappings
+    (host1's node agent binds the VMs whose ports exist, as on a real host)."""
     vnet = next(r for r in api.tables["VNet"].rows.values() if r.name == "bench")
     subnet = next(r for r in api.tables["Subnet"].rows.values() if r.vnet.uuid == vnet.uuid)
     host = next(r for r in api.tables["Node"].rows.values() if r.name == "host1")
@@ -187,10 +186,6 @@ def load_ops(api: nbapi.NbApi, n: int, bound: int = 0) -> list:
         ops.append({"op": "insert", "table": "Host_Mapping",
                     "row": {"ipv6": ipv6, "vnet": ref(vnet), "ipv4": str(ipv4),
                             "host": ref(host)}})
-        if i < bound:
-            ops.append({"op": "insert", "table": "Port_Binding",
-                        "row": {"logical_port": name, "kind": "vm", "node": ref(host),
-                                "port": f"v-g{i}", "mac": topology.default_mac(name)}})
     return ops
 
 
@@ -250,8 +245,11 @@ class Growth:
         if p:
             args = [sh.tool("ovs-vsctl"), "--timeout=600"]
             for i in range(p):
+                # as a hypervisor attaches a VM: iface-id and attached-mac, which host1's
+                # node agent binds once the VM is in the NB
                 args += ["--", "add-port", "br-int", f"v-g{i}", "--", "set", "interface", f"v-g{i}",
-                         "type=patch", f"options:peer=none-g{i}"]
+                         "type=patch", f"options:peer=none-g{i}", f"external_ids:iface-id=g{i}",
+                         f"external_ids:attached-mac={topology.default_mac(f'g{i}')}"]
             sh.run(args, env=self.nodes["host1"].env(), timeout=900)
             sh.wait_for(lambda: self.nodes["host1"].ofctl("show", "br-int").count("(v-g") >= p,
                         120, f"{p} ports on host1")
@@ -281,7 +279,7 @@ class Growth:
             self.settle()
             before = self.counts()
             mem0 = self.memory()
-            ops = load_ops(self.api, n, bound=p)
+            ops = load_ops(self.api, n)      # host1's agent binds the ports that exist
             # This process's own NB replica would parse the whole load too, competing
             # with the controller for the 2 cores: closed before the load.
             self.api.close()

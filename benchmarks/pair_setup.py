@@ -92,7 +92,8 @@ from vnet64 import topology
 from vnet64.controller.pipeline import CT_TIMEOUTS
 from vnet64.nb import api as nbapi
 from vnet64_lab import Lab, sh
-from vnet64_lab.ovs import EnsureCtTimeouts, OvsNode, terminate
+from vnet64.node.ovsdb import SyncCtTimeouts
+from vnet64_lab.ovs import OvsNode, terminate
 
 PREFIX = "v64p-"
 RUN_DIR = "/run/vnet64-lab-p"
@@ -512,7 +513,7 @@ def conntrack_only_path() -> tuple[OvsNode, TcpPath]:
     # holds it in TIME_WAIT and new connections hang (DESIGN §4b "Ports"; measured here too).
     api = node.connect()
     try:
-        api.run(EnsureCtTimeouts(api, [CTB_ZONE], CT_TIMEOUTS))
+        api.run(SyncCtTimeouts(api, "netdev", [CTB_ZONE], CT_TIMEOUTS, owner="pair_setup"))
     finally:
         api.close()
     return node, TcpPath("conntrack-only OVS (IPv4 SNAT)", CTC_NS, CTS_NS, "0.0.0.0",

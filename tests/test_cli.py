@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -166,7 +167,7 @@ def test_address_commands_need_no_nb(vnet64, run_dir):
 
 def test_nb_status_and_stop(vnet64, run_dir):
     code, out, _ = vnet64("nb", "status")
-    assert code == 3 and "running  False" in out
+    assert code == 3 and re.search(r"^running +False$", out, re.M)
     assert vnet64("nb", "start")[0] == 0
     assert vnet64("nb", "start")[0] == 0  # idempotent
     code, out, _ = vnet64("nb", "status", "--json")
@@ -257,3 +258,29 @@ def test_bindings_are_listed_and_shown_with_their_vm(vnet64, run_dir):
         "node": "host2", "port": "vnet7", "ofport": 7, "mac": mac}
     rows = json.loads(vnet64("host-mapping", "list", "--json")[1])
     assert {r["vnet"]: r["host"] for r in rows} == {"customer-a": "host2", "customer-b": "host1"}
+
+
+def test_without_nb_or_run_dir_the_commands_use_a_running_labs_nb(tmp_path, monkeypatch, capsys):
+    """After ``vnet64-lab up`` the CLI operates the lab's NB, not a second, empty embedded
+    one; --run-dir (or $VNET64_RUN_DIR) still means the embedded NB."""
+    lab_dir = tmp_path / "lab"
+    lab_nb = NbServer(lab_dir / "nb")
+    lab_nb.start()
+    monkeypatch.delenv("VNET64_NB", raising=False)
+    monkeypatch.delenv("VNET64_RUN_DIR", raising=False)
+    monkeypatch.setenv("VNET64_LAB_RUN_DIR", str(lab_dir))
+    embedded = tmp_path / "embedded"
+    try:
+        assert cli.main(["--nb", lab_nb.remote, "load", DEFAULT]) == 0
+        capsys.readouterr()
+        (lab_dir / "state.json").write_text(json.dumps({"phase": "building"}))
+        assert cli.main(["--run-dir", str(embedded), "vm", "list", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == []          # embedded, asked for
+        (lab_dir / "state.json").write_text(json.dumps({"phase": "up"}))
+        assert cli.main(["vm", "list", "--json"]) == 0
+        assert len(json.loads(capsys.readouterr().out)) == 2      # the lab's
+        assert cli.main(["nb", "status", "--json"]) in (0, 3)
+        assert json.loads(capsys.readouterr().out)["commands_use"] == lab_nb.remote
+    finally:
+        lab_nb.stop()
+        NbServer(embedded).stop()

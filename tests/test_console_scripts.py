@@ -64,7 +64,7 @@ def test_help_is_clean_in_a_fresh_process(script):
 
 def test_every_console_script_has_a_real_command_below():
     """A new console script gets a real command in this file too."""
-    assert set(SCRIPTS) == {"vnet64", "vnet64-lab", "vnet64-controller"}, \
+    assert set(SCRIPTS) == {"vnet64", "vnet64-lab", "vnet64-controller", "vnet64-node"}, \
         "add a test_<script>_real_command for the new console script"
 
 
@@ -121,6 +121,23 @@ def test_vnet64_controller_real_command(tmp_path):
                         r"(vnet64|os_ken)[\w.-]*: ")
     strangers = [line for line in lines if not record.match(line)]
     assert not strangers, "not records of the controller's log:\n" + "\n".join(strangers)
+
+
+def test_vnet64_node_real_command(tmp_path):
+    """The agent for a node the NB does not have: exit 2, one error line besides its own
+    log records, and nothing else on stderr."""
+    nb = NbServer(tmp_path / "nb")
+    nb.start()
+    try:
+        proc = run(str(BIN / "vnet64-node"), "--nb", nb.remote, "--name", "nosuch",
+                   "--run-dir", str(tmp_path / "run"))
+    finally:
+        nb.stop()
+    assert proc.returncode == 2 and proc.stdout == ""
+    record = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) vnet64[\w.-]*: ")
+    others = [line for line in proc.stderr.splitlines() if not record.match(line)]
+    assert len(others) == 1, proc.stderr
+    assert others[0].startswith("vnet64-node: error: node 'nosuch' is not in the NB"), proc.stderr
 
 
 @pytest.mark.parametrize("module", PROGRAMS)

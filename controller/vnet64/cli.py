@@ -1,10 +1,11 @@
 """``vnet64``: the operator CLI for the NB database and the address codec.
 
-Without ``--nb`` every NB command uses the embedded NB: a local ovsdb-server
-with the vnet64 schema under ``--run-dir`` (default ``$VNET64_RUN_DIR`` or
+``--nb`` (or ``$VNET64_NB``) names the NB: ``unix:PATH``, ``tcp:IP:PORT``, or a
+comma-separated list of Raft cluster members. Without either, the commands use the NB
+of a lab that ``vnet64-lab up`` runs under its default run directory, if one is up and
+no ``--run-dir``/``$VNET64_RUN_DIR`` was given; else the embedded NB: a local
+ovsdb-server with the vnet64 schema under ``--run-dir`` (default ``$VNET64_RUN_DIR`` or
 /var/lib/vnet64), started on first use and left running for the next command.
-``--nb`` (or ``$VNET64_NB``) names a running NB instead: ``unix:PATH``,
-``tcp:IP:PORT``, or a comma-separated list of Raft cluster members.
 
 Errors go to stderr with exit status 1 (2 for usage errors); nothing is
 half-applied: every write is one OVSDB transaction.
@@ -87,12 +88,25 @@ def _nb(args: argparse.Namespace):
     from .nb import api as nbapi
     from .nb.server import NbServer
 
-    remote = args.nb or os.environ.get("VNET64_NB")
+    remote = nb_remote(args)
     if not remote:
         server = NbServer(Path(args.run_dir))
         server.start()
         remote = server.remote
     return nbapi.connect(remote, timeout=args.timeout)
+
+
+def nb_remote(args: argparse.Namespace) -> str | None:
+    """The NB the commands use, None meaning the embedded one: --nb, else $VNET64_NB, else
+    - when no embedded run dir was asked for (--run-dir, $VNET64_RUN_DIR) - the NB of a lab
+    that ``vnet64-lab up`` runs under its default run directory."""
+    from .nb.server import running_lab_nb
+    remote = args.nb or os.environ.get("VNET64_NB")
+    if not remote and not args.run_dir_given:
+        remote = running_lab_nb()
+        if remote:
+            logging.getLogger("vnet64.cli").debug("using the running lab's NB at %s", remote)
+    return remote
 
 
 def _with_nb(fn: Callable[[Any, argparse.Namespace], Any]) -> Callable[[argparse.Namespace], Any]:
@@ -136,7 +150,7 @@ def cmd_nb_status(args: argparse.Namespace) -> int:
     server = NbServer(Path(args.run_dir))
     pid = server.pid()
     data = {"running": bool(pid), "pid": pid, "remote": server.remote, "db": str(server.db_path),
-            "rss_kib": server.memory_kib()}
+            "rss_kib": server.memory_kib(), "commands_use": nb_remote(args) or server.remote}
     _emit(args, data)
     return 0 if pid else 3
 
@@ -321,8 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"vnet64 {__version__}")
     p.add_argument("--nb", metavar="REMOTE",
                    help="NB to use: unix:PATH, tcp:IP:PORT or a comma-separated list of Raft "
-                        "members (default: $VNET64_NB, else the embedded NB in --run-dir)")
-    p.add_argument("--run-dir", default=os.environ.get("VNET64_RUN_DIR", "/var/lib/vnet64"),
+                        "members (default: $VNET64_NB, else the NB of a lab that vnet64-lab "
+                        "runs under /run/vnet64-lab, else the embedded NB in --run-dir)")
+    p.add_argument("--run-dir", default=None,
                    help="directory of the embedded NB (database, socket, pidfile, log); "
                         "default $VNET64_RUN_DIR or /var/lib/vnet64")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the NB (default 10)")
@@ -508,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.run_dir_given = bool(args.run_dir or os.environ.get("VNET64_RUN_DIR"))
+    args.run_dir = args.run_dir or os.environ.get("VNET64_RUN_DIR") or "/var/lib/vnet64"
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:

@@ -1,21 +1,17 @@
-"""The node bring-up contract: what the controller expects to find on each node.
+"""Names on a node's br-int.
 
-Node bring-up names br-int's own ports by these rules, and the controller
-recognises them by name in the switch's port descriptions:
+The node agent (``vnet64.node``) makes two ports whose names the controller knows:
 
     geneve0          the Geneve tunnel port (remote_ip=flow, key=flow)
-    xlat0            the veth to the host's stateless translator namespace
+    xlat0            the veth to the host's stateless translator namespace, whose
+                     other end carries ``translator_mac(host)``
 
-A VM's or a service endpoint's port may have any name (the hypervisor's): the node
-agent finds it by its external_ids:iface-id and records a port binding in the NB,
-and the controller wires it from that binding only (``controller.roles.Ports``).
-``vif_port`` is merely the name the lab gives such a port when it makes one:
-
-    v-<vm>           a customer VM's port           (vif_port("vm", name))
-    s-<endpoint>     a service endpoint's port      (vif_port("endpoint", name))
-
-Names longer than Linux's 15 characters are shortened with a hash
-(``ifname``). The translator's side of ``xlat0`` carries ``translator_mac(host)``.
+VM and service-endpoint ports are named by whoever attaches them (libvirt: ``vnet0``,
+``vnet1``, ...) and found by ``external_ids:iface-id``: the agent records each binding
+in the NB and the controller wires ports from the bindings, never from names.
+``vif_port`` is only the lab's choice of readable names (``v-<vm>``, ``s-<endpoint>``)
+as the hypervisor it stands in for; tests use it to make bindings. Names longer than
+Linux's 15 characters are shortened with a hash (``ifname``).
 """
 
 from __future__ import annotations

@@ -7,19 +7,28 @@ works after a crash or a half-finished ``up``: it stops what the pidfiles name,
 then anything still running inside the lab's namespaces, deletes every
 namespace with the prefix, and removes the run directory.
 
+The lab stands in only for hosts, VMs and the fabric: every node is brought up by its
+node agent, ``vnet64-node``, started in the node's namespace exactly as a host runs it.
+
 Order of ``up`` (each step idempotent):
 
 1. validate the topology and its ``lab:`` settings - nothing exists yet;
-2. namespaces; the fabric (bridge ``br0`` in ``P fabric``) and the management
+2. namespaces; the fabric (bridge ``br0`` in ``P fabric``) with every node's NIC
+   (``ul0``, holding its underlay address as a host's NIC would) and the management
    network (bridge ``br-mgmt`` in ``P ctl``, holding the controller's address);
-3. the NB ovsdb-server in ``P ctl`` (unix socket + ``ptcp:6641``), loaded from
-   the topology; TAYGA's settings are read back from it;
-4. per node: ovsdb-server + ovs-vswitchd, then in one transaction br-phy and
-   br-int (netdev, secure, datapath id, controller target) and the Geneve port;
-   the underlay address on br-phy's tap; tunnel neighbours seeded;
-5. per VM / endpoint: namespace, veth into br-int, addresses, MTU, gateway;
-6. per host: translator namespace, veth into br-int, TAYGA, policy routing;
-7. the controller, if ``vnet64.controller`` is installed.
+3. the NB ovsdb-server in ``P ctl`` (unix socket + ``ptcp:6641``), loaded from the
+   topology, each node's OpenFlow controller target set in it; per node, ovsdb-server
+   + ovs-vswitchd (what a host's openvswitch-switch service runs); the controller;
+4. per node, ``vnet64-node --nb tcp:...:6641 --datapath netdev --uplink ul0 ...``
+   (via ``nsenter --net``, so the translator namespace it makes is visible to all, as
+   on a host): br-phy with ul0 and the underlay address, br-int, geneve0, on hosts the
+   translator namespace with TAYGA and the conntrack policies; the lab waits for each
+   agent's ``status.json``;
+5. per VM / endpoint, what a hypervisor does: a veth into br-int with ``iface-id`` and
+   ``attached-mac`` (libvirt's way), the VM's addresses, MTU, gateway inside its
+   namespace; the agents bind the ports in the NB;
+6. ready: every node's OVS has the underlay route and its tunnel neighbours, and every
+   VM and endpoint is bound to its host.
 """
 
 from __future__ import annotations
@@ -42,31 +51,28 @@ from typing import Any
 
 from vnet64 import gateway
 from vnet64.nb import api as nb_api
-from vnet64.nb.server import NbServer
+from vnet64.nb.server import LAB_RUN_DIR, NbServer
 from vnet64.topology import TopologyError
+
+from vnet64.node.agent import STATUS_FILE as AGENT_STATUS_FILE
 
 from . import plan as P
 from . import settings as lab_settings
 from . import sh
-from vnet64.controller.pipeline import (CT_TIMEOUTS, TABLE_PREFIXES, ZONE_V6_DNAT, ZONE_V6_SNAT,
-                                       tables_for)
-
-from .ovs import EnsureBridge, EnsureCtTimeouts, EnsurePort, OvsNode, SetSystem, terminate
+from .ovs import EnsurePort, OvsNode, terminate
 from .sh import LabError
 
 LOG = logging.getLogger(__name__)
 DEFAULT_PREFIX = "v64-"
-DEFAULT_RUN_DIR = "/run/vnet64-lab"
+DEFAULT_RUN_DIR = LAB_RUN_DIR     # the vnet64 CLI looks for a lab there (nb.server)
 DEFAULT_TOPOLOGY = "topologies/two-tenants.yaml"
 LOCK_DIR = Path("/run/lock")  # a 0-byte lock file per prefix stays there, as usual
-NODE_RMEM_DEFAULT = 4 << 20   # bytes: a node namespace's default socket receive buffer (see _namespaces)
 STATE_FILE = "state.json"
 TOPOLOGY_COPY = "topology.yaml"
 CONTROLLER_MODULE = "vnet64.controller"
-# OpenFlow10 too, so a plain `ovs-ofctl dump-flows br-int` (no -O) works in the lab.
-OF_PROTOCOLS = ["OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15"]
+AGENT = "vnet64-node"         # the node agent's console script, next to this Python
 PIDFILE_COMMS = {"ovsdb-server.pid": "ovsdb-server", "ovs-vswitchd.pid": "ovs-vswitchd",
-                 "nb.pid": "ovsdb-server", "tayga.pid": "tayga"}
+                 "nb.pid": "ovsdb-server", "tayga.pid": "tayga", "agent.pid": AGENT}
 
 
 def check_prefix(prefix: str) -> str:
@@ -180,19 +186,22 @@ class Lab:
         timings.mark("namespaces+networks")
         with ThreadPoolExecutor(max_workers=len(plan.nodes) + 1) as pool:
             nb_future = pool.submit(self._nb, plan)
-            node_futures = [pool.submit(self._node, plan, n) for n in plan.nodes]
-            platform = nb_future.result()
+            node_futures = [pool.submit(self._node_ovs, plan, n) for n in plan.nodes]
+            nb_future.result()
             # The controller listens before the bridges first try to connect: OVS backs
             # its reconnects off (up to 8 s), so a late controller waits for them.
             controller = self._controller(plan)
             for f in node_futures:
                 f.result()
-        self._conntrack(plan, platform.get("vnet_zones", {}))
+            # every node's agent, as a host runs it, brings its node up from the NB
+            for f in [pool.submit(self._agent, plan, n) for n in plan.nodes]:
+                f.result()
         timings.mark("nb+nodes")
+        with ThreadPoolExecutor(max_workers=len(plan.nodes)) as pool:
+            for f in [pool.submit(self._attach, plan, n) for n in plan.nodes]:
+                f.result()
         self._vifs(plan)
         timings.mark("vms+endpoints")
-        self._translators(plan, platform)
-        timings.mark("translators")
         self._wait_ready(plan)
         timings.mark("ready")
         self._write_state(phase="up", timings=timings.steps, up_seconds=timings.total,
@@ -202,27 +211,20 @@ class Lab:
 
     def _namespaces(self, plan: P.Plan) -> None:
         existing = set(sh.netns_list())
+        agents_make = {t.ns for t in plan.translators}    # each host's agent makes its own
         for ns in plan.namespaces:
+            if ns in agents_make:
+                continue
             if ns not in existing:
                 sh.run([sh.tool("ip"), "netns", "add", ns])
             sh.ip(ns, "link", "set", "lo", "up")
         for n in plan.nodes:
             # The underlay is IPv4; no kernel IPv6 (router solicitations, MLD) on the veths
-            # that are OVS ports - they would enter br-int as if a VM had sent them.
-            # The kernel also sees what arrives on ul0 (the userspace datapath reads it
-            # with a packet socket): with arp_ignore=1 only br-phy, which holds the
-            # underlay IP, answers ARP for it, never ul0 with its own MAC - frames to
-            # ul0's MAC would miss OVS's tunnel termination and vanish.
-            # The userspace datapath reads every port through a packet socket with the
-            # namespace's default receive buffer (OVS sets none): 208 KiB dropped a burst
-            # whenever ovs-vswitchd waited for a core (host1's sockets, 1,000 new TCP
-            # connections/s with two busy-looping processes on the 2 cores: 66 drops and
-            # 8 SYNs sent again in 40 s). Set before ovs-vswitchd opens them.
+            # that are OVS ports - they would enter br-int as if a VM had sent them. (What
+            # the userspace datapath needs of the kernel - arp_ignore on the uplink, the
+            # packet sockets' buffers - is the node agent's: vnet64.node.datapath.)
             sh.sysctl(n.ns, {"net.ipv6.conf.all.disable_ipv6": 1,
-                             "net.ipv6.conf.default.disable_ipv6": 1,
-                             "net.ipv4.conf.all.arp_ignore": 1,
-                             "net.ipv4.conf.default.arp_ignore": 1,
-                             "net.core.rmem_default": NODE_RMEM_DEFAULT})
+                             "net.ipv6.conf.default.disable_ipv6": 1})
 
     def _fabric(self, plan: P.Plan) -> None:
         """The underlay segment and the management segment, with every node's legs."""
@@ -238,9 +240,12 @@ class Lab:
             # Created inside the node's namespace, peer inside the fabric/ctl namespace:
             # nothing ever exists in the root namespace.
             sh.ip_batch(n.ns, [
-                f"link add {P.UNDERLAY_IF} mtu {mtu} type veth peer name {n.fabric_if} "
-                f"mtu {mtu} netns {plan.fabric_ns}",
+                f"link add {P.UNDERLAY_IF} mtu {mtu} address {n.underlay_mac} type veth peer "
+                f"name {n.fabric_if} mtu {mtu} netns {plan.fabric_ns}",
                 f"link add {P.MGMT_IF} type veth peer name {n.mgmt_peer_if} netns {plan.ctl_ns}",
+                # the host's NIC with its underlay address: the agent moves the address to
+                # br-phy (userspace tunnelling) and the NIC into br-phy
+                f"addr add {n.underlay_ip} dev {P.UNDERLAY_IF}",
                 f"link set {P.UNDERLAY_IF} up",
                 f"addr add {n.management_ip} dev {P.MGMT_IF}",
                 f"link set {P.MGMT_IF} up"])
@@ -259,101 +264,88 @@ class Lab:
             api.load_topology(plan.topology)
             # the TCP remote the controller uses, kept in the NB with its probe (plan.py)
             api.set_connections([plan.nb_listen_remote], inactivity_probe=P.NB_INACTIVITY_PROBE_MS)
+            for n in plan.nodes:   # every br-int's OpenFlow controller, over management
+                api.set_node_controllers(n.name, [plan.controller_target])
             info = api.platform_info() or {}
             info["vnet_zones"] = {v["name"]: v["ct_zone"] for v in api.list("vnet")}
             return info
         finally:
             api.close()
 
-    def _conntrack(self, plan: P.Plan, vnet_zones: dict[str, int]) -> None:
-        """Timeout policies for the conntrack zones each host uses (DESIGN §4b "Ports")."""
-        for n in plan.nodes:
-            if n.role != "host":
-                continue
-            zones = {vnet_zones[vm.vnet] for vm in plan.topology.vms if vm.host == n.name}
-            zones |= {ZONE_V6_SNAT, ZONE_V6_DNAT}
-            api = OvsNode(n.name, n.ns, n.run_dir).connect()
-            try:
-                api.run(EnsureCtTimeouts(api, sorted(zones), CT_TIMEOUTS))
-            finally:
-                api.close()
+    def _node_ovs(self, plan: P.Plan, n: P.NodePlan) -> None:
+        """The node's Open vSwitch (what a host's openvswitch-switch service runs)."""
+        OvsNode(n.name, n.ns, n.run_dir).start()
 
-    def _node(self, plan: P.Plan, n: P.NodePlan) -> None:
-        node = OvsNode(n.name, n.ns, n.run_dir)
-        node.start()
-        # Veths for everything this node's br-int carries, before the ports are added.
+    def agent_dir(self, node: str) -> Path:
+        return self.run_dir / "agents" / node
+
+    def agent_pid(self, node: str) -> int | None:
+        pid = sh.read_pid(self.agent_dir(node) / "agent.pid")
+        return pid if pid and sh.proc_alive(pid, AGENT) else None
+
+    def agent_command(self, plan: P.Plan, n: P.NodePlan) -> list[str]:
+        """``vnet64-node`` as a host runs it, in the node's network namespace only
+        (nsenter: the namespaces it creates are everyone's, as on a host)."""
+        d = self.agent_dir(n.name)
+        cmd = [str(Path(sys.executable).with_name(AGENT)), "--nb", plan.nb_tcp_remote,
+               "--name", n.name, "--datapath", "netdev", "--uplink", P.UNDERLAY_IF,
+               "--ovs", OvsNode(n.name, n.ns, n.run_dir).remote, "--run-dir", str(d),
+               "--log-file", str(d / "agent.log")]
+        if n.role == "host":
+            t = plan.translator(n.name)
+            cmd += ["--translator-netns", t.ns, "--translator-ipv4", str(t.ipv4)]
+        return [sh.tool("nsenter"), f"--net=/run/netns/{n.ns}", "--", *cmd]
+
+    def _agent(self, plan: P.Plan, n: P.NodePlan, wait: bool = True) -> int:
+        """Start the node's agent (its pidfile in its run directory); wait until it says
+        the node is up."""
+        d = self.agent_dir(n.name)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / AGENT_STATUS_FILE).unlink(missing_ok=True)
+        with open(d / "agent.log", "ab") as log:
+            proc = subprocess.Popen(self.agent_command(plan, n), stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        (d / "agent.pid").write_text(f"{proc.pid}\n")
+        if wait:
+            def up() -> bool:
+                if proc.poll() is not None:
+                    tail = (d / "agent.log").read_text().strip().splitlines()[-5:]
+                    raise LabError(f"{n.name}: {AGENT} exited ({proc.returncode}): "
+                                   + " | ".join(tail))
+                return (d / AGENT_STATUS_FILE).exists()
+            sh.wait_for(up, 30, f"{n.name}'s {AGENT} to bring the node up")
+        return proc.pid
+
+    def restart_agent(self, node: str, wait: bool = True) -> int:
+        """Start a node's agent again exactly as ``up`` does (one still running is stopped
+        first, by its pidfile)."""
+        plan = self.plan()
+        pid = self.agent_pid(node)
+        if pid:
+            terminate(pid, AGENT)
+        return self._agent(plan, plan.node(node), wait=wait)
+
+    def _attach(self, plan: P.Plan, n: P.NodePlan) -> None:
+        """What a hypervisor does for each VM (and service endpoint) of the node: a veth
+        into br-int under a name of its own choosing, with ``iface-id`` (the VM's NB name)
+        and ``attached-mac``, as libvirt writes them. The agent binds them."""
         vifs = plan.vifs_on(n.name)
+        if not vifs:
+            return
         for v in vifs:
             sh.ip_batch(n.ns, [
                 f"link add {v.port} mtu {v.mtu} type veth peer name {P.VM_IF} mtu {v.mtu} "
                 f"netns {v.ns}",
                 f"link set {v.port} up"])
-        if n.role == "host":
-            t = plan.translator(n.name)
-            sh.ip_batch(n.ns, [
-                f"link add {P.XLAT_PORT} mtu {t.mtu} type veth peer name {P.XLAT_NS_IF} "
-                f"mtu {t.mtu} address {t.mac} netns {t.ns}",
-                f"link set {P.XLAT_PORT} up"])
-        for dev in [v.port for v in vifs] + ([P.XLAT_PORT] if n.role == "host" else []):
-            sh.in_ns(n.ns, [sh.tool("ethtool"), "-K", dev, "tx", "off"])
-
-        s = plan.settings
+        node = OvsNode(n.name, n.ns, n.run_dir)
         api = node.connect()
         try:
-            commands = [
-                SetSystem(api, {"system-id": n.name, "hostname": n.name,
-                                "vnet64-role": n.role}),
-                EnsureBridge(api, "br-phy", other_config={"hwaddr": n.underlay_mac},
-                             internal_mtu=s.underlay_mtu,
-                             external_ids={"vnet64-node": n.name}),
-                EnsurePort(api, "br-phy", P.UNDERLAY_IF),
-                # The controller target is part of the transaction that creates br-int:
-                # nothing can install a flow before it is set.
-                EnsureBridge(api, "br-int", fail_mode="secure",
-                             other_config={"datapath-id": f"{n.datapath_id:016x}",
-                                           "disable-in-band": "true"},
-                             protocols=OF_PROTOCOLS, controllers=[plan.controller_target],
-                             internal_mtu=s.overlay_mtu,
-                             external_ids={"vnet64-node": n.name, "vnet64-role": n.role},
-                             flow_tables={tid: name for name, tid in tables_for(n.role).stages},
-                             table_prefixes=TABLE_PREFIXES[n.role]),
-                EnsurePort(api, "br-int", P.GENEVE_PORT, type="geneve",
-                           options={"remote_ip": "flow", "key": "flow"},
-                           ofport_request=P.OFPORT_GENEVE,
-                           external_ids={"vnet64-kind": "tunnel"}),
-            ]
-            ports = [P.UNDERLAY_IF, P.GENEVE_PORT]
-            if n.role == "host":
-                t = plan.translator(n.name)
-                commands.append(EnsurePort(
-                    api, "br-int", P.XLAT_PORT, ofport_request=P.OFPORT_XLAT,
-                    external_ids={"vnet64-kind": "translator", "iface-id": f"xlat:{n.name}",
-                                  "attached-mac": t.mac}))
-                ports.append(P.XLAT_PORT)
-            for v in vifs:
-                ext = {"vnet64-kind": v.kind, "iface-id": v.name, "attached-mac": v.mac}
-                if v.vnet:
-                    ext["vnet64-vnet"] = v.vnet
-                commands.append(EnsurePort(api, "br-int", v.port, ofport_request=v.ofport,
-                                           external_ids=ext))
-                ports.append(v.port)
-            api.run(*commands)
-            node.wait_ports(api, ports)
+            api.run(*[EnsurePort(api, "br-int", v.port, ofport_request=v.ofport,
+                                 external_ids={"iface-id": v.name, "attached-mac": v.mac})
+                      for v in vifs])
+            node.wait_ports(api, [v.port for v in vifs])
         finally:
             api.close()
-
-        # The underlay address lives on br-phy's tap (created by vswitchd).
-        for dev in ("br-phy", "br-int"):
-            sh.wait_for(lambda d=dev: sh.ip(n.ns, "link", "show", d, check=False).returncode == 0,
-                        10, f"the {dev} device in {n.ns}")
-        # br-int's own tap carries no address; it is up so tests and users can capture on it.
-        sh.ip_batch(n.ns, [f"addr replace {n.underlay_ip} dev br-phy", "link set br-phy up",
-                           "link set br-int up"])
-        # OVS drops the packet that triggers a tunnel-neighbour lookup: seed them all.
-        for other in plan.nodes:
-            if other.name != n.name:
-                node.appctl("tnl/neigh/set", "br-phy", str(other.underlay_ip.ip),
-                            other.underlay_mac)
 
     def _vifs(self, plan: P.Plan) -> None:
         for v in plan.vifs:
@@ -372,50 +364,6 @@ class Lab:
                           f"dev {P.VM_IF}"]
             sh.ip_batch(v.ns, lines)
             sh.in_ns(v.ns, [sh.tool("ethtool"), "-K", P.VM_IF, "tx", "off"])
-
-    def _translators(self, plan: P.Plan, platform: dict) -> None:
-        prefix = platform.get("translator_prefix") or str(plan.topology.platform.translator_prefix)
-        for t in plan.translators:
-            run_dir = Path(t.run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            conf = run_dir / "tayga.conf"
-            conf.write_text(tayga_conf(t, prefix))
-            sh.sysctl(t.ns, {"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1,
-                             "net.ipv4.conf.all.rp_filter": 0,
-                             "net.ipv4.conf.default.rp_filter": 0,
-                             "net.ipv6.conf.all.accept_dad": 0,
-                             "net.ipv6.conf.default.accept_dad": 0})
-            sh.in_ns(t.ns, [sh.tool("ethtool"), "-K", P.XLAT_NS_IF, "tx", "off"])
-            sh.in_ns(t.ns, [sh.tool("tayga"), "--mktun", "-c", str(conf)])
-            sh.run([sh.tool("ip"), "netns", "exec", t.ns, sh.tool("nft"), "-f", "-"],
-                   input=translator_nft(P.XLAT_NS_IF))
-            gw = gateway.GATEWAY_MAC
-            to_tun, to_ovs = P.XLAT_TABLE_TO_TUN, P.XLAT_TABLE_TO_OVS
-            # From br-int into TAYGA, from TAYGA back to br-int: by incoming interface,
-            # so a translated packet can never loop into the tun again.
-            rules = [f"rule add iif {P.XLAT_NS_IF} lookup {to_tun} pref 1000",
-                     f"rule add iif {P.XLAT_TUN} lookup {to_ovs} pref 1001",
-                     f"route add default dev {P.XLAT_TUN} table {to_tun}"]
-            frags = P.XLAT_TABLE_FRAGMENTS
-            sh.ip_batch(t.ns, [
-                f"link set {P.XLAT_NS_IF} up",
-                f"link set {P.XLAT_TUN} mtu {t.mtu} up",
-                *rules,
-                f"rule add iif {P.XLAT_NS_IF} fwmark {P.XLAT_FRAGMENT_MARK} lookup {frags} pref 999",
-                f"route add default dev {P.XLAT_TUN} mtu lock {P.XLAT_FRAGMENT_MTU} table {frags}",
-                f"route add default via {P.XLAT_NEXTHOP_V4} dev {P.XLAT_NS_IF} onlink "
-                f"table {to_ovs}",
-                f"neigh replace {P.XLAT_NEXTHOP_V4} lladdr {gw} dev {P.XLAT_NS_IF} nud permanent"])
-            sh.ip_batch(t.ns, [
-                *rules,
-                f"route add default via {gateway.SERVICE_GATEWAY_IPV6} dev {P.XLAT_NS_IF} "
-                f"table {to_ovs}",
-                f"neigh replace {gateway.SERVICE_GATEWAY_IPV6} lladdr {gw} "
-                f"dev {P.XLAT_NS_IF} nud permanent"], family="-6")
-            pidfile = run_dir / "tayga.pid"
-            sh.in_ns(t.ns, [sh.tool("tayga"), "-c", str(conf), "-p", str(pidfile)])
-            sh.wait_for(lambda f=pidfile: (pid := sh.read_pid(f)) and sh.proc_alive(pid, "tayga"),
-                        10, f"TAYGA of {t.host}")
 
     def _controller(self, plan: P.Plan) -> str:
         """Start ``vnet64.controller`` in the controller namespace when it is installed."""
@@ -447,12 +395,26 @@ class Lab:
             return self._controller(plan)
 
     def _wait_ready(self, plan: P.Plan) -> None:
-        """Each node's OVS has learned the underlay route (Geneve can leave at once)."""
+        """Each node's OVS has learned the underlay route (Geneve can leave at once), and
+        every VM and endpoint is bound to its host in the NB."""
         net = str(plan.settings.underlay_cidr)
         for n in plan.nodes:
             node = OvsNode(n.name, n.ns, n.run_dir)
             sh.wait_for(lambda node=node: net in node.appctl("ovs/route/show", check=False), 10,
                         f"the underlay route {net} in {n.name}'s OVS")
+            peers = [str(o.underlay_ip.ip) for o in plan.nodes if o.name != n.name]
+            sh.wait_for(lambda node=node, peers=peers: all(
+                p in node.appctl("tnl/neigh/show", check=False) for p in peers), 10,
+                f"{n.name}'s agent to seed the tunnel neighbours {', '.join(peers)}")
+        want = {v.name: v.host for v in plan.vifs}
+        api = nb_api.connect(NbServer(Path(plan.nb_run_dir)).remote)
+        try:
+            def bound() -> bool:
+                have = {b["logical_port"]: b["node"] for b in api.list_bindings()}
+                return all(have.get(name) == host for name, host in want.items())
+            sh.wait_for(bound, 15, "every VM and endpoint bound to its host by the agents")
+        finally:
+            api.close()
 
     # -- down ---------------------------------------------------------------
 
@@ -509,6 +471,8 @@ class Lab:
             node = OvsNode(n.name, n.ns, n.run_dir)
             problems += [f"{n.name}: {d} not running" for d in ("ovsdb-server", "ovs-vswitchd")
                          if not node.pid(d)]
+            if not self.agent_pid(n.name):
+                problems.append(f"{n.name}: {AGENT} not running")
         for t in plan.translators:
             pid = sh.read_pid(Path(t.run_dir) / "tayga.pid")
             if not (pid and sh.proc_alive(pid, "tayga")):
@@ -530,7 +494,7 @@ class Lab:
                 "name": n.name, "role": n.role, "namespace": n.ns, "ns_exists": n.ns in have,
                 "underlay_ip": str(n.underlay_ip.ip), "management_ip": str(n.management_ip.ip),
                 "ovsdb_server": node.pid("ovsdb-server"),
-                "ovs_vswitchd": node.pid("ovs-vswitchd")}
+                "ovs_vswitchd": node.pid("ovs-vswitchd"), "agent": self.agent_pid(n.name)}
             if info["ovsdb_server"] and info["ovs_vswitchd"]:
                 info.update(_bridges(node))
             nodes.append(info)
@@ -569,65 +533,6 @@ def find_topology(path: str | Path) -> Path:
     if not path.exists() and not path.is_absolute() and repo_relative.exists():
         return repo_relative
     return path.resolve()
-
-
-def translator_nft(from_ovs: str) -> str:
-    """The translator namespace's nftables tables (replaced whole: idempotent), for what
-    TAYGA 0.9.2 gets wrong.
-
-    IPv6 with a routing header whose Segments Left is not 0: TAYGA skips routing headers
-    and would translate it to the IPv6 destination; RFC 7915 5.1 says it MUST NOT be
-    translated, and an ICMPv6 Parameter Problem SHOULD go back. At the ingress of the
-    veth from br-int it is counted (named counter ``P.XLAT_NFT_RH_COUNTER``) and sent
-    straight back out of it, unchanged: br-int punts it (its source is a pair's alias,
-    never TAYGA's) and the controller answers the service (controller customer module,
-    "Routing headers").
-
-    A VM's fragmented IPv4 datagrams: a VM fragments a datagram larger than its MTU into
-    pieces of up to that MTU; TAYGA (0.9.2) translates each into an IPv6 fragment 28
-    bytes larger and, that being over 1280 bytes (the only IPv6 MTU it assumes
-    off-link), cuts it again into a 1232-byte piece and a small one - which the IPv6 zones' reassembly on br-int refuses as too
-    small ("v6 frags too small"), so the datagram never reached the service. So here:
-    fragments from br-int are marked before the kernel's defragmentation (priority -450,
-    before -400), reassembled, and the mark routes the datagram into the tun by a route
-    whose MTU is XLAT_FRAGMENT_MTU, so it is fragmented again into pieces TAYGA
-    translates into IPv6 fragments of at most 1280 bytes without cutting them. Whole
-    packets are not marked: their path and MTU stay.
-
-    Defragmentation without connection tracking (br-int's conntrack is the stateful one):
-    a ``tproxy`` rule turns the kernel's IPv4 defragmentation on for the namespace when
-    it is added, and sits in a chain nothing jumps to, so it never runs. (A ``ct`` rule
-    would bring conntrack's hooks too: measured 0.96x VM -> service TCP throughput, against
-    0.98x, within noise, this way.)"""
-    return (f"table ip {P.XLAT_NFT_TABLE}\n"
-            f"delete table ip {P.XLAT_NFT_TABLE}\n"
-            f"table ip {P.XLAT_NFT_TABLE} {{\n"
-            f"  chain mark_fragments {{\n"
-            f"    type filter hook prerouting priority -450; policy accept;\n"
-            f"    iifname \"{from_ovs}\" ip frag-off & 0x3fff != 0 meta mark set {P.XLAT_FRAGMENT_MARK}\n"
-            f"  }}\n"
-            f"  chain defragment_on {{\n"
-            f"    meta l4proto tcp tproxy to :1\n"
-            f"  }}\n"
-            f"}}\n"
-            f"table netdev {P.XLAT_NFT_TABLE}\n"
-            f"delete table netdev {P.XLAT_NFT_TABLE}\n"
-            f"table netdev {P.XLAT_NFT_TABLE} {{\n"
-            f"  counter {P.XLAT_NFT_RH_COUNTER} {{ }}\n"
-            f"  chain routing_header {{\n"
-            f"    type filter hook ingress device \"{from_ovs}\" priority 0; policy accept;\n"
-            f"    meta protocol ip6 rt seg-left != 0 counter name {P.XLAT_NFT_RH_COUNTER} "
-            f"fwd to \"{from_ovs}\"\n"
-            f"  }}\n"
-            f"}}\n")
-
-
-def tayga_conf(t: P.TranslatorPlan, prefix: str) -> str:
-    return (f"# generated by vnet64-lab for host {t.host} from the NB platform settings\n"
-            f"tun-device {P.XLAT_TUN}\n"
-            f"ipv4-addr {t.ipv4}\n"
-            f"prefix {prefix}\n"
-            f"data-dir {t.run_dir}\n")
 
 
 def vif_addresses(ns: str) -> list[str]:

@@ -10,7 +10,7 @@ Namespaces (``P`` is the lab prefix, ``v64-`` by default)::
     P ctl           the management segment (bridge br-mgmt holding the controller's
                     address), the NB ovsdb-server and the controller
     P n-<node>      a node: ovsdb-server + ovs-vswitchd, br-int, br-phy, geneve0
-    P xl-<host>     a host's translator: TAYGA and its tun
+    P xl-<host>     a host's translator: TAYGA and its tun (made by the host's agent)
     P vm-<vm>       a customer VM (IPv4 only)
     P ep-<endpoint> a service endpoint (IPv6 only)
 """
@@ -22,6 +22,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
 
 from vnet64 import gateway
 from vnet64.ports import GENEVE_PORT, IFNAMSIZ, XLAT_PORT, ifname, translator_mac, vif_port  # noqa: F401
+from vnet64.node import translator as xlat
+from vnet64.node.config import OFPORT_GENEVE, OFPORT_XLAT  # noqa: F401
 from vnet64.topology import Topology, default_mac
 
 from .settings import LabSettings
@@ -32,28 +34,16 @@ NB_PORT = 6641
 # default 5 s dropped a controller that needs longer to parse a large NB (10k+
 # subscriptions: pure-Python JSON), which then downloaded everything again, in a loop.
 NB_INACTIVITY_PROBE_MS = 180_000
-XLAT_NS_IF = "ovs0"  # translator-namespace side
-XLAT_TUN = "nat64"
 UNDERLAY_IF = "ul0"  # node side of the fabric veth (a port of br-phy)
 MGMT_IF = "mgmt0"
 VM_IF = "eth0"
 MGMT_BRIDGE = "br-mgmt"
 FABRIC_BRIDGE = "br0"
-OFPORT_GENEVE = 1
-OFPORT_XLAT = 2
 OFPORT_FIRST_VIF = 10
-# Translator namespace policy routing: packets from OVS go to TAYGA, from TAYGA back to OVS.
-XLAT_TABLE_TO_TUN = 100
-XLAT_TABLE_TO_OVS = 200
-XLAT_NEXTHOP_V4 = IPv4Address("169.254.0.1")  # stands for br-int; neighbour = gateway MAC
-# A VM's fragmented IPv4 datagram (larger than its MTU) is reassembled in the translator
-# namespace and goes into the tun in pieces no larger than XLAT_FRAGMENT_MTU, by a route of
-# its own that packets marked as fragments take (Lab._translators says why).
-XLAT_TABLE_FRAGMENTS = 101
-XLAT_FRAGMENT_MARK = 0x64
-XLAT_FRAGMENT_MTU = 1280 - 40 - 8 + 20   # TAYGA's IPv6 fragment of it: exactly 1280 bytes
-XLAT_NFT_TABLE = "vnet64_xlat"       # in families ip (fragments) and netdev (routing headers)
-XLAT_NFT_RH_COUNTER = "routing_header_segments_left"
+# The translator's layout is the node agent's (vnet64.node.translator); the lab's tests
+# and captures name its pieces through these.
+XLAT_NS_IF, XLAT_TUN = xlat.NS_IF, xlat.TUN
+XLAT_NFT_TABLE, XLAT_NFT_RH_COUNTER = xlat.NFT_TABLE, xlat.NFT_RH_COUNTER
 
 
 @dataclass(frozen=True)
@@ -188,7 +178,8 @@ def build(topo: Topology, settings: LabSettings, prefix: str, run_dir: str) -> P
     translators = tuple(
         TranslatorPlan(host=h.name, ns=f"{prefix}xl-{h.name}",
                        mac=translator_mac(h.name), mtu=settings.overlay_mtu,
-                       ipv4=settings.translator_ipv4, run_dir=f"{run_dir}/xlat/{h.name}")
+                       ipv4=settings.translator_ipv4,
+                       run_dir=f"{run_dir}/agents/{h.name}/translator")
         for h in topo.hosts)
 
     plan = Plan(prefix=prefix, run_dir=run_dir, settings=settings, topology=topo,

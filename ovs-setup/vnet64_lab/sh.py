@@ -7,30 +7,21 @@ Nothing here ever touches the root namespace's network: every ``ip`` call is
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 
+# The generic helpers are the node agent's (one implementation): the lab runs the same
+# commands a host does, plus its own namespaces.
+from vnet64.node.sh import (CommandError, netns_list, netns_pids, proc_alive, read_pid,  # noqa: F401
+                            run, tool, wait_for)
+from vnet64.node import sh as _node_sh
 
-class LabError(RuntimeError):
-    pass
-
+# Lab failures; the same class as the node agent's command errors, so an error raised by
+# a shared helper is a LabError too.
+LabError = CommandError
 
 TOOLS = ("ip", "ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-appctl", "ovs-ofctl",
-         "tayga", "ethtool", "sysctl", "nft")
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}", f"/sbin/{name}")
-         if os.access(p, os.X_OK)), None)
-    if not path:
-        raise LabError(f"{name} not found (Debian: apt-get install openvswitch-switch tayga "
-                       f"iproute2 ethtool procps)")
-    return path
-
+         "tayga", "ethtool", "sysctl", "nft", "nsenter")
 
 # vnet64's build of ovs-vswitchd (scripts/build-ovs.sh: the system's OVS with the
 # patches in ovs-setup/patches/); VNET64_OVS_VSWITCHD names another binary.
@@ -63,75 +54,20 @@ def check_tools() -> None:
         tool(name)
 
 
-def run(args: list[str], env: Mapping[str, str] | None = None, check: bool = True,
-        input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **env} if env else None
-    proc = subprocess.run(args, check=False, capture_output=True, text=True, env=full_env, input=input,
-                          timeout=timeout)
-    if check and proc.returncode:
-        raise LabError(f"{' '.join(args)} failed ({proc.returncode}): "
-                       f"{proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
-
-
 def ip(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run([tool("ip"), "-n", ns, *args], check=check)
+    return _node_sh.ip_ns(ns, *args, check=check)
 
 
 def ip_batch(ns: str, lines: Iterable[str], family: str | None = None) -> None:
     """Several ``ip`` commands in one process, all inside ``ns`` (``family``: "-4"/"-6")."""
-    text = "\n".join(lines) + "\n"
-    if text.strip():
-        run([tool("ip"), *([family] if family else []), "-n", ns, "-batch", "-"], input=text)
+    _node_sh.ip_batch(ns, lines, family)
 
 
 def in_ns(ns: str, args: list[str], env: Mapping[str, str] | None = None,
           check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    return run([tool("ip"), "netns", "exec", ns, *args], env=env, check=check, timeout=timeout)
+    return _node_sh.in_ns(ns, args, env=env, check=check, timeout=timeout)
 
 
 def sysctl(ns: str, settings: Mapping[str, str | int]) -> None:
     """Write sysctls of ``ns`` (the net.* tree is per namespace)."""
-    in_ns(ns, [tool("sysctl"), "-q", "-w", *(f"{k}={v}" for k, v in settings.items())])
-
-
-def netns_list() -> list[str]:
-    out = run([tool("ip"), "netns", "list"]).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def netns_pids(ns: str) -> list[int]:
-    proc = run([tool("ip"), "netns", "pids", ns], check=False)
-    return [int(p) for p in proc.stdout.split() if p.isdigit()]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.01) -> object:
-    """Poll ``predicate`` until it returns something true; raise LabError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise LabError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-        interval = min(interval * 1.5, 0.2)
-
-
-def proc_alive(pid: int, comm: str | None = None) -> bool:
-    """True for a live, non-zombie process (whose command is ``comm`` when given)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    name = stat[stat.index("(") + 1:stat.rindex(")")]
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state != "Z" and (comm is None or name == comm[:15])
-
-
-def read_pid(pidfile: str | Path) -> int | None:
-    try:
-        return int(Path(pidfile).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
+    _node_sh.sysctl(settings, ns)

@@ -62,7 +62,8 @@ def test_geneve_port_and_datapath(lab):
         node = OvsNode(n.name, n.ns, n.run_dir)
         dpif = node.appctl("dpif/show")
         assert "netdev@ovs-netdev" in dpif
-        assert "geneve0 1/" in dpif and "(geneve: key=flow, remote_ip=flow)" in dpif, dpif
+        assert "geneve0 1/" in dpif and \
+            f"(geneve: key=flow, local_ip={n.underlay_ip.ip}, remote_ip=flow)" in dpif, dpif
         neigh = node.appctl("tnl/neigh/show")
         for other in plan.nodes:
             if other.name != n.name:
@@ -248,7 +249,7 @@ def test_cli_capture(lab):
     n = plan.nodes[0]
     other = plan.nodes[1]
     proc = subprocess.Popen([*LAB_CLI, "--prefix", TEST_PREFIX, "--run-dir", TEST_RUN_DIR,
-                             "capture", n.name, "br-phy", "-c", "1", "icmp"],
+                             "capture", n.name, "br-phy", "-c", "1", "icmp[icmptype] = icmp-echo"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def captured() -> bool:

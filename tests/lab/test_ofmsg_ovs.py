@@ -79,7 +79,7 @@ class OvsSandbox:
         """A netdev bridge, fail-mode secure, OpenFlow 1.3; ports: name -> (ofport, type, options)."""
         api = self.node.connect()
         try:
-            api.run(EnsureBridge(api, name, fail_mode="secure", protocols=["OpenFlow13"],
+            api.run(EnsureBridge(api, name, datapath_type="netdev", fail_mode="secure", protocols=["OpenFlow13"],
                                  controllers=controllers))
             for port, (ofport, kind, options) in (ports or {}).items():
                 api.run(EnsurePort(api, name, port, type=kind, options=options,

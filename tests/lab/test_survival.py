@@ -161,9 +161,9 @@ def tcp_ok(plan, addr: str, vm: str) -> None:
 
 def restart_vswitchd(plan, node: str) -> tuple[int, int]:
     """Stop a node's ovs-vswitchd by its pidfile and start it again the way the lab does
-    (same database, so same bridges and ports; every flow is gone), then redo what
-    ``Lab._node`` does after the daemons: underlay address and links up, tunnel
-    neighbours seeded, underlay route learned."""
+    (same database, so same bridges and ports; every flow is gone). The node's agent
+    notices and redoes the kernel side (underlay address on br-phy's new tap, links up,
+    tunnel neighbours seeded); the new vswitchd learns the underlay route."""
     n = plan.node(node)
     ovs = ovs_node(plan, node)
     old = ovs.pid("ovs-vswitchd")
@@ -173,14 +173,13 @@ def restart_vswitchd(plan, node: str) -> tuple[int, int]:
     assert new and new != old
     sh.wait_for(lambda: sh.run([sh.tool("ovs-ofctl"), "show", "br-phy"], env=ovs.env(),
                                check=False).returncode == 0, 10, f"br-phy in {node}'s new vswitchd")
-    sh.ip_batch(n.ns, [f"addr replace {n.underlay_ip} dev br-phy", "link set br-phy up",
-                       "link set br-int up"])
-    for other in plan.nodes:
-        if other.name != node:
-            ovs.appctl("tnl/neigh/set", "br-phy", str(other.underlay_ip.ip), other.underlay_mac)
     net = str(plan.settings.underlay_cidr)
     sh.wait_for(lambda: net in ovs.appctl("ovs/route/show", check=False), 10,
                 f"the underlay route in {node}'s new vswitchd")
+    peers = [str(o.underlay_ip.ip) for o in plan.nodes if o.name != node]
+    sh.wait_for(lambda: all(p in ovs.appctl("tnl/neigh/show", check=False) for p in peers), 10,
+                f"{node}'s agent to seed the new vswitchd's tunnel neighbours")
+    assert str(n.underlay_ip) in sh.ip(n.ns, "-4", "addr", "show", "dev", "br-phy").stdout
     return old, new
 
 

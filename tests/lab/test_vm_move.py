@@ -1,15 +1,17 @@
-"""NB-driven (issue 4): a VM moving host takes effect without a controller restart.
+"""Live migration (issue 16): a VM whose port appears on another host is followed there,
+with no command.
 
-b-vm1 moves from host1 to host2 (where svc1 lives) and back. The lab rewires the
-VM's namespace to the new host's br-int (old port and veth deleted; a new veth,
-the port added through ovsdbapp as the lab does, same MAC, address and MTU), then
-the NB is told (``move_vm``, what ``vnet64 vm move`` calls). svc1 must reach b-vm1
-through the new host at once: the appliance rewrites the outer destination to
-the new host, which allocates the pair and translates; the old host forgets
-the VM and its pairs. a-vm1, on host1 all along, keeps its open connection.
+b-vm1 moves from host1 to host2 (where svc1 lives) and back, as a hypervisor migrates
+it: its port goes from the old host's br-int, and a new one - under a name the new
+hypervisor chose (``vnet9``), carrying only ``iface-id`` and ``attached-mac`` - appears
+on the new host's, same MAC, address and MTU inside the VM. Nobody calls ``vm move``:
+the new host's node agent binds the port, the VM's host and host mapping follow the
+binding, the appliance rewrites the outer destination to the new host, which allocates
+the pair and translates; the old host forgets the VM and its pairs. a-vm1, on host1 all
+along, keeps its open connection.
 
-The time from the NB write to the first answer of b-vm1 is measured with a UDP
-probe sending every 20 ms and printed (not asserted).
+The time from the new port's appearance to b-vm1's first answer is measured with a UDP
+probe sending every 20 ms and printed (not asserted; the aim is 2 s, docs/node.md).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from vnet64_lab.traffic import (A6, B6, LINE_PORT, PLATFORM_IP, SVC1, TCP_PORT, 
 
 from tests.lab.conftest import ROOT, Capture, need_lab
 from vnet64.nb import api as nbapi
-from vnet64.ports import vif_port
 
 VM = "b-vm1"
 
@@ -78,50 +79,58 @@ def a_session(platform):
     s.close()
 
 
-def rewire(plan, vm: str, old_host: str, new_host: str) -> None:
-    """Move a VM namespace's link from ``old_host``'s br-int to ``new_host``'s, like the
-    lab builds it: veth created in the node namespace with its peer in the VM's,
-    TX offload off, the port added through ovsdbapp with the same external_ids."""
-    v = next(v for v in plan.vifs if v.name == vm)
-    port = vif_port("vm", vm)
-    old, new = ovs_node(plan, old_host), ovs_node(plan, new_host)
-    api = old.connect()
+PORTS = {"host1": "v-b-vm1"}      # b-vm1's port name on its current host
+
+
+def detach(plan, vm: str, host: str) -> None:
+    """The old hypervisor lets go of the VM: its port leaves br-int, its veth goes."""
+    port, node = PORTS.pop(host), ovs_node(plan, host)
+    api = node.connect()
     try:
         api.run(api.del_port(port, bridge="br-int", if_exists=False))
     finally:
         api.close()
-    sh.ip(old.ns, "link", "del", port)   # its peer, the VM's eth0, goes with it
-    sh.ip_batch(new.ns, [f"link add {port} mtu {v.mtu} type veth peer name eth0 mtu {v.mtu} netns {v.ns}",
-                         f"link set {port} up"])
-    sh.in_ns(new.ns, [sh.tool("ethtool"), "-K", port, "tx", "off"])
-    api = new.connect()
-    try:
-        api.run(EnsurePort(api, "br-int", port, external_ids={
-            "vnet64-kind": "vm", "iface-id": vm, "attached-mac": v.mac, "vnet64-vnet": v.vnet}))
-        new.wait_ports(api, [port])
-    finally:
-        api.close()
+    sh.ip(node.ns, "link", "del", port)   # its peer, the VM's eth0, goes with it
+
+
+def attach(plan, vm: str, host: str, port: str) -> None:
+    """The new hypervisor plugs the VM in, as libvirt does: a veth named by it, added to
+    br-int with iface-id and attached-mac only; the VM's side keeps its configuration."""
+    v = next(v for v in plan.vifs if v.name == vm)
+    node = ovs_node(plan, host)
+    sh.ip_batch(node.ns, [f"link add {port} mtu {v.mtu} type veth peer name eth0 mtu {v.mtu} "
+                          f"netns {v.ns}", f"link set {port} up"])
     sh.ip_batch(v.ns, [f"link set eth0 address {v.mac}", f"addr add {v.ipv4} dev eth0",
                        "link set eth0 up", f"route add default via {v.ipv4_gateway} dev eth0"])
     sh.in_ns(v.ns, [sh.tool("ethtool"), "-K", "eth0", "tx", "off"])
+    api = node.connect()
+    try:
+        api.run(EnsurePort(api, "br-int", port, external_ids={"iface-id": vm,
+                                                               "attached-mac": v.mac}))
+        node.wait_ports(api, [port])
+    finally:
+        api.close()
+    PORTS[host] = port
 
 
-def move_and_measure(plan, nb, vm: str, addr: str, host: str) -> float:
-    """``move_vm`` with a UDP probe running; seconds from the NB write to the VM's first answer."""
+def migrate_and_measure(plan, vm: str, addr: str, old_host: str, new_host: str) -> float:
+    """The migration with a UDP probe running; seconds from the new port's appearance to
+    the VM's first answer."""
+    detach(plan, vm, old_host)
     probe = subprocess.Popen([sh.tool("ip"), "netns", "exec", ns_of(plan, "svc1"), sys.executable,
                               "-c", PROBE, addr, str(UDP_PORT), vm, "15"],
                              stdout=subprocess.PIPE, text=True)
     try:
         assert probe.stdout.readline().strip() == "ready"
         t0 = time.time()
-        assert nb.move_vm(vm, host)["host"] == host
+        attach(plan, vm, new_host, "vnet9" if new_host == "host2" else "vnet3")
         out = json.loads(probe.stdout.readline())
     finally:
         if probe.poll() is None:
             probe.kill()   # our own child, by its pid
         probe.wait(5)
     assert "error" not in out, f"{vm} never answered after the move: {out}\n{controller_log_tail(plan)}"
-    assert out["at"] > t0, f"{vm} answered before the NB knew of the move: {out}"
+    assert out["at"] > t0, f"{vm} answered before its port existed: {out}"
     return out["at"] - t0
 
 
@@ -169,12 +178,16 @@ def test_before_the_move_b_vm1_is_reached_on_host1(platform, a_session):
 
 @pytest.mark.parametrize("old_host, new_host", [("host1", "host2"), ("host2", "host1")],
                          ids=["to-host2", "back-to-host1"])
-def test_a_moved_vm_is_reached_on_its_new_host_at_once(platform, nb, a_session, old_host, new_host):
+def test_a_migrated_vm_is_followed_to_its_new_host_with_no_command(platform, nb, a_session,
+                                                                    old_host, new_host):
     lab, plan = platform
-    rewire(plan, VM, old_host, new_host)
-    seconds = move_and_measure(plan, nb, VM, B6, new_host)
-    print(f"\n{VM} {old_host} -> {new_host}: first answer {seconds * 1000:.0f} ms after the NB write")
+    seconds = migrate_and_measure(plan, VM, B6, old_host, new_host)
+    print(f"\n{VM} {old_host} -> {new_host}: first answer {seconds * 1000:.0f} ms after its "
+          f"port appeared on {new_host}")
 
+    assert wait_for(lambda: nb.vm_info(VM)["host"] == new_host, 5), nb.vm_info(VM)
+    binding = nb.vm_info(VM)["binding"]
+    assert (binding["node"], binding["port"]) == (new_host, PORTS[new_host]), binding
     assert_reached_through(plan, VM, B6, new_host, old_host)
     name, seen, _, _ = answer(client(plan, "udp", B6, UDP_PORT, "udp-after-move"))
     assert (name, seen) == (VM, PLATFORM_IP)
@@ -187,3 +200,6 @@ def test_a_moved_vm_is_reached_on_its_new_host_at_once(platform, nb, a_session, 
     assert_a_vm1_unaffected(plan, a_session, STATE, f"after-{new_host}")
     log = controller_log(lab).read_text()
     assert "Traceback" not in log and " ERROR " not in log, log[-4000:]
+    agent = (lab.agent_dir(new_host) / "agent.log").read_text()
+    assert f"bound vm {VM} to port {PORTS[new_host]} (ofport" in agent, agent[-2000:]
+    assert f"moved from {old_host}" in agent, agent[-2000:]

@@ -164,6 +164,12 @@ class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
         """
         return self.run(cmd.BindPortCommand(self, node, logical_port, port, mac, ofport))[0]
 
+    def bind_ports(self, node: str, ports: Iterable[tuple[str, str, str, int | None]]) -> list[dict]:
+        """Several ``bind_port`` (logical port, port, mac, ofport) in one transaction: all
+        or none (a node agent binding a host's ports at start)."""
+        return self.run(*[cmd.BindPortCommand(self, node, lport, port, mac, ofport)
+                          for lport, port, mac, ofport in ports])
+
     def unbind_port(self, node: str, logical_port: str) -> bool:
         """Delete ``logical_port``'s binding if it is bound to ``node``; a binding to
         another node (the VM migrated) stays. Returns whether it deleted one."""

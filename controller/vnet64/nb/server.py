@@ -20,6 +20,7 @@ of the members' client remotes and the IDL finds the leader.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -30,6 +31,21 @@ from pathlib import Path
 
 SCHEMA_PATH = Path(__file__).with_name("vnet64_nb.ovsschema")
 SCHEMA_NAME = "VNet64_Northbound"
+# vnet64-lab's default run directory: its NB is <dir>/nb (nb.sock) while its state says
+# "up". The vnet64 CLI uses that NB when it is given none and no embedded run dir.
+LAB_RUN_DIR = "/run/vnet64-lab"
+
+
+def running_lab_nb(run_dir: str | Path | None = None) -> str | None:
+    """The NB remote of a lab that is up under ``run_dir`` (default $VNET64_LAB_RUN_DIR or
+    LAB_RUN_DIR), else None."""
+    base = Path(run_dir or os.environ.get("VNET64_LAB_RUN_DIR") or LAB_RUN_DIR)
+    try:
+        state = json.loads((base / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    sock = base / "nb" / "nb.sock"
+    return f"unix:{sock}" if state.get("phase") == "up" and sock.exists() else None
 DEFAULT_RUN_DIR = "/var/lib/vnet64"
 
 

@@ -1,0 +1,148 @@
+"""vnet64-node: bring this host (or the SDN appliance) up from the NB and keep it so.
+
+    vnet64-node --nb REMOTE [--name NODE] [--datapath system|netdev] [--uplink IFACE]
+    vnet64-node cleanup [--name NODE] [--nb REMOTE]
+
+Without a subcommand the agent runs until SIGTERM/SIGINT: it reads its node's row from
+the NB (REMOTE: unix:PATH, tcp:IP:PORT or a comma-separated list of Raft members; env
+VNET64_NB), brings the node's Open vSwitch up (br-int, the Geneve port, br-phy on the
+userspace datapath, conntrack timeout policies, on hosts the translator namespace with
+TAYGA) and keeps it converged, binding ports whose external_ids:iface-id names a VM or
+service endpoint of the NB. It waits for an NB that does not answer (retrying with
+backoff). Bad input - a node name not in the NB, a datapath id another bridge here
+uses, an underlay IP not on this host - is an error (exit status 2) before anything is
+changed. Stopping the agent leaves the node as it is: traffic keeps flowing, and a new
+agent adopts it without changing anything.
+
+cleanup removes what the agent of NODE made on this host (its bridges, conntrack
+policies, translator namespace and TAYGA, the NB bindings of its ports, the sysctls and
+the underlay address it moved, from its state file in --run-dir) and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from .. import helptext
+from ..nb.api import NbError
+from . import sh
+from .agent import DEFAULT_RUN_DIR, AgentError, Agent, Options, cleanup
+from .datapath import choose
+from .translator import DEFAULT_IPV4, DEFAULT_NETNS
+
+PROG = "vnet64-node"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nb", default=os.environ.get("VNET64_NB"), metavar="REMOTE",
+                   help="the NB: unix:PATH, tcp:IP:PORT or a comma-separated list of Raft "
+                        "members (default $VNET64_NB)")
+    p.add_argument("--name", default=socket.gethostname(),
+                   help="this node's name in the NB (default: the host name, %(default)s)")
+    p.add_argument("--datapath", choices=("system", "netdev"),
+                   help="Open vSwitch datapath type (default: system when the openvswitch "
+                        "kernel module is loaded, else netdev)")
+    p.add_argument("--ovs", metavar="REMOTE",
+                   help="the local Open vSwitch database (default unix:$OVS_RUNDIR/db.sock, "
+                        "OVS_RUNDIR defaulting to /var/run/openvswitch)")
+    p.add_argument("--translator-netns", default=DEFAULT_NETNS, metavar="NAME",
+                   help="network namespace of a host's translator (default %(default)s)")
+    p.add_argument("--run-dir", type=Path, default=Path(DEFAULT_RUN_DIR),
+                   help="state, status and TAYGA's files (default %(default)s)")
+    p.add_argument("--log-file", help="append the log to this file (default: standard error)")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="default %(default)s")
+
+
+def build_parser(cleanup_mode: bool) -> argparse.ArgumentParser:
+    if cleanup_mode:
+        p = argparse.ArgumentParser(prog=f"{PROG} cleanup",
+                                    description=helptext.paragraphs(__doc__, 3, 4))
+    else:
+        p = argparse.ArgumentParser(
+            prog=PROG, description=helptext.paragraphs(__doc__, 0, 1),
+            epilog=helptext.paragraphs(__doc__, 1),
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    if not cleanup_mode:
+        p.add_argument("--uplink", metavar="IFACE",
+                       help="netdev datapath: the NIC of the underlay, holding the node's "
+                            "underlay IP; it joins br-phy and the address moves to br-phy")
+        p.add_argument("--translator-ipv4", type=IPv4Address, default=DEFAULT_IPV4,
+                       help="TAYGA's own IPv4, the source of its ICMPv4 errors "
+                            "(default %(default)s)")
+        p.add_argument("--once", action="store_true",
+                       help="bring the node up, bind its ports and exit")
+    return p
+
+
+def setup_logging(level: str, log_file: str | None) -> None:
+    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("ovsdbapp", "ovs"):      # their INFO is connection chatter
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cleanup_mode = bool(argv) and argv[0] == "cleanup"
+    parser = build_parser(cleanup_mode)
+    args = parser.parse_args(argv[1:] if cleanup_mode else argv)
+    if not args.nb and not cleanup_mode:
+        parser.error("--nb REMOTE is required (or set VNET64_NB)")
+    setup_logging(args.log_level, args.log_file)
+    try:
+        opts = Options(name=args.name, nb=args.nb or "", datapath=choose(args.datapath),
+                       ovs=args.ovs, uplink=getattr(args, "uplink", None),
+                       translator_netns=args.translator_netns,
+                       translator_ipv4=getattr(args, "translator_ipv4", DEFAULT_IPV4),
+                       run_dir=args.run_dir)
+    except ValueError as exc:
+        parser.error(str(exc))
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        logging.getLogger("vnet64.node").info("%s received", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if cleanup_mode:
+        try:
+            done = cleanup(opts, stop, use_nb=bool(args.nb))
+        except (sh.CommandError, NbError) as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 1
+        for line in done:
+            print(f"removed {line}")
+        if not done:
+            print(f"nothing of node {opts.name} left on this host")
+        return 0
+    agent = Agent(opts)
+    try:
+        return agent.run(stop, once=args.once)
+    except AgentError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except (sh.CommandError, NbError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        agent.close()
+        logging.getLogger("vnet64.node").info("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
