@@ -9,6 +9,7 @@ The lab already runs one agent per node; here (prefix ``v64g-``):
   hosts within a second (the time is printed);
 - ``kill -9`` of host1's agent and a restart while a TCP connection runs: the
   connection goes on, and nothing was re-created (TAYGA, bridges, ports, bindings);
+- TAYGA killed: the agent starts it again and the translated path answers;
 - bad input: a node name not in the NB, a datapath id another bridge uses, an underlay
   IP not on the host - each an error with exit status 2 and nothing made; an NB that
   does not answer yet - the agent retries and brings the node up once it does.
@@ -218,6 +219,23 @@ def test_kill_9_and_restart_of_the_agent_disturbs_nothing(platform):
         assert "TAYGA started" not in log[-1] and "Traceback" not in agent_log(lab, "host1")
     finally:
         session.close()
+
+
+def test_a_dead_tayga_is_restarted_by_the_agent(platform):
+    """TAYGA is supervised: killed, it is started again (an ERROR line says so) and the
+    translated path answers again."""
+    lab, plan = platform
+    pidfile = Path(plan.translator("host1").run_dir) / "tayga.pid"
+    old = sh.read_pid(pidfile)
+    assert old and sh.proc_alive(old, "tayga")
+    os.kill(old, 9)                          # the TAYGA the agent started, by its pidfile
+    new = wait_for(lambda: (p := sh.read_pid(pidfile)) and p != old and sh.proc_alive(p, "tayga")
+                   and p, 10)
+    assert new, "TAYGA was not restarted"
+    assert "TAYGA is not running" in agent_log(lab, "host1")
+    assert wait_for(lambda: "error" not in client(plan, "tcp", A6, TCP_PORT, "again"), 10)
+    name, seen, _, payload = answer(client(plan, "tcp", A6, TCP_PORT, "after-tayga"))
+    assert (name, seen, payload) == ("a-vm1", PLATFORM_IP, "after-tayga")
 
 
 # ---------------------------------------------------------------------------
