@@ -38,8 +38,8 @@ PIP_TOOLS ?= pip-tools==7.7.0
 lock:
 	@rm -rf build/lock-venv && python3 -m venv build/lock-venv
 	@build/lock-venv/bin/pip install -q "$(PIP_TOOLS)"
-	build/lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
-	    --extra test --no-emit-index-url --no-emit-find-links --upgrade \
+	CUSTOM_COMPILE_COMMAND="make lock" build/lock-venv/bin/pip-compile -q --generate-hashes \
+	    --allow-unsafe --strip-extras --extra test --no-emit-index-url --no-emit-find-links --upgrade \
 	    -o requirements/lock.txt pyproject.toml requirements/lock.in
 	@rm -rf build/lock-venv
 

@@ -74,7 +74,7 @@ def _print_status(st: dict) -> None:
     for n in st["nodes"]:
         procs = " ".join(f"{d}={'pid ' + str(n[k]) if n[k] else 'DOWN'}"
                          for d, k in (("ovsdb-server", "ovsdb_server"),
-                                      ("ovs-vswitchd", "ovs_vswitchd")))
+                                      ("ovs-vswitchd", "ovs_vswitchd"), ("vnet64-node", "agent")))
         print(f"{n['name']} ({n['role']}) ns {n['namespace']}  underlay {n['underlay_ip']}  "
               f"mgmt {n['management_ip']}  {procs}")
         for name, br in sorted(n.get("bridges", {}).items()):

@@ -584,7 +584,7 @@ def demo(lab: Lab, topology: Path, keep: bool, endpoint: str | None, only_vms: l
         stack.callback(signal.signal, signal.SIGINT, sigint)
         if lab.state() or lab.namespaces():
             say(f"taking down the lab that is up under prefix {lab.prefix} first")
-        say("bringing the lab up (namespaces, OVS per node, NB, controller, TAYGA)...")
+        say("bringing the lab up (namespaces, NB, controller, OVS and the node agent per node)...")
         lab_, plan = stack.enter_context(T.running_platform(lab, topology, keep=keep))
         # Last in, first out: no Ctrl-C while the lab is being taken down.
         stack.callback(signal.signal, signal.SIGINT, signal.SIG_IGN)

@@ -47,6 +47,7 @@ def test_every_node_runs_vswitchd_with_br_int_on_netdev(lab):
         st = by_name[node.name]
         assert sh.proc_alive(st["ovs_vswitchd"], "ovs-vswitchd"), f"{node.name}: no vswitchd"
         assert sh.proc_alive(st["ovsdb_server"], "ovsdb-server"), f"{node.name}: no ovsdb-server"
+        assert sh.proc_alive(st["agent"], "vnet64-node"), f"{node.name}: no node agent"
         br_int, br_phy = st["bridges"]["br-int"], st["bridges"]["br-phy"]
         assert br_int["datapath_type"] == "netdev"
         assert br_phy["datapath_type"] == "netdev"
@@ -229,6 +230,7 @@ def test_cli_status_exec_flows(lab, test_flows):
     st = _cli("status")
     assert st.returncode == 0, st.stderr
     assert "controller: not installed" in st.stdout or "controller: running" in st.stdout
+    assert st.stdout.count("vnet64-node=pid ") == len(plan.nodes), st.stdout
     data = json.loads(_cli("status", "--json").stdout)
     assert {n["name"] for n in data["nodes"]} == {n.name for n in plan.nodes}
     vm = next(v for v in plan.vifs if v.kind == "vm")

@@ -215,8 +215,12 @@ def test_kill_9_and_restart_of_the_agent_disturbs_nothing(platform):
         assert [x[0] for x in (first, mid, after_restart)] == ["a-vm1"] * 3
         assert first[2] == mid[2] == after_restart[2], "the connection was re-NATed"
         assert snapshot(plan, lab) == before, "the restarted agent re-created something"
-        log = agent_log(lab, "host1").split(f"node host1 is up")[-2:]
-        assert "TAYGA started" not in log[-1] and "Traceback" not in agent_log(lab, "host1")
+        log = agent_log(lab, "host1")
+        restart = log[log.rindex("bringing it up"):]         # what the new agent did
+        assert "node host1 is up" in restart, restart
+        for changed in ("translator:", "TAYGA running", "bound ", "moved", "conntrack"):
+            assert changed not in restart, f"the restarted agent changed something:\n{restart}"
+        assert "Traceback" not in agent_log(lab, "host1")
     finally:
         session.close()
 

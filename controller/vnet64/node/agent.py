@@ -134,6 +134,7 @@ class Agent:
         # whose logical port went elsewhere does not take it back. None until the first scan.
         self.seen_ifaces: set[str] | None = None
         self.switch_pid: int | None = None     # ovs-vswitchd's, to notice a restart
+        self.translator_settings: tuple | None = None   # (prefix, ipv4) last applied
         self._seen = (None, None)
 
     # -- connections --------------------------------------------------------
@@ -259,11 +260,16 @@ class Agent:
             self.save_state(sysctl_before=new_before)
         sh.sysctl(changes)
 
-    def converge(self, uplink: config.Uplink | None) -> None:
-        """Bring the node to what the NB says (idempotent)."""
+    def converge(self, uplink: config.Uplink | None, full: bool = False) -> None:
+        """Bring the node to what the NB says (idempotent). ``full`` (at start, after
+        ovs-vswitchd restarted) also redoes the kernel side - sysctls, the translator
+        namespace, the underlay address; otherwise the translator is redone only when
+        the NB's settings for it changed (re-applying it on every NB change would, for
+        one, reset its nftables counters)."""
         facts = self.facts
         dp = self.o.datapath
-        self.set_sysctls(config.sysctls(dp, uplink))
+        if full:
+            self.set_sysctls(config.sysctls(dp, uplink))
         system_ids = config.system_external_ids(facts)
         have = dict(self.ovs._ovs.external_ids)
         ours = [k for k in system_ids if k not in have]
@@ -280,7 +286,12 @@ class Agent:
             self.translator = self.translator or Translator(
                 facts.name, self.o.translator_netns, self.o.run_dir / "translator",
                 translator_mac(facts.name), mtu, dp.veth_tx_offload_off)
-            self.translator.ensure(self.platform_prefix(), self.o.translator_ipv4)
+            settings = (self.platform_prefix(), self.o.translator_ipv4)
+            if full or settings != self.translator_settings:
+                changed = self.translator.ensure(*settings)
+                if changed:
+                    LOG.info("translator: %s", ", ".join(changed))
+                self.translator_settings = settings
         commands += [EnsurePort(self.ovs, **p) for p in ports]
         if facts.role == "host":
             zones = config.ct_zones(facts.role, [v.ct_zone for v in self.nb.tables["VNet"].rows.values()])
@@ -298,7 +309,7 @@ class Agent:
         errors = port_errors(self.ovs, names)[1]
         if errors:
             raise AgentError("; ".join(f"interface {n}: {e}" for n, e in errors.items()))
-        if uplink is not None:
+        if uplink is not None and full:
             self.move_underlay(uplink)
 
     def underlay_mtu(self, ip: IPv4Address) -> int:
@@ -456,7 +467,7 @@ class Agent:
         LOG.info("node %s (%s, %s datapath, underlay %s): bringing it up", self.facts.name,
                  self.facts.role, self.o.datapath.name, self.facts.underlay_ip)
         self.switch_pid = self.vswitchd_pid()
-        self.converge(uplink)
+        self.converge(uplink, full=True)
         self.bind_ports()
         self.seed_neighbours()
         self.write_status(phase="up")
@@ -494,7 +505,7 @@ class Agent:
                     LOG.info("node %s changed in the NB", facts.name)
                     self.seeded &= set(facts.peers)
                     self.facts = facts
-            self.converge(uplink)
+            self.converge(uplink, full=restarted)
             self.bind_ports()
             self._seen = self._seqnos()     # our own writes are not news
         self.seed_neighbours()

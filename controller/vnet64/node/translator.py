@@ -200,7 +200,11 @@ class Translator:
         if not sh.link_exists(TUN, ns):
             sh.in_ns(ns, [sh.tool("tayga"), "--mktun", "-c", str(self.conf_path)])
             changed.append(f"tun {TUN}")
-        sh.in_ns(ns, [sh.tool("nft"), "-f", "-"], input=nft_ruleset())
+        have = {f: sh.in_ns(ns, [sh.tool("nft"), "list", "table", f, NFT_TABLE],
+                            check=False).returncode == 0 for f in ("ip", "netdev")}
+        if not all(have.values()):    # replaced whole; left alone when there (its counters)
+            sh.in_ns(ns, [sh.tool("nft"), "-f", "-"], input=nft_ruleset())
+            changed.append("nftables")
         sh.ip_batch(ns, [f"link set {NS_IF} up", f"link set {TUN} mtu {self.mtu} up"])
         for fam in ("-4", "-6"):
             shown = json.loads(sh.ip_ns(ns, "-j", fam, "rule", "show").stdout or "[]")
