@@ -346,11 +346,16 @@ def test_cleanup_removes_what_the_agent_made_and_only_that(scratch, tmp_path):
             api.close()
         sh.run([sh.tool("ovs-vsctl"), f"--db={node.remote}", "add-br", "br-mine", "--", "set",
                 "Bridge", "br-mine", "datapath_type=netdev"])
+        vsctl_root = [sh.tool("ovs-vsctl"), f"--db={node.remote}"]
+        sh.run([*vsctl_root, "set", "Open_vSwitch", ".", "external_ids:system-id=chassis-7"])
         run_dir = tmp_path / "run"
         proc = run_agent(ns, node, server.remote, "app2", run_dir)
         assert proc.returncode == 0, proc.stderr
         assert bridges(node) == ["br-int", "br-mine", "br-phy"]
         assert "192.168.99.11/24" in sh.ip(ns, "-4", "addr", "show", "dev", "br-phy").stdout
+        ids = sh.run([*vsctl_root, "get", "Open_vSwitch", ".", "external_ids"]).stdout
+        assert "system-id=chassis-7" in ids and "vnet64-role=appliance" in ids, \
+            "the agent overwrote an operator's system-id"
         proc = run_agent(ns, node, server.remote, "app2", run_dir)     # again: idempotent
         assert proc.returncode == 0, proc.stderr
         proc = sh.run([sh.tool("nsenter"), f"--net=/run/netns/{ns}", "--", AGENT, "cleanup",
@@ -360,5 +365,9 @@ def test_cleanup_removes_what_the_agent_made_and_only_that(scratch, tmp_path):
         assert "removed bridge br-int" in proc.stdout and "removed bridge br-phy" in proc.stdout
         assert bridges(node) == ["br-mine"], "cleanup removed a bridge it did not make"
         assert "192.168.99.11/24" in sh.ip(ns, "-4", "addr", "show", "dev", "ul0").stdout
+        ids = sh.run([*vsctl_root, "get", "Open_vSwitch", ".", "external_ids"]).stdout
+        assert "system-id=chassis-7" in ids and "vnet64-role" not in ids and "hostname" not in ids, ids
+        other = sh.run([*vsctl_root, "get", "Open_vSwitch", ".", "other_config"]).stdout
+        assert "userspace-tso-enable" not in other, other
     finally:
         server.stop()

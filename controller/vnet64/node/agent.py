@@ -270,15 +270,21 @@ class Agent:
         dp = self.o.datapath
         if full:
             self.set_sysctls(config.sysctls(dp, uplink))
-        system_ids = config.system_external_ids(facts)
-        have = dict(self.ovs._ovs.external_ids)
-        ours = [k for k in system_ids if k not in have]
-        if ours:
-            self.save_state(system_ids_set=sorted(set(self.state().get("system_ids_set", [])) | set(ours)))
+        # system-id and hostname only where nobody set them (an OVN chassis has its own);
+        # what the agent adds is recorded for cleanup
+        root = self.ovs._ovs
+        have_ids, have_other = dict(root.external_ids), dict(root.other_config)
+        ids = {k: v for k, v in config.system_external_ids(facts).items()
+               if k not in have_ids or k == "vnet64-role"}
+        other = {k: v for k, v in dp.other_config.items() if k not in have_other}
+        state = self.state()
+        set_ids = sorted(set(state.get("system_ids_set", [])) | {k for k in ids if k not in have_ids})
+        set_other = sorted(set(state.get("other_config_set", [])) | set(other))
+        if (set_ids, set_other) != (state.get("system_ids_set", []), state.get("other_config_set", [])):
+            self.save_state(system_ids_set=set_ids, other_config_set=set_other)
         mtu = (config.overlay_mtu(uplink.mtu) if uplink else
                config.overlay_mtu(self.underlay_mtu(facts.underlay_ip)))
-        commands: list[Any] = [SetSystem(self.ovs, external_ids=system_ids,
-                                         other_config=dp.other_config)]
+        commands: list[Any] = [SetSystem(self.ovs, external_ids=ids, other_config=other)]
         commands += [EnsureBridge(self.ovs, **b) for b in config.bridges(facts, dp, mtu, uplink)]
         ports = config.ports(facts, dp, uplink)
         if facts.role == "host":
@@ -539,7 +545,8 @@ def cleanup(opts: Options, stop: threading.Event | None = None, use_nb: bool = T
             if ovs.run(DeleteBridge(ovs, br, opts.name))[0]:
                 done.append(f"bridge {br}")
         keys = state.get("system_ids_set", []) + ["vnet64-role"]
-        ovs.run(SetSystem(ovs, external_ids={k: None for k in keys}))
+        ovs.run(SetSystem(ovs, external_ids={k: None for k in keys},
+                          other_config={k: None for k in state.get("other_config_set", [])}))
     finally:
         ovs.close()
     done += Translator(opts.name, state.get("translator_netns") or opts.translator_netns,
