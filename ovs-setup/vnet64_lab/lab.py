@@ -307,13 +307,17 @@ class Lab:
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         (d / "agent.pid").write_text(f"{proc.pid}\n")
         if wait:
+            def tail() -> str:
+                return " | ".join((d / "agent.log").read_text().strip().splitlines()[-8:])
+
             def up() -> bool:
                 if proc.poll() is not None:
-                    tail = (d / "agent.log").read_text().strip().splitlines()[-5:]
-                    raise LabError(f"{n.name}: {AGENT} exited ({proc.returncode}): "
-                                   + " | ".join(tail))
+                    raise LabError(f"{n.name}: {AGENT} exited ({proc.returncode}): {tail()}")
                 return (d / AGENT_STATUS_FILE).exists()
-            sh.wait_for(up, 30, f"{n.name}'s {AGENT} to bring the node up")
+            try:
+                sh.wait_for(up, 60, f"{n.name}'s {AGENT} to bring the node up")
+            except LabError as exc:
+                raise LabError(f"{exc}; its log ends: {tail()}") from None
         return proc.pid
 
     def restart_agent(self, node: str, wait: bool = True) -> int:

@@ -141,12 +141,11 @@ class Agent:
 
     def connect_nb(self, stop: threading.Event) -> nb_api.NbApi:
         """The NB, retried with backoff until it answers (or ``stop``)."""
-        attempt = 0
+        attempt, t0 = 0, time.monotonic()
         while not stop.is_set():
             try:
-                api = nb_api.connect(self.o.nb, timeout=5)
-                if attempt:
-                    LOG.info("the NB at %s answers", self.o.nb)
+                api = nb_api.connect(self.o.nb, timeout=10)
+                LOG.info("connected to the NB at %s (%.1f s)", self.o.nb, time.monotonic() - t0)
                 return api
             except nb_api.NbUnavailable as exc:
                 wait = BACKOFF[min(attempt, len(BACKOFF) - 1)]
@@ -159,7 +158,7 @@ class Agent:
         attempt = 0
         while not stop.is_set():
             try:
-                return connect(self.o.ovs, timeout=5)
+                return connect(self.o.ovs, timeout=10)
             except Exception as exc:   # ovsdbapp wraps socket errors and timeouts
                 wait = BACKOFF[min(attempt, len(BACKOFF) - 1)]
                 LOG.warning("cannot reach the local Open vSwitch database at %s (%s); "
@@ -473,7 +472,9 @@ class Agent:
         LOG.info("node %s (%s, %s datapath, underlay %s): bringing it up", self.facts.name,
                  self.facts.role, self.o.datapath.name, self.facts.underlay_ip)
         self.switch_pid = self.vswitchd_pid()
+        t0 = time.monotonic()
         self.converge(uplink, full=True)
+        LOG.debug("converged in %.2f s", time.monotonic() - t0)
         self.bind_ports()
         self.seed_neighbours()
         self.write_status(phase="up")
