@@ -191,10 +191,18 @@ def test_ctrl_c_takes_the_lab_down():
     need_lab()
     lab = Lab(PREFIX, RUN_DIR)
     lab.down()
-    proc = subprocess.Popen([sys.executable, "-m", "vnet64_lab.demo", "--prefix", PREFIX,
-                             "--run-dir", RUN_DIR, str(TOPOLOGY)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    # As a terminal's foreground job: SIGINT at its default, even when this suite runs as
+    # a background job (its shell started it with SIGINT ignored, and an ignored signal
+    # is inherited: the demo would never see the Ctrl-C). A handled signal is reset to
+    # its default in the child, so the demo starts with SIGINT handled here for a moment.
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "vnet64_lab.demo", "--prefix", PREFIX,
+                                 "--run-dir", RUN_DIR, str(TOPOLOGY)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     try:
         seen = ""
         deadline = time.monotonic() + 60
