@@ -21,20 +21,40 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from vnet64_lab import Lab
 
 from tests.lab.conftest import ROOT, need_lab
 
 PREFIX, RUN_DIR = "v64k-", "/run/vnet64-lab-k"
 
 
+def log_tails(run_dir: str, lines: int = 15) -> str:
+    """The end of the lab's controller and agent logs (what a hung run was doing)."""
+    out = []
+    for log in sorted(Path(run_dir).glob("ctl/controller.log")) + sorted(
+            Path(run_dir).glob("agents/*/agent.log")):
+        text = log.read_text(errors="replace").strip().splitlines()[-lines:]
+        out.append(f"== {log}\n" + "\n".join(text))
+    return "\n".join(out) or f"(no logs under {run_dir})"
+
+
 def run_quick(script: str, tmp_path) -> tuple[dict, str]:
     out = tmp_path / f"{script}.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--quick", "--prefix", PREFIX,
-         "--run-dir", RUN_DIR, "--json", str(out)],
-        capture_output=True, text=True, timeout=240, cwd=ROOT)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--quick", "--prefix",
+             PREFIX, "--run-dir", RUN_DIR, "--json", str(out)],
+            capture_output=True, text=True, timeout=240, cwd=ROOT)
+    except subprocess.TimeoutExpired as exc:
+        # a hang guard, not a timing: say what the lab was doing, then take it down
+        tails = log_tails(RUN_DIR)
+        Lab(PREFIX, RUN_DIR).down()
+        pytest.fail(f"{script} --quick did not finish in {exc.timeout:g} s:\n"
+                    f"{(exc.stdout or b'')[-3000:]!r}\n{tails}")
     assert proc.returncode == 0, f"{script} --quick failed ({proc.returncode}):\n" \
                                  f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return json.loads(out.read_text()), proc.stdout

@@ -487,6 +487,10 @@ class Agent:
                 self.step(uplink)
             except (AgentError, sh.CommandError, nb_api.NbError) as exc:
                 LOG.error("%s", exc)
+                self._seen = (None, None)        # try the whole step again next round
+            except Exception:                    # noqa: BLE001 - the agent must outlive a bad round
+                LOG.exception("unexpected error while converging; trying again")
+                self._seen = (None, None)
         return 0
 
     def _seqnos(self) -> tuple[int, int]:
