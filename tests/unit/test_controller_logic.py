@@ -154,9 +154,9 @@ def test_unsubscribe_removes_the_pair_and_the_vm_steering(model):
     d = dpid(model, "host1")
     logic.switch_connected(d, HOST1_PORTS)
     logic.packet_in(d, HOST_TABLES.id("pair"), 1, frame(SVC1, A_VM1))
-    vms = tuple(dataclasses.replace(v, services=frozenset()) if v.name == "a-vm1" else v
-                for v in model.vms)
-    current["model"] = dataclasses.replace(model, vms=vms, _index={})
+    changed = model.copy()
+    changed.put_vm(dataclasses.replace(model.vm("a-vm1"), services=frozenset()))
+    current["model"] = changed
     msgs = logic.nb_changed()[d]
     assert DeleteFlows(cookie("host", "pair", 1), 0xFFFFFFFFFFFFFFFF) in msgs
     deleted = [m for m in msgs if isinstance(m, DeleteStrict)]

@@ -79,8 +79,12 @@ class Logic:
     def __init__(self, load_model: Callable[[], Model], packet_in_rate: int = DEFAULT_PACKET_IN_RATE,
                  clock: Callable[[], float] = time.monotonic,
                  error_punt_rate: int = DEFAULT_ERROR_PUNT_RATE,
-                 snat_ports: tuple[int, int] = customer.PORT_RANGE, path_mtu: int | None = None):
+                 snat_ports: tuple[int, int] = customer.PORT_RANGE, path_mtu: int | None = None,
+                 node: str | None = None):
+        """``node``: serve only that node's switch (a controller per node); None: every
+        node of the NB (one central controller)."""
         self._load_model = load_model
+        self.only_node = node
         self._clock = clock
         self._last_summary = float("-inf")
         self._last_refusal_log: dict[str, float] = {}
@@ -98,6 +102,10 @@ class Logic:
         node = self.model.node_by_dpid(dpid)
         if node is None:
             LOG.warning("switch %016x is not a node of the NB; leaving it alone", dpid)
+            return None
+        if self.only_node is not None and node.name != self.only_node:
+            LOG.warning("switch %016x is %s's, not %s's: this controller serves only %s; "
+                        "leaving it alone", dpid, node.name, self.only_node, self.only_node)
             return None
         ports = self._ports(node, port_names)
         sw = Switch(dpid, node, ports, tables_for(node.role), port_names=dict(port_names))

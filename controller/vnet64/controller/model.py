@@ -66,57 +66,166 @@ class Binding:
 
 
 @dataclass(frozen=True)
-class Model:
-    platform_ip: IPv4Address
-    translator_prefix: IPv6Network
-    appliance: str | None
-    nodes: tuple[Node, ...] = ()
-    vms: tuple[VM, ...] = ()
-    endpoints: tuple[Endpoint, ...] = ()
-    tunnel_token: int | None = None   # the Geneve option every node sends and expects (None: none)
-    bindings: tuple[Binding, ...] = ()
-    _index: dict = field(default_factory=dict, compare=False, repr=False)
+class Route:
+    """A host mapping (NB Host_Mapping): a subscribed VM's platform IPv6 lives on ``host``.
+    All the appliance needs (one ``route`` flow each); the NB keeps one per VM with an
+    active subscription, moved with the VM."""
 
-    def __post_init__(self) -> None:
-        idx = self._index
-        idx["node"] = {n.name: n for n in self.nodes}
-        idx["dpid"] = {n.datapath_id: n for n in self.nodes}
-        idx["vm6"] = {vm.ipv6: vm for vm in self.vms}
-        idx["ep6"] = {ep.ipv6: ep for ep in self.endpoints}
-        ipv4s: dict[str, set] = {}
-        for vm in self.vms:
-            ipv4s.setdefault(vm.host, set()).add(vm.ipv4)
-        idx["ipv4s"] = {host: frozenset(addrs) for host, addrs in ipv4s.items()}
-        bound: dict[str, list] = {}
-        for b in self.bindings:
-            bound.setdefault(b.node, []).append(b)
-        idx["bound"] = {node: tuple(bs) for node, bs in bound.items()}
+    ipv6: IPv6Address
+    host: str
+
+
+@dataclass
+class Delta:
+    """What changed in a :class:`Model` since the last ``take_delta()``: the names of the
+    objects put or removed, each with its value before the first change (None: it did
+    not exist). ``platform``: the Platform row changed (prefix, Platform_IP, appliance,
+    tunnel token) - every node's flows may depend on it.
+
+    The logic recomputes only the flows that depend on these objects
+    (``Logic.nb_changed(delta)``); an empty delta changes nothing."""
+
+    platform: bool = False
+    nodes: dict = field(default_factory=dict)       # name -> Node before (or None)
+    vms: dict = field(default_factory=dict)         # name -> VM before (or None)
+    endpoints: dict = field(default_factory=dict)   # name -> Endpoint before (or None)
+    bindings: dict = field(default_factory=dict)    # logical port -> Binding before (or None)
+    routes: dict = field(default_factory=dict)      # IPv6 -> Route before (or None)
+
+    def __bool__(self) -> bool:
+        return bool(self.platform or self.nodes or self.vms or self.endpoints or self.bindings
+                    or self.routes)
+
+    def size(self) -> int:
+        return (len(self.nodes) + len(self.vms) + len(self.endpoints) + len(self.bindings)
+                + len(self.routes))
+
+
+_PLATFORM = ("platform_ip", "translator_prefix", "appliance", "tunnel_token")
+
+
+class Model:
+    """The NB as the roles see it, indexed for their lookups.
+
+    Built whole (``from_nb``, ``from_topology``, or the constructor) or kept up to date
+    change by change (``put_*``/``remove_*``, as ``nbview`` does from the IDL's row
+    events): each change updates the indexes in O(1) and is recorded in the pending
+    :class:`Delta` (``take_delta()``). Values (``Node``, ``VM``...) are frozen; the model
+    is not, so a logic holding it sees every change - and is told which by the delta.
+    """
+
+    def __init__(self, platform_ip: IPv4Address, translator_prefix: IPv6Network,
+                 appliance: str | None, nodes: Iterable[Node] = (), vms: Iterable[VM] = (),
+                 endpoints: Iterable[Endpoint] = (), tunnel_token: int | None = None,
+                 bindings: Iterable[Binding] = (), routes: Iterable[Route] | None = None):
+        """``routes``: the host mappings; None: one per subscribed VM of ``vms`` (what the
+        NB keeps)."""
+        self.platform_ip = platform_ip
+        self.translator_prefix = translator_prefix
+        self.appliance = appliance
+        self.tunnel_token = tunnel_token   # the Geneve option every node sends and expects
+        self._nodes: dict[str, Node] = {}
+        self._dpid: dict[int, Node] = {}
+        self._vms: dict[str, VM] = {}
+        self._vm6: dict[IPv6Address, VM] = {}
+        self._vms_on: dict[str, dict[str, VM]] = {}
+        self._ipv4s_on: dict[str, dict[IPv4Address, int]] = {}   # host -> address -> VMs using it
+        self._eps: dict[str, Endpoint] = {}
+        self._ep6: dict[IPv6Address, Endpoint] = {}
+        self._eps_on: dict[str, dict[str, Endpoint]] = {}
+        self._bindings: dict[str, Binding] = {}
+        self._bound: dict[str, dict[str, Binding]] = {}
+        self._routes: dict[IPv6Address, Route] = {}
+        self._delta = Delta()
+        for n in nodes:
+            self.put_node(n)
+        for vm in vms:
+            self.put_vm(vm)
+        for ep in endpoints:
+            self.put_endpoint(ep)
+        for b in bindings:
+            self.put_binding(b)
+        if routes is None:
+            routes = [Route(vm.ipv6, vm.host) for vm in self._vms.values() if vm.subscribed]
+        for r in routes:
+            self.put_route(r)
+        self._delta = Delta()
+
+    # -- whole views (sorted by name) -----------------------------------------
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        return tuple(sorted(self._nodes.values(), key=lambda n: n.name))
+
+    @property
+    def vms(self) -> tuple[VM, ...]:
+        return tuple(self._vms[k] for k in sorted(self._vms))
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return tuple(self._eps[k] for k in sorted(self._eps))
+
+    @property
+    def bindings(self) -> tuple[Binding, ...]:
+        return tuple(self._bindings[k] for k in sorted(self._bindings))
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        return tuple(self._routes[k] for k in sorted(self._routes))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Model):
+            return NotImplemented
+        return (all(getattr(self, a) == getattr(other, a) for a in _PLATFORM)
+                and self._nodes == other._nodes and self._vms == other._vms
+                and self._eps == other._eps and self._bindings == other._bindings
+                and self._routes == other._routes)
+
+    __hash__ = None   # type: ignore[assignment]   mutable
+
+    def __repr__(self) -> str:
+        return (f"Model(platform_ip={self.platform_ip}, appliance={self.appliance}, "
+                f"{len(self._nodes)} nodes, {len(self._vms)} VMs, {len(self._eps)} endpoints, "
+                f"{len(self._bindings)} bindings, {len(self._routes)} routes)")
+
+    # -- lookups --------------------------------------------------------------
 
     def node(self, name: str) -> Node | None:
-        return self._index["node"].get(name)
+        return self._nodes.get(name)
 
     def node_by_dpid(self, dpid: int) -> Node | None:
-        return self._index["dpid"].get(dpid)
+        return self._dpid.get(dpid)
+
+    def vm(self, name: str) -> VM | None:
+        return self._vms.get(name)
+
+    def endpoint(self, name: str) -> Endpoint | None:
+        return self._eps.get(name)
+
+    def binding(self, logical_port: str) -> Binding | None:
+        return self._bindings.get(logical_port)
 
     def vm_by_ipv6(self, ipv6: IPv6Address) -> VM | None:
-        return self._index["vm6"].get(ipv6)
+        return self._vm6.get(ipv6)
 
     def endpoint_by_ipv6(self, ipv6: IPv6Address) -> Endpoint | None:
-        return self._index["ep6"].get(ipv6)
+        return self._ep6.get(ipv6)
 
     def vms_on(self, host: str) -> list[VM]:
-        return [vm for vm in self.vms if vm.host == host]
+        on = self._vms_on.get(host, {})
+        return [on[k] for k in sorted(on)]
 
     def endpoints_on(self, host: str) -> list[Endpoint]:
-        return [ep for ep in self.endpoints if ep.host == host]
+        on = self._eps_on.get(host, {})
+        return [on[k] for k in sorted(on)]
 
-    def vm_ipv4s_on(self, host: str) -> frozenset:
-        """The IPv4 addresses of the VMs on ``host`` (computed once per model)."""
-        return self._index["ipv4s"].get(host, frozenset())
+    def vm_ipv4s_on(self, host: str) -> Any:
+        """The IPv4 addresses of the VMs on ``host`` (a set-like view, kept up to date)."""
+        return self._ipv4s_on.get(host, {}).keys()
 
     def bindings_on(self, node: str) -> tuple[Binding, ...]:
         """The port bindings to ``node``: the VMs' and endpoints' interfaces its agent found."""
-        return self._index["bound"].get(node, ())
+        return tuple(self._bound.get(node, {}).values())
 
     def hosts(self) -> list[Node]:
         return [n for n in self.nodes if n.role == "host"]
@@ -131,11 +240,145 @@ class Model:
     def allowed(self, service_ipv6: IPv6Address, vm_ipv6: IPv6Address) -> tuple[Endpoint, VM] | None:
         """The (endpoint, VM) of a pair when that endpoint's service holds an active
         subscription of that VM; None otherwise."""
-        vm = self.vm_by_ipv6(vm_ipv6)
-        ep = self.endpoint_by_ipv6(service_ipv6)
+        vm = self._vm6.get(vm_ipv6)
+        ep = self._ep6.get(service_ipv6)
         if vm is None or ep is None or ep.service not in vm.services:
             return None
         return ep, vm
+
+    def copy(self) -> "Model":
+        """An independent model with the same contents and no pending changes."""
+        return Model(self.platform_ip, self.translator_prefix, self.appliance, self._nodes.values(),
+                     self._vms.values(), self._eps.values(), self.tunnel_token,
+                     self._bindings.values(), self._routes.values())
+
+    # -- changes --------------------------------------------------------------
+
+    def take_delta(self) -> Delta:
+        """The changes since the last call (and forget them)."""
+        delta, self._delta = self._delta, Delta()
+        return delta
+
+    def set_platform(self, platform_ip: IPv4Address, translator_prefix: IPv6Network,
+                     appliance: str | None, tunnel_token: int | None) -> None:
+        new = (platform_ip, translator_prefix, appliance, tunnel_token)
+        if new != tuple(getattr(self, a) for a in _PLATFORM):
+            (self.platform_ip, self.translator_prefix, self.appliance, self.tunnel_token) = new
+            self._delta.platform = True
+
+    def put_node(self, node: Node) -> None:
+        old = self._nodes.get(node.name)
+        if old == node:
+            return
+        self._delta.nodes.setdefault(node.name, old)
+        if old is not None and self._dpid.get(old.datapath_id) is old:
+            del self._dpid[old.datapath_id]
+        self._nodes[node.name] = node
+        self._dpid[node.datapath_id] = node
+
+    def remove_node(self, name: str) -> None:
+        old = self._nodes.pop(name, None)
+        if old is None:
+            return
+        self._delta.nodes.setdefault(name, old)
+        if self._dpid.get(old.datapath_id) is old:
+            del self._dpid[old.datapath_id]
+
+    def put_vm(self, vm: VM) -> None:
+        old = self._vms.get(vm.name)
+        if old == vm:
+            return
+        if old is not None:
+            self._unindex_vm(old)
+        self._delta.vms.setdefault(vm.name, old)
+        self._vms[vm.name] = vm
+        self._vm6[vm.ipv6] = vm
+        self._vms_on.setdefault(vm.host, {})[vm.name] = vm
+        ipv4s = self._ipv4s_on.setdefault(vm.host, {})
+        ipv4s[vm.ipv4] = ipv4s.get(vm.ipv4, 0) + 1
+
+    def remove_vm(self, name: str) -> None:
+        old = self._vms.pop(name, None)
+        if old is None:
+            return
+        self._delta.vms.setdefault(name, old)
+        self._unindex_vm(old)
+
+    def _unindex_vm(self, old: VM) -> None:
+        if self._vm6.get(old.ipv6) is old or self._vm6.get(old.ipv6) == old:
+            del self._vm6[old.ipv6]
+        on = self._vms_on.get(old.host, {})
+        on.pop(old.name, None)
+        if not on:
+            self._vms_on.pop(old.host, None)
+        ipv4s = self._ipv4s_on.get(old.host, {})
+        if ipv4s.get(old.ipv4, 0) > 1:
+            ipv4s[old.ipv4] -= 1
+        else:
+            ipv4s.pop(old.ipv4, None)
+            if not ipv4s:
+                self._ipv4s_on.pop(old.host, None)
+
+    def put_endpoint(self, ep: Endpoint) -> None:
+        old = self._eps.get(ep.name)
+        if old == ep:
+            return
+        if old is not None:
+            self._unindex_endpoint(old)
+        self._delta.endpoints.setdefault(ep.name, old)
+        self._eps[ep.name] = ep
+        self._ep6[ep.ipv6] = ep
+        self._eps_on.setdefault(ep.host, {})[ep.name] = ep
+
+    def remove_endpoint(self, name: str) -> None:
+        old = self._eps.pop(name, None)
+        if old is None:
+            return
+        self._delta.endpoints.setdefault(name, old)
+        self._unindex_endpoint(old)
+
+    def _unindex_endpoint(self, old: Endpoint) -> None:
+        if self._ep6.get(old.ipv6) == old:
+            del self._ep6[old.ipv6]
+        on = self._eps_on.get(old.host, {})
+        on.pop(old.name, None)
+        if not on:
+            self._eps_on.pop(old.host, None)
+
+    def put_binding(self, b: Binding) -> None:
+        old = self._bindings.get(b.logical_port)
+        if old == b:
+            return
+        if old is not None:
+            self._unindex_binding(old)
+        self._delta.bindings.setdefault(b.logical_port, old)
+        self._bindings[b.logical_port] = b
+        self._bound.setdefault(b.node, {})[b.logical_port] = b
+
+    def put_route(self, r: Route) -> None:
+        old = self._routes.get(r.ipv6)
+        if old == r:
+            return
+        self._delta.routes.setdefault(r.ipv6, old)
+        self._routes[r.ipv6] = r
+
+    def remove_route(self, ipv6: IPv6Address) -> None:
+        old = self._routes.pop(ipv6, None)
+        if old is not None:
+            self._delta.routes.setdefault(ipv6, old)
+
+    def remove_binding(self, logical_port: str) -> None:
+        old = self._bindings.pop(logical_port, None)
+        if old is None:
+            return
+        self._delta.bindings.setdefault(logical_port, old)
+        self._unindex_binding(old)
+
+    def _unindex_binding(self, old: Binding) -> None:
+        on = self._bound.get(old.node, {})
+        on.pop(old.logical_port, None)
+        if not on:
+            self._bound.pop(old.node, None)
 
 
 def from_nb(api: Any) -> Model:
@@ -165,7 +408,9 @@ def from_nb(api: Any) -> Model:
                       for r in tables["Endpoint"].rows.values())
     bindings = tuple(Binding(r.logical_port, r.kind, r.node.name, r.port, r.ofport[0] if r.ofport else None)
                      for r in tables["Port_Binding"].rows.values())
+    routes = tuple(Route(IPv6Address(r.ipv6), r.host.name) for r in tables["Host_Mapping"].rows.values())
     return Model(
+        routes=routes,
         platform_ip=platform_ip,
         translator_prefix=IPv6Network(platform.translator_prefix) if platform else IPv6Network("fd64:64::/96"),
         appliance=platform.appliance[0].name if platform and platform.appliance else None,

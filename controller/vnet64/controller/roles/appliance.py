@@ -1,5 +1,8 @@
 """SDN appliance: route each subscribed VM's platform IPv6 to that VM's host.
 
+What it reads of the NB: the platform, the nodes and the host mappings
+(``model.Route``, NB Host_Mapping) - no VM, subscription or endpoint.
+
 From the tunnel, only packets whose outer source is a known host and that carry
 the platform's tunnel token (``pipeline.TOKEN_OPTION``) are looked at; ``route``
 matches the inner IPv6 destination against the host mapping (one flow per
@@ -17,7 +20,7 @@ would let any host forge the hop.
 from __future__ import annotations
 
 from ..flows import ETH_IPV6, OFPP_IN_PORT, Flow, Output, SetField, flow
-from ..model import Model, Node
+from ..model import Model, Node, Route
 from ..pipeline import PRIO_MATCH, PRIO_MISS, VNI, cookie, token_actions, token_match
 from . import Ports
 
@@ -37,12 +40,18 @@ def appliance_flows(model: Model, node: Node, ports: Ports) -> list[Flow]:
         out.append(flow("from_tunnel", PRIO_MATCH,
                         {"tun_ipv4_src": host.underlay_ip, **token_match(model.tunnel_token)},
                         goto="route", cookie=cookie("appliance", "peer", host.name)))
-    for vm in model.vms:
-        host = model.node(vm.host)
-        if not vm.subscribed or host is None:
-            continue
-        out.append(flow("route", PRIO_MATCH, {"eth_type": ETH_IPV6, "ipv6_dst": vm.ipv6},
-                        [SetField("tun_ipv4_dst", host.underlay_ip),
-                         *token_actions(model.tunnel_token), Output(OFPP_IN_PORT)],
-                        cookie=cookie("appliance", "route", vm.name)))
+    for r in model.routes:
+        out += route_flows(model, r)
     return out
+
+
+def route_flows(model: Model, r: Route) -> list[Flow]:
+    """One host mapping's ``route`` flow (none while its host is unknown). Its cookie
+    names the mapping by its IPv6 (``name_id`` of the address's text)."""
+    host = model.node(r.host)
+    if host is None:
+        return []
+    return [flow("route", PRIO_MATCH, {"eth_type": ETH_IPV6, "ipv6_dst": r.ipv6},
+                 [SetField("tun_ipv4_dst", host.underlay_ip),
+                  *token_actions(model.tunnel_token), Output(OFPP_IN_PORT)],
+                 cookie=cookie("appliance", "route", str(r.ipv6)))]
