@@ -107,6 +107,72 @@ def test_bad_usage_exits_2_and_says_why(argv, message, capsys):
     assert message in err, err
 
 
+def test_node_option_on_the_command_line_and_in_a_config_file(tmp_path, capsys):
+    assert launcher.parse([]).vnet64.node is None   # default: every node (central)
+    assert launcher.parse(["--vnet64-node", "host1"]).vnet64.node == "host1"
+    conf_file = tmp_path / "controller.conf"
+    conf_file.write_text("[vnet64]\nnode = appliance\n")
+    assert launcher.parse(["--config-file", str(conf_file)]).vnet64.node == "appliance"
+    with pytest.raises(SystemExit):
+        launcher.parse(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--vnet64-node NAME serve only this node's switch" in out
+    assert "vnet64 node set NAME --controller tcp:127.0.0.1:6653" in out
+    assert "Default: every node of the NB (one central controller)" in out
+    assert "with --vnet64-node only that node's" in out   # the description says it too
+
+
+@pytest.fixture
+def started(monkeypatch):
+    """main() up to run(): the Settings it would serve with (nothing listens, no signal
+    handler or logging set up stays behind)."""
+    got = []
+    monkeypatch.setattr(launcher, "run", lambda settings, stop: got.append(settings) or 0)
+    monkeypatch.setattr(launcher, "setup_logging", lambda level, log_file: None)
+    monkeypatch.setattr(launcher.signal, "signal", lambda *a: None)
+    monkeypatch.setattr(launcher.faulthandler, "register", lambda *a, **k: None)
+    monkeypatch.setattr(launcher.logging, "shutdown", lambda: None)
+    return got
+
+
+def test_node_reaches_the_logic_and_the_settings(started):
+    from vnet64 import topology
+    from vnet64.controller.logic import Logic
+    from vnet64.controller.model import from_topology
+
+    assert launcher.main(["--vnet64-node", "host1", "--vnet64-path-mtu", "1442",
+                          "--ofp-listen-host", "127.0.0.1"]) == 0
+    [settings] = started
+    assert (settings.node, settings.listen_host, settings.listen_port) == ("host1", "127.0.0.1", 6653)
+    factory = settings.logic_factory
+    assert factory.func is Logic and factory.keywords == {"path_mtu": 1442, "node": "host1"}
+    model = from_topology(topology.load(ROOT / "topologies" / "two-tenants.yaml"))
+    logic = factory(lambda: model)
+    assert logic.only_node == "host1" and logic.path_mtu == 1442
+    host2 = next(n for n in model.nodes if n.name == "host2")
+    assert logic.switch_connected(host2.datapath_id, {}) is None   # another node's: left alone
+
+
+def test_without_node_the_controller_serves_every_node(started):
+    from vnet64.controller.logic import Logic
+
+    assert launcher.main([]) == 0
+    [settings] = started
+    assert settings.node is None and settings.logic_factory is Logic
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--vnet64-node", ""], "--vnet64-node wants a node name"),
+    (["--vnet64-node", "host 1"], "got 'host 1'"),
+    (["--vnet64-node", "1host"], "--vnet64-node wants a node name"),
+    (["--vnet64-node", "host1", "--vnet64-logic", "tests.support.logic:NullLogic"],
+     "--vnet64-node applies to the default logic only"),
+])
+def test_a_bad_node_option_exits_2(argv, message, started, capsys):
+    assert launcher.main(argv) == 2
+    assert message in capsys.readouterr().err and not started
+
+
 def test_resolve_logic():
     assert launcher.resolve_logic("tests.support.logic:NullLogic") is NullLogic
     assert callable(launcher.resolve_logic(launcher.DEFAULT_LOGIC))

@@ -123,6 +123,7 @@ class Settings:
     nb_poll_interval: float = 0.05
     nb_connect_timeout: float = 3.0
     on_fatal: Callable[[str], None] | None = None   # the launcher stops with exit status 1
+    node: str | None = None   # --vnet64-node: serve only this node's switch (None: every node)
 
 
 class EventNbChanged(event.EventBase):

@@ -18,6 +18,12 @@ On a signal: stop listening, close every switch connection (each delivers its
 ``DEAD_DISPATCHER``), stop the apps (their queues drain first), close the NB,
 and exit 0 with no thread left. Switches keep their flows (fail-mode secure).
 
+One process serves every node's br-int (a central controller), or, with
+``--vnet64-node NAME``, only that node's: a controller per node, run on the
+node next to its agent and listening on 127.0.0.1, as ovn-controller runs on
+every chassis. The node goes to the role logic (``Logic(node=...)``, which
+leaves any other switch alone) and to the apps' :class:`Settings`.
+
 Options come from the command line or ``--config-file`` (oslo.config;
 ``[DEFAULT]`` and ``[vnet64]`` sections, option names with ``_``).
 Only TCP listening is offered: os-ken's TLS and active-connection options
@@ -49,13 +55,16 @@ from os_ken.controller import ofp_handler
 from os_ken.lib import hub
 from oslo_config import cfg
 
+from vnet64.topology import NAME_RE
+
 from .app import DEFAULT_LOGIC, Settings, default_nb_remote
 
 LOG = logging.getLogger("vnet64.controller.launcher")
 
 PROG = "vnet64-controller"
-DESCRIPTION = ("The vnet64 controller: programs every vnet64 OVS bridge (service hosts, "
-               "customer hosts, the SDN appliance) over OpenFlow 1.3 from the NB database. "
+DESCRIPTION = ("The vnet64 controller: programs the vnet64 OVS bridges (service hosts, "
+               "customer hosts, the SDN appliance) over OpenFlow 1.3 from the NB database: "
+               "every node's, or with --vnet64-node only that node's (a controller per node). "
                "Stops cleanly on SIGTERM or SIGINT; switches keep their flows.")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -101,6 +110,13 @@ def make_conf() -> cfg.ConfigOpts:
                         "- 50 - Geneve option bytes). A larger packet from an endpoint gets an "
                         "ICMPv6 Packet Too Big with this MTU from the gateway. Default: no check "
                         "(such packets are dropped on the way, silently)"),
+        cfg.StrOpt("node", metavar="NAME",
+                   help="serve only this node's switch: a controller per node, run on the node "
+                        "next to its agent and listening locally (--ofp-listen-host 127.0.0.1, "
+                        "with `vnet64 node set NAME --controller tcp:127.0.0.1:6653`), as "
+                        "ovn-controller runs on every chassis. A switch of another node that "
+                        "connects is left alone. Default: every node of the NB (one central "
+                        "controller)"),
         cfg.StrOpt("logic", default=DEFAULT_LOGIC, metavar="MODULE:CLASS",
                    help="the role logic, built as CLASS(load_model); for tests "
                         f"(default {DEFAULT_LOGIC})"),
@@ -134,6 +150,16 @@ def parse_port_range(text: str) -> tuple[int, int]:
     if not 1 <= lo <= hi <= 65535:
         raise LauncherError(f"--vnet64-snat-ports {text}: want 1 <= LOW <= HIGH <= 65535")
     return lo, hi
+
+
+def check_node(name: str | None) -> str | None:
+    """``--vnet64-node``: a node name as the NB spells them, or None (every node)."""
+    if name is None:
+        return None
+    if not NAME_RE.fullmatch(name):
+        raise LauncherError(f"--vnet64-node wants a node name (a letter, then up to 31 letters, "
+                            f"digits, '_', '.', '-'), got {name!r}")
+    return name
 
 
 def resolve_logic(spec: str) -> Callable[..., Any]:
@@ -340,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
             if conf.vnet64.logic != DEFAULT_LOGIC:
                 raise LauncherError("--vnet64-path-mtu applies to the default logic only")
             factory = functools.partial(factory, path_mtu=conf.vnet64.path_mtu)
+        node = check_node(conf.vnet64.node)
+        if node is not None:
+            if conf.vnet64.logic != DEFAULT_LOGIC:
+                raise LauncherError("--vnet64-node applies to the default logic only")
+            factory = functools.partial(factory, node=node)
         setup_logging(conf.log_level, conf.log_file)
     except LauncherError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
@@ -354,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     faulthandler.register(signal.SIGUSR1, all_threads=True)   # kill -USR1: every thread's stack
     settings = Settings(listen_host=conf.ofp_listen_host, listen_port=conf.ofp_tcp_listen_port,
-                        nb_remote=conf.vnet64.nb_remote, logic_factory=factory)
-    LOG.info("%s starting: NB %s, logic %s", PROG, settings.nb_remote, conf.vnet64.logic)
+                        nb_remote=conf.vnet64.nb_remote, logic_factory=factory, node=node)
+    LOG.info("%s starting: NB %s, logic %s, serving %s", PROG, settings.nb_remote,
+             conf.vnet64.logic, f"node {node} only" if node else "every node")
     code = run(settings, stop)
     logging.shutdown()
     if code and any(t.is_alive() and not t.daemon for t in threading.enumerate()
