@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 from ..ports import translator_mac
 from .flows import (ETH_IPV6, OFPP_CONTROLLER, DeleteFlows, DeleteStrict, Flow, Match, Message,
                     MeterMod, Output, PacketOut, Resubmit, TableMap)
-from .model import Model, Node
+from .model import Delta, Model, Node
 from .pipeline import (ERROR_METER, PACKET_IN_METER, TOKEN_OPTION, Cookie, cookie, tables_for)
 from .roles import Ports, appliance, customer, service
 
@@ -50,20 +50,90 @@ class Switch:
     tables: TableMap
     port_names: dict = field(default_factory=dict)         # the switch's ports: name -> ofport
     proactive: dict = field(default_factory=dict)          # flow key -> Flow last sent
+    owned: dict = field(default_factory=dict)              # owner -> {flow key: Flow} (see owned_flows)
     allocator: customer.Allocator = field(default_factory=customer.Allocator)
     pairs: dict = field(default_factory=dict)              # alias index -> (endpoint, vm) names
     pair_ports: dict = field(default_factory=dict)         # alias index -> the VM port its flows use
+    pairs_of: dict = field(default_factory=dict)           # ("vm"|"endpoint", name) -> {alias index}
+
+
+# A proactive flow's owner: what it is derived from, so that a change of one NB object
+# recomputes only its owners' flows (``Logic.nb_changed(delta)``). Every flow key has one
+# owner: ("base",) the node-wide flows (they depend on the platform, the nodes and the
+# node's own ports); ("vm", name) a local VM's; ("endpoint", name) a local endpoint's;
+# ("to_service", name) the return path to an endpoint anywhere; ("route", ipv6) the
+# appliance's host mapping.
+Owner = tuple
+
+
+def owned_flows(model: Model, node: Node, ports: Ports, path_mtu: int | None = None) -> dict[Owner, list[Flow]]:
+    """Every proactive flow a node should hold for this model, by owner."""
+    owners: list[Owner] = [("base",)]
+    if node.role == "appliance":
+        owners += [("route", r.ipv6) for r in model.routes]
+    else:
+        owners += [("endpoint", ep.name) for ep in model.endpoints_on(node.name)]
+        owners += [("vm", vm.name) for vm in model.vms_on(node.name)]
+        owners += [("to_service", ep.name) for ep in model.endpoints]
+    return {o: owner_flows(model, node, ports, o, path_mtu) for o in owners}
+
+
+def owner_flows(model: Model, node: Node, ports: Ports, owner: Owner,
+                path_mtu: int | None = None) -> list[Flow]:
+    """The flows of one owner on ``node`` ([] when it has none there, e.g. gone or moved)."""
+    kind = owner[0]
+    if kind == "base":
+        if node.role == "appliance":
+            return appliance.base_flows(model, ports)
+        return (service.nd_responder_flows() + service.peer_flows(model, node)
+                + customer.base_flows(model, ports, translator_mac(node.name)))
+    if kind == "route":
+        r = model.route(owner[1])
+        return appliance.route_flows(model, ports, r) if r and node.role == "appliance" else []
+    if node.role == "appliance":
+        return []
+    if kind == "vm":
+        vm = model.vm(owner[1])
+        return customer.vm_flows(model, node, ports, vm) if vm and vm.host == node.name else []
+    ep = model.endpoint(owner[1])
+    if ep is None:
+        return []
+    if kind == "endpoint":
+        return service.one_endpoint_flows(model, ports, ep, path_mtu) if ep.host == node.name else []
+    if kind == "to_service":
+        return customer.to_service_flow(model, node, ports, ep)
+    raise ValueError(f"unknown flow owner {owner!r}")
 
 
 def desired_flows(model: Model, node: Node, ports: Ports, path_mtu: int | None = None) -> list[Flow]:
     """Every proactive flow a node should hold for this model."""
-    if node.role == "appliance":
-        return appliance.appliance_flows(model, node, ports)
-    flows = service.nd_responder_flows()
-    flows += service.endpoint_flows(model, node, ports, path_mtu)
-    flows += service.peer_flows(model, node)
-    flows += customer.host_flows(model, node, ports, translator_mac(node.name))
-    return flows
+    return [f for flows in owned_flows(model, node, ports, path_mtu).values() for f in flows]
+
+
+def changed_vifs(before: Ports, after: Ports) -> set[Owner]:
+    """The VMs and endpoints whose wiring differs between two ``Ports`` of a switch, as
+    owners (a vif key is ("vm" | "endpoint", name))."""
+    out = set(before.vifs.keys() ^ after.vifs.keys())
+    out.update(k for k, port in before.vifs.items() if after.vifs.get(k, port) != port)
+    return out
+
+
+def affected_owners(sw_node: str, role: str, delta: Delta, ports_before: Ports,
+                    ports_after: Ports) -> set[Owner]:
+    """The owners on node ``sw_node`` whose flows ``delta`` (and a change of the node's
+    ports from ``ports_before`` to ``ports_after``) may change. Not for a delta that
+    changes the platform or a node: those recompute everything."""
+    if role == "appliance":
+        return {("route", ipv6) for ipv6 in delta.routes}
+    out: set[Owner] = changed_vifs(ports_before, ports_after)
+    # a VM or endpoint that is not (or no longer) on this node has no flows of its
+    # own here: recomputing it gives [] (nothing, or the deletion of what it had)
+    for name in delta.vms:
+        out.add(("vm", name))
+    for name in delta.endpoints:
+        out.add(("endpoint", name))
+        out.add(("to_service", name))
+    return out
 
 
 def parse_ipv6_pair(data: bytes) -> tuple[IPv6Address, IPv6Address] | None:
@@ -111,10 +181,13 @@ class Logic:
         sw = Switch(dpid, node, ports, tables_for(node.role), port_names=dict(port_names))
         old = self.switches.get(dpid)
         if old is not None and old.node == node:   # a reconnect keeps allocations
-            sw.allocator, sw.pairs, sw.pair_ports = old.allocator, old.pairs, old.pair_ports
+            sw.allocator, sw.pairs, sw.pair_ports, sw.pairs_of = (old.allocator, old.pairs,
+                                                                  old.pair_ports, old.pairs_of)
         self.switches[dpid] = sw
-        flows = desired_flows(self.model, node, ports, self.path_mtu)
-        sw.proactive = {f.key: f for f in flows}
+        sw.owned = {o: {f.key: f for f in fl}
+                    for o, fl in owned_flows(self.model, node, ports, self.path_mtu).items() if fl}
+        sw.proactive = {k: f for fl in sw.owned.values() for k, f in fl.items()}
+        flows = list(sw.proactive.values())
         LOG.info("switch %016x is %s (%s): %d proactive flows", dpid, node.name, node.role, len(flows))
         if self.model.tunnel_token is None:
             LOG.warning("the NB has no tunnel token: %s accepts Geneve by outer source address only "
@@ -135,7 +208,15 @@ class Logic:
         if sw is None:
             return []
         sw.port_names = dict(port_names)
-        return self._reconcile(sw)
+        before = sw.ports
+        node = self.model.node(sw.node.name)
+        if node is None or node.datapath_id != sw.dpid:
+            return self._reconcile(sw)      # says why it does nothing
+        sw.ports = self._ports(node, sw.port_names, before=before)
+        if (sw.ports.geneve, sw.ports.xlat) != (before.geneve, before.xlat):
+            return self._reconcile(sw)
+        owners = changed_vifs(before, sw.ports)
+        return self._recompute(sw, owners) + self._check_pairs(sw, self._pairs_of(sw, owners))
 
     def _ports(self, node: Node, port_names: dict[str, int], before: Ports | None = None) -> Ports:
         """The switch's ports as the roles see them: its own ports plus the VMs and
@@ -198,8 +279,7 @@ class Logic:
             vm_port = sw.ports.vif("vm", allowed[1].name) if allowed else None
             if (allowed and allowed[1].host == sw.node.name and vm_port is not None
                     and vm_ports.get(index, vm_port) == vm_port and sw.allocator.adopt(pair, index)):
-                sw.pairs[index] = (allowed[0].name, allowed[1].name)
-                sw.pair_ports[index] = vm_port
+                self._hold(sw, index, allowed[0].name, allowed[1].name, vm_port)
                 adopted.add(index)
                 self.stats["pairs_adopted"] += 1
             else:
@@ -214,32 +294,91 @@ class Logic:
 
     # -- NB -----------------------------------------------------------------
 
-    def nb_changed(self) -> dict[int, list[Message]]:
+    def nb_changed(self, delta: Delta | None = None) -> dict[int, list[Message]]:
+        """The NB changed: the messages that bring each switch to the new model.
+
+        ``delta`` None: the model was rebuilt (``load_model()`` gives the new one), so
+        every switch's flows are recomputed and diffed, and every pair checked. A
+        ``Delta``: the model ``load_model()`` returns was changed in place, and only
+        those objects changed; only the flows and pairs that depend on them are looked
+        at (a change of the platform or of a node still recomputes everything)."""
         self.model = self._load_model()
-        return {dpid: msgs for dpid, sw in list(self.switches.items()) if (msgs := self._reconcile(sw))}
+        if delta is None or delta.platform or delta.nodes:
+            return {dpid: msgs for dpid, sw in list(self.switches.items()) if (msgs := self._reconcile(sw))}
+        if not delta:
+            return {}
+        out = {}
+        for dpid, sw in list(self.switches.items()):
+            msgs = self._apply(sw, delta)
+            if msgs:
+                out[dpid] = msgs
+        return out
+
+    def _apply(self, sw: Switch, delta: Delta) -> list[Message]:
+        """Incremental ``_reconcile``: only the owners and pairs ``delta`` touches."""
+        before, here = sw.ports, sw.node.name
+        for lp, old in delta.bindings.items():
+            new = self.model.binding(lp)
+            if (old is not None and old.node == here) or (new is not None and new.node == here):
+                sw.ports = self._ports(sw.node, sw.port_names, before=before)
+                break
+        owners = affected_owners(here, sw.node.role, delta, before, sw.ports)
+        out = self._recompute(sw, owners)
+        if sw.pairs:
+            out += self._check_pairs(sw, self._pairs_of(sw, owners))
+        return out
 
     def _reconcile(self, sw: Switch) -> list[Message]:
         node = self.model.node(sw.node.name)
-        out: list[Message] = []
         if node is None or node.datapath_id != sw.dpid:
             LOG.warning("node %s left the NB; its switch keeps its flows", sw.node.name)
-            return out
+            return []
         sw.node = node
         sw.ports = self._ports(node, sw.port_names, before=sw.ports)
-        wanted = {f.key: f for f in desired_flows(self.model, node, sw.ports, self.path_mtu)}
-        for key, f in sw.proactive.items():
-            if key not in wanted:
-                out.append(DeleteStrict(*key))
-        for key, f in wanted.items():
-            if sw.proactive.get(key) != f:
-                out.append(f)
-        sw.proactive = wanted
-        for index, (ep_name, vm_name) in list(sw.pairs.items()):
+        wanted = owned_flows(self.model, node, sw.ports, self.path_mtu)
+        out = self._replace(sw, {o: wanted.get(o, []) for o in set(sw.owned) | set(wanted)})
+        return out + self._check_pairs(sw, list(sw.pairs))
+
+    def _recompute(self, sw: Switch, owners: Iterable[Owner]) -> list[Message]:
+        return self._replace(sw, {o: owner_flows(self.model, sw.node, sw.ports, o, self.path_mtu)
+                                  for o in owners})
+
+    def _replace(self, sw: Switch, flows_of: dict[Owner, list[Flow]]) -> list[Message]:
+        """Give each owner in ``flows_of`` exactly those flows: the deletions (first) and
+        additions that take the switch from what it holds there."""
+        held: dict = {}                    # key -> Flow, as the switch holds it now
+        for owner in flows_of:
+            for key, f in sw.owned.pop(owner, {}).items():
+                held[key] = f
+                del sw.proactive[key]
+        wanted: dict = {}
+        for owner, flows in flows_of.items():
+            if flows:
+                mine = sw.owned[owner] = {f.key: f for f in flows}
+                wanted.update(mine)
+        out: list[Message] = [DeleteStrict(*key) for key in held
+                              if key not in wanted and key not in sw.proactive]
+        out += [f for key, f in wanted.items() if held.get(key, sw.proactive.get(key)) != f]
+        sw.proactive.update(wanted)
+        return out
+
+    def _pairs_of(self, sw: Switch, owners: Iterable[Owner]) -> list[int]:
+        """The alias indexes of the pairs of these VMs and endpoints (owners)."""
+        out: set[int] = set()
+        for o in owners:
+            out |= sw.pairs_of.get(o, set())
+        return sorted(out)
+
+    def _check_pairs(self, sw: Switch, indexes: Iterable[int]) -> list[Message]:
+        """Delete the pairs (of ``indexes``) the model no longer allows on this switch."""
+        out: list[Message] = []
+        for index in indexes:
             pair = sw.allocator.by_index.get(index)
             allowed = self.model.allowed(pair.service, pair.vm) if pair else None
             # gone, moved elsewhere, or its port here is not the one the pair's flows use
-            if (allowed is None or allowed[1].host != node.name
-                    or sw.ports.vif("vm", allowed[1].name) != sw.pair_ports.get(index)):
+            if (allowed is None or allowed[1].host != sw.node.name
+                    or sw.ports.vif("vm", allowed[1].name) != sw.pair_ports.get(index)
+                    or sw.pairs.get(index) != (allowed[0].name, allowed[1].name)):
                 out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
                 self._release(sw, index)
                 self.stats["pairs_revoked"] += 1
@@ -287,8 +426,7 @@ class Logic:
             LOG.debug("%s: pair %s (%s) -> %s (%s) gets alias %s", sw.node.name, ep.name, src,
                       vm.name, dst, sw.allocator.alias(index))
             self._summary()
-        sw.pairs[index] = (ep.name, vm.name)
-        sw.pair_ports[index] = sw.ports.vif("vm", vm.name)
+        self._hold(sw, index, ep.name, vm.name, sw.ports.vif("vm", vm.name))
         flows = customer.pair_flows(self.model, sw.ports, ep, vm, index, sw.allocator.alias(index),
                                     port_range=self.snat_ports)
         return [*flows, PacketOut(data, in_port, (Resubmit("pair"),))]
@@ -384,10 +522,31 @@ class Logic:
             self._last_summary = now
             LOG.info("pairs: %s", ", ".join(f"{k}={v}" for k, v in sorted(self.stats.items())))
 
+    def _hold(self, sw: Switch, index: int, ep: str, vm: str, vm_port: int | None) -> None:
+        """Record a pair's alias ``index`` as held by endpoint ``ep`` and VM ``vm``."""
+        old = sw.pairs.get(index)
+        if old is not None and old != (ep, vm):
+            self._unindex_pair(sw, index, old)
+        sw.pairs[index] = (ep, vm)
+        sw.pair_ports[index] = vm_port
+        sw.pairs_of.setdefault(("endpoint", ep), set()).add(index)
+        sw.pairs_of.setdefault(("vm", vm), set()).add(index)
+
     def _release(self, sw: Switch, index: int) -> None:
         sw.allocator.release(index)
-        sw.pairs.pop(index, None)
+        names = sw.pairs.pop(index, None)
         sw.pair_ports.pop(index, None)
+        if names is not None:
+            self._unindex_pair(sw, index, names)
+
+    @staticmethod
+    def _unindex_pair(sw: Switch, index: int, names: tuple[str, str]) -> None:
+        for owner in (("endpoint", names[0]), ("vm", names[1])):
+            held = sw.pairs_of.get(owner)
+            if held is not None:
+                held.discard(index)
+                if not held:
+                    del sw.pairs_of[owner]
 
 
 def _match_of(fields: dict) -> Match:

@@ -205,6 +205,9 @@ class Model:
     def binding(self, logical_port: str) -> Binding | None:
         return self._bindings.get(logical_port)
 
+    def route(self, ipv6: IPv6Address) -> Route | None:
+        return self._routes.get(ipv6)
+
     def vm_by_ipv6(self, ipv6: IPv6Address) -> VM | None:
         return self._vm6.get(ipv6)
 

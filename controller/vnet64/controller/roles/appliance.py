@@ -26,6 +26,15 @@ from . import Ports
 
 
 def appliance_flows(model: Model, node: Node, ports: Ports) -> list[Flow]:
+    """Every flow of the appliance: ``base_flows`` and each host mapping's ``route_flows``."""
+    out = base_flows(model, ports)
+    for r in model.routes:
+        out += route_flows(model, ports, r)
+    return out
+
+
+def base_flows(model: Model, ports: Ports) -> list[Flow]:
+    """The stages' misses, the tunnel's entry and the known hosts (not the routes)."""
     base = cookie("appliance", "base")
     out = [
         flow("classify", PRIO_MISS, {}, [], cookie=base),
@@ -40,16 +49,14 @@ def appliance_flows(model: Model, node: Node, ports: Ports) -> list[Flow]:
         out.append(flow("from_tunnel", PRIO_MATCH,
                         {"tun_ipv4_src": host.underlay_ip, **token_match(model.tunnel_token)},
                         goto="route", cookie=cookie("appliance", "peer", host.name)))
-    for r in model.routes:
-        out += route_flows(model, r)
     return out
 
 
-def route_flows(model: Model, r: Route) -> list[Flow]:
-    """One host mapping's ``route`` flow (none while its host is unknown). Its cookie
-    names the mapping by its IPv6 (``name_id`` of the address's text)."""
+def route_flows(model: Model, ports: Ports, r: Route) -> list[Flow]:
+    """One host mapping's ``route`` flow (none while its host or the tunnel port is
+    unknown). Its cookie names the mapping by its IPv6 (``name_id`` of the address's text)."""
     host = model.node(r.host)
-    if host is None:
+    if host is None or ports.geneve is None:
         return []
     return [flow("route", PRIO_MATCH, {"eth_type": ETH_IPV6, "ipv6_dst": r.ipv6},
                  [SetField("tun_ipv4_dst", host.underlay_ip),

@@ -255,17 +255,20 @@ def vm_flows(model: Model, node: Node, ports: Ports, vm: VM) -> list[Flow]:
 
 def to_service_flows(model: Model, node: Node, ports: Ports) -> list[Flow]:
     """Return path: rebuilt IPv6 to an endpoint goes straight to that endpoint's host."""
-    out = []
+    out: list[Flow] = []
     for ep in model.endpoints:
-        c = cookie("host", "endpoint", ep.name)
-        m = {"eth_type": ETH_IPV6, "ipv6_dst": ep.ipv6, "ct_state": CT_REPLY_OR_RELATED}
-        if ep.host == node.name:
-            out.append(flow("to_service", PRIO_MATCH, m, [service.to_endpoint()], cookie=c))
-            continue
-        actions = to_host(model, ports, ep.host)
-        if actions:
-            out.append(flow("to_service", PRIO_MATCH, m, actions, cookie=c))
+        out += to_service_flow(model, node, ports, ep)
     return out
+
+
+def to_service_flow(model: Model, node: Node, ports: Ports, ep: Endpoint) -> list[Flow]:
+    """``to_service_flows`` for one endpoint (none while its host or the tunnel is unknown)."""
+    c = cookie("host", "endpoint", ep.name)
+    m = {"eth_type": ETH_IPV6, "ipv6_dst": ep.ipv6, "ct_state": CT_REPLY_OR_RELATED}
+    if ep.host == node.name:
+        return [flow("to_service", PRIO_MATCH, m, [service.to_endpoint()], cookie=c)]
+    actions = to_host(model, ports, ep.host)
+    return [flow("to_service", PRIO_MATCH, m, actions, cookie=c)] if actions else []
 
 
 def to_host(model: Model, ports: Ports, host: str) -> list:

@@ -39,7 +39,7 @@ from ... import address, gateway
 from ..flows import (CT, ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, CheckPktLarger, Controller, Flow,
                      Match, Move, Output, SetField, ct_state, flow)
 from ..inet import ethernet, icmp6_packet
-from ..model import Model, Node
+from ..model import Endpoint, Model, Node
 from ..pipeline import (ERROR_METER, NA_FLAGS_RSO, PRIO_HOP_LIMIT, PRIO_MATCH, PRIO_SPECIFIC,
                         PRIO_TOO_BIG, PRIO_UNPARSED, TOO_BIG_BIT, TOO_BIG_REG, VNI,
                         ZONE_ENDPOINTS, cookie, token_actions, token_match)
@@ -58,48 +58,55 @@ def endpoint_flows(model: Model, node: Node, ports: Ports, path_mtu: int | None 
 
     ``path_mtu``: the largest IPv6 packet the platform carries to a VM (None: no
     Packet Too Big check)."""
-    appliance = model.appliance_node()
     out: list[Flow] = []
     for ep in model.endpoints_on(node.name):
-        port = ports.vif("endpoint", ep.name)
-        if port is None:
-            continue
-        c = cookie("host", "endpoint", ep.name)
-        size_check = [CheckPktLarger(path_mtu + ETH_HEADER, TOO_BIG_REG, TOO_BIG_BIT)] if path_mtu else []
-        out.append(flow("classify", PRIO_MATCH, {"in_port": port}, size_check, goto="from_endpoint",
-                        cookie=c))
-        out.append(flow("from_endpoint", PRIO_SPECIFIC,
-                        {"in_port": port, "eth_type": ETH_IPV6, "ip_proto": PROTO_ICMPV6,
-                         "icmpv6_type": ND_NS, "ipv6_nd_target": gateway.SERVICE_GATEWAY_IPV6},
-                        goto="nd_reply", cookie=c))
-        if appliance is not None and ports.geneve is not None:
-            steered = {"in_port": port, "eth_type": ETH_IPV6, "ipv6_src": ep.ipv6, "ipv6_dst": STEERING}
-            # OVS stops parsing at an extension header it cannot read (e.g. a jumbo payload,
-            # payload length 0): such a flow has no upper layer (ip_proto 0) and no hop
-            # limit (nw_ttl 0). Dropped here, so it is not taken for hop limit 0 and punted.
-            out.append(flow("from_endpoint", PRIO_UNPARSED, {**steered, "ip_proto": 0}, [], cookie=c))
-            for hop_limit in (0, 1):    # nw_ttl is the hop limit for IPv6; it cannot be masked
-                out.append(flow("from_endpoint", PRIO_HOP_LIMIT, {**steered, "nw_ttl": hop_limit},
-                                [Controller()], meter=ERROR_METER, cookie=c))
-            if path_mtu:
-                bit = 1 << TOO_BIG_BIT
-                out.append(flow("from_endpoint", PRIO_TOO_BIG, {**steered, TOO_BIG_REG: (bit, bit)},
-                                [Controller()], meter=ERROR_METER, cookie=c))
-            out.append(flow("from_endpoint", PRIO_MATCH,
-                            {"in_port": port, "eth_type": ETH_IPV6, "ipv6_src": ep.ipv6,
-                             "ipv6_dst": STEERING},
-                            [CT(zone=ZONE_ENDPOINTS, commit=True),
-                             SetField("tunnel_id", VNI),
-                             SetField("tun_ipv4_dst", appliance.underlay_ip),
-                             *token_actions(model.tunnel_token),
-                             Output(ports.geneve)], cookie=c))
-        # +rel may come with any other flag, so it cannot share a priority with +rpl
-        for prio, state in ((PRIO_SPECIFIC, CT_REPLY), (PRIO_MATCH, CT_RELATED)):
-            out.append(flow("to_endpoint", prio,
-                            {"eth_type": ETH_IPV6, "ipv6_dst": ep.ipv6, "ipv6_src": STEERING,
-                             "ct_state": state},
-                            [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", ep.mac),
-                             Output(port)], cookie=c))
+        out += one_endpoint_flows(model, ports, ep, path_mtu)
+    return out
+
+
+def one_endpoint_flows(model: Model, ports: Ports, ep: Endpoint, path_mtu: int | None = None) -> list[Flow]:
+    """``endpoint_flows`` of one endpoint (none while its port is not wired here)."""
+    appliance = model.appliance_node()
+    out: list[Flow] = []
+    port = ports.vif("endpoint", ep.name)
+    if port is None:
+        return out
+    c = cookie("host", "endpoint", ep.name)
+    size_check = [CheckPktLarger(path_mtu + ETH_HEADER, TOO_BIG_REG, TOO_BIG_BIT)] if path_mtu else []
+    out.append(flow("classify", PRIO_MATCH, {"in_port": port}, size_check, goto="from_endpoint",
+                    cookie=c))
+    out.append(flow("from_endpoint", PRIO_SPECIFIC,
+                    {"in_port": port, "eth_type": ETH_IPV6, "ip_proto": PROTO_ICMPV6,
+                     "icmpv6_type": ND_NS, "ipv6_nd_target": gateway.SERVICE_GATEWAY_IPV6},
+                    goto="nd_reply", cookie=c))
+    if appliance is not None and ports.geneve is not None:
+        steered = {"in_port": port, "eth_type": ETH_IPV6, "ipv6_src": ep.ipv6, "ipv6_dst": STEERING}
+        # OVS stops parsing at an extension header it cannot read (e.g. a jumbo payload,
+        # payload length 0): such a flow has no upper layer (ip_proto 0) and no hop
+        # limit (nw_ttl 0). Dropped here, so it is not taken for hop limit 0 and punted.
+        out.append(flow("from_endpoint", PRIO_UNPARSED, {**steered, "ip_proto": 0}, [], cookie=c))
+        for hop_limit in (0, 1):    # nw_ttl is the hop limit for IPv6; it cannot be masked
+            out.append(flow("from_endpoint", PRIO_HOP_LIMIT, {**steered, "nw_ttl": hop_limit},
+                            [Controller()], meter=ERROR_METER, cookie=c))
+        if path_mtu:
+            bit = 1 << TOO_BIG_BIT
+            out.append(flow("from_endpoint", PRIO_TOO_BIG, {**steered, TOO_BIG_REG: (bit, bit)},
+                            [Controller()], meter=ERROR_METER, cookie=c))
+        out.append(flow("from_endpoint", PRIO_MATCH,
+                        {"in_port": port, "eth_type": ETH_IPV6, "ipv6_src": ep.ipv6,
+                         "ipv6_dst": STEERING},
+                        [CT(zone=ZONE_ENDPOINTS, commit=True),
+                         SetField("tunnel_id", VNI),
+                         SetField("tun_ipv4_dst", appliance.underlay_ip),
+                         *token_actions(model.tunnel_token),
+                         Output(ports.geneve)], cookie=c))
+    # +rel may come with any other flag, so it cannot share a priority with +rpl
+    for prio, state in ((PRIO_SPECIFIC, CT_REPLY), (PRIO_MATCH, CT_RELATED)):
+        out.append(flow("to_endpoint", prio,
+                        {"eth_type": ETH_IPV6, "ipv6_dst": ep.ipv6, "ipv6_src": STEERING,
+                         "ct_state": state},
+                        [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", ep.mac),
+                         Output(port)], cookie=c))
     return out
 
 
