@@ -186,7 +186,7 @@ def test_clear_caches_empties_every_encoding_cache(dp):
     """The cold state a benchmark measures: nothing encoded survives, and encoding works after."""
     def sizes():
         return {fn.__name__: fn.cache_info().currsize for fn in (
-            ofmsg._oxm_tlv, ofmsg._encoded_action, ofmsg._nat_ct_template, F.canonical_ip)}
+            ofmsg._oxm_tlv, ofmsg._encoded_action, ofmsg._nat_ct_template, F._canonical_text)}
     m = F.flow("classify", 1, {"ipv6_src": "fd64::1"},
                [F.CT(zone=2, commit=True, nat=F.Nat("src", "100.64.0.9")), F.Output(1)])
     before = one(dp, m)

@@ -70,7 +70,7 @@ def owned_flows(model: Model, node: Node, ports: Ports, path_mtu: int | None = N
     """Every proactive flow a node should hold for this model, by owner."""
     owners: list[Owner] = [("base",)]
     if node.role == "appliance":
-        owners += [("route", r.ipv6) for r in model.routes]
+        owners += [("route", r.ipv6) for r in model.iter_routes()]
     else:
         owners += [("endpoint", ep.name) for ep in model.endpoints_on(node.name)]
         owners += [("vm", vm.name) for vm in model.vms_on(node.name)]

@@ -173,6 +173,10 @@ class Model:
     def routes(self) -> tuple[Route, ...]:
         return tuple(self._routes[k] for k in sorted(self._routes))
 
+    def iter_routes(self) -> Iterable[Route]:
+        """The host mappings, unsorted (``routes`` sorts: ~0.5 s at 100,000)."""
+        return self._routes.values()
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Model):
             return NotImplemented

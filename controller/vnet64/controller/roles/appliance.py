@@ -19,7 +19,7 @@ would let any host forge the hop.
 
 from __future__ import annotations
 
-from ..flows import ETH_IPV6, OFPP_IN_PORT, Flow, Output, SetField, flow
+from ..flows import ETH_IPV6, OFPP_IN_PORT, Flow, Output, SetField, canonical_ip, flow
 from ..model import Model, Node, Route
 from ..pipeline import PRIO_MATCH, PRIO_MISS, VNI, cookie, token_actions, token_match
 from . import Ports
@@ -28,7 +28,7 @@ from . import Ports
 def appliance_flows(model: Model, node: Node, ports: Ports) -> list[Flow]:
     """Every flow of the appliance: ``base_flows`` and each host mapping's ``route_flows``."""
     out = base_flows(model, ports)
-    for r in model.routes:
+    for r in model.iter_routes():
         out += route_flows(model, ports, r)
     return out
 
@@ -61,4 +61,4 @@ def route_flows(model: Model, ports: Ports, r: Route) -> list[Flow]:
     return [flow("route", PRIO_MATCH, {"eth_type": ETH_IPV6, "ipv6_dst": r.ipv6},
                  [SetField("tun_ipv4_dst", host.underlay_ip),
                   *token_actions(model.tunnel_token), Output(OFPP_IN_PORT)],
-                 cookie=cookie("appliance", "route", str(r.ipv6)))]
+                 cookie=cookie("appliance", "route", canonical_ip(r.ipv6)))]
