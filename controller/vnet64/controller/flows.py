@@ -134,7 +134,7 @@ class FlowError(ValueError):
     """A flow that the pipeline declaration does not allow."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Match:
     """An OpenFlow match: field -> value or (value, mask). Hashable, canonical order."""
 
@@ -212,7 +212,7 @@ def port_str(port: int) -> str:
 # Actions
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Output:
     port: int
 
@@ -220,7 +220,7 @@ class Output:
         return f"output:{port_str(self.port)}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SetField:
     field: str
     value: Any
@@ -234,7 +234,7 @@ class SetField:
         return f"set_field:{_fmt(self.field, self.value)}->{ovs_name(self.field)}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Move:
     """Copy ``n_bits`` from ``src`` (at ``src_ofs``) to ``dst`` (at ``dst_ofs``)."""
 
@@ -254,7 +254,7 @@ class Move:
                 f"{ovs_name(self.dst)}[{self.dst_ofs}..{self.dst_ofs + self.n_bits - 1}]")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Nat:
     """NAT inside a ct action. ``kind`` None = apply the connection's existing NAT."""
 
@@ -282,7 +282,7 @@ class Nat:
         return f"nat({self.kind}={addr}{ports}{flags})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CT:
     """Send to conntrack in ``zone``; with ``table``, recirculate there afterwards."""
 
@@ -303,7 +303,7 @@ class CT:
         return f"ct({','.join(parts)})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Controller:
     max_len: int = 0xFFFF
 
@@ -311,7 +311,7 @@ class Controller:
         return "CONTROLLER:65535" if self.max_len == 0xFFFF else f"CONTROLLER:{self.max_len}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resubmit:
     """Continue in another table and come back (NXAST_RESUBMIT_TABLE)."""
 
@@ -321,7 +321,7 @@ class Resubmit:
         return f"resubmit(,{self.table})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CheckPktLarger:
     """``check_pkt_larger(pkt_len)->dst[ofs]`` (NXAST_CHECK_PKT_LARGER): bit ``ofs`` of
     ``dst`` (a register) becomes 1 if the packet is longer than ``pkt_len`` bytes, counting
@@ -348,7 +348,7 @@ Action = Union[Output, SetField, Move, CT, Controller, Resubmit, CheckPktLarger]
 # Tables and flows
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TableMap:
     """A role's pipeline: stage name -> table id, in order."""
 
@@ -372,7 +372,7 @@ class TableMap:
         return any(stage == name for stage, _ in self.stages)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Flow:
     """One flow: where it lives, what it matches, what it does, and who owns it."""
 
@@ -416,7 +416,7 @@ def flow(table: str, priority: int, match: Match | Mapping[str, MatchValue] | No
     return Flow(table, priority, m, tuple(actions), **kw)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PacketOut:
     """Re-inject ``data`` (a whole frame) into the pipeline or out of a port."""
 
@@ -425,7 +425,7 @@ class PacketOut:
     actions: tuple[Action, ...] = (Output(OFPP_TABLE),)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeleteFlows:
     """Delete flows by cookie (and mask), optionally in one table."""
 
@@ -434,7 +434,7 @@ class DeleteFlows:
     table: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeleteStrict:
     """Delete exactly one flow: the one at (table, priority, match)."""
 
@@ -447,7 +447,7 @@ class DeleteStrict:
         return cls(f.table, f.priority, f.match)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MeterMod:
     """A packet-rate meter (drop band) for the packet-in path."""
 
@@ -456,7 +456,7 @@ class MeterMod:
     burst: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TlvMap:
     """Map a Geneve option (class, type, length in bytes) to ``tun_metadata<index>``
     (NXT_TLV_TABLE_MOD, add). The switch keeps the map only while it runs (it is not in
@@ -483,7 +483,7 @@ class TlvMap:
 Message = Union[Flow, PacketOut, DeleteFlows, DeleteStrict, MeterMod, TlvMap]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Batch:
     """Messages for one switch, in order (flows before the packet-out that needs them)."""
 

@@ -50,7 +50,7 @@ class Switch:
     tables: TableMap
     port_names: dict = field(default_factory=dict)         # the switch's ports: name -> ofport
     proactive: dict = field(default_factory=dict)          # flow key -> Flow last sent
-    owned: dict = field(default_factory=dict)              # owner -> {flow key: Flow} (see owned_flows)
+    owned: dict = field(default_factory=dict)              # owner -> its flows' keys (see owned_flows)
     allocator: customer.Allocator = field(default_factory=customer.Allocator)
     pairs: dict = field(default_factory=dict)              # alias index -> (endpoint, vm) names
     pair_ports: dict = field(default_factory=dict)         # alias index -> the VM port its flows use
@@ -184,9 +184,11 @@ class Logic:
             sw.allocator, sw.pairs, sw.pair_ports, sw.pairs_of = (old.allocator, old.pairs,
                                                                   old.pair_ports, old.pairs_of)
         self.switches[dpid] = sw
-        sw.owned = {o: {f.key: f for f in fl}
-                    for o, fl in owned_flows(self.model, node, ports, self.path_mtu).items() if fl}
-        sw.proactive = {k: f for fl in sw.owned.values() for k, f in fl.items()}
+        sw.owned, sw.proactive = {}, {}
+        for o, fl in owned_flows(self.model, node, ports, self.path_mtu).items():
+            if fl:
+                keys = sw.owned[o] = tuple(f.key for f in fl)
+                sw.proactive.update(zip(keys, fl))
         flows = list(sw.proactive.values())
         LOG.info("switch %016x is %s (%s): %d proactive flows", dpid, node.name, node.role, len(flows))
         if self.model.tunnel_token is None:
@@ -348,14 +350,13 @@ class Logic:
         additions that take the switch from what it holds there."""
         held: dict = {}                    # key -> Flow, as the switch holds it now
         for owner in flows_of:
-            for key, f in sw.owned.pop(owner, {}).items():
-                held[key] = f
-                del sw.proactive[key]
+            for key in sw.owned.pop(owner, ()):
+                held[key] = sw.proactive.pop(key)
         wanted: dict = {}
         for owner, flows in flows_of.items():
             if flows:
-                mine = sw.owned[owner] = {f.key: f for f in flows}
-                wanted.update(mine)
+                keys = sw.owned[owner] = tuple(f.key for f in flows)
+                wanted.update(zip(keys, flows))
         out: list[Message] = [DeleteStrict(*key) for key in held
                               if key not in wanted and key not in sw.proactive]
         out += [f for key, f in wanted.items() if held.get(key, sw.proactive.get(key)) != f]

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 from .. import address, gateway
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     name: str
     role: str                # "host" | "appliance"
@@ -27,7 +27,7 @@ class Node:
     datapath_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VM:
     name: str
     vnet: str
@@ -45,7 +45,7 @@ class VM:
         return bool(self.services)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     name: str
     service: str
@@ -54,7 +54,7 @@ class Endpoint:
     host: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Binding:
     """A VM's or endpoint's port: the OVS interface ``port`` on ``node`` (NB Port_Binding)."""
 
@@ -65,7 +65,7 @@ class Binding:
     ofport: int | None = None   # as the node agent saw it; informational (the switch's own counts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Route:
     """A host mapping (NB Host_Mapping): a subscribed VM's platform IPv6 lives on ``host``.
     All the appliance needs (one ``route`` flow each); the NB keeps one per VM with an
