@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 TOPOLOGY ?= topologies/two-tenants.yaml
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+# The lab runs a controller per node (its default); `make test` runs these lab tests a
+# second time with one central controller, so both modes stay tested (empty: skip that).
+# VNET64_LAB_CONTROL=central make test runs the whole suite with the central one.
+CENTRAL_TESTS ?= tests/lab/test_acceptance.py tests/lab/test_survival.py
 
 .PHONY: setup test unit lab demo bench bench-lab lock clean
 
@@ -13,7 +17,14 @@ setup:
 	@VENV=$(VENV) ./scripts/setup.sh
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@status=0; \
+	echo "$(PY) -m pytest $(PYTEST_ARGS)"; \
+	$(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ -n "$(strip $(CENTRAL_TESTS))" ]; then \
+	    echo "$(PY) -m pytest -ra --lab-control central $(CENTRAL_TESTS)"; \
+	    $(PY) -m pytest -ra --lab-control central $(CENTRAL_TESTS) || status=$$?; \
+	fi; \
+	exit $$status
 
 unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

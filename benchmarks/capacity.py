@@ -90,8 +90,8 @@ if "--agent" not in sys.argv:         # agents (below) need only the standard li
     sys.path.insert(0, str(ROOT / "ovs-setup"))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import pair_setup as ps
-    from common import (CpuMeter, flow_count, report_end, interrupted, med, note, pct,
-                        rng_with, rss_kib, start_run, yes_no)
+    from common import (CpuMeter, control_text, flow_count, report_end, interrupted, med, note,
+                        pct, rng_with, rss_kib, start_run, yes_no)
     from vnet64 import helptext, topology
     from vnet64_lab import Lab, sh
     from vnet64_lab.ovs import OvsNode
@@ -538,18 +538,21 @@ class Bench:
         sh.wait_for(lambda: flow_count(self.nodes["host1"], "v6_dnat") >= 2
                     and flow_count(self.nodes["appliance"]) >= 2, 60, "the controller's flows")
         if self.args.snat_ports != DEFAULT_PORTS:
-            log = self.lab.run_dir / "ctl" / "controller.log"
+            # the controller that sets host1's pairs up: its own, or the central one
+            ctl = self.lab.controller("host1")
+            served = 1 if ctl.node else len(self.plan.nodes)
+            log = ctl.log
             size = log.stat().st_size
             os.environ["OS_VNET64__SNAT_PORTS"] = "%d-%d" % self.args.snat_ports
             try:
-                state = self.lab.restart_controller()
+                state = self.lab.restart_controller("host1")
             finally:
                 del os.environ["OS_VNET64__SNAT_PORTS"]
             if not state.startswith("started"):
                 raise RuntimeError(f"controller restart: {state}")
-            try:   # the new controller programmed every switch (one line per switch)
-                sh.wait_for(lambda: log.read_bytes()[size:].count(b"proactive flows") >= 3, 60,
-                            "the restarted controller's flows")
+            try:   # the new controller programmed every switch it serves (one line each)
+                sh.wait_for(lambda: log.read_bytes()[size:].count(b"proactive flows") >= served,
+                            60, "the restarted controller's flows")
             except Exception:
                 print(log.read_bytes()[size:][-3000:].decode(errors="replace"), file=sys.stderr)
                 raise
@@ -790,7 +793,8 @@ def report(args, runs: list[dict], started: datetime) -> str:
          + (" **--quick**: a smoke run, not a measurement." if args.quick else "")),
         "",
         (f"Lab: appliance + host1 (`cv1` in customer-a, `cv2` in customer-b, both 10.0.0.4) + "
-         f"host2 ({args.endpoints} endpoints of `{SERVICE}`); the real `vnet64-controller`, "
+         f"host2 ({args.endpoints} endpoints of `{SERVICE}`); the real `vnet64-controller` "
+         f"({control_text(Lab(args.prefix, args.run_dir).wanted_control)}), "
          f"Platform_IP ports {lo}-{hi} ({prange:,} per VM address and port"
          f"{'' if (lo, hi) == DEFAULT_PORTS else ', narrowed with --vnet64-snat-ports'}). The "
          "sockets live in agent processes inside the endpoints' namespaces (clients) and the VMs' "

@@ -122,19 +122,56 @@ def rss_kib(pid: int | None) -> int:
     return 0
 
 
-def seconds_until_idle(pid: int, timeout: float) -> float | None:
-    """Seconds until process ``pid`` uses < 10 % of a core for 1 s, twice in a row (the
-    two quiet seconds not counted); None if it is still busy after ``timeout``."""
+def seconds_until_idle(pids: int | list[int], timeout: float) -> float | None:
+    """Seconds until process ``pids`` (one, or several together) use < 10 % of a core for
+    1 s, twice in a row (the two quiet seconds not counted); None if still busy after
+    ``timeout``."""
+    pids = [pids] if isinstance(pids, int) else list(pids)
     t0 = time.monotonic()
     quiet = 0
     while quiet < 2:
-        c0 = cpu_ticks(pid)
+        c0 = sum(cpu_ticks(p) for p in pids)
         time.sleep(1.0)
-        busy = 100.0 * (cpu_ticks(pid) - c0) / CpuMeter.HZ
+        busy = 100.0 * (sum(cpu_ticks(p) for p in pids) - c0) / CpuMeter.HZ
         quiet = quiet + 1 if busy < 10 else 0
         if time.monotonic() - t0 > timeout:
             return None
     return time.monotonic() - t0 - 2.0
+
+
+# ---------------------------------------------------------------------------
+# The lab's controllers: one per node (the lab's default) or one central one
+
+
+def controller_pids(lab) -> list[int]:
+    """The pid of every controller of the lab that is up (each node's, or the central
+    one): a benchmark's "controller" is all of them together."""
+    pids = {c.name: c.pid() for c in lab.controllers()}
+    missing = [name for name, pid in pids.items() if not pid]
+    if missing:
+        raise RuntimeError(f"the lab's controller is not running: {', '.join(missing)}")
+    return list(pids.values())
+
+
+def control_text(control: str) -> str:
+    """A report's words for the lab's control mode (``Lab.control``)."""
+    if control == "node":
+        return ("a controller per node (`--vnet64-node`, next to each node's agent: the "
+                "lab's default; \"controller\" figures are all of them together)")
+    return "one central controller for every node (`VNET64_LAB_CONTROL=central`)"
+
+
+def controller_logs_text(lab, since: dict | None = None) -> str:
+    """Every controller's log (what each wrote after ``since``: ``{path: size}``)."""
+    out = []
+    for c in lab.controllers():
+        with contextlib.suppress(OSError):
+            out.append(c.log.read_bytes()[(since or {}).get(c.log, 0):].decode(errors="replace"))
+    return "\n".join(out)
+
+
+def controller_log_sizes(lab) -> dict:
+    return {c.log: c.log.stat().st_size if c.log.exists() else 0 for c in lab.controllers()}
 
 
 def log_errors(text: str, keep: int = 20) -> list[str]:

@@ -59,7 +59,6 @@ import ipaddress
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -76,6 +75,7 @@ sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import (CpuMeter, flow_count, report_end, interrupted, med, note,  # noqa: E402
+                    control_text, controller_log_sizes, controller_logs_text, controller_pids,
                     log_errors, rng_with, rss_kib, seconds_until_idle, start_run, summarise_profile,
                     yes_no)
 from vnet64 import helptext  # noqa: E402
@@ -197,6 +197,7 @@ class Growth:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.lab = Lab(args.prefix, args.run_dir)
+        args.control = self.lab.wanted_control   # node or central ($VNET64_LAB_CONTROL)
         self.tmp = Path(tempfile.mkdtemp(prefix="vnet64-growth-"))
         self.topo_path = self.tmp / "growth.yaml"
         self.topo_path.write_text(TOPOLOGY)
@@ -209,10 +210,13 @@ class Growth:
         self.plan = self.lab.plan()
         self.nodes = {n.name: OvsNode(n.name, n.ns, n.run_dir) for n in self.plan.nodes}
         state = (self.lab.state() or {}).get("controller", "")
-        m = re.search(r"pid (\d+)", state)
-        if not m:
+        if not state.startswith("started"):
             raise RuntimeError(f"the lab did not start the controller: {state}")
-        self.controller_pid = int(m.group(1))
+        # "the controller": every controller of the lab together (one per node, or the
+        # central one); the profile is of the one serving host1 (its own, or the central)
+        self.controller_pids = controller_pids(self.lab)
+        self.profile_pid = self.lab.controller_pid("host1")
+        self.args.control = self.lab.control
         self.nb_pid = sh.read_pid(Path(self.plan.nb_run_dir) / "nb.pid")
         self.api = nbapi.connect(f"unix:{self.plan.nb_run_dir}/nb.sock", timeout=120)
         sh.wait_for(lambda: flow_count(self.nodes["appliance"], "route") >= 1
@@ -233,7 +237,7 @@ class Growth:
     def settle(self, timeout: float = 600.0) -> float:
         """Seconds until the controller is idle (< 10 % of a core for 1 s, twice in a row);
         ``timeout`` (and a note) if it never is."""
-        seconds = seconds_until_idle(self.controller_pid, timeout)
+        seconds = seconds_until_idle(self.controller_pids, timeout)
         if seconds is None:
             note(f"the controller stayed busy for {timeout:g}s; measuring anyway")
             return timeout
@@ -262,7 +266,8 @@ class Growth:
         return out
 
     def memory(self) -> dict:
-        out = {"controller": rss_kib(self.controller_pid), "NB ovsdb-server": rss_kib(self.nb_pid)}
+        out = {"controller": sum(rss_kib(p) for p in self.controller_pids),
+               "NB ovsdb-server": rss_kib(self.nb_pid)}
         for name, node in self.nodes.items():
             out[f"{name} ovs-vswitchd"] = rss_kib(node.pid("ovs-vswitchd"))
             out[f"{name} ovsdb-server"] = rss_kib(node.pid("ovsdb-server"))
@@ -290,7 +295,7 @@ class Growth:
             expected["host1"] += HOST_FLOWS_PER_VM * p
             expected["host1 v6_dnat"] += p
             judged = ("appliance route", "host1 v6_dnat", "appliance", "host1", "host2")
-            procs = {"controller": [self.controller_pid],
+            procs = {"controller": self.controller_pids,
                      "ovs-vswitchd appliance": [self.nodes["appliance"].pid("ovs-vswitchd") or 0],
                      "ovs-vswitchd host1": [self.nodes["host1"].pid("ovs-vswitchd") or 0],
                      "NB ovsdb-server": [self.nb_pid or 0]}
@@ -304,8 +309,7 @@ class Growth:
             deadline = t_commit + a.timeout
             seen = before
             reached: dict[str, float] = {}
-            log_path = self.lab.run_dir / "ctl" / "controller.log"
-            log_offset = log_path.stat().st_size
+            log_sizes = controller_log_sizes(self.lab)
             while True:
                 seen = self.counts()
                 for k in judged:
@@ -338,9 +342,9 @@ class Growth:
             r["nb_counts"] = {t: len(nb_transact(f"{self.plan.nb_run_dir}/nb.sock", [
                 {"op": "select", "table": t, "where": [], "columns": ["_uuid"]}])[0]["rows"])
                 for t in ("VM", "Subscription", "Host_Mapping")}
-            log = log_path.read_text(errors="replace")
-            r["disconnects"] = sum(1 for line in log_path.read_bytes()[log_offset:].decode(
-                errors="replace").splitlines() if "] disconnected" in line)
+            log = controller_logs_text(self.lab)
+            r["disconnects"] = sum(1 for line in controller_logs_text(
+                self.lab, log_sizes).splitlines() if "] disconnected" in line)
             r["log_error_lines"] = log_errors(log)
             r["log_errors"] = len(r["log_error_lines"])
         finally:
@@ -360,7 +364,7 @@ class Growth:
             note("py-spy not installed; no profile")
             return None
         raw = self.tmp / "controller.raw"
-        proc = subprocess.Popen([spy, "record", "--pid", str(self.controller_pid), "--rate", "100",
+        proc = subprocess.Popen([spy, "record", "--pid", str(self.profile_pid), "--rate", "100",
                                  "--format", "raw", "--output", str(raw), "--nonblocking",
                                  "--threads"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -377,7 +381,8 @@ class Growth:
             proc.kill()
             proc.wait(5)
         text = raw.read_text() if raw.exists() else ""
-        path.write_text(f"py-spy of vnet64-controller while it programmed {n:,} subscriptions "
+        path.write_text(f"py-spy of vnet64-controller (the one serving host1, {self.lab.control} "
+                        f"control) while it programmed {n:,} subscriptions "
                         f"({seconds:.1f}s from the NB commit) and until idle ({settle:.0f}s "
                         "more)\n\n"
                         + (summarise_profile(text) if text else "no samples\n"))
@@ -402,7 +407,8 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
          "each; median (min-max)."),
         "",
         ("Lab: appliance + host1 + host2, one VNet, one service endpoint on host2; the real "
-         "`vnet64-controller` as the lab starts it. N VMs on host1 and N active subscriptions "
+         f"`vnet64-controller` as the lab starts it: {control_text(args.control)}. "
+         "N VMs on host1 and N active subscriptions "
          "(with their host mappings) written into the NB in one raw OVSDB transaction. host1 has "
          f"a br-int port for {args.host_port_share:.0%} of the VMs (OVS patch ports without a "
          "peer: an OpenFlow port number, no datapath port): the controller programs per-VM flows "
@@ -556,7 +562,7 @@ def main() -> int:
     print(text)
     result = {"started": started.isoformat(), "commit": args.commit, "machine": platform.node(),
               "cpus": os.cpu_count(), "argv": args.argv, "host_port_share": args.host_port_share,
-              "host_flows_per_vm": HOST_FLOWS_PER_VM,
+              "host_flows_per_vm": HOST_FLOWS_PER_VM, "control": args.control,
               "sizes": {str(n): rows[n] for n in sizes}}
     for path, body in ((args.out, text), (args.json, json.dumps(result, indent=1, default=str))):
         if path:

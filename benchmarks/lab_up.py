@@ -78,7 +78,9 @@ def main() -> int:
         "# Lab bring-up / tear-down",
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-        f"{os.cpu_count()} CPUs, kernel {platform.release()}, {args.runs} runs per topology. "
+        f"{os.cpu_count()} CPUs, kernel {platform.release()}, {args.runs} runs per topology, "
+        f"{Lab(PREFIX, RUN_DIR).wanted_control} control (`VNET64_LAB_CONTROL`: a controller "
+        "per node, or one central). "
         "Seconds: median (min-max). `up` is from the call until every node's OVS has "
         "learned its underlay route; `down` until no namespace, process or run dir is left.",
         "",

@@ -85,8 +85,9 @@ sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import (CpuMeter, flow_count, report_end, med, note, pct, rng,
-                    seconds_until_idle, start_run, summarise_profile, thread_ticks, yes_no)
+from common import (CpuMeter, control_text, controller_pids, flow_count, report_end, med, note,
+                    pct, rng, seconds_until_idle, start_run, summarise_profile, thread_ticks,
+                    yes_no)
 from vnet64 import helptext  # noqa: E402
 from vnet64 import topology
 from vnet64.controller.pipeline import CT_TIMEOUTS
@@ -556,7 +557,7 @@ class Bench:
         self.note(f"lab up in {time.monotonic() - t0:.1f}s ({self.n_ep + 1} endpoints, "
                   f"{self.n_vm + 1} VMs): {len(self.lab.namespaces())} namespaces")
         self.api = nbapi.connect(f"unix:{self.plan.nb_run_dir}/nb.sock")
-        self.controller_pid = self._controller_pid((self.lab.state() or {}).get("controller", ""))
+        self._find_controllers((self.lab.state() or {}).get("controller", ""))
         # programmed: every VM steered on host1 and the appliance, pair miss flow present
         n_vm = len(self.topo.vms)
         sh.wait_for(lambda: flow_count(self.nodes["host1"], "v6_dnat") >= n_vm
@@ -565,12 +566,15 @@ class Bench:
         self.base_counts = self.counts()
         self.facts["settle_after_up"] = self.settle("after lab up", log=True)
 
-    @staticmethod
-    def _controller_pid(state: str) -> int:
-        m = re.search(r"pid (\d+)", state)
-        if not m:
+    def _find_controllers(self, state: str) -> None:
+        """The lab's controllers, once (re)started: ``controller_pids`` every one (each
+        node's, or the central one: what "controller" CPU counts and what must be idle),
+        ``controller_pid`` the one serving host1, where the pairs are set up (profiled)."""
+        if not state.startswith("started"):
             raise RuntimeError(f"the lab did not start the controller: {state}")
-        return int(m.group(1))
+        self.controller_pids = controller_pids(self.lab)
+        self.controller_pid = self.lab.controller_pid("host1")
+        self.args.control = self.lab.control
 
     def settle(self, when: str, timeout: float = 300.0, log: bool = False) -> float:
         """Wait until the controller is idle (< 10% of a core for 2 s in a row).
@@ -579,7 +583,7 @@ class Bench:
         its flows are in (each one recomputes the switch's proactive flows); after an
         overload, packet-ins queued in OVS keep arriving for a while.
         """
-        seconds = seconds_until_idle(self.controller_pid, timeout)
+        seconds = seconds_until_idle(self.controller_pids, timeout)
         if seconds is None:
             raise RuntimeError(f"the controller stayed busy for {timeout:g}s {when}")
         if log:
@@ -592,7 +596,7 @@ class Bench:
                 "appliance": flow_count(ap)}
 
     def cpu_meter(self) -> CpuMeter:
-        procs = {"controller": [self.controller_pid]}
+        procs = {"controller": list(self.controller_pids)}
         procs["ovs-vswitchd (3 nodes)"] = [n.pid("ovs-vswitchd") or 0 for n in self.nodes.values()]
         procs["ovs-vswitchd host1"] = [self.nodes["host1"].pid("ovs-vswitchd") or 0]
         tayga = sh.read_pid(Path(self.plan.translator("host1").run_dir) / "tayga.pid")
@@ -623,7 +627,7 @@ class Bench:
     def restart_controller(self, log_level: str) -> None:
         os.environ["OS_DEFAULT__LOG_LEVEL"] = log_level
         try:
-            self.controller_pid = self._controller_pid(self.lab.restart_controller())
+            self._find_controllers(self.lab.restart_controller())
         finally:
             del os.environ["OS_DEFAULT__LOG_LEVEL"]
         t0 = time.monotonic()
@@ -665,7 +669,7 @@ class Bench:
         r = open_loop(self.pinger, warm, self.pool.ids(len(warm)), 200, seq=1, timeout=3.0)
         if r["answered"] < len(warm):
             raise RuntimeError(f"warm-up: only {r['answered']} of {len(warm)} pairs answered; "
-                               f"see {RUN_DIR}/ctl/controller.log")
+                               f"see {self.lab.controller_log('host1')}")
         self.note(f"warm-up: {len(warm)} pairs answered (p50 {r['p50']:.1f} ms)")
         self.settle("after the warm-up")
         self.recycle()
@@ -748,7 +752,7 @@ class Bench:
                     procs = {"ovs-vswitchd": [self.ctb.pid("ovs-vswitchd") or 0]}
                 else:
                     procs = {"ovs-vswitchd": [n.pid("ovs-vswitchd") or 0 for n in self.nodes.values()],
-                             "tayga": [tayga or 0], "controller": [self.controller_pid]}
+                             "tayga": [tayga or 0], "controller": list(self.controller_pids)}
                 procs["server"] = [p.server.pid]
                 r = p.run(a.tcp_seconds, conc, CpuMeter(procs))
                 r["cpu"].pop("generator")
@@ -776,7 +780,8 @@ class Bench:
             r = self.saturation()
         finally:
             proc.wait(self.args.sat_seconds + 30)
-        path.write_text(f"py-spy of vnet64-controller during a saturation run of "
+        path.write_text(f"py-spy of vnet64-controller (the one serving host1, {self.lab.control} "
+                        f"control) during a saturation run of "
                         f"{r['rate']:.0f} pairs/s\n\n"
                         + (summarise_profile(raw.read_text()) if raw.exists() else "no samples\n"))
         self.note(f"controller profile saved to {path}")
@@ -855,7 +860,8 @@ def report(args, large: Bench, small: Bench | None, p1: list[dict], whatif: list
          f"half in each of two VNets with the same addresses, + `tv`) + host2 "
          f"({args.endpoints} endpoints of `{PAIR_SERVICE}`, + `tc`) = "
          f"{args.endpoints * args.vms} distinct pairs; the real `vnet64-controller` as the "
-         "lab starts it (log level INFO, packet-in meter 5000 pps, burst 500). A pair is set "
+         f"lab starts it: {control_text(getattr(args, 'control', 'node'))} (log level INFO, "
+         "packet-in meter 5000 pps, burst 500). A pair is set "
          "up when the answer to its first packet (ICMPv6 echo from a raw socket in the "
          "endpoint's namespace, answered by the VM's kernel through TAYGA) is back at the "
          "endpoint; every run starts with no pair installed and no megaflow."),

@@ -22,11 +22,12 @@ For each size N (a baseline with no ``pairbench`` pair first, then each of
    SYN through the controller) exchanges a line; the pair flows of host1 are
    recorded (cookie = alias index, per (service, VM) pair);
 3. a stale vnet64 pair flow (a pair the NB does not allow) is planted, then the
-   controller is killed with SIGKILL; a line goes over the connection with no
-   controller;
+   controller is killed with SIGKILL (every node's, when the lab runs a controller
+   per node - its default; ``VNET64_LAB_CONTROL=central``: the one central
+   controller); a line goes over the connection with no controller;
 4. ``Lab.restart_controller()`` starts it again exactly as the lab does, and
    the clock runs from that call until every switch's ``resynced`` line is in
-   the controller's log (``app.py``: written once the switch's whole flow dump
+   the controllers' logs (``app.py``: written once the switch's whole flow dump
    has been read and ``logic.resynced`` has adopted the pairs and computed the
    sweep). That is the resync time. The log's own timestamps split it:
    process start -> NB model built -> switches connected -> resynced;
@@ -72,6 +73,7 @@ sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import (CpuMeter, report_end, interrupted, log_errors, med, note,  # noqa: E402
+                    control_text, controller_log_sizes, controller_logs_text, controller_pids,
                     print_log_tail, rng_with, start_run, summarise_profile)
 import pair_setup  # noqa: E402
 from pair_setup import Bench, PairPool, Pinger, closed_loop, open_loop  # noqa: E402
@@ -138,8 +140,14 @@ class Resync(Bench):
                 self.echo.wait(5)
         super().down()
 
-    def controller_log(self) -> Path:
-        return self.lab.run_dir / "ctl" / "controller.log"
+    def controller_log_tails(self) -> None:
+        """Print the end of every controller's log (what a failed run was doing)."""
+        try:
+            ctls = self.lab.controllers()
+        except Exception:   # no lab up
+            return
+        for ctl in ctls:
+            print_log_tail(ctl.log)
 
     # -- pairs ----------------------------------------------------------------
 
@@ -180,7 +188,7 @@ class Resync(Bench):
                 todo = [todo[i] for i in sorted(set(range(len(todo))) - set(r["ok"]))]
         if todo:
             raise RuntimeError(f"{len(todo)} of {len(pairs)} pairs never answered; see "
-                               f"{self.lab.run_dir}/ctl/controller.log")
+                               f"{self.lab.controller_log('host1')}")
         return {"seconds": time.monotonic() - t0, "rate": len(pairs) / (time.monotonic() - t0)}
 
     # -- the long-lived connection ---------------------------------------------
@@ -213,37 +221,39 @@ class Resync(Bench):
     # -- kill -9 and restart ------------------------------------------------------
 
     def kill_9(self) -> None:
-        pid = self.controller_pid
-        if b"vnet64.controller" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            raise RuntimeError(f"pid {pid} is not the controller")
-        os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):    # our child (lab.up/restart): reap it
-            os.waitpid(pid, 0)
-        sh.wait_for(lambda: not sh.proc_alive(pid), 5, "the controller to die")
+        """SIGKILL the controller: every node's, or the central one (by their pidfiles)."""
+        for pid in controller_pids(self.lab):
+            if b"vnet64.controller" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                raise RuntimeError(f"pid {pid} is not the controller")
+            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):    # our child (lab.up/restart): reap it
+                os.waitpid(pid, 0)
+            sh.wait_for(lambda pid=pid: not sh.proc_alive(pid), 5, "the controller to die")
 
     def restart_and_time(self, profile: Path | None) -> dict:
-        log = self.controller_log()
-        offset = log.stat().st_size
+        sizes = controller_log_sizes(self.lab)
         nodes = list(self.nodes)
         spy = None
         t_wall0 = time.time()
         t0 = time.monotonic()
         state = self.lab.restart_controller()
-        self.controller_pid = self._controller_pid(state)
+        self._find_controllers(state)
         if profile:
             spy = self._spy()
 
         def all_resynced() -> str | None:
-            text = log.read_bytes()[offset:].decode(errors="replace")
+            text = controller_logs_text(self.lab, sizes)
             ok = all(re.search(rf"\[{n} [0-9a-f]+\] resynced", text) for n in nodes)
             return text if ok else None
         text = sh.wait_for(all_resynced, 120, "every switch to resync", interval=0.005)
         t_resynced = time.monotonic() - t0
-        cpu = CpuMeter({"controller": [self.controller_pid]})
+        cpu = CpuMeter({"controller": list(self.controller_pids)})
         cpu.start()
         idle_after = self.settle("after the restart")
         r = {"resync_s": t_resynced, "idle_after_s": idle_after}
-        # the controller's own timestamps: start -> NB model -> connected -> resynced
+        # the controllers' own timestamps: start -> NB model -> connected -> resynced (with a
+        # controller per node: the first start, the last model, the first and the last
+        # switch connected, the last resynced)
         marks: dict[str, float] = {}
         per_switch = {}
         for line in text.splitlines():
@@ -251,17 +261,17 @@ class Resync(Bench):
             if t is None:
                 continue
             if "vnet64-controller starting" in line:
-                marks.setdefault("started", t)
+                marks["started"] = min(t, marks.get("started", t))
             elif "role logic" in line and "ready" in line:
-                marks.setdefault("logic_ready", t)
+                marks["logic_ready"] = max(t, marks.get("logic_ready", t))
             elif " connected from " in line:
-                marks["last_connected"] = t
-                marks.setdefault("first_connected", t)
+                marks["last_connected"] = max(t, marks.get("last_connected", t))
+                marks["first_connected"] = min(t, marks.get("first_connected", t))
             else:
                 m = re.search(r"\[(\S+) [0-9a-f]+\] resynced in ([0-9.]+)s: (\d+) flows read, "
                               r"(\d+) messages", line)
                 if m:
-                    marks["last_resynced"] = t
+                    marks["last_resynced"] = max(t, marks.get("last_resynced", t))
                     per_switch[m.group(1)] = {"in_s": float(m.group(2)), "flows": int(m.group(3)),
                                               "messages": int(m.group(4))}
         r["marks"] = {k: v - t_wall0 for k, v in marks.items()}
@@ -273,7 +283,8 @@ class Resync(Bench):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(30)
             samples = raw.read_text() if raw.exists() else ""
-            profile.write_text("py-spy of vnet64-controller from its restart until resynced and "
+            profile.write_text(f"py-spy of vnet64-controller (the one serving host1, "
+                               f"{self.lab.control} control) from its restart until resynced and "
                                f"idle ({r['resync_s']:.2f}s to resynced)\n\n"
                                + (summarise_profile(samples) if samples else "no samples\n"))
             note(f"controller profile saved to {profile}")
@@ -340,7 +351,7 @@ class Resync(Bench):
         r["no_duplicate"] = (len(set(aliases)) == len(aliases) == len(set(cks))
                              and sorted(all_cookies) == sorted(cks * 3)
                              and all(final[k] == v for k, v in before.items()))
-        text = self.controller_log().read_text(errors="replace")
+        text = controller_logs_text(self.lab)
         r["log_error_lines"] = log_errors(text)
         r["log_errors"] = len(r["log_error_lines"])
         r["ok"] = (r["connection_ok"] and r["pairs_kept"] and r["stale_swept"] and r["flows_kept"]
@@ -376,7 +387,8 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
          "(min-max)."),
         "",
         (f"Lab `{args.prefix}`: appliance + host1 ({args.vms} VMs + `tv`) + host2 "
-         f"({args.endpoints} endpoints + `tc`), the real controller, every br-int's "
+         f"({args.endpoints} endpoints + `tc`), the real controller "
+         f"({control_text(getattr(args, 'control', 'node'))}), every br-int's "
          "`max_backoff` 1 s. N pairs set up through the controller by real first packets, plus "
          "one long-lived TCP connection `tc` -> `tv` (its own pair); then kill -9 of the "
          "controller, a stale pair flow planted, `restart_controller`. **Resync time** = from the "
@@ -483,7 +495,7 @@ def main() -> int:
                 offset += n + args.new_pairs
     except BaseException:
         if getattr(bench, "lab", None) is not None:
-            print_log_tail(bench.controller_log())
+            bench.controller_log_tails()
         raise
     finally:
         bench.down()
@@ -492,7 +504,8 @@ def main() -> int:
     print(text)
     result = {"started": started.isoformat(), "commit": args.commit, "machine": platform.node(),
               "cpus": os.cpu_count(), "argv": args.argv, "endpoints": args.endpoints,
-              "vms": args.vms, "sizes": {str(n): rows[n] for n in sizes}}
+              "vms": args.vms, "control": getattr(args, "control", None),
+              "sizes": {str(n): rows[n] for n in sizes}}
     for path, body in ((args.out, text), (args.json, json.dumps(result, indent=1, default=str))):
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)

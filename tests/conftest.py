@@ -1,7 +1,14 @@
-"""Shared fixtures: a real ovsdb-server with the NB schema, started in a temporary directory."""
+"""Shared fixtures: a real ovsdb-server with the NB schema, started in a temporary directory.
+
+``--lab-control node|central`` (else ``$VNET64_LAB_CONTROL``, else ``node``): how every lab
+the suite brings up runs its controllers - one per node, or one central controller. It is
+put in the environment, so the labs that benchmarks and demos started by the tests bring
+up follow it too.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -13,6 +20,23 @@ from vnet64.nb.server import NbServer
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TOPOLOGY = ROOT / "topologies" / "two-tenants.yaml"
+LAB_CONTROL_ENV = "VNET64_LAB_CONTROL"   # vnet64_lab.lab.CONTROL_ENV
+
+
+def pytest_addoption(parser):
+    parser.addoption("--lab-control", choices=("node", "central"),
+                     help="lab tests: a controller per node (default, also "
+                          f"${LAB_CONTROL_ENV}) or one central controller")
+
+
+def pytest_configure(config):
+    mode = config.getoption("--lab-control")
+    if mode:
+        os.environ[LAB_CONTROL_ENV] = mode
+
+
+def pytest_report_header(config):
+    return f"lab control: {os.environ.get(LAB_CONTROL_ENV) or 'node'}"
 
 
 def _need_ovsdb() -> None:

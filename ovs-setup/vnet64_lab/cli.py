@@ -1,12 +1,18 @@
 """``vnet64-lab``: build, inspect and remove an OVS lab of a topology.
 
-    vnet64-lab up [TOPOLOGY]            build it (default topologies/two-tenants.yaml)
+    vnet64-lab up [TOPOLOGY] [--control node|central]
+                                        build it (default topologies/two-tenants.yaml)
     vnet64-lab down                     remove everything the lab made
-    vnet64-lab status [--json]          processes, bridges, controller, VM addresses
+    vnet64-lab status [--json]          processes, bridges, controllers, VM addresses
+    vnet64-lab logs [NODE] [-n LINES]   the end of the controllers' and agents' logs
     vnet64-lab exec TARGET -- CMD...    run CMD inside a node / VM / endpoint namespace
     vnet64-lab flows NODE [--bridge B]  ovs-ofctl dump-flows of that node, with table names
     vnet64-lab capture TARGET IFACE     tcpdump inside that namespace
 
+``--control node`` (the default, also ``$VNET64_LAB_CONTROL``): a controller per node,
+``vnet64-controller --vnet64-node NODE`` in the node's namespace next to its agent,
+br-int pointed at ``tcp:127.0.0.1:6653``, as a deployment runs it; ``central``: one
+controller for every node, on the management network.
 TARGET is a node, VM or service-endpoint name, or ``kind:name`` with kind one of
 node, vm, endpoint, xlat (a host's translator), or ``ctl`` / ``fabric``.
 Options before the subcommand: ``--prefix`` (namespace prefix, env
@@ -34,7 +40,7 @@ from vnet64 import helptext
 
 from . import plan as P
 from . import sh
-from .lab import DEFAULT_TOPOLOGY, Lab
+from .lab import AGENT, CONTROL_MODES, DEFAULT_TOPOLOGY, Lab
 from .ovs import OvsNode
 from .sh import LabError
 
@@ -67,14 +73,17 @@ def _print_status(st: dict) -> None:
                                          else ""))
     print(f"nb: {'pid ' + str(st['nb']['pid']) if st['nb']['pid'] else 'NOT RUNNING'}  "
           f"remotes: {', '.join(st['nb']['remotes'])}")
-    print(f"controller: {st['controller']['state']}  target: {st['controller']['target']}")
+    print(f"control: {st.get('control', 'central')}  controller: {st['controller']['state']}  "
+          f"target: {st['controller']['target']}")
     if st.get("vswitchd"):
         print(f"ovs-vswitchd: {st['vswitchd']}")
     print()
     for n in st["nodes"]:
-        procs = " ".join(f"{d}={'pid ' + str(n[k]) if n[k] else 'DOWN'}"
-                         for d, k in (("ovsdb-server", "ovsdb_server"),
-                                      ("ovs-vswitchd", "ovs_vswitchd"), ("vnet64-node", "agent")))
+        daemons = [("ovsdb-server", "ovsdb_server"), ("ovs-vswitchd", "ovs_vswitchd"),
+                   ("vnet64-node", "agent")]
+        if "controller" in n:   # a controller per node
+            daemons.append(("vnet64-controller", "controller"))
+        procs = " ".join(f"{d}={'pid ' + str(n[k]) if n[k] else 'DOWN'}" for d, k in daemons)
         print(f"{n['name']} ({n['role']}) ns {n['namespace']}  underlay {n['underlay_ip']}  "
               f"mgmt {n['management_ip']}  {procs}")
         for name, br in sorted(n.get("bridges", {}).items()):
@@ -99,6 +108,22 @@ def _print_status(st: dict) -> None:
         print("\nproblems:\n  " + "\n  ".join(st["problems"]))
 
 
+def _print_logs(lab: Lab, plan: P.Plan, node: str | None, lines: int) -> None:
+    if node is not None:   # its controller (its own, or the central one) and its agent
+        ctls, nodes = [lab.controller(node)], [node]
+    else:
+        ctls, nodes = lab.controllers(plan), [n.name for n in plan.nodes]
+    logs = [(f"controller ({c.name})", c.log) for c in ctls]
+    logs += [(f"{AGENT} ({n})", lab.agent_dir(n) / "agent.log") for n in nodes]
+    for title, path in logs:
+        try:
+            text = path.read_text(errors="replace").splitlines()
+        except OSError as exc:
+            text = [f"(cannot read it: {exc.strerror})"]
+        print(f"== {title}: {path}")
+        print("\n".join(text[-lines:]) if lines > 0 else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vnet64-lab", description=helptext.paragraphs(__doc__, 0, 1),
                                      epilog=helptext.paragraphs(__doc__, -1),
@@ -109,11 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("up", help="build the lab of a topology file")
     p.add_argument("topology", nargs="?", default=DEFAULT_TOPOLOGY)
+    p.add_argument("--control", choices=CONTROL_MODES,
+                   help="node: a controller per node, next to its agent (default, also "
+                        "$VNET64_LAB_CONTROL); central: one controller for every node")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("down", help="remove everything the lab made")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("status", help="processes, bridges, controller, addresses")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("logs", help="the end of the controllers' and node agents' logs")
+    p.add_argument("node", nargs="?", help="only this node's (its controller: its own, or "
+                                            "the central one)")
+    p.add_argument("-n", "--lines", type=int, default=20, help="lines of each log (default 20)")
     p = sub.add_parser("exec", help="run a command inside a lab namespace")
     p.add_argument("target")
     p.add_argument("command", nargs=argparse.REMAINDER)
@@ -130,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
     try:
-        lab = Lab(args.prefix, args.run_dir)
+        lab = Lab(args.prefix, args.run_dir, control=getattr(args, "control", None))
         if args.cmd == "up":
             result = lab.up(args.topology)
             if args.json:
@@ -140,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 steps = ", ".join(f"{k} {v}s" for k, v in result["steps"].items())
                 print(f"lab of {result['topology']} up in {result['seconds']}s ({steps}); "
-                      f"controller: {result['controller']}")
+                      f"{result['control']} control, controller: {result['controller']}")
             return 0
         if args.cmd == "down":
             result = lab.down()
@@ -156,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                 _print_status(st)
             return 0 if st.get("up") and not st.get("problems") else 1
         plan = lab.plan()
+        if args.cmd == "logs":
+            _print_logs(lab, plan, args.node, args.lines)
+            return 0
         if args.cmd == "exec":
             cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
             if not cmd:

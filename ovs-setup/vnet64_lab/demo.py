@@ -1,10 +1,12 @@
 """The packet demo (``make demo``): the patent's FIG. 2A/2B, captured for real in the lab.
 
     python -m vnet64_lab.demo [TOPOLOGY] [--keep] [--endpoint NAME] [--vm NAME]...
+                              [--control node|central]
 
 1. brings TOPOLOGY (default ``topologies/two-tenants.yaml``) up with ``Lab``: every
-   node in its own namespaces, the NB and the controller started by the lab, and
-   an echo server in every customer VM (``traffic.ECHO_SERVER``);
+   node in its own namespaces, the NB and the controllers started by the lab (one
+   per node next to its agent, or with ``--control central`` one for every node),
+   and an echo server in every customer VM (``traffic.ECHO_SERVER``);
 2. starts tcpdump inside the lab's namespaces - on the fabric namespace's leg of
    every node involved (outer Geneve headers), on the service endpoint's br-int
    port, on each customer VM's br-int port, and on br-int's own port of each VM
@@ -52,7 +54,8 @@ from vnet64.topology import TopologyError
 from . import plan as P
 from . import sh
 from . import traffic as T
-from .lab import DEFAULT_PREFIX, DEFAULT_RUN_DIR, DEFAULT_TOPOLOGY, Lab, find_topology
+from .lab import (CONTROL_MODES, DEFAULT_PREFIX, DEFAULT_RUN_DIR, DEFAULT_TOPOLOGY, Lab,
+                  find_topology)
 from .ovs import OvsNode
 from .sh import LabError
 
@@ -584,7 +587,9 @@ def demo(lab: Lab, topology: Path, keep: bool, endpoint: str | None, only_vms: l
         stack.callback(signal.signal, signal.SIGINT, sigint)
         if lab.state() or lab.namespaces():
             say(f"taking down the lab that is up under prefix {lab.prefix} first")
-        say("bringing the lab up (namespaces, NB, controller, OVS and the node agent per node)...")
+        say("bringing the lab up (namespaces, NB, "
+            + ("OVS, the node agent and a controller per node)..." if lab.wanted_control == "node"
+               else "the central controller, OVS and the node agent per node)..."))
         lab_, plan = stack.enter_context(T.running_platform(lab, topology, keep=keep))
         # Last in, first out: no Ctrl-C while the lab is being taken down.
         stack.callback(signal.signal, signal.SIGINT, signal.SIG_IGN)
@@ -695,6 +700,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "or v64-)")
     parser.add_argument("--run-dir", help="lab run directory (default $VNET64_LAB_RUN_DIR "
                                           "or /run/vnet64-lab)")
+    parser.add_argument("--control", choices=CONTROL_MODES,
+                        help="node: a controller per node, next to its agent (default, also "
+                             "$VNET64_LAB_CONTROL); central: one controller for every node")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("vnet64 demo: needs root (network namespaces, Open vSwitch)", file=sys.stderr)
@@ -702,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     try:
-        lab = Lab(args.prefix, args.run_dir)
+        lab = Lab(args.prefix, args.run_dir, control=args.control)
     except LabError as exc:
         print(f"vnet64 demo: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,22 @@ namespace with the prefix, and removes the run directory.
 The lab stands in only for hosts, VMs and the fabric: every node is brought up by its
 node agent, ``vnet64-node``, started in the node's namespace exactly as a host runs it.
 
+Control mode (``Lab(control=...)``, else ``$VNET64_LAB_CONTROL``, else ``node``; kept
+in ``state.json`` for as long as the lab is up):
+
+- ``node`` (the default, what a deployment runs): a controller per node,
+  ``vnet64-controller --vnet64-node NODE --ofp-listen-host 127.0.0.1`` in the node's
+  network namespace next to its agent (``nsenter --net``, as the agent), reaching the
+  NB as the agent does; ``<run>/controllers/<node>/controller.{log,pid}``; every
+  ``Node.controllers`` is ``tcp:127.0.0.1:6653``, so each br-int talks to its own;
+- ``central``: one controller for every node in ``P ctl``, listening on the
+  management network; ``<run>/ctl/controller.{log,pid}``; every ``Node.controllers``
+  is ``tcp:<ctl ip>:6653``.
+
+:meth:`Lab.controller` names the controller serving a node in either mode (its pid and
+log), :meth:`Lab.controllers` all of them, :meth:`Lab.restart_controller` starts one
+or all again.
+
 Order of ``up`` (each step idempotent):
 
 1. validate the topology and its ``lab:`` settings - nothing exists yet;
@@ -18,7 +34,8 @@ Order of ``up`` (each step idempotent):
    network (bridge ``br-mgmt`` in ``P ctl``, holding the controller's address);
 3. the NB ovsdb-server in ``P ctl`` (unix socket + ``ptcp:6641``), loaded from the
    topology, each node's OpenFlow controller target set in it; per node, ovsdb-server
-   + ovs-vswitchd (what a host's openvswitch-switch service runs); the controller;
+   + ovs-vswitchd (what a host's openvswitch-switch service runs); the controllers
+   (one per node, or the central one);
 4. per node, ``vnet64-node --nb tcp:...:6641 --datapath netdev --uplink ul0 ...``
    (via ``nsenter --net``, so the translator namespace it makes is visible to all, as
    on a host): br-phy with ul0 and the underlay address, br-int, geneve0, on hosts the
@@ -71,6 +88,10 @@ STATE_FILE = "state.json"
 TOPOLOGY_COPY = "topology.yaml"
 CONTROLLER_MODULE = "vnet64.controller"
 AGENT = "vnet64-node"         # the node agent's console script, next to this Python
+CONTROL_MODES = ("node", "central")
+DEFAULT_CONTROL = "node"      # a controller per node, as a deployment runs it
+CONTROL_ENV = "VNET64_LAB_CONTROL"
+LOCAL_CONTROLLER_TARGET = f"tcp:127.0.0.1:{P.OF_PORT}"   # each node's own controller
 PIDFILE_COMMS = {"ovsdb-server.pid": "ovsdb-server", "ovs-vswitchd.pid": "ovs-vswitchd",
                  "nb.pid": "ovsdb-server", "tayga.pid": "tayga", "agent.pid": AGENT}
 
@@ -80,6 +101,12 @@ def check_prefix(prefix: str) -> str:
     if not re.fullmatch(r"[a-z][a-z0-9]{0,7}-", prefix):
         raise LabError(f"lab prefix must be 1-8 lowercase letters/digits and a '-', got {prefix!r}")
     return prefix
+
+
+def check_control(mode: str) -> str:
+    if mode not in CONTROL_MODES:
+        raise LabError(f"control mode must be one of {', '.join(CONTROL_MODES)}, got {mode!r}")
+    return mode
 
 
 def controller_installed() -> bool:
@@ -103,10 +130,60 @@ class Timings:
         return round(sum(self.steps.values()), 3)
 
 
+@dataclass(frozen=True)
+class Controller:
+    """One controller process of the lab: a node's own, or the central one (``node`` None)."""
+
+    node: str | None   # the node it serves; None: every node
+    ns: str            # the network namespace it runs in
+    dir: Path          # its pidfile and log
+
+    @property
+    def name(self) -> str:
+        return self.node or "central"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "controller.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "controller.log"
+
+    def pid(self) -> int | None:
+        """The pid in its pidfile while that process is this controller (alive, a
+        ``vnet64.controller``, in its namespace), else None."""
+        pid = sh.read_pid(self.pidfile)
+        if not pid or not sh.proc_alive(pid):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        if CONTROLLER_MODULE.encode() not in cmdline or _proc_ns_inode(pid) != _ns_inode(self.ns):
+            return None
+        return pid
+
+
 class Lab:
-    def __init__(self, prefix: str | None = None, run_dir: str | Path | None = None):
+    def __init__(self, prefix: str | None = None, run_dir: str | Path | None = None,
+                 control: str | None = None):
+        """``control``: how the next ``up`` runs the controllers, ``node`` or
+        ``central`` (default ``$VNET64_LAB_CONTROL``, else ``node``). A lab that is up
+        keeps the mode it was built with (:attr:`control`)."""
         self.prefix = check_prefix(prefix or os.environ.get("VNET64_LAB_PREFIX", DEFAULT_PREFIX))
         self.run_dir = Path(run_dir or os.environ.get("VNET64_LAB_RUN_DIR", DEFAULT_RUN_DIR))
+        self.wanted_control = check_control(control or os.environ.get(CONTROL_ENV)
+                                            or DEFAULT_CONTROL)
+
+    @property
+    def control(self) -> str:
+        """``node`` or ``central``: the lab's that is up (or being built), else what
+        ``up`` will build. A lab brought up before the modes existed ran ``central``."""
+        state = self.state()
+        if state:
+            return state.get("control", "central")
+        return self.wanted_control
 
     # -- state --------------------------------------------------------------
 
@@ -165,6 +242,10 @@ class Lab:
         digest = hashlib.sha256(topology_path.read_bytes()).hexdigest()
         state = self.state()
         if state and state.get("phase") == "up":
+            if state.get("control", "central") != self.wanted_control:
+                raise LabError(f"a lab with {state.get('control', 'central')} control is up under "
+                               f"{self.run_dir}; run `vnet64-lab down` first (or ask for "
+                               f"--control {state.get('control', 'central')})")
             if state.get("sha256") == digest:
                 problems = self.health()
                 if not problems:
@@ -180,7 +261,8 @@ class Lab:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(topology_path, self.run_dir / TOPOLOGY_COPY)
         self._write_state(phase="building", topology=str(topology_path), sha256=digest,
-                          vswitchd=vswitchd, prefix=self.prefix, started=time.time())
+                          vswitchd=vswitchd, prefix=self.prefix, started=time.time(),
+                          control=self.wanted_control)
         self._namespaces(plan)
         self._fabric(plan)
         timings.mark("namespaces+networks")
@@ -188,9 +270,9 @@ class Lab:
             nb_future = pool.submit(self._nb, plan)
             node_futures = [pool.submit(self._node_ovs, plan, n) for n in plan.nodes]
             nb_future.result()
-            # The controller listens before the bridges first try to connect: OVS backs
+            # The controllers listen before the bridges first try to connect: OVS backs
             # its reconnects off (up to 8 s), so a late controller waits for them.
-            controller = self._controller(plan)
+            controller = self._start_controllers(plan, self.controllers(plan))
             for f in node_futures:
                 f.result()
             # every node's agent, as a host runs it, brings its node up from the NB
@@ -207,7 +289,7 @@ class Lab:
         self._write_state(phase="up", timings=timings.steps, up_seconds=timings.total,
                           controller=controller)
         return {"already_up": False, "topology": str(topology_path), "seconds": timings.total,
-                "steps": timings.steps, "controller": controller}
+                "steps": timings.steps, "controller": controller, "control": self.control}
 
     def _namespaces(self, plan: P.Plan) -> None:
         existing = set(sh.netns_list())
@@ -264,8 +346,9 @@ class Lab:
             api.load_topology(plan.topology)
             # the TCP remote the controller uses, kept in the NB with its probe (plan.py)
             api.set_connections([plan.nb_listen_remote], inactivity_probe=P.NB_INACTIVITY_PROBE_MS)
-            for n in plan.nodes:   # every br-int's OpenFlow controller, over management
-                api.set_node_controllers(n.name, [plan.controller_target])
+            target = self.controller_target(plan)
+            for n in plan.nodes:   # every br-int's OpenFlow controller: its own, or central
+                api.set_node_controllers(n.name, [target])
             info = api.platform_info() or {}
             info["vnet_zones"] = {v["name"]: v["ct_zone"] for v in api.list("vnet")}
             return info
@@ -369,34 +452,88 @@ class Lab:
             sh.ip_batch(v.ns, lines)
             sh.in_ns(v.ns, [sh.tool("ethtool"), "-K", P.VM_IF, "tx", "off"])
 
-    def _controller(self, plan: P.Plan) -> str:
-        """Start ``vnet64.controller`` in the controller namespace when it is installed."""
+    # -- controllers --------------------------------------------------------
+
+    def controller_target(self, plan: P.Plan | None = None) -> str:
+        """The OpenFlow target every br-int is given (``Node.controllers``)."""
+        if self.control == "node":
+            return LOCAL_CONTROLLER_TARGET
+        return (plan or self.plan()).controller_target
+
+    def controllers(self, plan: P.Plan | None = None) -> list[Controller]:
+        """Every controller of the lab: one per node (``node`` control) or the central one."""
+        plan = plan or self.plan()
+        if self.control == "node":
+            return [Controller(n.name, n.ns, self.run_dir / "controllers" / n.name)
+                    for n in plan.nodes]
+        return [Controller(None, plan.ctl_ns, self.run_dir / "ctl")]
+
+    def controller(self, node: str | None = None) -> Controller:
+        """The controller serving ``node``: its own, or the central one. Without a node,
+        the central one; a lab with a controller per node needs the node."""
+        plan = self.plan()
+        if node is not None and node not in {n.name for n in plan.nodes}:
+            raise LabError(f"no node {node!r} in the lab; one of: "
+                           f"{', '.join(n.name for n in plan.nodes)}")
+        ctls = self.controllers(plan)
+        if self.control == "central":
+            return ctls[0]
+        if node is None:
+            raise LabError("the lab runs a controller per node: name the node")
+        return next(c for c in ctls if c.node == node)
+
+    def controller_pid(self, node: str | None = None) -> int | None:
+        """The pid of the controller serving ``node`` (see :meth:`controller`) while it runs."""
+        return self.controller(node).pid()
+
+    def controller_log(self, node: str | None = None) -> Path:
+        """The log of the controller serving ``node`` (see :meth:`controller`)."""
+        return self.controller(node).log
+
+    def controller_command(self, plan: P.Plan, ctl: Controller) -> list[str]:
+        """``vnet64-controller`` (as ``python -m vnet64.controller``) as the lab runs it:
+        a node's own in the node's network namespace only (nsenter, as its agent),
+        listening on 127.0.0.1; the central one in ``P ctl`` on the management address."""
+        args = [sys.executable, "-m", CONTROLLER_MODULE, "--ofp-tcp-listen-port", str(P.OF_PORT),
+                "--vnet64-nb-remote", plan.nb_tcp_remote,
+                # the endpoints' (and the translator's) MTU: above it, Packet Too Big
+                "--vnet64-path-mtu", str(plan.settings.overlay_mtu)]
+        if ctl.node is None:
+            return [sh.tool("ip"), "netns", "exec", ctl.ns, *args,
+                    "--ofp-listen-host", str(plan.controller_ip.ip)]
+        return [sh.tool("nsenter"), f"--net=/run/netns/{ctl.ns}", "--", *args,
+                "--ofp-listen-host", "127.0.0.1", "--vnet64-node", ctl.node]
+
+    def _start_controllers(self, plan: P.Plan, ctls: list[Controller]) -> str:
+        """Start these controllers (``vnet64.controller``, when it is installed); what
+        happened, as ``started (pid N)`` or ``started (pids NODE N, ...)``."""
         if not controller_installed():
             return "not installed"
-        ctl_dir = self.run_dir / "ctl"
-        ctl_dir.mkdir(parents=True, exist_ok=True)
-        with open(ctl_dir / "controller.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sh.tool("ip"), "netns", "exec", plan.ctl_ns, sys.executable, "-m",
-                 CONTROLLER_MODULE, "--ofp-listen-host", str(plan.controller_ip.ip),
-                 "--ofp-tcp-listen-port", str(P.OF_PORT),
-                 "--vnet64-nb-remote", plan.nb_tcp_remote,
-                 # the endpoints' (and the translator's) MTU: above it, Packet Too Big
-                 "--vnet64-path-mtu", str(plan.settings.overlay_mtu)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        (ctl_dir / "controller.pid").write_text(f"{proc.pid}\n")
-        return f"started (pid {proc.pid})"
+        pids = []
+        for ctl in ctls:
+            ctl.dir.mkdir(parents=True, exist_ok=True)
+            with open(ctl.log, "ab") as log:
+                proc = subprocess.Popen(self.controller_command(plan, ctl),
+                                        stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+            ctl.pidfile.write_text(f"{proc.pid}\n")
+            pids.append((ctl, proc.pid))
+        if len(pids) == 1 and pids[0][0].node is None:
+            return f"started (pid {pids[0][1]})"
+        return "started (pids " + ", ".join(f"{c.name} {pid}" for c, pid in pids) + ")"
 
-    def restart_controller(self) -> str:
-        """Start the lab's controller again exactly as ``up`` does (same command, log and
-        pidfile); one still running is stopped first, by its pidfile."""
+    def restart_controller(self, node: str | None = None) -> str:
+        """Start a controller again exactly as ``up`` does (same command, log and pidfile);
+        one still running is stopped first, by its pidfile. ``node``: the controller
+        serving that node (the central one in ``central`` control); None: every one."""
         with self._locked():
             plan = self.plan()
-            pid = sh.read_pid(self.run_dir / "ctl" / "controller.pid")
-            if pid and sh.proc_alive(pid) and _proc_ns_inode(pid) == _ns_inode(plan.ctl_ns):
-                terminate(pid, _comm(pid))
-            return self._controller(plan)
+            ctls = [self.controller(node)] if node is not None else self.controllers(plan)
+            for ctl in ctls:
+                pid = ctl.pid()
+                if pid:
+                    terminate(pid, _comm(pid))
+            return self._start_controllers(plan, ctls)
 
     def _wait_ready(self, plan: P.Plan) -> None:
         """Each node's OVS has learned the underlay route (Geneve can leave at once), and
@@ -490,6 +627,9 @@ class Lab:
         if not state:
             return {"up": False, "namespaces": self.namespaces()}
         plan = self.plan()
+        control = self.control
+        ctls = self.controllers(plan)
+        by_node = {c.node: c for c in ctls}
         have = set(sh.netns_list())
         nodes = []
         for n in plan.nodes:
@@ -499,6 +639,8 @@ class Lab:
                 "underlay_ip": str(n.underlay_ip.ip), "management_ip": str(n.management_ip.ip),
                 "ovsdb_server": node.pid("ovsdb-server"),
                 "ovs_vswitchd": node.pid("ovs-vswitchd"), "agent": self.agent_pid(n.name)}
+            if control == "node":
+                info["controller"] = by_node[n.name].pid()
             if info["ovsdb_server"] and info["ovs_vswitchd"]:
                 info.update(_bridges(node))
             nodes.append(info)
@@ -512,20 +654,27 @@ class Lab:
             pid = sh.read_pid(Path(t.run_dir) / "tayga.pid")
             translators.append({"host": t.host, "namespace": t.ns,
                                 "tayga": pid if pid and sh.proc_alive(pid, "tayga") else None})
-        ctl_pid = sh.read_pid(self.run_dir / "ctl" / "controller.pid")
+        running = {c.name: c.pid() for c in ctls}
         if not controller_installed():
             controller = "not installed"
-        elif ctl_pid and sh.proc_alive(ctl_pid):
-            controller = f"running (pid {ctl_pid})"
+        elif control == "central":
+            pid = running["central"]
+            controller = f"running (pid {pid})" if pid else "not running"
         else:
-            controller = "not running"
+            up = [name for name, pid in running.items() if pid]
+            down = [name for name, pid in running.items() if not pid]
+            controller = (f"one per node, {len(up)} of {len(ctls)} running"
+                          + (f" (not running: {', '.join(down)})" if down else ""))
         return {"up": state.get("phase") == "up", "phase": state.get("phase"),
                 "topology": state.get("topology"), "prefix": self.prefix,
                 "run_dir": str(self.run_dir), "up_seconds": state.get("up_seconds"),
                 "vswitchd": state.get("vswitchd"),
                 "nb": {"pid": NbServer(Path(plan.nb_run_dir)).pid(),
                        "remotes": [NbServer(Path(plan.nb_run_dir)).remote, plan.nb_tcp_remote]},
-                "controller": {"state": controller, "target": plan.controller_target},
+                "control": control,
+                "controller": {"state": controller, "target": self.controller_target(plan),
+                               "pids": running,
+                               "logs": {c.name: str(c.log) for c in ctls}},
                 "nodes": nodes, "vifs": vifs, "translators": translators,
                 "problems": self.health() if state.get("phase") == "up" else []}
 

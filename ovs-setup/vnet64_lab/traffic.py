@@ -10,9 +10,11 @@ answered and that it saw Platform_IP), on
 - ``UDP_PORT``: every datagram;
 - ``LINE_PORT``: a long-lived TCP connection, one answer per line.
 
-:func:`running_platform` brings a topology up with the controller, waits
-until the switches are programmed and starts the echo servers; it takes
-everything down again however the ``with`` block ends (unless ``keep``).
+:func:`running_platform` brings a topology up with its controllers (one per
+node, or the central one: the lab's control mode), waits until the switches are
+programmed and starts the echo servers; it takes everything down again however
+the ``with`` block ends (unless ``keep``). :func:`controller_log` is the log of
+the controller serving a node, :func:`controller_log_text` all of them.
 
 Failures raise :class:`TrafficError`, an ``AssertionError``, so a test that
 calls a helper fails the way a plain ``assert`` would.
@@ -254,8 +256,35 @@ def programmed(plan) -> bool:
             and all(has(ep.host, str(ep.ipv6)) for ep in model.endpoints))
 
 
-def controller_log(lab: Lab) -> Path:
-    return lab.run_dir / "ctl" / "controller.log"
+def controller_log(lab: Lab, node: str | None = None) -> Path:
+    """The log of the controller serving ``node``: its own (a controller per node) or
+    the central one (which needs no node)."""
+    return lab.controller_log(node)
+
+
+def controller_logs(lab: Lab) -> list[Path]:
+    """Every controller's log: one per node, or the central one."""
+    return [c.log for c in lab.controllers()]
+
+
+def controller_log_marks(lab: Lab) -> dict[Path, int]:
+    """Where every controller's log ends now (for :func:`controller_log_text`)."""
+    return {log: log.stat().st_size if log.exists() else 0 for log in controller_logs(lab)}
+
+
+def controller_log_text(lab: Lab, since: dict[Path, int] | None = None) -> str:
+    """Every controller's log (what each wrote after ``since``, from
+    :func:`controller_log_marks`), one after the other. Each line of a switch names
+    its node (``[host1 <dpid>] ...``), so a search for a node's lines works in both
+    control modes."""
+    out = []
+    for log in controller_logs(lab):
+        try:
+            data = log.read_bytes()
+        except OSError:
+            continue
+        out.append(data[(since or {}).get(log, 0):].decode(errors="replace"))
+    return "".join(text if text.endswith("\n") or not text else text + "\n" for text in out)
 
 
 def start_echo_server(plan, vm: str, detach: bool = False) -> subprocess.Popen:
@@ -289,9 +318,9 @@ def running_platform(lab: Lab, topology: str | Path, keep: bool = False):
         plan = lab.plan()
         ready = wait_for(lambda: programmed(plan))
         if not ready:
-            log = controller_log(lab)
-            raise TrafficError(f"controller did not program the switches:\n"
-                               f"{log.read_text()[-3000:]}")
+            tails = "\n".join(f"== {log}\n{log.read_text(errors='replace')[-3000:]}"
+                              for log in controller_logs(lab) if log.exists())
+            raise TrafficError(f"the controllers did not program the switches:\n{tails}")
         for vm in plan.topology.vms:
             servers.append(start_echo_server(plan, vm.name, detach=keep))
         yield lab, plan

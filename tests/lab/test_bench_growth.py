@@ -33,9 +33,11 @@ PREFIX, RUN_DIR = "v64k-", "/run/vnet64-lab-k"
 
 
 def log_tails(run_dir: str, lines: int = 15) -> str:
-    """The end of the lab's controller and agent logs (what a hung run was doing)."""
+    """The end of the lab's controller and agent logs (what a hung run was doing): the
+    central controller's, or each node's."""
     out = []
     for log in sorted(Path(run_dir).glob("ctl/controller.log")) + sorted(
+            Path(run_dir).glob("controllers/*/controller.log")) + sorted(
             Path(run_dir).glob("agents/*/agent.log")):
         text = log.read_text(errors="replace").strip().splitlines()[-lines:]
         out.append(f"== {log}\n" + "\n".join(text))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +54,7 @@ def test_every_node_runs_vswitchd_with_br_int_on_netdev(lab):
         assert br_phy["datapath_type"] == "netdev"
         assert br_int["fail_mode"] == "secure"
         assert br_int["datapath_id"] == f"{node.datapath_id:016x}", "datapath id not the topology's"
-        assert [c["target"] for c in br_int["controllers"]] == [plan.controller_target]
+        assert [c["target"] for c in br_int["controllers"]] == [the_lab.controller_target(plan)]
         assert "geneve0" in br_int["ports"]
 
 
@@ -226,11 +227,16 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_status_exec_flows(lab, test_flows):
-    _, plan = lab
+    the_lab, plan = lab
     st = _cli("status")
     assert st.returncode == 0, st.stderr
-    assert "controller: not installed" in st.stdout or "controller: running" in st.stdout
     assert st.stdout.count("vnet64-node=pid ") == len(plan.nodes), st.stdout
+    if the_lab.control == "node":
+        assert f"control: node  controller: one per node, {len(plan.nodes)} of " \
+               f"{len(plan.nodes)} running" in st.stdout, st.stdout
+        assert st.stdout.count("vnet64-controller=pid ") == len(plan.nodes), st.stdout
+    else:
+        assert "control: central  controller: running" in st.stdout, st.stdout
     data = json.loads(_cli("status", "--json").stdout)
     assert {n["name"] for n in data["nodes"]} == {n.name for n in plan.nodes}
     vm = next(v for v in plan.vifs if v.kind == "vm")
@@ -244,6 +250,62 @@ def test_cli_status_exec_flows(lab, test_flows):
     assert flows.returncode == 0 and "priority=7" in flows.stdout, flows.stdout + flows.stderr
     bad = _cli("exec", "no-such-thing", "--", "true")
     assert bad.returncode == 1 and "unknown target 'no-such-thing'" in bad.stderr
+
+
+def test_cli_logs(lab):
+    the_lab, plan = lab
+    out = _cli("logs", "-n", "3")
+    assert out.returncode == 0, out.stderr
+    for ctl in the_lab.controllers(plan):
+        assert f"== controller ({ctl.name}): {ctl.log}" in out.stdout, out.stdout
+    assert out.stdout.count("== vnet64-node (") == len(plan.nodes), out.stdout
+    host = plan.topology.hosts[0].name
+    one = _cli("logs", host)
+    assert one.returncode == 0, one.stderr
+    assert f"== controller ({the_lab.controller(host).name}): " in one.stdout
+    assert one.stdout.count("== ") == 2, one.stdout   # its controller and its agent
+    bad = _cli("logs", "no-such-node")
+    assert bad.returncode == 1 and "no node 'no-such-node'" in bad.stderr
+
+
+def test_controllers_of_the_control_mode(lab):
+    """node: every node runs its own controller in its namespace, serving only it, on
+    127.0.0.1, and br-int is connected to it; central: one in the ctl namespace."""
+    the_lab, plan = lab
+    ctls = the_lab.controllers(plan)
+    status = the_lab.status()
+    assert status["control"] == the_lab.control
+    if the_lab.control == "central":
+        [ctl] = ctls
+        assert ctl.node is None and ctl.ns == plan.ctl_ns
+        return
+    assert [c.node for c in ctls] == [n.name for n in plan.nodes]
+    for n in plan.nodes:
+        ctl = the_lab.controller(n.name)
+        pid = ctl.pid()
+        assert pid and ctl.ns == n.ns and the_lab.controller_pid(n.name) == pid
+        assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{n.ns}").st_ino
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[cmdline.index(b"--vnet64-node") + 1] == n.name.encode()
+        assert cmdline[cmdline.index(b"--ofp-listen-host") + 1] == b"127.0.0.1"
+        listening = sh.in_ns(n.ns, ["ss", "-Htln", "sport = :6653"]).stdout
+        assert "127.0.0.1:6653" in listening, listening
+        info = next(i for i in status["nodes"] if i["name"] == n.name)
+        assert info["controller"] == pid
+        assert info["bridges"]["br-int"]["controllers"][0]["target"] == "tcp:127.0.0.1:6653"
+
+        def connected(n=n) -> bool:
+            info = next(i for i in the_lab.status()["nodes"] if i["name"] == n.name)
+            return info["bridges"]["br-int"]["controllers"][0]["connected"]
+        sh.wait_for(connected, 15, f"{n.name}'s br-int connected to its controller")
+        # the controller serves its own node only (its log names no other node's switch)
+        sh.wait_for(lambda ctl=ctl, n=n: f" is {n.name} (" in ctl.log.read_text(), 15,
+                    f"{n.name}'s controller to program its switch")
+        log = ctl.log.read_text()
+        others = [o.name for o in plan.nodes if o.name != n.name]
+        assert not any(f" is {o} (" in log for o in others), log[-2000:]
+    with pytest.raises(Exception, match="controller per node: name the node"):
+        the_lab.controller()
 
 
 def test_cli_capture(lab):

@@ -42,8 +42,10 @@ def test_down_removes_every_namespace_process_and_run_dir(fresh_lab, topology):
     fresh_lab.up(topology)
     pids = _lab_pids(fresh_lab)
     plan = fresh_lab.plan()
-    # ovsdb-server + vswitchd + the agent per node, TAYGA per host, the NB, the controller
-    assert len(pids) == 3 * len(plan.nodes) + len(plan.translators) + 2
+    # ovsdb-server + vswitchd + the agent per node, TAYGA per host, the NB, the controllers
+    # (one per node, or the central one)
+    assert len(pids) == (3 * len(plan.nodes) + len(plan.translators) + 1
+                         + len(fresh_lab.controllers(plan)))
     assert set(plan.namespaces) == set(fresh_lab.namespaces())
     result = fresh_lab.down()
     assert result["namespaces"] == len(plan.namespaces)

@@ -1,8 +1,9 @@
 """Port exhaustion (issue 4): when no Platform_IP port is left towards a VM's address and
 port, a new connection is refused cleanly and the existing ones are untouched.
 
-The controller runs with ``--vnet64-snat-ports`` narrowed to a few ports (through
-oslo.config's environment, ``OS_VNET64__SNAT_PORTS``, on the lab's own restart), so the
+The controller serving host1 (its own, or the central one) runs with
+``--vnet64-snat-ports`` narrowed to a few ports (through oslo.config's environment,
+``OS_VNET64__SNAT_PORTS``, on the lab's own restart), so the
 real exhaustion path is reached with a handful of real connections: svc1 holds one
 long-lived TCP connection to a-vm1's line port per Platform_IP port, then opens one
 more. Checked with packets: the extra connect() fails at once with ECONNREFUSED (not
@@ -19,8 +20,8 @@ import os
 import re
 
 from vnet64_lab.traffic import (A6, LINE_PORT, PLATFORM_IP, SVC1, TCP_PORT, UDP_PORT, Capture,
-                                LineSession, answer, client, controller_log, ns_of, programmed,
-                                running_platform, wait_for)
+                                LineSession, answer, client, controller_log, controller_log_marks,
+                                controller_log_text, ns_of, programmed, running_platform, wait_for)
 
 from tests.lab.conftest import ROOT, need_lab, new_lab
 
@@ -28,15 +29,18 @@ PORTS = (20000, 20005)          # six Platform_IP ports towards each VM address 
 
 
 def restart_controller_with_ports(lab, plan, ports: tuple[int, int]) -> None:
+    """Restart the controller serving host1 (where the pairs to a-vm1 are set up) with
+    these ports; wait until it has programmed every switch it serves again."""
+    served = ["host1"] if lab.control == "node" else [n.name for n in plan.nodes]
+    marks = controller_log_marks(lab)
     os.environ["OS_VNET64__SNAT_PORTS"] = f"{ports[0]}-{ports[1]}"
     try:
-        state = lab.restart_controller()
+        state = lab.restart_controller("host1")
     finally:
         del os.environ["OS_VNET64__SNAT_PORTS"]
     assert state.startswith("started"), state
-    log = controller_log(lab)
-    assert wait_for(lambda: log.read_text().count("proactive flows") >= 6 and programmed(plan)), \
-        log.read_text()[-3000:]
+    assert wait_for(lambda: all(f" is {n} (" in controller_log_text(lab, marks) for n in served)
+                    and programmed(plan)), controller_log_text(lab, marks)[-3000:]
 
 
 def test_no_port_left_refuses_new_connections_and_keeps_the_others():
@@ -88,7 +92,7 @@ def test_no_port_left_refuses_new_connections_and_keeps_the_others():
                 icmp = svc_cap.stop()
             assert refused == {"error": "PermissionError"}, refused
             assert re.search(rf"{A6} > {SVC1}: .*unreachable prohibited", icmp), icmp
-            log = controller_log(lab).read_text()
+            log = controller_log(lab, "host1").read_text()
             assert "no Platform_IP port left towards 10.0.0.4" in log, log[-3000:]
             assert "Traceback" not in log
         finally:

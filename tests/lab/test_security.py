@@ -77,7 +77,8 @@ from tests.lab.traffic import (
     assert_controller_healthy,
     carrying,
     client,
-    controller_log,
+    controller_log_marks,
+    controller_log_text,
     coverage,
     flow_packets,
     flows,
@@ -184,11 +185,12 @@ class Env:
                 out[vm] = n
         return out
 
-    def log_offset(self) -> int:
-        return controller_log(self.lab).stat().st_size
+    def log_offset(self) -> dict:
+        """Where every controller's log ends now (each node's, or the central one)."""
+        return controller_log_marks(self.lab)
 
-    def log_since(self, offset: int) -> str:
-        return controller_log(self.lab).read_bytes()[offset:].decode(errors="replace")
+    def log_since(self, offset: dict) -> str:
+        return controller_log_text(self.lab, offset)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Survival (issue 4): the controller dies, comes back, and a switch restarts.
 
-On the default topology with the real controller:
+On the default topology with the real controllers, in the lab's control mode (one
+per node: "the controller" below is every node's; or the central one):
 
 1. kill -9 the controller while a long-lived TCP connection from svc1 to a-vm1
    runs: the connection keeps echoing, ping and new connections inside the
@@ -34,8 +35,9 @@ import pytest
 from vnet64_lab import Lab, sh
 from vnet64_lab.ovs import terminate
 from vnet64_lab.traffic import (A6, B6, LINE_PORT, PLATFORM_IP, SVC1, TCP_PORT, UDP_PORT, LineSession,
-                                answer, client, controller_log, flow_lines, flows, ovs_node, pair_flows,
-                                ping, running_platform, wait_for)
+                                answer, client, controller_log_marks, controller_log_text,
+                                controller_logs, flow_lines, flows, ovs_node, pair_flows, ping,
+                                running_platform, wait_for)
 
 from tests.lab.conftest import ROOT, need_lab
 from vnet64.controller.pipeline import APPLIANCE_TABLES, HOST_TABLES, cookie
@@ -111,14 +113,17 @@ def run():
 # helpers
 
 
-def controller_pid(lab: Lab) -> int | None:
-    pid = sh.read_pid(lab.run_dir / "ctl" / "controller.pid")
-    return pid if pid and sh.proc_alive(pid) else None
+def controller_pids(lab: Lab) -> list[int]:
+    """The pids of the lab's controllers that run (every node's, or the central one)."""
+    return [pid for c in lab.controllers() if (pid := c.pid())]
 
 
-def kill_9_controller(lab: Lab) -> None:
-    pid = controller_pid(lab)
-    assert pid, "the controller is not running"
+def all_controllers_run(lab: Lab) -> bool:
+    return all(c.pid() for c in lab.controllers())
+
+
+def kill_9(pid: int) -> None:
+    """SIGKILL one of the lab's controllers (a pid from its pidfile), and reap it."""
     assert b"vnet64.controller" in Path(f"/proc/{pid}/cmdline").read_bytes()
     os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):   # started by this process (lab.up): reap it
@@ -126,23 +131,31 @@ def kill_9_controller(lab: Lab) -> None:
     assert wait_for(lambda: not sh.proc_alive(pid), 5), "the controller survived SIGKILL"
 
 
-def log_since(lab: Lab, offset: int) -> str:
-    return controller_log(lab).read_bytes()[offset:].decode(errors="replace")
+def kill_9_controller(lab: Lab) -> None:
+    """kill -9 the controller: the central one, or every node's."""
+    assert all_controllers_run(lab), "a controller is not running"
+    for pid in controller_pids(lab):
+        kill_9(pid)
 
 
-def wait_resynced(lab: Lab, offset: int, nodes: list[str], timeout: float = 20) -> float:
-    """Seconds until every node's switch was resynced (per the log written after ``offset``)."""
+def log_since(lab: Lab, marks: dict[Path, int]) -> str:
+    return controller_log_text(lab, marks)
+
+
+def wait_resynced(lab: Lab, marks: dict[Path, int], nodes: list[str], timeout: float = 20) -> float:
+    """Seconds until every node's switch was resynced (per the logs written after ``marks``)."""
     t0 = time.monotonic()
-    done = wait_for(lambda: all(re.search(rf"\[{n} [0-9a-f]+\] resynced", log_since(lab, offset))
+    done = wait_for(lambda: all(re.search(rf"\[{n} [0-9a-f]+\] resynced", log_since(lab, marks))
                                 for n in nodes), timeout)
-    assert done, f"not every switch of {nodes} resynced:\n{log_since(lab, offset)[-4000:]}"
+    assert done, f"not every switch of {nodes} resynced:\n{log_since(lab, marks)[-4000:]}"
     return time.monotonic() - t0
 
 
 def assert_clean_log(lab: Lab) -> None:
-    log = controller_log(lab).read_text()
-    assert "Traceback" not in log, log[-6000:]
-    assert " ERROR " not in log, [line for line in log.splitlines() if " ERROR " in line]
+    for path in controller_logs(lab):
+        log = path.read_text()
+        assert "Traceback" not in log, f"{path}:\n{log[-6000:]}"
+        assert " ERROR " not in log, [line for line in log.splitlines() if " ERROR " in line]
 
 
 def cookies(plan, node: str, value: int, mask: int) -> list[int]:
@@ -198,7 +211,7 @@ def test_kill_9_the_controller_connections_keep_flowing(run):
     assert ping(plan, A6) == (3, 3)
 
     kill_9_controller(lab)
-    assert not controller_pid(lab)
+    assert not controller_pids(lab)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 3:   # traffic spread over 3 s with no controller at all
         run.exchange("while-dead")
@@ -209,23 +222,23 @@ def test_kill_9_the_controller_connections_keep_flowing(run):
     name, seen, _, _ = answer(client(plan, "udp", A6, UDP_PORT, "udp-while-dead"))
     assert (name, seen) == ("a-vm1", PLATFORM_IP)
     run.exchange("while-dead")
-    assert not controller_pid(lab), "something restarted the controller behind the test's back"
+    assert not controller_pids(lab), "something restarted the controller behind the test's back"
     assert pair_flows(plan, "host1")[(SVC1, A6)] == run.a_pair
 
 
 def test_restart_rebuilds_allocations_from_the_switches_and_sweeps_stale_flows(run):
     lab, plan = run.lab, run.plan
-    assert run.session is not None and not controller_pid(lab), "runs after the kill -9 test"
+    assert run.session is not None and not controller_pids(lab), "runs after the kill -9 test"
     for node, specs in STALE.items():
         for spec in specs:
             ovs_node(plan, node).ofctl("-O", "OpenFlow13", "add-flow", "br-int", spec)
         planted = set(cookies(plan, node, 0, 0))
         assert STALE_COOKIES[node] <= planted, (node, planted)
 
-    offset = controller_log(lab).stat().st_size
+    marks = controller_log_marks(lab)
     t0 = time.monotonic()
     assert lab.restart_controller().startswith("started")
-    wait_resynced(lab, offset, [n.name for n in plan.nodes])
+    wait_resynced(lab, marks, [n.name for n in plan.nodes])
     resync = time.monotonic() - t0
     print(f"\ncontroller restart -> every switch resynced: {resync:.2f}s")
 
@@ -270,17 +283,17 @@ def test_a_restarted_switch_gets_its_pipeline_back(run):
     meters = ovs_node(plan, "host1").ofctl("-O", "OpenFlow13", "dump-meters", "br-int")
     assert "meter=1" in meters
 
-    offset = controller_log(lab).stat().st_size
+    marks = controller_log_marks(lab)
     t0 = time.monotonic()
     old, new = restart_vswitchd(plan, "host1")
-    wait_resynced(lab, offset, ["host1"])
+    wait_resynced(lab, marks, ["host1"])
     back = wait_for(lambda: [line for line in flow_lines(plan, "host1")
                              if not re.match(r"cookie=0x10[56]", line)] == proactive, 10)
     assert back, "host1's proactive flows differ after its restart:\n" + "\n".join(
         sorted(set(flow_lines(plan, "host1")) ^ set(proactive)))
     print(f"\nhost1 vswitchd restart ({old} -> {new}) -> pipeline back: {time.monotonic() - t0:.2f}s")
     assert "meter=1" in ovs_node(plan, "host1").ofctl("-O", "OpenFlow13", "dump-meters", "br-int")
-    assert controller_pid(lab), "the controller died"
+    assert all_controllers_run(lab), "a controller died"
 
     for addr, vm in ((A6, "a-vm1"), (B6, "b-vm1")):
         tcp_ok(plan, addr, vm)
@@ -293,5 +306,5 @@ def test_a_restarted_switch_gets_its_pipeline_back(run):
     assert sorted(cookies(plan, "host1", *PAIR_FEATURE)) == sorted(
         [c for c, _ in pairs.values()] * 3)
     # the other switches were not disturbed
-    assert not re.search(r"\[(host2|appliance) [0-9a-f]+\] (dis)?connected", log_since(lab, offset))
+    assert not re.search(r"\[(host2|appliance) [0-9a-f]+\] (dis)?connected", log_since(lab, marks))
     assert_clean_log(lab)

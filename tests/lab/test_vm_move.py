@@ -25,8 +25,8 @@ import pytest
 from vnet64_lab import Lab, sh
 from vnet64_lab.ovs import EnsurePort
 from vnet64_lab.traffic import (A6, B6, LINE_PORT, PLATFORM_IP, SVC1, TCP_PORT, UDP_PORT, LineSession,
-                                answer, client, controller_log, flows, ns_of, ovs_node, pair_flows,
-                                ping, running_platform, wait_for)
+                                answer, client, controller_log_text, controller_logs, flows, ns_of,
+                                ovs_node, pair_flows, ping, running_platform, wait_for)
 
 from tests.lab.conftest import ROOT, Capture, need_lab
 from vnet64.nb import api as nbapi
@@ -135,7 +135,10 @@ def migrate_and_measure(plan, vm: str, addr: str, old_host: str, new_host: str) 
 
 
 def controller_log_tail(plan) -> str:
-    return controller_log(Lab(plan.prefix, plan.run_dir)).read_text()[-3000:]
+    """The end of every controller's log (each node's, or the central one)."""
+    lab = Lab(plan.prefix, plan.run_dir)
+    return "\n".join(f"== {log}\n{log.read_text(errors='replace')[-3000:]}"
+                     for log in controller_logs(lab) if log.exists())
 
 
 def underlay(plan, node: str) -> str:
@@ -198,7 +201,7 @@ def test_a_migrated_vm_is_followed_to_its_new_host_with_no_command(platform, nb,
     assert wait_for(lambda: B6 not in flows(plan, old_host), 5), flows(plan, old_host)
     assert (SVC1, B6) in pair_flows(plan, new_host)
     assert_a_vm1_unaffected(plan, a_session, STATE, f"after-{new_host}")
-    log = controller_log(lab).read_text()
+    log = controller_log_text(lab)   # every controller's: both hosts' and the appliance's
     assert "Traceback" not in log and " ERROR " not in log, log[-4000:]
     agent = (lab.agent_dir(new_host) / "agent.log").read_text()
     assert f"bound vm {VM} to port {PORTS[new_host]} (ofport" in agent, agent[-2000:]

@@ -246,18 +246,21 @@ def conntrack(plan, node: str, zone: int) -> list[str]:
     return _t.ovs_node(plan, node).appctl("dpctl/dump-conntrack", f"zone={zone}").splitlines()
 
 
-def controller_pid(lab) -> int | None:
-    pid = sh.read_pid(lab.run_dir / "ctl" / "controller.pid")
-    return pid if pid and sh.proc_alive(pid) else None
+def controller_pids(lab) -> dict[str, int | None]:
+    """Every controller of the lab (each node's, or ``central``) -> its pid while it runs."""
+    return {c.name: c.pid() for c in lab.controllers()}
 
 
 def assert_controller_healthy(lab) -> None:
-    """The controller runs, and its log holds no traceback and no ERROR line."""
-    assert controller_pid(lab), "the controller is not running"
-    log = _t.controller_log(lab).read_text()
-    assert "Traceback" not in log, log[-6000:]
-    errors = [line for line in log.splitlines() if " ERROR " in line]
-    assert not errors, errors
+    """Every controller runs (each node's, or the central one), and no log of theirs
+    holds a traceback or an ERROR line."""
+    pids = controller_pids(lab)
+    assert all(pids.values()), f"a controller is not running: {pids}"
+    for log in _t.controller_logs(lab):
+        text = log.read_text()
+        assert "Traceback" not in text, f"{log}:\n{text[-6000:]}"
+        errors = [line for line in text.splitlines() if " ERROR " in line]
+        assert not errors, (str(log), errors)
 
 
 @contextlib.contextmanager
