@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import DEFAULT_TOPOLOGY
 from vnet64 import topology
 from vnet64.controller import model as M
-from vnet64.controller.flows import DeleteFlows, DeleteStrict, Flow, MeterMod, PacketOut, Resubmit
+from vnet64.controller.flows import DeleteFlows, DeleteStrict, Flow, Match, MeterMod, PacketOut, Resubmit
 from vnet64.controller.logic import Logic, desired_flows
 from vnet64.controller.pipeline import (ERROR_METER, HOST_TABLES, PACKET_IN_METER, TOKEN_OPTION, Cookie,
                                        cookie)
@@ -228,11 +228,42 @@ def test_resync_deletes_a_pair_that_is_not_whole(model):
     cut_short = pair_found(5, SVC1, B_VM1, 11)[:2]          # no return rule
     strange = [(cookie("host", "pair", 6), 200, 100, {})]    # a table the pipeline has not
     msgs = logic.resynced(d, pair_found(3, SVC1, A_VM1, 10) + idled_out + cut_short + strange)
-    assert [m for m in msgs if isinstance(m, DeleteFlows)] == [
+    assert sorted((m for m in msgs if isinstance(m, DeleteFlows)), key=lambda m: m.cookie) == [
         DeleteFlows(cookie("host", "pair", i), 0xFFFFFFFFFFFFFFFF) for i in (4, 5, 6)]
     sw = logic.switches[d]
     assert sw.pairs == {3: ("svc1", "a-vm1")} and set(sw.allocator.by_index) == {3}
     assert logic.stats["incomplete_pairs_swept"] == 3 and logic.stats["stale_pairs_swept"] == 0
+
+
+def test_resync_in_two_reads_adopts_from_the_pair_table_then_sweeps(model):
+    """The app reads the pair table's pair flows first (one per pair: ready sooner), then
+    the whole table: the same outcome as one whole read, and pairs set up in between
+    (not in the dump) are left alone."""
+    logic = Logic(lambda: model)
+    d = dpid(model, "host1")
+    logic.switch_connected(d, HOST1_PORTS)
+    pair_id = HOST_TABLES.id("pair")
+    live = pair_found(3, SVC1, A_VM1, 10)
+    cut_short = pair_found(5, SVC1, B_VM1, 11)[:2]             # no return rule
+    leftover = pair_found(4, SVC1, B_VM1, 11)[1:]              # its pair flow idled out
+    stale = [(cookie("host", "vm", "ghost"), HOST_TABLES.id("v6_dnat"), 100,
+              {"eth_type": 0x86DD, "ipv6_dst": "fd41::dead"})]
+    dump = live + cut_short + leftover + stale
+    first = [f for f in dump if f[1] == pair_id]
+    msgs = logic.resynced(d, first, complete=False)
+    sw = logic.switches[d]
+    assert msgs == [] and set(sw.pairs) == {3, 5}             # adopted from what it saw
+    assert logic.stats["pairs_adopted"] == 2
+    # a new pair between the two reads: not in the dump
+    logic.packet_in(d, pair_id, 1, frame(SVC1, IPv6Address("fd41::3930:20:6600:a00:4")))
+    new = set(sw.pairs) - {3, 5}
+    msgs = logic.swept(d, dump)
+    assert sorted((m for m in msgs if isinstance(m, DeleteFlows)), key=lambda m: m.cookie) == [
+        DeleteFlows(cookie("host", "pair", i), 0xFFFFFFFFFFFFFFFF) for i in (4, 5)]
+    assert [m for m in msgs if isinstance(m, DeleteStrict)] == [
+        DeleteStrict("v6_dnat", 100, Match.of(eth_type=0x86DD, ipv6_dst="fd41::dead"))]
+    assert set(sw.pairs) == {3} | new and 5 not in sw.allocator.by_index
+    assert logic.stats["incomplete_pairs_swept"] == 2 and logic.stats["stale_flows_swept"] == 1
 
 
 def test_resync_after_a_switch_restart_frees_the_pairs_whose_flows_are_gone(model):

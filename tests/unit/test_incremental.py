@@ -206,8 +206,11 @@ def restore_endpoint(p: Pair, ep: str) -> None:
 
 
 def renumber_underlay(p: Pair, host: str, last: int) -> None:
+    """A host's new underlay address (unique, as the NB's index on it keeps them)."""
     n = p.model.node(host)
-    p.model.put_node(dataclasses.replace(n, underlay_ip=IPv4Address(int(n.underlay_ip) & ~0xFF | last)))
+    new = IPv4Address(int(n.underlay_ip) & ~0xFF | last)
+    if all(other.underlay_ip != new for other in p.model.nodes):
+        p.model.put_node(dataclasses.replace(n, underlay_ip=new))
 
 
 def rotate_token(p: Pair, token: int) -> None:

@@ -187,8 +187,9 @@ class Logic:
         sw.owned, sw.proactive = {}, {}
         for o, fl in owned_flows(self.model, node, ports, self.path_mtu).items():
             if fl:
-                keys = sw.owned[o] = tuple(f.key for f in fl)
-                sw.proactive.update(zip(keys, fl))
+                mine = {f.key: f for f in fl}      # (one flow per key, as the switch keeps)
+                sw.owned[o] = tuple(mine)
+                sw.proactive.update(mine)
         flows = list(sw.proactive.values())
         LOG.info("switch %016x is %s (%s): %d proactive flows", dpid, node.name, node.role, len(flows))
         if self.model.tunnel_token is None:
@@ -230,57 +231,55 @@ class Logic:
                         node.name, ", ".join(ports.contested))
         return ports
 
-    def resynced(self, dpid: int, found: Iterable[tuple[int, int, int, dict]]) -> list[Message]:
+    def resynced(self, dpid: int, found: Iterable[tuple[int, int, int, dict]],
+                 complete: bool = True) -> list[Message]:
         """After connect: adopt live pairs, delete what the NB no longer wants.
 
-        ``found`` holds (cookie, table id, priority, match dict) of the switch's flows.
+        ``found`` holds (cookie, table id, priority, match dict) of the switch's flows:
+        all of them (``complete``), or only the ``pair`` table's pair flows - what the app
+        asks for first, so that a host with many pairs is ready after reading one flow
+        per pair. Then pairs are adopted from those alone, and :meth:`swept` with the
+        whole table (asked for at the same time, read after) finishes the job: stale
+        proactive flows, the pairs' other flows, leftovers of pairs not adopted.
         """
         sw = self.switches.get(dpid)
         if sw is None:
             return []
+        seen = _pair_flows(sw, found)
+        out = self._adopt(sw, seen, checked=complete)
+        if complete:
+            out += self._sweep(sw, found, seen)
+        return out
+
+    def swept(self, dpid: int, found: Iterable[tuple[int, int, int, dict]]) -> list[Message]:
+        """The whole flow table, read right after the pair-table flows ``resynced`` adopted
+        from (``complete=False``): delete the proactive flows the NB no longer wants, the
+        flows of pairs that were not adopted (e.g. a pair whose pair-table flow idled out
+        while no controller listened, so the flow-removed that deletes the rest went
+        nowhere), and adopted pairs that turn out incomplete or wired to another port.
+        Pairs set up since the dump was asked for are not in it and are left alone."""
+        sw = self.switches.get(dpid)
+        if sw is None:
+            return []
+        return self._sweep(sw, found, _pair_flows(sw, found))
+
+    def _adopt(self, sw: Switch, seen: "_PairFlows", checked: bool) -> list[Message]:
         out: list[Message] = []
-        pair_rules: dict[int, dict] = {}           # index -> the pair-table flow's match
-        pair_tables: dict[int, set[str]] = {}      # index -> the tables holding its flows
-        vm_ports: dict[int, int] = {}              # index -> the VM port its return rule matches
-        for ck, table_id, priority, match in found:
-            try:
-                c = Cookie.decode(ck)
-            except ValueError:
-                continue
-            if c.feature == "pair":
-                try:
-                    table = sw.tables.name(table_id)
-                except ValueError:      # not a table of ours: the pair is not whole
-                    table = str(table_id)
-                pair_tables.setdefault(c.obj, set()).add(table)
-                if table == "pair":
-                    pair_rules[c.obj] = match
-                elif table == "vm_return" and "in_port" in match:
-                    vm_ports[c.obj] = match["in_port"]
-            elif c.feature != "deny":
-                try:
-                    key = (sw.tables.name(table_id), priority, _match_of(match))
-                except ValueError:
-                    continue
-                if key not in sw.proactive:
-                    out.append(DeleteStrict(*key))
-                    self.stats["stale_flows_swept"] += 1
         adopted: set[int] = set()
-        for index in sorted(pair_tables):
-            # A pair missing some of its flows is deleted whole; its next packet sets it up
-            # again. Most often its pair-table flow idled out while no controller listened,
-            # so the flow-removed that deletes the rest went nowhere.
-            if pair_tables[index] != customer.PAIR_TABLES:
+        for index in sorted(seen.rules):
+            # checked (the whole table was read): a pair missing some of its flows is
+            # deleted whole; its next packet sets it up again (see ``swept``)
+            if checked and seen.tables[index] != customer.PAIR_TABLES:
                 out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
                 self.stats["incomplete_pairs_swept"] += 1
                 continue
-            match = pair_rules[index]
+            match = seen.rules[index]
             src, dst = match.get("ipv6_src"), match.get("ipv6_dst")
             pair = customer.Pair(IPv6Address(src), IPv6Address(dst)) if src and dst else None
             allowed = self.model.allowed(pair.service, pair.vm) if pair else None
             vm_port = sw.ports.vif("vm", allowed[1].name) if allowed else None
             if (allowed and allowed[1].host == sw.node.name and vm_port is not None
-                    and vm_ports.get(index, vm_port) == vm_port and sw.allocator.adopt(pair, index)):
+                    and seen.vm_ports.get(index, vm_port) == vm_port and sw.allocator.adopt(pair, index)):
                 self._hold(sw, index, allowed[0].name, allowed[1].name, vm_port)
                 adopted.add(index)
                 self.stats["pairs_adopted"] += 1
@@ -292,6 +291,35 @@ class Logic:
         for index in set(sw.pairs) - adopted:
             self._release(sw, index)
             self.stats["pairs_lost"] += 1
+        return out
+
+    def _sweep(self, sw: Switch, found: Iterable[tuple[int, int, int, dict]],
+               seen: "_PairFlows") -> list[Message]:
+        out: list[Message] = []
+        for ck, table_id, priority, match in found:
+            try:
+                c = Cookie.decode(ck)
+            except ValueError:
+                continue
+            if c.feature in ("pair", "deny"):
+                continue
+            try:
+                key = (sw.tables.name(table_id), priority, _match_of(match))
+            except ValueError:
+                continue
+            if key not in sw.proactive:
+                out.append(DeleteStrict(*key))
+                self.stats["stale_flows_swept"] += 1
+        for index in sorted(seen.tables):
+            if index not in sw.pairs:
+                if index not in seen.rules:     # the rest of a pair whose pair flow is gone
+                    out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
+                    self.stats["incomplete_pairs_swept"] += 1
+            elif (seen.tables[index] != customer.PAIR_TABLES
+                  or seen.vm_ports.get(index, sw.pair_ports.get(index)) != sw.pair_ports.get(index)):
+                out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
+                self._release(sw, index)
+                self.stats["incomplete_pairs_swept"] += 1
         return out
 
     # -- NB -----------------------------------------------------------------
@@ -351,12 +379,14 @@ class Logic:
         held: dict = {}                    # key -> Flow, as the switch holds it now
         for owner in flows_of:
             for key in sw.owned.pop(owner, ()):
-                held[key] = sw.proactive.pop(key)
+                if key in sw.proactive:
+                    held[key] = sw.proactive.pop(key)
         wanted: dict = {}
         for owner, flows in flows_of.items():
             if flows:
-                keys = sw.owned[owner] = tuple(f.key for f in flows)
-                wanted.update(zip(keys, flows))
+                mine = {f.key: f for f in flows}
+                sw.owned[owner] = tuple(mine)
+                wanted.update(mine)
         out: list[Message] = [DeleteStrict(*key) for key in held
                               if key not in wanted and key not in sw.proactive]
         out += [f for key, f in wanted.items() if held.get(key, sw.proactive.get(key)) != f]
@@ -548,6 +578,37 @@ class Logic:
                 held.discard(index)
                 if not held:
                     del sw.pairs_of[owner]
+
+
+@dataclass
+class _PairFlows:
+    """What a flow dump says of the pairs: per alias index, its pair-table flow's match,
+    the tables holding its flows, and the VM port its return rule matches."""
+
+    rules: dict = field(default_factory=dict)
+    tables: dict = field(default_factory=dict)
+    vm_ports: dict = field(default_factory=dict)
+
+
+def _pair_flows(sw: Switch, found: Iterable[tuple[int, int, int, dict]]) -> _PairFlows:
+    out = _PairFlows()
+    for ck, table_id, _priority, match in found:
+        try:
+            c = Cookie.decode(ck)
+        except ValueError:
+            continue
+        if c.feature != "pair":
+            continue
+        try:
+            table = sw.tables.name(table_id)
+        except ValueError:      # not a table of ours: the pair is not whole
+            table = str(table_id)
+        out.tables.setdefault(c.obj, set()).add(table)
+        if table == "pair":
+            out.rules[c.obj] = match
+        elif table == "vm_return" and "in_port" in match:
+            out.vm_ports[c.obj] = match["in_port"]
+    return out
 
 
 def _match_of(fields: dict) -> Match:
