@@ -58,6 +58,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -92,6 +93,7 @@ CONTROL_MODES = ("node", "central")
 DEFAULT_CONTROL = "node"      # a controller per node, as a deployment runs it
 CONTROL_ENV = "VNET64_LAB_CONTROL"
 LOCAL_CONTROLLER_TARGET = f"tcp:127.0.0.1:{P.OF_PORT}"   # each node's own controller
+CONTROLLER_PIDFILE = "controller.pid"
 PIDFILE_COMMS = {"ovsdb-server.pid": "ovsdb-server", "ovs-vswitchd.pid": "ovs-vswitchd",
                  "nb.pid": "ovsdb-server", "tayga.pid": "tayga", "agent.pid": AGENT}
 
@@ -144,7 +146,7 @@ class Controller:
 
     @property
     def pidfile(self) -> Path:
-        return self.dir / "controller.pid"
+        return self.dir / CONTROLLER_PIDFILE
 
     @property
     def log(self) -> Path:
@@ -573,13 +575,24 @@ class Lab:
             nb = NbServer(self.run_dir / "nb")
             if nb.stop():
                 stopped.append("nb")
+            pidfiles = []
             for pidfile in sorted(self.run_dir.rglob("*.pid")):
                 pid = sh.read_pid(pidfile)
                 if not pid or not sh.proc_alive(pid):
                     continue
                 comm = PIDFILE_COMMS.get(pidfile.name)
-                ours_ = (comm and sh.proc_alive(pid, comm)) or _proc_ns_inode(pid) in inodes
-                if ours_ and terminate(pid, _comm(pid)):
+                if (comm and sh.proc_alive(pid, comm)) or _proc_ns_inode(pid) in inodes:
+                    pidfiles.append((pidfile, pid))
+            # The controllers (one per node) each take ~0.5 s to stop cleanly, and nothing
+            # depends on them: told all at once, they stop together.
+            told = set()
+            for pidfile, pid in pidfiles:
+                if pidfile.name == CONTROLLER_PIDFILE:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+                        told.add(pid)
+            for pidfile, pid in pidfiles:
+                if terminate(pid, _comm(pid)) or pid in told:   # (SIGKILL if it lingers)
                     stopped.append(f"{pidfile.name.removesuffix('.pid')}[{pid}]")
         # Anything else still running inside the lab's namespaces was started in them
         # (by the lab, or through `vnet64-lab exec`): stop it so the namespaces can go.
