@@ -90,7 +90,7 @@ class ProbeLogic:
         LOG.info("probe: flow removed %#x", cookie)
         return []
 
-    def nb_changed(self):
+    def nb_changed(self, delta=None):
         LOG.info("probe: nb changed, %d nodes", len(self.load_model().nodes))
         return {}
 

@@ -38,5 +38,5 @@ class NullLogic:
     def flow_removed(self, dpid: int, cookie: int, reason: int) -> list[Message]:
         return []
 
-    def nb_changed(self) -> dict[int, list[Message]]:
+    def nb_changed(self, delta: Any = None) -> dict[int, list[Message]]:
         return {}

@@ -271,7 +271,7 @@ class RecordingLogic:
         self._record("flow_removed", dpid, cookie, reason)
         return []
 
-    def nb_changed(self):
+    def nb_changed(self, delta=None):
         self._record("nb_changed")
         return dict(self.on_nb)
 

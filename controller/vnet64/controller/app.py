@@ -22,11 +22,16 @@ Per switch, in order:
 4. then packet-ins, flow-removed and port-status as they come; on disconnect
    ``logic.switch_disconnected``.
 
-The NB side: a watcher thread connects to the NB (retrying while it is
-unreachable), builds the logic once the first replica is in, and posts an
-event into this app's own queue whenever the IDL's ``change_seqno`` moves
-(polled every 50 ms, coalesced), so every logic call happens on this app's one
-event thread and the logic needs no locks.
+The NB side: a watcher thread connects an :class:`~vnet64.controller.nbview.NbView`
+to the NB (retrying while it is unreachable; with ``Settings.node`` it replicates
+only what that node needs, by conditional monitoring) and posts an event into this
+app's own queue whenever the IDL's ``change_seqno`` moves (polled every 50 ms,
+coalesced). On that event, on this app's one event thread, ``view.update()``
+applies the journalled row changes to the one model the logic holds: the first time
+it builds the model and the logic (``factory(load_model)``, ``load_model()`` giving
+that model); after that it calls ``logic.nb_changed(delta)`` with what changed, or
+``nb_changed(None)`` when the view rebuilt the model whole (a reconnect, an admin
+change). Every logic call happens on the event thread, so the logic needs no locks.
 """
 
 from __future__ import annotations
@@ -51,12 +56,10 @@ from os_ken.controller.handler import (
 )
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-# Imported here, in the main thread, on purpose: vnet64.nb.api pulls in ovs.poller,
-# which imports eventlet, and a thread that imports eventlet can never be joined
-# (is_alive() stays true after it returns; measured with eventlet 0.41).
-from vnet64.nb import api as nbapi
-
-from . import model, ofmsg
+# Imported here, in the main thread, on purpose: nbview pulls in ovs.poller (through
+# ovsdbapp), which imports eventlet, and a thread that imports eventlet can never be
+# joined (is_alive() stays true after it returns; measured with eventlet 0.41).
+from . import model, nbview, ofmsg
 from .flows import FlowError, Message, TableMap
 from .pipeline import tlv_map_problem
 
@@ -79,7 +82,8 @@ class Logic(Protocol):
     """What the role logic offers the app. Every method runs on the app's event thread.
 
     The logic is built as ``factory(load_model)`` once the NB replica is in;
-    ``load_model()`` returns a fresh :class:`vnet64.controller.model.Model` of the NB.
+    ``load_model()`` returns the :class:`vnet64.controller.model.Model` of the NB - always
+    the same object, which the app changes in place before each ``nb_changed``.
     Message lists may be empty; order matters within one list (a meter before
     the flows that use it, flows before the packet-out that needs them).
     """
@@ -105,8 +109,9 @@ class Logic(Protocol):
         """A flow with ``send_flow_rem`` left the switch; ``reason`` is OFPRR_* (idle
         timeout 0, hard timeout 1, delete 2, ...)."""
 
-    def nb_changed(self) -> dict[int, list[Message]]:
-        """The NB changed: datapath id -> messages for that switch."""
+    def nb_changed(self, delta: model.Delta | None = None) -> dict[int, list[Message]]:
+        """The NB changed: datapath id -> messages for that switch. ``delta``: the model
+        objects that changed (passed positionally); None: the model was rebuilt whole."""
 
 
 LogicFactory = Callable[[Callable[[], Any]], Logic]
@@ -123,7 +128,8 @@ class Settings:
     nb_poll_interval: float = 0.05
     nb_connect_timeout: float = 3.0
     on_fatal: Callable[[str], None] | None = None   # the launcher stops with exit status 1
-    node: str | None = None   # --vnet64-node: serve only this node's switch (None: every node)
+    node: str | None = None   # --vnet64-node: serve only this node's switch and replicate only
+                              # its NB rows (None: every node, the whole NB)
 
 
 class EventNbChanged(event.EventBase):
@@ -186,11 +192,12 @@ class Vnet64App(app_manager.OSKenApp):
         super().__init__(*args, **kwargs)
         self.settings = vnet64 or Settings()
         self.logic: Logic | None = None
-        self.nb: Any = None
+        self.nb: nbview.NbView | None = None
         self.switches: dict[int, Switch] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._nb_pending = False
+        self._nb_retry = False   # an NB update failed: try again at the next tick
         self._posts: queue.SimpleQueue = queue.SimpleQueue()   # see _post_to_self
         self._poster: threading.Thread | None = None
 
@@ -238,7 +245,11 @@ class Vnet64App(app_manager.OSKenApp):
     @set_ev_cls(EventTick)
     def _on_tick(self, ev: EventTick) -> None:
         """A switch whose flow dump is not complete after RESYNC_TIMEOUT is asked again
-        (its packet-ins stay held meanwhile: without the dump no pair can be adopted)."""
+        (its packet-ins stay held meanwhile: without the dump no pair can be adopted);
+        an NB model update that failed is tried again."""
+        if self._nb_retry:
+            self._nb_retry = False
+            self._post_to_self(EventNbChanged())   # never send_event to ourselves: see there
         now = time.monotonic()
         for sw in list(self.switches.values()):
             if sw.state != "resyncing" or now - sw.resync_started < RESYNC_TIMEOUT:
@@ -255,23 +266,24 @@ class Vnet64App(app_manager.OSKenApp):
     # -- the NB -------------------------------------------------------------
 
     def _watch_nb(self) -> None:
-        remote, api, seqno, last_warning = self.settings.nb_remote, None, None, 0.0
+        remote, view, seqno, last_warning = self.settings.nb_remote, None, None, 0.0
         while not self._stop.is_set():
-            if api is None:
+            if view is None:
                 try:
-                    api = nbapi.connect(remote, timeout=self.settings.nb_connect_timeout)
+                    view = nbview.NbView(remote, node=self.settings.node).connect(
+                        timeout=self.settings.nb_connect_timeout)
                 except Exception as exc:  # noqa: BLE001  NbUnavailable, or whatever the IDL raises
+                    view = None
                     if time.monotonic() - last_warning > 30:
                         LOG.warning("NB not reachable, retrying: %s", exc)
                         last_warning = time.monotonic()
                     self._stop.wait(1.0)
                     continue
                 if self._stop.is_set():
-                    api.close()
+                    view.close()
                     break
-                self.nb = api
-                LOG.info("NB connected: %s", remote)
-            current = api.idl.change_seqno
+                self.nb = view
+            current = view.change_seqno()
             if current != seqno:
                 seqno = current
                 self._post_nb_changed()
@@ -283,19 +295,32 @@ class Vnet64App(app_manager.OSKenApp):
             self.send_event(self.name, EventNbChanged())
 
     def _load_model(self) -> Any:
-        # The connection's thread applies updates to the replica under this lock:
-        # holding it gives the logic a consistent snapshot.
-        with self.nb.ovsdb_connection.lock:
-            return model.from_nb(self.nb)
+        """The model the view keeps up to date (the same object every time)."""
+        return self.nb.model
 
     @set_ev_cls(EventNbChanged)
     def _on_nb_changed(self, ev: EventNbChanged) -> None:
         self._nb_pending = False
+        try:
+            delta = self.nb.update() if self.nb is not None else None
+        except Exception:  # noqa: BLE001  a model the view could not build (a bug, bad NB data)
+            if self.logic is None:
+                LOG.exception("the NB model could not be built")
+                if self.settings.on_fatal:
+                    self.settings.on_fatal("the NB model could not be built")
+                return
+            # Half done, maybe: the logic is not told; the view rebuilds it whole at the
+            # next tick (and says so again if it still cannot).
+            LOG.exception("the NB model could not be updated; rebuilding it in %gs", TICK)
+            with self.nb.lock:
+                self.nb.idl.mark_full("the last update failed")
+            self._nb_retry = True
+            return
         if self.logic is None:
             if not self._build_logic():
                 return
         else:
-            for dpid, msgs in (self._call(None, "nb_changed", default={}) or {}).items():
+            for dpid, msgs in (self._call(None, "nb_changed", delta, default={}) or {}).items():
                 sw = self.switches.get(dpid)
                 if sw is not None and sw.state in ("resyncing", "ready"):
                     self._send(sw, msgs)
@@ -321,13 +346,10 @@ class Vnet64App(app_manager.OSKenApp):
     # -- switches -----------------------------------------------------------
 
     def _node_name(self, dpid: int) -> str:
+        """The node's name from the view's replica (every view holds every Node row)."""
         if self.nb is None:
             return "?"
-        with self.nb.ovsdb_connection.lock:
-            for row in self.nb.tables["Node"].rows.values():
-                if row.datapath_id == dpid:
-                    return row.name
-        return "?"
+        return self.nb.node_name(dpid) or "?"
 
     def _switch(self, dp: Any) -> Switch | None:
         sw = self.switches.get(dp.id)
