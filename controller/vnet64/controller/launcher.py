@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import functools
+import gc
 import importlib
 import logging
 import logging.handlers
@@ -352,6 +353,22 @@ def run(settings: Settings, stop: threading.Event) -> int:
     return status["code"]
 
 
+GC_THRESHOLD = (50_000, 20, 100)   # CPython's default: (700, 10, 10)
+
+
+def tune_gc() -> None:
+    """Collect less often, and never scan what start-up made.
+
+    The controller allocates in bursts of small, long-lived objects (a model value and
+    flows per subscription; the IDL's rows): with CPython's default thresholds the
+    collector walks the growing heap over and over - the appliance's 100,000 routes took
+    4-7 s to compute instead of 2-3.5 s (measured without a lab, same machine, minutes
+    apart). ``gc.freeze()`` moves the objects of the imports out of every later scan.
+    Reference cycles are still collected, just in larger batches."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")  # imported by ovs
     try:
@@ -386,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)   # kill -USR1: every thread's stack
     settings = Settings(listen_host=conf.ofp_listen_host, listen_port=conf.ofp_tcp_listen_port,
                         nb_remote=conf.vnet64.nb_remote, logic_factory=factory, node=node)
+    tune_gc()
     LOG.info("%s starting: NB %s, logic %s, serving %s", PROG, settings.nb_remote,
              conf.vnet64.logic, f"node {node} only" if node else "every node")
     code = run(settings, stop)
