@@ -4,37 +4,43 @@
 For each size N (and each of ``--runs`` runs) a fresh lab (prefix ``v64g-``,
 run dir ``/run/vnet64-lab-g``) is brought up on a small generated topology:
 appliance + host1 + host2, one VNet ``bench`` (10.0.0.0/8), one service
-``growth`` with one endpoint on host2, no VM. The real ``vnet64-controller``
-runs as the lab starts it. Then:
+``growth`` with one endpoint on host2, no VM; 20 more hosts ``far1``..``far20``
+are written into the NB only (no namespace, no switch). The real
+``vnet64-controller`` runs as the lab starts it (a controller per node by
+default; ``VNET64_LAB_CONTROL=central`` for one central controller). Then:
 
 1. host1 gets P = ``--host-port-share`` x N (default 1 %) br-int ports named
-   ``v-g<i>`` for the first P of the N VMs. They are OVS *patch* ports with no
-   peer: they have an OpenFlow port number (the controller sees them in the
-   port descriptions exactly like a VM's veth) but no datapath port and no
+   ``v-g<i>`` for its P VMs. They are OVS *patch* ports with no peer: they
+   have an OpenFlow port number (the controller sees them in the port
+   descriptions exactly like a VM's veth) but no datapath port and no
    namespace. 100k real VM ports are out of reach of one machine (and even
    patch ports cost OVS O(ports) per port added: 1,000 take ~5 s, 10,000 ~6
-   min), so the customer host is programmed for a 1 % subset and the
-   appliance for every VM. The controller programs per-VM flows on a host
-   only for VMs whose port exists there (``roles/customer.py vm_flows``), so
-   host1's flows grow with P, the appliance's with N; host1's model still
-   holds all N VMs (every reconcile walks them).
-2. N VMs on host1, N active subscriptions of ``growth`` and N host mappings
-   are written into the NB in ONE raw OVSDB transaction (JSON-RPC on the NB's
-   unix socket, rows built with the address codec as ``subscribe`` would):
-   the subscribe path of the NB API is measured by ``benchmarks/nb_scale.py``
-   (~300 subscribes/s batched, i.e. ~6 min for 100k), too slow to build 100k
-   here in a few minutes. "NB load" is that transaction's time.
+   min).
+2. N VMs (the first P on host1, the others spread over the far hosts), N
+   active subscriptions of ``growth`` and N host mappings are written into the
+   NB in ONE raw OVSDB transaction (JSON-RPC on the NB's unix socket, rows
+   built with the address codec as ``subscribe`` would): the subscribe path of
+   the NB API is measured by ``benchmarks/nb_scale.py``, too slow to build
+   100k here in a few minutes. "NB load" is that transaction's time. This is
+   the shape issue 17's aim names: 100,000 subscriptions on one appliance and
+   1,000 VM ports on a host.
 3. "Programmed" is the first moment (polled every 0.1 s with
    ``ovs-ofctl dump-aggregate``) at which the appliance holds one ``route``
    flow per subscribed VM and host1 one ``v6_dnat`` flow per VM with a port,
    and each node's total is its flow count before the load plus what the
-   sizes imply (appliance +N, host1 +7 x P, host2 +0). Measured from the
+   sizes imply (appliance +N, host1 +8 x P, host2 +0). Measured from the
    NB commit (judged) and from the start of the load. After the controller is
    idle again the exact counts are checked.
-4. RSS of the controller, the NB ovsdb-server and each node's ovs-vswitchd
-   (and ovsdb-server) before the load and once the controller is idle after
-   it; per-subscription cost = growth / N. CPU seconds of the controller and
-   of the vswitchds during programming, from /proc.
+4. RSS of the controllers (each node's, with a controller per node), the NB
+   ovsdb-server and each node's ovs-vswitchd (and ovsdb-server) before the
+   load and once the controllers are idle after it; per-subscription cost =
+   growth / N. CPU seconds of the controllers and of the vswitchds during
+   programming, from /proc.
+5. One more change with the N present (``Growth.changes``): unsubscribe,
+   subscribe, move away to a far host and move back, five of each on host1's
+   VMs, each timed from its NB commit until the appliance's ``route`` flow and
+   host1's ``v6_dnat`` flow for that VM are as the change implies (polled
+   every 5 ms).
 
 Each size is measured ``--runs`` times; tables give the median (min-max).
 Needs root.
@@ -46,8 +52,10 @@ Needs root.
 
 Without ``--quick`` the results go to benchmarks/results/growth.md and
 growth.json (``--out``, ``--json``). With ``--quick`` nothing is saved unless
-``--out``/``--json`` are given. The aims (issue 6: 100k subscriptions
-programmed in <= 20 s; controller memory linear, <= 2 KiB per subscription)
+``--out``/``--json`` are given. The aims (issue 17: 100k subscriptions
+programmed in <= 20 s; one change <= 1 s with 100k present, 100 ms the mark;
+the appliance's controller <= 2 KiB per subscription, a customer host's
+<= 100 MiB)
 are reported as met or not; nothing here is tuned to meet them.
 """
 
@@ -105,6 +113,13 @@ def host_flows_per_vm() -> int:
 
 
 HOST_FLOWS_PER_VM = host_flows_per_vm()
+ENDPOINTS = 1                # the service's, in TOPOLOGY
+CHANGE_KINDS = ("unsubscribe", "subscribe", "move away", "move back")
+CHANGE_REPEATS = 5
+CHANGE_TIMEOUT = 60.0
+AIM_CHANGE_S = 1.0           # one change, 100k present
+MARK_CHANGE_S = 0.1          # "the mark to beat" (issue 17)
+AIM_HOST_MIB = 100           # a customer host's controller, 1,000 VMs on a 100k platform
 AIM_SECONDS = 20.0           # 100k programmed
 AIM_SIZE = 100_000
 AIM_KIB_PER_SUB = 2.0
@@ -162,17 +177,37 @@ def nb_transact(sock_path: str, ops: list, timeout: float = 600) -> list:
             return reply["result"]
 
 
-def load_ops(api: nbapi.NbApi, n: int) -> list:
-    """Insert ops for N VMs on host1, their subscriptions to SERVICE and host mappings
-    (host1's node agent binds the VMs whose ports exist, as on a real host)."""
+FAR_HOSTS = 20           # NB-only hosts (no lab namespace) that hold the VMs host1 does not
+
+
+def far_host_ops() -> list:
+    """Insert ops for FAR_HOSTS hosts that exist only in the NB (``far1`` ...): where the
+    VMs host1 does not hold live, as on a platform of many hosts. The appliance routes to
+    them; no switch of theirs connects."""
+    return [{"op": "insert", "table": "Node",
+             "row": {"name": f"far{k}", "role": "host", "underlay_ip": f"192.168.68.{10 + k}",
+                     "datapath_id": 0x6600 + k}} for k in range(1, FAR_HOSTS + 1)]
+
+
+def vm_host(i: int, p: int) -> str:
+    """Where VM ``g<i>`` lives: host1 for the first ``p`` (those with a port there), else
+    one of the far hosts."""
+    return "host1" if i < p else f"far{1 + i % FAR_HOSTS}"
+
+
+def load_ops(api: nbapi.NbApi, n: int, p: int) -> list:
+    """Insert ops for N VMs (the first P on host1, the others on the far hosts), their
+    subscriptions to SERVICE and host mappings (host1's node agent binds the VMs whose
+    ports exist, as on a real host)."""
     vnet = next(r for r in api.tables["VNet"].rows.values() if r.name == "bench")
     subnet = next(r for r in api.tables["Subnet"].rows.values() if r.vnet.uuid == vnet.uuid)
-    host = next(r for r in api.tables["Node"].rows.values() if r.name == "host1")
+    hosts = {r.name: r for r in api.tables["Node"].rows.values()}
     service = next(r for r in api.tables["Service"].rows.values() if r.name == SERVICE)
     region_id = vnet.region.region_id
     ref = lambda row: ["uuid", str(row.uuid)]  # noqa: E731
     ops = []
     for i in range(n):
+        host = hosts[vm_host(i, p)]
         name = f"g{i}"
         ipv4 = ipaddress.IPv4Address(FIRST_IP + i)
         ipv6 = str(address.PlatformAddress(region_id, vnet.vnet_id, subnet.subnet_id, ipv4).ipv6)
@@ -207,6 +242,8 @@ class Growth:
         self.lab.down()
         t0 = time.monotonic()
         self.lab.up(self.topo_path)
+        self.nb_sock = f"{self.lab.plan().nb_run_dir}/nb.sock"
+        nb_transact(self.nb_sock, far_host_ops())
         self.plan = self.lab.plan()
         self.nodes = {n.name: OvsNode(n.name, n.ns, n.run_dir) for n in self.plan.nodes}
         state = (self.lab.state() or {}).get("controller", "")
@@ -263,11 +300,15 @@ class Growth:
         out = {name: flow_count(node) for name, node in self.nodes.items()}
         out["appliance route"] = flow_count(self.nodes["appliance"], "route")
         out["host1 v6_dnat"] = flow_count(self.nodes["host1"], "v6_dnat")
+        out["host1 to_service"] = flow_count(self.nodes["host1"], "to_service")
         return out
 
     def memory(self) -> dict:
         out = {"controller": sum(rss_kib(p) for p in self.controller_pids),
                "NB ovsdb-server": rss_kib(self.nb_pid)}
+        if self.lab.control == "node":
+            for name in NODES:
+                out[f"{name} controller"] = rss_kib(self.lab.controller_pid(name))
         for name, node in self.nodes.items():
             out[f"{name} ovs-vswitchd"] = rss_kib(node.pid("ovs-vswitchd"))
             out[f"{name} ovsdb-server"] = rss_kib(node.pid("ovsdb-server"))
@@ -284,7 +325,7 @@ class Growth:
             self.settle()
             before = self.counts()
             mem0 = self.memory()
-            ops = load_ops(self.api, n)      # host1's agent binds the ports that exist
+            ops = load_ops(self.api, n, p)   # host1's agent binds the ports that exist
             # This process's own NB replica would parse the whole load too, competing
             # with the controller for the 2 cores: closed before the load.
             self.api.close()
@@ -293,6 +334,11 @@ class Growth:
             expected["appliance"] += n
             expected["appliance route"] += n
             expected["host1"] += HOST_FLOWS_PER_VM * p
+            # the return path to the service's endpoint: a host whose controller reads only
+            # its own VMs' services gets it with its first subscribed VM (a central
+            # controller has it from the start)
+            if p:
+                expected["host1"] += ENDPOINTS - before["host1 to_service"]
             expected["host1 v6_dnat"] += p
             judged = ("appliance route", "host1 v6_dnat", "appliance", "host1", "host2")
             procs = {"controller": self.controller_pids,
@@ -347,6 +393,7 @@ class Growth:
                 self.lab, log_sizes).splitlines() if "] disconnected" in line)
             r["log_error_lines"] = log_errors(log)
             r["log_errors"] = len(r["log_error_lines"])
+            r["changes"] = self.changes(n, p)
         finally:
             self.down()
         note(f"{n:,} subscriptions ({p:,} VM ports on host1): NB load {r['nb_load_s']:.2f}s, "
@@ -357,6 +404,67 @@ class Growth:
              f"({r['kib_per_sub']['controller']:.2f} KiB/sub), controller CPU "
              f"{r['cpu_s']['controller']:.1f}s, settle {r['settle_s']:.0f}s")
         return r
+
+    def changes(self, n: int, p: int) -> dict:
+        """With the N subscriptions in place: how long one more change takes to reach the
+        switches, from its NB commit (the transaction's reply) until every flow it implies
+        is on the appliance and host1 (polled every 5 ms). Each of ``CHANGE_KINDS`` on VMs
+        g0.. (on host1, with a port), ``CHANGE_REPEATS`` times, one change at a time."""
+        sock = self.nb_sock
+        k = min(CHANGE_REPEATS, p)
+        if not k:
+            return {}
+        sel = lambda table, where: nb_transact(sock, [  # noqa: E731
+            {"op": "select", "table": table, "where": where}])[0]["rows"]
+        nodes = {r["name"]: r for r in sel("Node", [])}
+        service = sel("Service", [["name", "==", SERVICE]])[0]["_uuid"]
+        out: dict[str, list[float]] = {kind: [] for kind in CHANGE_KINDS}
+        for i in range(k):
+            vm = sel("VM", [["name", "==", f"g{i}"]])[0]
+            sub = sel("Subscription", [["vm", "==", vm["_uuid"]]])[0]
+            ipv6, far = sub["ipv6"], nodes["far1"]
+            route = lambda: self.nodes["appliance"].ofctl(  # noqa: E731
+                "-O", "OpenFlow15", "dump-flows", "br-int", f"table=route,ipv6,ipv6_dst={ipv6}")
+            dnat = lambda: self.nodes["host1"].ofctl(  # noqa: E731
+                "-O", "OpenFlow15", "dump-flows", "br-int", f"table=v6_dnat,ipv6,ipv6_dst={ipv6}")
+            tun_dst = lambda name: f"set_field:{nodes[name]['underlay_ip']}->tun_dst"  # noqa: E731
+            mapping = {"ipv6": ipv6, "vnet": vm["vnet"], "ipv4": vm["ipv4"]}
+            steps = {
+                "unsubscribe": ([{"op": "delete", "table": "Subscription",
+                                  "where": [["_uuid", "==", sub["_uuid"]]]},
+                                 {"op": "delete", "table": "Host_Mapping",
+                                  "where": [["ipv6", "==", ipv6]]}],
+                                lambda: "ipv6_dst" not in route() and "ipv6_dst" not in dnat()),
+                "subscribe": ([{"op": "insert", "table": "Subscription",
+                                "row": {"vm": vm["_uuid"], "service": service, "ipv6": ipv6,
+                                        "state": "active"}},
+                               {"op": "insert", "table": "Host_Mapping",
+                                "row": {**mapping, "host": nodes["host1"]["_uuid"]}}],
+                              lambda: tun_dst("host1") in route() and "ipv6_dst" in dnat()),
+                "move away": ([{"op": "update", "table": "VM", "where": [["_uuid", "==", vm["_uuid"]]],
+                                "row": {"host": far["_uuid"]}},
+                               {"op": "update", "table": "Host_Mapping",
+                                "where": [["ipv6", "==", ipv6]], "row": {"host": far["_uuid"]}}],
+                              lambda: tun_dst("far1") in route() and "ipv6_dst" not in dnat()),
+                "move back": ([{"op": "update", "table": "VM", "where": [["_uuid", "==", vm["_uuid"]]],
+                                "row": {"host": nodes["host1"]["_uuid"]}},
+                               {"op": "update", "table": "Host_Mapping",
+                                "where": [["ipv6", "==", ipv6]], "row": {"host": nodes["host1"]["_uuid"]}}],
+                              lambda: tun_dst("host1") in route() and "ipv6_dst" in dnat()),
+            }
+            for kind in CHANGE_KINDS:
+                ops, done = steps[kind]
+                nb_transact(sock, ops)
+                t_commit = time.monotonic()
+                while not done():
+                    if time.monotonic() - t_commit > CHANGE_TIMEOUT:
+                        note(f"{n:,}: {kind} of g{i} not on the switches after {CHANGE_TIMEOUT:g}s")
+                        break
+                    time.sleep(0.005)
+                out[kind].append(time.monotonic() - t_commit)
+        note(f"{n:,} subscriptions: one change on the switches after " + ", ".join(
+            f"{kind} {med(v) * 1000:.0f} ms" for kind, v in out.items()))
+        return out
 
     def _start_profile(self, path: Path):
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -406,11 +514,13 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
          f"and ratios matter more than absolute times. {args.runs} run(s) per size, a fresh lab "
          "each; median (min-max)."),
         "",
-        ("Lab: appliance + host1 + host2, one VNet, one service endpoint on host2; the real "
+        ("Lab: appliance + host1 + host2, one VNet, one service endpoint on host2, and "
+         f"{FAR_HOSTS} more hosts that exist only in the NB; the real "
          f"`vnet64-controller` as the lab starts it: {control_text(args.control)}. "
-         "N VMs on host1 and N active subscriptions "
-         "(with their host mappings) written into the NB in one raw OVSDB transaction. host1 has "
-         f"a br-int port for {args.host_port_share:.0%} of the VMs (OVS patch ports without a "
+         "N VMs and N active subscriptions (with their host mappings) written into the NB in "
+         f"one raw OVSDB transaction: {args.host_port_share:.0%} of the VMs on host1, the "
+         f"others spread over the {FAR_HOSTS} NB-only hosts. host1 has "
+         f"a br-int port for each of its VMs (OVS patch ports without a "
          "peer: an OpenFlow port number, no datapath port): the controller programs per-VM flows "
          f"on a host only for VMs whose port exists there ({HOST_FLOWS_PER_VM} flows each), so "
          "host1's flows follow that subset, the appliance's (one `route` flow per subscribed VM) "
@@ -432,7 +542,9 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
             f"{rng((r['programmed_s'] / n * 1e6 for r in rs), '.0f')} | "
             f"{a['appliance']:,} / {a['host1']:,} / {a['host2']:,} | "
             f"{'yes' if all(r['complete'] for r in rs) else '**NO**'} |")
-    mem_keys = ["controller", "NB ovsdb-server", "appliance ovs-vswitchd", "host1 ovs-vswitchd",
+    mem_keys = ["controller", *[k for k in ("appliance controller", "host1 controller",
+                                            "host2 controller") if k in rows[sizes[0]][0]["mem_after"]],
+                "NB ovsdb-server", "appliance ovs-vswitchd", "host1 ovs-vswitchd",
                 "host2 ovs-vswitchd", "appliance ovsdb-server", "host1 ovsdb-server"]
     lines += ["", "Memory (RSS, MiB, after the controller is idle again) and its growth per "
               "subscription (KiB = (RSS after - RSS before the load) / N):", "",
@@ -458,6 +570,19 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
                 f"{k} {r['reached_s'][k]:.1f}" if k in r["reached_s"] else f"{k} **never**"
                 for k in ("appliance route", "appliance", "host1 v6_dnat", "host1", "host2"))
                 + f"; disconnects {r['disconnects']}")
+    if any(r.get("changes") for n in sizes for r in rows[n]):
+        lines += ["", "One more change with N subscriptions present: from its NB commit until "
+                  "every flow it implies is on the appliance and host1 (ms; "
+                  f"{CHANGE_REPEATS} changes of each kind per run, polled every 5 ms; a VM of "
+                  "host1 with a port; *move* = the NB moves it (VM row and host mapping) to "
+                  "another host and back). Flows on the switches, not first packets: the "
+                  "VM ports here are patch ports.", "",
+                  "| subscriptions | " + " | ".join(CHANGE_KINDS) + " |",
+                  "|---|" + "---|" * len(CHANGE_KINDS)]
+        for n in sizes:
+            lines.append(f"| {n:,} | " + " | ".join(
+                rng([v * 1000 for r in rows[n] for v in r.get("changes", {}).get(kind, [])], ".0f")
+                for kind in CHANGE_KINDS) + " |")
     lines += ["", "Controller busy after programmed (s, until < 10 % of a core for 2 s): "
               + ", ".join(f"{n:,}: {rng((r['settle_s'] for r in rows[n]), '.0f')}" for n in sizes)
               + "."]
@@ -480,12 +605,28 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
     else:
         lines.append(f"| {AIM_SIZE:,} subscriptions programmed in <= {AIM_SECONDS:g} s | not measured "
                      "(size not run) | - |")
-    per = {n: med(r["kib_per_sub"]["controller"] for r in rows[n]) for n in sizes}
+    if AIM_SIZE in rows and any(r.get("changes") for r in rows[AIM_SIZE]):
+        worst = max(v for r in rows[AIM_SIZE] for vs in r["changes"].values() for v in vs)
+        lines.append(f"| with {AIM_SIZE:,} present, one subscribe, unsubscribe or move on the "
+                     f"switches <= {AIM_CHANGE_S:g} s after its NB commit | slowest of all "
+                     f"{worst * 1000:.0f} ms | {yes_no(worst <= AIM_CHANGE_S)} |")
+        median = med(v for r in rows[AIM_SIZE] for vs in r["changes"].values() for v in vs)
+        lines.append(f"| ... and below the mark of {MARK_CHANGE_S * 1000:.0f} ms | median "
+                     f"{median * 1000:.0f} ms | {yes_no(median <= MARK_CHANGE_S)} |")
+    node_mode = "appliance controller" in rows[sizes[0]][0]["mem_after"]
+    mem_key = "appliance controller" if node_mode else "controller"
+    per = {n: med(r["kib_per_sub"][mem_key] for r in rows[n]) for n in sizes}
     worst = max(per.values())
-    lines.append(f"| controller memory <= {AIM_KIB_PER_SUB:g} KiB per subscription | "
+    lines.append(f"| {'the appliance' if node_mode else 'the'}'s controller memory <= "
+                 f"{AIM_KIB_PER_SUB:g} KiB per subscription | "
                  + ", ".join(f"{n:,}: {v:.2f}" for n, v in per.items())
                  + f" KiB | {yes_no(worst <= AIM_KIB_PER_SUB)} |")
-    if len(sizes) >= 2:
+    if node_mode and AIM_SIZE in rows:
+        mib = med(r["mem_after"]["host1 controller"] for r in rows[AIM_SIZE]) / 1024
+        lines.append(f"| a customer host's controller (host1: {rows[AIM_SIZE][0]['ports']:,} VMs) "
+                     f"on a {AIM_SIZE:,}-subscription platform <= {AIM_HOST_MIB} MiB | "
+                     f"{mib:.0f} MiB | {yes_no(mib <= AIM_HOST_MIB)} |")
+    if len(sizes) >= 2 and not node_mode:
         ratio = per[sizes[-1]] / per[sizes[-2]] if per[sizes[-2]] else float("nan")
         lines.append(f"| controller memory linear (KiB/sub of the two largest sizes within 25 %) | "
                      f"{ratio:.2f}x | {yes_no(0.75 <= ratio <= 1.25)} |")

@@ -328,6 +328,49 @@ def test_connect_sends_set_config_then_pipeline_and_dump_in_one_write(vnet64):
     assert sw.state == "resyncing" and sw.stats_xid == struct.unpack_from("!I", pipeline[-1][1], 4)[0]
 
 
+class TwoReadLogic(RecordingLogic):
+    """A logic that asks the resync to read the pairs' flows first (``adoption_read``)."""
+
+    def adoption_read(self, dpid):
+        return 3, 0x0107000000000000, 0xFFFF000000000000
+
+    def resynced(self, dpid, flows, complete=True):
+        self._record("resynced", dpid, flows, complete)
+        return []
+
+    def swept(self, dpid, flows):
+        self._record("swept", dpid, flows)
+        return [F.DeleteFlows(0x98, -1 & 0xFFFFFFFFFFFFFFFF)]
+
+
+def test_a_resync_reads_the_pairs_first_then_the_whole_table(vnet64):
+    """Ready (held packet-ins served) after the small first read; the sweep follows."""
+    vnet64.logic = TwoReadLogic()
+    dp = FakeDatapath()
+    sw = connect(vnet64, dp)
+    [_, pipeline] = dp.take()
+    first, whole = pipeline[-2:]
+    assert first[0] == whole[0] == ofp.OFPT_MULTIPART_REQUEST
+    # ofp_flow_stats_request after the 16-byte multipart header: table, out_port, out_group,
+    # cookie, cookie mask
+    table, cookie, mask = (struct.unpack_from("!B", first[1], 16)[0],
+                           *struct.unpack_from("!QQ", first[1], 16 + 16))
+    assert (table, cookie, mask) == (3, 0x0107000000000000, 0xFFFF000000000000)
+    assert struct.unpack_from("!B", whole[1], 16)[0] == ofp.OFPTT_ALL
+    assert struct.unpack_from("!QQ", whole[1], 32) == (0, 0)
+    first_xid, whole_xid = (struct.unpack_from("!I", m[1], 4)[0] for m in (first, whole))
+    vnet64._on_packet_in(packet_in(dp))                      # held until the first read is in
+    vnet64._on_flow_stats(stats_reply(dp, first_xid, [(0x0107000000000001, 3, 100, {}, 300)]))
+    assert sw.state == "ready"
+    assert [c[0] for c in vnet64.logic.calls] == ["switch_connected", "resynced", "packet_in"]
+    assert vnet64.logic.calls[1][3] is False                 # not the whole table
+    vnet64._on_flow_stats(stats_reply(dp, whole_xid, [(0x0107000000000001, 3, 100, {}, 300),
+                                                      (0x0101000000000001, 0, 0, {}, 0)]))
+    assert vnet64.logic.calls[-1][0] == "swept" and len(vnet64.logic.calls[-1][2]) == 2
+    [write] = dp.take()
+    assert [t for t, _ in write] == [ofp.OFPT_FLOW_MOD]      # the sweep's delete
+
+
 def test_a_tlv_map_that_is_not_ours_is_logged_as_an_error(vnet64, caplog):
     dp = FakeDatapath()
     connect(vnet64, dp)

@@ -13,12 +13,15 @@ Per switch, in order:
    one; without it packet-ins may come truncated or not at all);
 2. os-ken's own handshake asks for the port descriptions; once they are in
    (``MAIN_DISPATCHER``), ``logic.switch_connected(dpid, ports)`` gives the
-   role's table map and proactive messages; they are sent, followed by a
-   flow-stats request for every flow;
-3. when the whole dump is in (``REPLY_MORE`` followed),
-   ``logic.resynced(dpid, flows)``; packet-ins that arrived meanwhile were held
-   and are handed over now (so the logic never allocates before it has seen
-   what the switch already holds);
+   role's table map and proactive messages; they are sent, followed by the
+   flow-stats requests of the resync: on a host, first the pairs' own flows of
+   the ``pair`` table (``logic.adoption_read``: one flow per pair), then every
+   flow; elsewhere every flow;
+3. when the first dump is in (``REPLY_MORE`` followed),
+   ``logic.resynced(dpid, flows[, complete])``; packet-ins that arrived
+   meanwhile were held and are handed over now (so the logic never allocates
+   before it has seen what the switch already holds); when the second (whole)
+   dump is in, ``logic.swept(dpid, flows)`` deletes what is stale;
 4. then packet-ins, flow-removed and port-status as they come; on disconnect
    ``logic.switch_disconnected``.
 
@@ -168,6 +171,10 @@ class Switch:
     tables: TableMap | None = None
     stats_xid: int | None = None
     found: list = field(default_factory=list)
+    complete: bool = True     # the flows asked for (stats_xid) are the whole table
+    sweep_xid: int | None = None   # the whole table, read after a partial first read
+    sweep_found: list = field(default_factory=list)
+    sweep_done: list | None = None  # a whole table read before the first read was handled
     pending: collections.deque = field(
         default_factory=lambda: collections.deque(maxlen=PENDING_PACKET_INS))
     dropped: int = 0
@@ -401,12 +408,25 @@ class Vnet64App(app_manager.OSKenApp):
         self._ask_for_flows(sw, msgs, [ofmsg.tlv_table_request(sw.dp)])
 
     def _ask_for_flows(self, sw: Switch, msgs: Iterable[Message] = (), extra: Iterable[Any] = ()) -> None:
-        """Send ``msgs``, ``extra`` and a request for the switch's whole flow table, in one
-        write; the resync then waits for that request's reply (its xid) from now."""
-        request = ofmsg.flow_stats_request(sw.dp)
+        """Send ``msgs``, ``extra`` and the flow-stats requests of a resync, in one write;
+        the resync then waits for the first request's reply (its xid) from now.
+
+        When the logic names a first read (``adoption_read``: a table and a cookie
+        filter - the pairs' own flows, one per pair), that is asked for first and the
+        whole table right after it: ``resynced(..., complete=False)`` gets the first,
+        ``swept`` the whole one once the switch is ready. Otherwise one request for the
+        whole table and ``resynced`` with it."""
+        first = self._call(sw, "adoption_read", sw.dp.id, default=None) \
+            if hasattr(self.logic, "adoption_read") else None
+        requests = [ofmsg.flow_stats_request(sw.dp)]
+        if first is not None:
+            table_id, cookie, mask = first
+            requests.insert(0, ofmsg.flow_stats_request(sw.dp, cookie, mask, table_id))
         sw.found, sw.resync_started = [], time.monotonic()
-        self._send(sw, msgs, extra=[*extra, request])
-        sw.stats_xid = request.xid
+        sw.sweep_found, sw.sweep_done = [], None
+        self._send(sw, msgs, extra=[*extra, *requests])
+        sw.stats_xid, sw.complete = requests[0].xid, first is None
+        sw.sweep_xid = requests[1].xid if first is not None else None
 
     def _disconnected(self, dp: Any) -> None:
         sw = self._switch(dp)
@@ -421,21 +441,27 @@ class Vnet64App(app_manager.OSKenApp):
     def _on_flow_stats(self, ev: Any) -> None:
         msg = ev.msg
         sw = self._switch(msg.datapath)
+        if sw is not None and sw.sweep_xid is not None and msg.xid == sw.sweep_xid:
+            self._on_sweep_stats(sw, msg)
+            return
         if sw is None or sw.state != "resyncing" or msg.xid != sw.stats_xid:
             return
         sw.found.extend(ofmsg.flow_entry(s) for s in msg.body)
         if msg.flags & ofp.OFPMPF_REPLY_MORE:
             return
         found, sw.found, sw.stats_xid = sw.found, [], None
-        msgs = list(self._call(sw, "resynced", sw.dp.id,
-                               [(e.cookie, e.table_id, e.priority, e.match) for e in found],
-                               default=[]))
+        entries = [(e.cookie, e.table_id, e.priority, e.match) for e in found]
+        if sw.complete:
+            msgs = list(self._call(sw, "resynced", sw.dp.id, entries, default=[]))
+        else:
+            msgs = list(self._call(sw, "resynced", sw.dp.id, entries, False, default=[]))
         sw.state = "ready"
         held = list(sw.pending)
         sw.pending.clear()
         removed, sw.removed = sw.removed, []
-        sw.log.info("resynced in %.2fs: %d flows read, %d messages; %d packet-ins held%s%s",
-                    time.monotonic() - sw.resync_started, len(found), len(msgs), len(held),
+        sw.log.info("resynced in %.2fs: %d flows read%s, %d messages; %d packet-ins held%s%s",
+                    time.monotonic() - sw.resync_started, len(found),
+                    "" if sw.complete else " (the pairs' own)", len(msgs), len(held),
                     f" ({sw.dropped} dropped)" if sw.dropped else "",
                     f", {len(removed)} flow removals held" if removed else "")
         # Removals first: the dump may predate them, so resynced() may have adopted a pair
@@ -444,6 +470,28 @@ class Vnet64App(app_manager.OSKenApp):
             msgs += self._call(sw, "flow_removed", sw.dp.id, ck, reason, default=[])
         for table_id, in_port, data in held:
             msgs += self._call(sw, "packet_in", sw.dp.id, table_id, in_port, data, default=[])
+        self._send(sw, msgs)
+        if sw.sweep_done is not None:       # the whole table came first (it should not)
+            self._sweep(sw, sw.sweep_done)
+
+    def _on_sweep_stats(self, sw: Switch, msg: Any) -> None:
+        """The whole table, asked for right after the first read: ``swept`` once ready."""
+        sw.sweep_found.extend(ofmsg.flow_entry(s) for s in msg.body)
+        if msg.flags & ofp.OFPMPF_REPLY_MORE:
+            return
+        found, sw.sweep_found, sw.sweep_xid = sw.sweep_found, [], None
+        if sw.state == "ready":
+            self._sweep(sw, found)
+        else:
+            sw.sweep_done = found
+
+    def _sweep(self, sw: Switch, found: list) -> None:
+        sw.sweep_done = None
+        msgs = list(self._call(sw, "swept", sw.dp.id,
+                               [(e.cookie, e.table_id, e.priority, e.match) for e in found],
+                               default=[]))
+        sw.log.info("swept %.2fs after connecting: %d flows read, %d messages",
+                    time.monotonic() - sw.resync_started, len(found), len(msgs))
         self._send(sw, msgs)
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)

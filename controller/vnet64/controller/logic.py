@@ -36,6 +36,7 @@ from .roles import Ports, appliance, customer, service
 
 LOG = logging.getLogger(__name__)
 EXACT = 0xFFFFFFFFFFFFFFFF       # cookie mask: this cookie only
+PAIR_COOKIE_MASK = 0xFFFF << 48  # cookie mask: every flow of a role and feature (every pair's)
 OFPRR_IDLE_TIMEOUT, OFPRR_HARD_TIMEOUT = 0, 1
 DEFAULT_PACKET_IN_RATE = 5000    # pps on the new-pair path; the excess is dropped by the meter
 DEFAULT_ERROR_PUNT_RATE = 1000   # pps of ICMP errors and refusals to the controller (own meter)
@@ -230,6 +231,15 @@ class Logic:
             LOG.warning("%s: %s bound to more than one VM or endpoint in the NB: not wired",
                         node.name, ", ".join(ports.contested))
         return ports
+
+    def adoption_read(self, dpid: int) -> tuple[int, int, int] | None:
+        """What a resync reads first: (table id, cookie, cookie mask) of the pairs' own
+        flows in the ``pair`` table (one per pair) on a host; None (one whole read) on
+        the appliance, which has no pairs."""
+        sw = self.switches.get(dpid)
+        if sw is None or sw.node.role != "host":
+            return None
+        return sw.tables.id("pair"), cookie("host", "pair", 0), PAIR_COOKIE_MASK
 
     def resynced(self, dpid: int, found: Iterable[tuple[int, int, int, dict]],
                  complete: bool = True) -> list[Message]:
