@@ -268,8 +268,9 @@ class Resync(Bench):
                 marks["last_connected"] = max(t, marks.get("last_connected", t))
                 marks["first_connected"] = min(t, marks.get("first_connected", t))
             else:
-                m = re.search(r"\[(\S+) [0-9a-f]+\] resynced in ([0-9.]+)s: (\d+) flows read, "
-                              r"(\d+) messages", line)
+                # "N flows read, ..." or, on a host, "N flows read (the pairs' own), ..."
+                m = re.search(r"\[(\S+) [0-9a-f]+\] resynced in ([0-9.]+)s: (\d+) flows read"
+                              r"(?: \(the pairs' own\))?, (\d+) messages", line)
                 if m:
                     marks["last_resynced"] = max(t, marks.get("last_resynced", t))
                     per_switch[m.group(1)] = {"in_s": float(m.group(2)), "flows": int(m.group(3)),
