@@ -393,9 +393,10 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
          "`max_backoff` 1 s. N pairs set up through the controller by real first packets, plus "
          "one long-lived TCP connection `tc` -> `tv` (its own pair); then kill -9 of the "
          "controller, a stale pair flow planted, `restart_controller`. **Resync time** = from the "
-         "restart call until every switch's `resynced` line is in the controller log (the whole "
-         "flow dump read, pairs adopted, sweep computed). Baseline (same run): no pair but the "
-         "TCP one."),
+         "restart call until every switch's `resynced` line is in the controller log (a host: "
+         "its pairs' own flows read and the pairs adopted, held first packets served; the whole "
+         "table is swept right after; the appliance: its whole dump read). Baseline (same run): "
+         "no pair but the TCP one."),
         "",
         "| active pairs | resync (s) | vs baseline | process start -> NB model ready (s) | "
         "-> last switch connected (s) | host1: flows read, read + adopt (s) | controller busy "
