@@ -424,7 +424,8 @@ class Agent:
                 why, level = f"iface-id {lport!r} names no VM or service endpoint in the NB", logging.INFO
                 # A binding it has is kept: the replica may lack the row only for now (an NB
                 # reconnect re-reads it; a busy NB answers late). Unbinding then cut a
-                # service endpoint off for good (growth benchmark, 100k subscriptions).
+                # service endpoint off until a later round bound it again (growth
+                # benchmark, 100k subscriptions).
                 keep.add(lport)
             elif (i["attached_mac"] or "").lower() != known[lport][1].lower():
                 why = (f"attached-mac {i['attached_mac'] or '(none)'} is not {lport}'s MAC in "
