@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 import uuid as uuidlib
@@ -85,6 +84,7 @@ from ovsdbapp.backend.ovs_idl import connection
 from .. import address, gateway
 from ..nb.api import NbUnavailable
 from ..nb.server import SCHEMA_PATH
+from ..ovsdb import CondIdl, set_conditions
 from .model import VM, Binding, Delta, Endpoint, Model, Node, Route
 
 LOG = logging.getLogger("vnet64.controller.nb")
@@ -126,7 +126,7 @@ def _cond_uuid(column: str, value: uuidlib.UUID) -> list:
     return [column, "==", ["uuid", str(value)]]
 
 
-class _Idl(ovs.db.idl.Idl):
+class _Idl(CondIdl):
     """A plain IDL that journals the rows it changes for :class:`NbView`."""
 
     def __init__(self, remote: str, helper: Any, leader_only: bool = True):
@@ -149,18 +149,6 @@ class _Idl(ovs.db.idl.Idl):
         except Exception:  # noqa: BLE001  never lose a change silently: rebuild instead
             LOG.exception("NB journal failed; the next update rebuilds the model")
             self.mark_full("journal error")
-
-    def wait(self, poller: Any) -> None:
-        """As ``Idl.wait``, but a condition change that cannot be sent yet (no connection,
-        or another request's reply outstanding) does not wake the thread at once: the
-        IDL would spin at 100% CPU until it can (a whole NB outage, or the initial
-        dump). It waits for the session instead; ``run()`` sends the change as soon as
-        it can."""
-        if self.cond_changed and (self._request_id is not None or not self._session.is_connected()):
-            self._session.wait(poller)
-            self._session.recv_wait(poller)
-            return
-        super().wait(poller)
 
     def mark_full(self, why: str) -> None:
         if not self.journal_full:
@@ -285,8 +273,7 @@ class NbView:
         if self.idl is None:
             return True
         with self.conn.lock:
-            return all(t.condition_state.new is None and t.condition_state.requested is None
-                       for t in self.idl.tables.values())
+            return self.idl.conditions_acked()
 
     def settled(self) -> bool:
         """Nothing left to apply: conditions acknowledged and no row change unapplied
@@ -629,16 +616,9 @@ class NbView:
         conds = self._conditions()
         if conds == self._conds:
             return False
-        old = self._conds or {}
-        for table, cond in conds.items():
-            if old.get(table) != cond:
-                self.idl.cond_change(table, cond)
+        set_conditions(self.conn, self.idl, conds, self._conds)
         self._conds = conds
         self.stats["cond_changes"] += 1
-        try:   # wake the connection's thread: its next IDL run sends them
-            self.conn.txns.put_nowait(_Wakeup())
-        except queue.Full:
-            pass   # a wakeup is queued already
         if self._me is None:
             what = "not in the NB (yet): Platform and Node rows only"
         elif self._my_role == "appliance":
@@ -648,20 +628,6 @@ class NbView:
                     f"on it and of {len(self._svc_count)} services, its port bindings")
         LOG.info("NB conditions for node %s, %s", self.node, what)
         return True
-
-
-class _Wakeup:
-    """A no-op transaction: queued on ovsdbapp's ``Connection``, it wakes the connection's
-    thread (blocked on the NB socket and its queue's pipe), which runs the IDL - sending
-    a pending condition change - and then takes it off the queue, consuming the pipe's
-    byte. (``TransactionQueue.alert_notify()`` alone would leave that byte unread: the
-    thread would spin at 100% CPU.)"""
-
-    def __init__(self) -> None:
-        self.results: queue.Queue = queue.Queue(1)   # where the thread puts do_commit()'s result
-
-    def do_commit(self) -> None:
-        return None
 
 
 class _Full(Exception):
