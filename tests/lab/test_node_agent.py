@@ -57,6 +57,13 @@ def nb(platform):
     api.close()
 
 
+def agent_status(lab, node: str) -> dict:
+    try:
+        return json.loads((lab.agent_dir(node) / "status.json").read_text())
+    except (OSError, ValueError):     # being replaced
+        return {}
+
+
 def agent_log(lab, node: str) -> str:
     return (lab.agent_dir(node) / "agent.log").read_text()
 
@@ -101,6 +108,14 @@ def test_a_vm_attached_the_libvirt_way_gets_tcp_udp_and_ping(platform, nb):
                                        if b["logical_port"] == "c-vm1"), None), 10)
         assert bound and bound["port"] == "vnet7", nb.list_bindings()
         assert "bound vm c-vm1 to port vnet7" in agent_log(lab, "host1")
+        # the agent's NB replica holds the rows of host1's ports, not the platform's
+        on_host1 = [v for v in nb.list("vm") if v["host"] == "host1"]    # each has its port
+        status = wait_for(lambda: (s := agent_status(lab, "host1")).get("nb_rows", {}).get("VM")
+                          == len(on_host1) and s, 10)
+        assert status, agent_status(lab, "host1")
+        assert nb.count("Subscription") > 0 and nb.count("Endpoint") > 0   # in the NB, not for it
+        assert status["nb_rows"]["Subscription"] == 0
+        assert status["nb_rows"]["Endpoint"] == 0
 
         assert wait_for(lambda: "error" not in client(plan, "tcp", address, TCP_PORT, "hi"), 10)
         name, seen, _, payload = answer(client(plan, "tcp", address, TCP_PORT, "to-c-vm1"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from ipaddress import IPv6Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -334,3 +334,55 @@ def test_the_controller_model_reads_bindings_and_a_rebind_moves_the_flows(loaded
     changes = logic.nb_changed()
     assert any(isinstance(m, DeleteStrict) and m.match.get("in_port") == 4 for m in changes[dpid["host2"]])
     assert dpid["host1"] not in changes
+
+
+# ---------------------------------------------------------------------------
+# A node agent's replica: only the rows its ports name (conditional monitoring)
+
+
+def _replica(api) -> dict:
+    t = api.tables
+    return {"VM": sorted(r.name for r in t["VM"].rows.values()),
+            "Endpoint": sorted(r.name for r in t["Endpoint"].rows.values()),
+            "Port_Binding": sorted(r.logical_port for r in t["Port_Binding"].rows.values()),
+            "Host_Mapping": sorted(r.ipv6 for r in t["Host_Mapping"].rows.values()),
+            "Subscription": len(t["Subscription"].rows)}
+
+
+def test_a_node_agent_replicates_only_the_rows_its_ports_name(nb_server, loaded_nb):
+    from vnet64.node.agent import Agent, Options, nb_conditions
+    a_vm1 = loaded_nb.vm_info("a-vm1")["platform_ipv6"]
+    loaded_nb.bind_port("host1", "b-vm1", "vnet5", topology.default_mac("b-vm1"), ofport=5)
+    agent = Agent(Options(name="host2", nb=nb_server.remote, datapath=None))
+    agent.nb = nbapi.connect(nb_server.remote, conditions=nb_conditions(None, (), ()))
+    try:
+        # before it knows its ports: the small tables only
+        assert _replica(agent.nb) == {"VM": [], "Endpoint": [], "Port_Binding": [],
+                                      "Host_Mapping": [], "Subscription": 0}
+        assert {r.name for r in agent.nb.tables["Node"].rows.values()} >= {"host1", "host2"}
+        assert agent.follow_conditions({"a-vm1", "svc1", "nobody"}, wait=5.0)
+        assert _replica(agent.nb) == {"VM": ["a-vm1"], "Endpoint": ["svc1"], "Port_Binding": [],
+                                      "Host_Mapping": [a_vm1], "Subscription": 0}
+        # binding a-vm1 here (it is on host1 in the NB) moves it and its host mapping
+        got = agent.nb.bind_port("host2", "a-vm1", "vnet9", A_VM1_MAC, ofport=9)
+        assert got["moved_from"] == "host1"
+        assert nbapi.wait_for(lambda: _mapped_host(loaded_nb, "a-vm1") == "host2")
+        assert loaded_nb.vm_info("a-vm1")["host"] == "host2"
+        # its port gone: the binding to this node stays replicated, to be unbound
+        assert agent.follow_conditions(set(), wait=5.0)
+        assert _replica(agent.nb) == {"VM": [], "Endpoint": [], "Port_Binding": ["a-vm1"],
+                                      "Host_Mapping": [], "Subscription": 0}
+        assert agent.nb.unbind_port("host2", "a-vm1")
+        assert nbapi.wait_for(lambda: _replica(agent.nb)["Port_Binding"] == [])
+        # a port whose object comes later: its row arrives when it is created
+        assert agent.follow_conditions({"late-vm"}, wait=5.0)
+        loaded_nb.add_vm("late-vm", "customer-a", IPv4Address("10.0.0.77"), "host2")
+        assert nbapi.wait_for(lambda: _replica(agent.nb)["VM"] == ["late-vm"])
+        assert agent.follow_conditions({"late-vm"}, wait=5.0)
+        assert _replica(agent.nb)["Host_Mapping"] == []      # not subscribed: no mapping yet
+        loaded_nb.subscribe("late-vm", "analytics")
+        late = loaded_nb.vm_info("late-vm")["platform_ipv6"]
+        assert nbapi.wait_for(lambda: _replica(agent.nb)["Host_Mapping"] == [late])
+        assert _replica(agent.nb)["Subscription"] == 0
+    finally:
+        agent.nb.close()

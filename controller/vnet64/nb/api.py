@@ -25,7 +25,7 @@ from ovsdbapp import api as ovsdbapp_api
 from ovsdbapp import exceptions as ovsdbapp_exc
 
 from .. import topology
-from ..ovsdb import OwnConnection
+from ..ovsdb import CondIdl, OwnConnection, set_conditions
 from . import commands as cmd
 from .commands import Conflict, Invalid, NbError, NotFound  # noqa: F401 (re-exported)
 from .server import SCHEMA_NAME, SCHEMA_PATH
@@ -41,8 +41,27 @@ class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
     schema = SCHEMA_NAME
     lookup_table = {t: (t, "name", None) for t in cmd.NAMED_TABLES}
 
-    def __init__(self, conn: connection.Connection, start: bool = True):
+    def __init__(self, conn: connection.Connection, start: bool = True,
+                 conditions: dict[str, list] | None = None):
+        self.conditions = conditions     # the last asked for (None: every row)
         super().__init__(conn, start=start, auto_index=True)
+
+    def set_conditions(self, conditions: dict[str, list]) -> bool:
+        """Monitor only the rows ``conditions`` names (table -> OVSDB condition clauses,
+        ORed; ``[True]`` every row, ``[False]`` none); the tables not named keep theirs.
+        Only an NB connected with ``connect(..., conditions=...)`` can. True if a
+        condition changed; its rows arrive later (``conditions_acked``)."""
+        with self.ovsdb_connection.lock:
+            wanted = {**(self.conditions or {}), **conditions}
+            changed = set_conditions(self.ovsdb_connection, self.idl, wanted, self.conditions)
+            self.conditions = wanted
+            return changed
+
+    def conditions_acked(self) -> bool:
+        """The server has acknowledged every condition asked for: the replica holds
+        exactly the rows they name."""
+        with self.ovsdb_connection.lock:
+            return not isinstance(self.idl, CondIdl) or self.idl.conditions_acked()
 
     def autocreate_indices(self) -> None:
         for table in cmd.NAMED_TABLES:
@@ -312,9 +331,14 @@ class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
         return len(self.tables[table].rows)
 
 
-def connect(remote: str, timeout: float = 10.0) -> NbApi:
+def connect(remote: str, timeout: float = 10.0,
+            conditions: dict[str, list] | None = None) -> NbApi:
     """Connect to an NB at ``remote`` (``unix:PATH``, ``tcp:IP:PORT``, or a
-    comma-separated list of Raft cluster members; the leader is found for you)."""
+    comma-separated list of Raft cluster members; the leader is found for you).
+
+    ``conditions`` (table -> OVSDB condition clauses): replicate only those rows
+    (``monitor_cond``; tables not named: every row); ``NbApi.set_conditions`` changes
+    them later. A node agent uses it to read only the rows its ports name."""
     members = [r.strip() for r in remote.split(",") if r.strip()]
     if not members:
         raise NbUnavailable("no NB remote given")
@@ -324,10 +348,15 @@ def connect(remote: str, timeout: float = 10.0) -> NbApi:
                             f"(is the NB running? 'vnet64 nb start' starts the embedded one)")
     helper = ovs.db.idl.SchemaHelper(location=str(SCHEMA_PATH))
     helper.register_all()
-    idl = ovs.db.idl.Idl(remote, helper, leader_only=True)
+    if conditions is None:
+        idl = ovs.db.idl.Idl(remote, helper, leader_only=True)
+    else:
+        idl = CondIdl(remote, helper, leader_only=True)
+        for table, cond in conditions.items():   # the first monitor request asks for these
+            idl.cond_change(table, cond)
     conn = connection.Connection(idl, timeout=timeout)
     try:
-        return NbApi(conn)
+        return NbApi(conn, conditions=conditions)
     except Exception as exc:  # OvsdbConnectionUnavailable wrapping a timeout or socket error
         idl.close()
         cause = exc.__cause__ or exc

@@ -45,9 +45,10 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, ip_interface
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ..nb import api as nb_api
+from ..nb.commands import vm_address
 from ..ports import INTEGRATION_BRIDGE, translator_mac
 from . import config, sh
 from .datapath import Datapath
@@ -116,6 +117,35 @@ def where_is(ip: IPv4Address) -> tuple[str, IPv4Interface] | None:
 
 
 # ---------------------------------------------------------------------------
+# What the agent reads of the NB
+
+# Small tables (a platform's nodes, VNets, ...): every row.
+NB_EVERY_ROW = ("Platform", "Connection", "Region", "VNet", "Subnet", "Node", "Service")
+# Tables that grow with the platform: only the rows of this node's ports.
+NB_PER_PORT = ("VM", "Endpoint", "Port_Binding", "Host_Mapping", "Subscription")
+
+
+def nb_conditions(node_uuid: Any, names: Iterable[str], mapped: Iterable[str]) -> dict[str, list]:
+    """The NB rows a node agent replicates (OVSDB ``monitor_cond`` clauses, ORed), as
+    ovn-controller follows its bindings: the small tables whole; the VMs and endpoints
+    its br-int interfaces name (``names``: their iface-ids); the port bindings of those
+    names (on any node: a migration's other end) and of this node (``node_uuid``: to
+    unbind a port that is gone); the host mappings of those VMs (``mapped``: their
+    platform IPv6, which a bind moves with the VM). No subscription. A node with no port
+    reads a few hundred rows, not the platform's hundreds of thousands."""
+    names, mapped = sorted(set(names)), sorted(set(mapped))
+    out: dict[str, list] = {t: [True] for t in NB_EVERY_ROW}
+    by_name = [["name", "==", n] for n in names] or [False]
+    out["VM"] = by_name
+    out["Endpoint"] = list(by_name)
+    out["Port_Binding"] = ([["node", "==", ["uuid", str(node_uuid)]]] if node_uuid else []) + \
+        [["logical_port", "==", n] for n in names] or [False]
+    out["Host_Mapping"] = [["ipv6", "==", a] for a in mapped] or [False]
+    out["Subscription"] = [False]
+    return out
+
+
+# ---------------------------------------------------------------------------
 # The agent
 
 
@@ -136,6 +166,8 @@ class Agent:
         self.switch_pid: int | None = None     # ovs-vswitchd's, to notice a restart
         self.translator_settings: tuple | None = None   # (prefix, ipv4) last applied
         self._seen = (None, None)
+        self.cond_pending = False      # NB rows of new iface-ids asked for, not all in yet
+        self.reported: dict | None = None
 
     # -- connections --------------------------------------------------------
 
@@ -144,7 +176,7 @@ class Agent:
         attempt, t0 = 0, time.monotonic()
         while not stop.is_set():
             try:
-                api = nb_api.connect(self.o.nb, timeout=10)
+                api = nb_api.connect(self.o.nb, timeout=10, conditions=nb_conditions(None, (), ()))
                 LOG.info("connected to the NB at %s (%.1f s)", self.o.nb, time.monotonic() - t0)
                 return api
             except nb_api.NbUnavailable as exc:
@@ -393,11 +425,38 @@ class Agent:
         out.update({r.name: ("endpoint", r.mac) for r in self.nb.tables["Endpoint"].rows.values()})
         return out
 
+    def follow_conditions(self, names: set[str], wait: float) -> bool:
+        """Replicate the NB rows of ``names`` (iface-ids), and the host mappings of the
+        VMs among them once those are in (:func:`nb_conditions`); wait up to ``wait``
+        seconds for the server's rows. True once the replica holds them all."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self.nb.ovsdb_connection.lock:
+                me = next((r.uuid for r in self.nb.tables["Node"].rows.values()
+                           if r.name == self.o.name), None)
+                mapped = [str(vm_address(r).ipv6) for r in self.nb.tables["VM"].rows.values()
+                          if r.name in names]
+                changed = self.nb.set_conditions(nb_conditions(me, names, mapped))
+                if changed:
+                    LOG.debug("NB conditions: %d logical ports, %d host mappings",
+                              len(names), len(mapped))
+                elif self.nb.conditions_acked():
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
     def bind_ports(self) -> None:
         """Record in the NB which logical port each br-int interface is (iface-id), and
         forget bindings whose interface is gone."""
         local = {n: i for n, i in interfaces_with_iface_id(self.ovs, INTEGRATION_BRIDGE).items()
                  if not i["iface_id"].startswith("xlat:")}
+        first_scan = self.seen_ifaces is None
+        self.cond_pending = not self.follow_conditions({i["iface_id"] for i in local.values()},
+                                                       10.0 if first_scan else 2.0)
+        if self.cond_pending:
+            LOG.info("NB rows of this node's ports not all in yet: binding later")
+            return
         # One consistent snapshot of the replica: the IDL's thread applies updates under
         # this lock (a large NB transaction is applied row by row; read without it, a
         # dict changed size under the reader, seen at 100,000 subscriptions)
@@ -405,7 +464,6 @@ class Agent:
             known = self.logical_ports()
             everywhere = {b["logical_port"]: b for b in self.nb.list_bindings()}
         bound = {k: b for k, b in everywhere.items() if b["node"] == self.o.name}
-        first_scan = self.seen_ifaces is None
         seen = set() if first_scan else self.seen_ifaces
         wanted: dict[str, dict] = {}
         keep: set[str] = set()           # bound here, not wanted now, but not to be unbound
@@ -487,7 +545,7 @@ class Agent:
         LOG.debug("converged in %.2f s", time.monotonic() - t0)
         self.bind_ports()
         self.seed_neighbours()
-        self.write_status(phase="up")
+        self.report()
         LOG.info("node %s is up", self.facts.name)
         if once:
             return 0
@@ -502,6 +560,15 @@ class Agent:
                 LOG.exception("unexpected error while converging; trying again")
                 self._seen = (None, None)
         return 0
+
+    def report(self) -> None:
+        """status.json: up, and how many rows of each per-port NB table the replica
+        holds (what the conditions brought: this node's ports, not the platform)."""
+        with self.nb.ovsdb_connection.lock:
+            rows = {t: len(self.nb.tables[t].rows) for t in NB_PER_PORT}
+        if rows != self.reported:
+            self.write_status(phase="up", nb_rows=rows, nb_rows_pending=self.cond_pending)
+            self.reported = rows
 
     def _seqnos(self) -> tuple[int, int]:
         return (self.nb.idl.change_seqno, self.ovs.idl.change_seqno)
@@ -529,6 +596,10 @@ class Agent:
             self.converge(uplink, full=restarted)
             self.bind_ports()
             self._seen = self._seqnos()     # our own writes are not news
+            self.report()
+        elif self.cond_pending:
+            self.bind_ports()
+            self.report()
         self.seed_neighbours()
         if self.translator is not None:
             self.translator.check()
