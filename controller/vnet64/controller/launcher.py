@@ -56,6 +56,7 @@ from os_ken.controller import ofp_handler
 from os_ken.lib import hub
 from oslo_config import cfg
 
+from vnet64 import journal
 from vnet64.topology import NAME_RE
 
 from .app import DEFAULT_LOGIC, Settings, default_nb_remote
@@ -188,7 +189,8 @@ def setup_logging(level: str, log_file: str | None) -> None:
             raise LauncherError(f"cannot open the log file {log_file}: {exc}") from None
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    # under systemd, no time stamp of our own and each line's priority (vnet64.journal)
+    handler.setFormatter(journal.formatter(LOG_FORMAT, None if log_file else sys.stderr))
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

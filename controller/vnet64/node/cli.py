@@ -31,7 +31,7 @@ import threading
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from .. import helptext
+from .. import helptext, journal
 from ..nb.api import NbError
 from . import sh
 from .agent import DEFAULT_RUN_DIR, AgentError, Agent, Options, cleanup
@@ -87,7 +87,8 @@ def build_parser(cleanup_mode: bool) -> argparse.ArgumentParser:
 
 def setup_logging(level: str, log_file: str | None) -> None:
     handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    # under systemd, no time stamp of our own and each line's priority (vnet64.journal)
+    handler.setFormatter(journal.formatter(LOG_FORMAT, None if log_file else sys.stderr))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
