@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return agent.run(stop, once=args.once)
     except AgentError as exc:
+        if stop.is_set():   # stopped while waiting for the NB or Open vSwitch: not a failure
+            logging.getLogger("vnet64.node").info("%s", exc)
+            return 0
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except (sh.CommandError, NbError) as exc:
