@@ -6,9 +6,11 @@ topology ``benchmarks/pair_setup.py`` generates: appliance, host1 with
 ``--vms`` VMs (half in each of two VNets with the same addresses) + ``tv``,
 host2 with ``--endpoints`` endpoints of ``pairbench`` + ``tc`` (service
 ``tcpbench``), so endpoints x VMs distinct pairs exist, each made of real
-namespaces and ports. Every br-int's controller ``max_backoff`` is set to 1 s
-(as ``tests/lab/test_survival.py`` does; OVS's default backs reconnects off up
-to 8 s, which would be measured instead of the controller).
+namespaces and ports. With a controller per node (the default) each controller
+connects to its br-int's management socket itself; in central control every
+br-int's controller ``max_backoff`` is set to 1 s (as ``tests/lab/test_survival.py``
+does; OVS's default backs reconnects off up to 8 s, which would be measured instead
+of the controller).
 
 For each size N (a baseline with no ``pairbench`` pair first, then each of
 ``--sizes``), in each of ``--runs`` runs:
@@ -116,9 +118,7 @@ class Resync(Bench):
 
     def up(self) -> None:
         super().up()
-        for node in self.nodes.values():       # reconnect within ~1 s (see the module doc)
-            sh.run([sh.tool("ovs-vsctl"), "set", "Controller", "br-int", "max_backoff=1000"],
-                   env=node.env())
+        self.lab.quicken_reconnects(self.plan)   # central: within ~1 s (see the module doc)
         self.echo = start_echo_server(self.plan, "tv")
         eps = [e for s in self.topo.services if s.name == pair_setup.PAIR_SERVICE
                for e in s.endpoints]
@@ -389,8 +389,9 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
         "",
         (f"Lab `{args.prefix}`: appliance + host1 ({args.vms} VMs + `tv`) + host2 "
          f"({args.endpoints} endpoints + `tc`), the real controller "
-         f"({control_text(getattr(args, 'control', 'node'))}), every br-int's "
-         "`max_backoff` 1 s. N pairs set up through the controller by real first packets, plus "
+         f"({control_text(getattr(args, 'control', 'node'))}; "
+         + ("each connects to its br-int's management socket" if getattr(args, 'control', 'node')
+            == "node" else "every br-int's `max_backoff` 1 s") + "). N pairs set up through the controller by real first packets, plus "
          "one long-lived TCP connection `tc` -> `tv` (its own pair); then kill -9 of the "
          "controller, a stale pair flow planted, `restart_controller`. **Resync time** = from the "
          "restart call until every switch's `resynced` line is in the controller log (a host: "

@@ -11,8 +11,8 @@
 
 ``--control node`` (the default, also ``$VNET64_LAB_CONTROL``): a controller per node,
 ``vnet64-controller --vnet64-node NODE`` in the node's namespace next to its agent,
-br-int pointed at ``tcp:127.0.0.1:6653``, as a deployment runs it; ``central``: one
-controller for every node, on the management network.
+connected to br-int's management socket (``br-int.mgmt``), as a deployment runs it;
+``central``: one controller for every node, on the management network.
 TARGET is a node, VM or service-endpoint name, or ``kind:name`` with kind one of
 node, vm, endpoint, xlat (a host's translator), or ``ctl`` / ``fabric``.
 Options before the subcommand: ``--prefix`` (namespace prefix, env

@@ -14,10 +14,11 @@ Control mode (``Lab(control=...)``, else ``$VNET64_LAB_CONTROL``, else ``node``;
 in ``state.json`` for as long as the lab is up):
 
 - ``node`` (the default, what a deployment runs): a controller per node,
-  ``vnet64-controller --vnet64-node NODE --ofp-listen-host 127.0.0.1`` in the node's
-  network namespace next to its agent (``nsenter --net``, as the agent), reaching the
-  NB as the agent does; ``<run>/controllers/<node>/controller.{log,pid}``; every
-  ``Node.controllers`` is ``tcp:127.0.0.1:6653``, so each br-int talks to its own;
+  ``vnet64-controller --vnet64-node NODE --vnet64-switch unix:<node's OVS run
+  dir>/br-int.mgmt`` in the node's network namespace next to its agent (``nsenter
+  --net``, as the agent), reaching the NB as the agent does and connecting to its br-int's
+  management socket as ovn-controller does; ``<run>/controllers/<node>/controller.{log,pid}``;
+  no ``Node.controllers`` (no port to listen on, nothing to reconnect to);
 - ``central``: one controller for every node in ``P ctl``, listening on the
   management network; ``<run>/ctl/controller.{log,pid}``; every ``Node.controllers``
   is ``tcp:<ctl ip>:6653``.
@@ -92,7 +93,6 @@ AGENT = "vnet64-node"         # the node agent's console script, next to this Py
 CONTROL_MODES = ("node", "central")
 DEFAULT_CONTROL = "node"      # a controller per node, as a deployment runs it
 CONTROL_ENV = "VNET64_LAB_CONTROL"
-LOCAL_CONTROLLER_TARGET = f"tcp:127.0.0.1:{P.OF_PORT}"   # each node's own controller
 CONTROLLER_PIDFILE = "controller.pid"
 PIDFILE_COMMS = {"ovsdb-server.pid": "ovsdb-server", "ovs-vswitchd.pid": "ovs-vswitchd",
                  "nb.pid": "ovsdb-server", "tayga.pid": "tayga", "agent.pid": AGENT}
@@ -348,9 +348,9 @@ class Lab:
             api.load_topology(plan.topology)
             # the TCP remote the controller uses, kept in the NB with its probe (plan.py)
             api.set_connections([plan.nb_listen_remote], inactivity_probe=P.NB_INACTIVITY_PROBE_MS)
-            target = self.controller_target(plan)
-            for n in plan.nodes:   # every br-int's OpenFlow controller: its own, or central
-                api.set_node_controllers(n.name, [target])
+            targets = self.bridge_controllers(plan)
+            for n in plan.nodes:   # the central controller, or none (its own connects to it)
+                api.set_node_controllers(n.name, targets)
             info = api.platform_info() or {}
             info["vnet_zones"] = {v["name"]: v["ct_zone"] for v in api.list("vnet")}
             return info
@@ -456,11 +456,34 @@ class Lab:
 
     # -- controllers --------------------------------------------------------
 
-    def controller_target(self, plan: P.Plan | None = None) -> str:
-        """The OpenFlow target every br-int is given (``Node.controllers``)."""
+    def bridge_controllers(self, plan: P.Plan | None = None) -> list[str]:
+        """The OpenFlow targets every br-int is given (``Node.controllers``): the central
+        controller's, or none (a node's own controller connects to its br-int)."""
         if self.control == "node":
-            return LOCAL_CONTROLLER_TARGET
-        return (plan or self.plan()).controller_target
+            return []
+        return [(plan or self.plan()).controller_target]
+
+    def quicken_reconnects(self, plan: P.Plan | None = None) -> None:
+        """Central control: every br-int retries its controller each second instead of
+        backing off up to 8 s (``max_backoff``; OVS 3.1 takes it only while connected).
+        A controller per node connects to its switch itself: nothing to set."""
+        if self.control != "central":
+            return
+        for n in (plan or self.plan()).nodes:
+            sh.run([sh.tool("ovs-vsctl"), "set", "Controller", "br-int", "max_backoff=1000"],
+                   env=OvsNode(n.name, n.ns, n.run_dir).env())
+
+    @staticmethod
+    def switch_target(n: P.NodePlan) -> str:
+        """What a node's own controller connects to: its br-int's management socket."""
+        return f"unix:{n.run_dir}/br-int.mgmt"
+
+    def controller_target(self, plan: P.Plan | None = None) -> str:
+        """How switches and controllers meet, in words (``status``)."""
+        plan = plan or self.plan()
+        if self.control == "node":
+            return f"unix:{plan.run_dir}/nodes/<node>/br-int.mgmt (each node's controller connects)"
+        return plan.controller_target
 
     def controllers(self, plan: P.Plan | None = None) -> list[Controller]:
         """Every controller of the lab: one per node (``node`` control) or the central one."""
@@ -495,16 +518,17 @@ class Lab:
     def controller_command(self, plan: P.Plan, ctl: Controller) -> list[str]:
         """``vnet64-controller`` (as ``python -m vnet64.controller``) as the lab runs it:
         a node's own in the node's network namespace only (nsenter, as its agent),
-        listening on 127.0.0.1; the central one in ``P ctl`` on the management address."""
-        args = [sys.executable, "-m", CONTROLLER_MODULE, "--ofp-tcp-listen-port", str(P.OF_PORT),
-                "--vnet64-nb-remote", plan.nb_tcp_remote,
+        connecting to its br-int's management socket; the central one in ``P ctl``
+        listening on the management address."""
+        args = [sys.executable, "-m", CONTROLLER_MODULE, "--vnet64-nb-remote", plan.nb_tcp_remote,
                 # the endpoints' (and the translator's) MTU: above it, Packet Too Big
                 "--vnet64-path-mtu", str(plan.settings.overlay_mtu)]
         if ctl.node is None:
-            return [sh.tool("ip"), "netns", "exec", ctl.ns, *args,
-                    "--ofp-listen-host", str(plan.controller_ip.ip)]
+            return [sh.tool("ip"), "netns", "exec", ctl.ns, *args, "--ofp-tcp-listen-port",
+                    str(P.OF_PORT), "--ofp-listen-host", str(plan.controller_ip.ip)]
+        n = next(n for n in plan.nodes if n.name == ctl.node)
         return [sh.tool("nsenter"), f"--net=/run/netns/{ctl.ns}", "--", *args,
-                "--ofp-listen-host", "127.0.0.1", "--vnet64-node", ctl.node]
+                "--vnet64-node", ctl.node, "--vnet64-switch", self.switch_target(n)]
 
     def _start_controllers(self, plan: P.Plan, ctls: list[Controller]) -> str:
         """Start these controllers (``vnet64.controller``, when it is installed); what

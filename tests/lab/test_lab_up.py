@@ -54,7 +54,7 @@ def test_every_node_runs_vswitchd_with_br_int_on_netdev(lab):
         assert br_phy["datapath_type"] == "netdev"
         assert br_int["fail_mode"] == "secure"
         assert br_int["datapath_id"] == f"{node.datapath_id:016x}", "datapath id not the topology's"
-        assert [c["target"] for c in br_int["controllers"]] == [the_lab.controller_target(plan)]
+        assert [c["target"] for c in br_int["controllers"]] == the_lab.bridge_controllers(plan)
         assert "geneve0" in br_int["ports"]
 
 
@@ -269,8 +269,9 @@ def test_cli_logs(lab):
 
 
 def test_controllers_of_the_control_mode(lab):
-    """node: every node runs its own controller in its namespace, serving only it, on
-    127.0.0.1, and br-int is connected to it; central: one in the ctl namespace."""
+    """node: every node runs its own controller in its namespace, serving only it,
+    connected to br-int's management socket (no controller target, no port open);
+    central: one in the ctl namespace."""
     the_lab, plan = lab
     ctls = the_lab.controllers(plan)
     status = the_lab.status()
@@ -287,17 +288,19 @@ def test_controllers_of_the_control_mode(lab):
         assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{n.ns}").st_ino
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert cmdline[cmdline.index(b"--vnet64-node") + 1] == n.name.encode()
-        assert cmdline[cmdline.index(b"--ofp-listen-host") + 1] == b"127.0.0.1"
+        mgmt = f"{n.run_dir}/br-int.mgmt"
+        assert cmdline[cmdline.index(b"--vnet64-switch") + 1] == f"unix:{mgmt}".encode()
+        assert b"--ofp-listen-host" not in cmdline
         listening = sh.in_ns(n.ns, ["ss", "-Htln", "sport = :6653"]).stdout
-        assert "127.0.0.1:6653" in listening, listening
+        assert listening.strip() == "", listening       # nothing to reach it on
         info = next(i for i in status["nodes"] if i["name"] == n.name)
         assert info["controller"] == pid
-        assert info["bridges"]["br-int"]["controllers"][0]["target"] == "tcp:127.0.0.1:6653"
-
-        def connected(n=n) -> bool:
-            info = next(i for i in the_lab.status()["nodes"] if i["name"] == n.name)
-            return info["bridges"]["br-int"]["controllers"][0]["connected"]
-        sh.wait_for(connected, 15, f"{n.name}'s br-int connected to its controller")
+        assert info["bridges"]["br-int"]["controllers"] == []
+        # it connected to br-int's management socket, and br-int is its switch
+        log = sh.wait_for(lambda ctl=ctl, mgmt=mgmt: (t := ctl.log.read_text()) and
+                          f"] connected from unix:{mgmt} " in t and t, 15,
+                          f"{n.name}'s controller connected to its br-int")
+        assert f"connected to the switch at unix:{mgmt}" in log, log[-2000:]
         # the controller serves its own node only (its log names no other node's switch)
         sh.wait_for(lambda ctl=ctl, n=n: f" is {n.name} (" in ctl.log.read_text(), 15,
                     f"{n.name}'s controller to program its switch")

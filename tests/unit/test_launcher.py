@@ -95,6 +95,11 @@ def test_config_file_and_command_line_precedence(tmp_path):
     (["--vnet64-logic", "vnet64.controller.app:Nope"], "vnet64.controller.app has no Nope"),
     (["--vnet64-logic", "justamodule"], "wants MODULE:CLASS"),
     (["--config-file", "/nonexistent/v64.conf"], "v64.conf"),
+    (["--vnet64-switch", "br-int.mgmt"], "wants unix:/ABSOLUTE/PATH or tcp:IP:PORT"),
+    (["--vnet64-switch", "unix:relative/br-int.mgmt"], "wants unix:/ABSOLUTE/PATH"),
+    (["--vnet64-switch", "tcp:127.0.0.1"], "got 'tcp:127.0.0.1'"),
+    (["--vnet64-switch", "tcp:not-an-ip:6653"], "wants unix:/ABSOLUTE/PATH or tcp:IP:PORT"),
+    (["--vnet64-switch", "tcp:127.0.0.1:70000"], "wants unix:/ABSOLUTE/PATH or tcp:IP:PORT"),
     (["--log-file", "/nonexistent/dir/c.log", "--vnet64-logic", "tests.support.logic:NullLogic"],
      "cannot open the log file"),
 ])
@@ -749,3 +754,87 @@ def test_stop_closes_live_connections_and_the_listener(server):
     assert not server._conns and all(dp.state == DEAD_DISPATCHER for dp in server.made)
     with pytest.raises(OSError):
         socket.create_connection(server.address, timeout=1)
+
+
+# ---------------------------------------------------------------------------
+# --vnet64-switch: the controller connects to its switch (a bridge's management socket)
+
+
+def test_switch_targets_parse():
+    assert launcher.parse_switch_target(None) is None
+    assert launcher.parse_switch_target("unix:/run/ovs/br-int.mgmt") == "/run/ovs/br-int.mgmt"
+    assert launcher.parse_switch_target("tcp:127.0.0.1:6654") == ("127.0.0.1", 6654)
+    assert launcher.parse_switch_target("tcp:[::1]:6654") == ("::1", 6654)
+
+
+class FakeSwitch:
+    """A bridge's management socket: a unix listener that accepts the controller."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(4)
+        self.sock.settimeout(5)
+
+    def accept(self) -> socket.socket:
+        conn, _ = self.sock.accept()
+        conn.settimeout(5)
+        head = conn.recv(8)
+        assert head[1] == ofp.OFPT_HELLO   # the controller speaks first
+        return conn
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def connector(monkeypatch, tmp_path):
+    made = []
+
+    class Recording(launcher.ClosingDatapath):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(launcher, "ClosingDatapath", Recording)
+    before = set(threading.enumerate())
+    path = tmp_path / "br-int.mgmt"
+    conn = launcher.OpenFlowConnector(str(path))
+    conn.made, conn.path = made, path
+    yield conn
+    conn.stop()
+    assert set(threading.enumerate()) <= before, "threads left behind"
+
+
+def test_the_connector_waits_for_the_socket_then_reconnects_when_the_switch_restarts(connector, caplog):
+    caplog.set_level(logging.INFO, logger="vnet64.controller.launcher")
+    connector.start()
+    time.sleep(0.3)                                   # no socket yet: it keeps trying
+    fails = [r for r in caplog.records if "cannot connect to the switch" in r.getMessage()]
+    assert len(fails) == 1, "logged once per reason, not every retry"
+    sw = FakeSwitch(connector.path)
+    try:
+        first = sw.accept()                           # within its retry interval (<= 1 s)
+        wait_until(lambda: len(connector.made) == 1)
+        assert connector.made[0].address == f"unix:{connector.path}"
+        first.close()                                 # the switch restarts
+        second = sw.accept()                          # and the controller is back
+        wait_until(lambda: len(connector.made) == 2)
+        assert connector.made[0].state == DEAD_DISPATCHER
+        connector.stop(timeout=5)
+        assert second.recv(100) == b""                # stop() closed the live connection
+        second.close()
+        assert connector.made[1].state == DEAD_DISPATCHER
+    finally:
+        sw.close()
+    text = caplog.text
+    assert text.count("connected to the switch at unix:") == 2, text
+    assert "closed the connection; connecting again" in text
+
+
+def test_stop_while_the_switch_is_missing_leaves_no_thread(connector):
+    connector.start()
+    time.sleep(0.2)
+    connector.stop(timeout=5)
+    assert not connector._thread.is_alive()

@@ -133,6 +133,8 @@ class Settings:
     on_fatal: Callable[[str], None] | None = None   # the launcher stops with exit status 1
     node: str | None = None   # --vnet64-node: serve only this node's switch and replicate only
                               # its NB rows (None: every node, the whole NB)
+    switch: str | tuple[str, int] | None = None   # --vnet64-switch: connect to this switch
+                              # (unix socket path, or (IP, port)) instead of listening
 
 
 class EventNbChanged(event.EventBase):

@@ -20,14 +20,25 @@ and exit 0 with no thread left. Switches keep their flows (fail-mode secure).
 
 One process serves every node's br-int (a central controller), or, with
 ``--vnet64-node NAME``, only that node's: a controller per node, run on the
-node next to its agent and listening on 127.0.0.1, as ovn-controller runs on
+node next to its agent (connected to br-int's management socket, or listening on
+127.0.0.1), as ovn-controller runs on
 every chassis. The node goes to the role logic (``Logic(node=...)``, which
 leaves any other switch alone) and to the apps' :class:`Settings`.
 
+A per-node controller may also connect to its switch instead of waiting for it
+(``--vnet64-switch unix:/var/run/openvswitch/br-int.mgmt``, as ovn-controller does):
+the bridge's management socket, no controller target on the bridge, no port to open,
+and a restarted controller is serving its switch the moment it is ready (a switch
+reconnects to a listener only on its own backoff, up to a second). Open vSwitch gives
+such a connection packet-ins once the controller sets a miss_send_len (the app does,
+at every connection). :class:`OpenFlowConnector` retries every 0.1 s, backing off to
+1 s, while the socket is missing or the switch restarts.
+
 Options come from the command line or ``--config-file`` (oslo.config;
 ``[DEFAULT]`` and ``[vnet64]`` sections, option names with ``_``).
-Only TCP listening is offered: os-ken's TLS and active-connection options
-are not wired to this listener, so they are not offered either.
+Only TCP listening (or connecting to ``unix:``/``tcp:`` switch targets) is offered:
+os-ken's TLS and active-connection options are not wired to this server, so they
+are not offered either.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import faulthandler
 import functools
 import gc
 import importlib
+import ipaddress
 import logging
 import logging.handlers
 import signal
@@ -47,6 +59,13 @@ import time
 import warnings
 from collections.abc import Callable
 from typing import Any
+
+# The controller runs on native threads (os-ken's native hub) and never uses eventlet;
+# python-ovs imports it when it can, only to detect monkey-patching, and with it dnspython
+# and cryptography: 0.15-0.2 s of every start, which a restarted controller's switch
+# waits for. Unimportable here, python-ovs takes its plain path. (An eventlet already
+# imported, e.g. by a test runner, is left as it is.)
+sys.modules.setdefault("eventlet", None)
 
 # os_ken.base.app_manager must be imported before os_ken.controller.controller
 # (the other order is a circular import); sorted, it is.
@@ -88,9 +107,10 @@ def make_conf() -> cfg.ConfigOpts:
     conf.register_cli_opts([
         cfg.StrOpt("ofp-listen-host", default="0.0.0.0",
                    help="address to accept OpenFlow connections from switches on "
-                        "(IPv4 or IPv6; default 0.0.0.0)"),
+                        "(IPv4 or IPv6; default 0.0.0.0; unused with --vnet64-switch)"),
         cfg.PortOpt("ofp-tcp-listen-port", default=6653,
-                    help="TCP port to accept OpenFlow connections on (default 6653)"),
+                    help="TCP port to accept OpenFlow connections on (default 6653; unused "
+                         "with --vnet64-switch)"),
         cfg.StrOpt("log-level", default="INFO", choices=LEVELS, ignore_case=True,
                    help="DEBUG, INFO, WARNING or ERROR (default INFO)."),
         cfg.StrOpt("log-file", help="append the log to this file (default: standard error)"),
@@ -114,11 +134,19 @@ def make_conf() -> cfg.ConfigOpts:
                         "(such packets are dropped on the way, silently)"),
         cfg.StrOpt("node", metavar="NAME",
                    help="serve only this node's switch: a controller per node, run on the node "
-                        "next to its agent and listening locally (--ofp-listen-host 127.0.0.1, "
-                        "with `vnet64 node set NAME --controller tcp:127.0.0.1:6653`), as "
-                        "ovn-controller runs on every chassis. A switch of another node that "
-                        "connects is left alone. Default: every node of the NB (one central "
-                        "controller)"),
+                        "next to its agent, as ovn-controller runs on every chassis; it "
+                        "connects to br-int's management socket (--vnet64-switch "
+                        "unix:/var/run/openvswitch/br-int.mgmt) or listens locally "
+                        "(--ofp-listen-host 127.0.0.1, with `vnet64 node set NAME --controller "
+                        "tcp:127.0.0.1:6653`). A switch of another node that connects is left "
+                        "alone. Default: every node of the NB (one central controller)"),
+        cfg.StrOpt("switch", metavar="TARGET",
+                   help="connect to this switch instead of listening: unix:PATH (a bridge's "
+                        "management socket, e.g. unix:/var/run/openvswitch/br-int.mgmt, as "
+                        "ovn-controller does; the bridge then needs no controller target) or "
+                        "tcp:IP:PORT (a bridge listening with ptcp:); retried every 0.1-1 s "
+                        "while it does not answer. With --vnet64-node, what a controller per "
+                        "node runs. Default: listen (--ofp-listen-host/--ofp-tcp-listen-port)"),
         cfg.StrOpt("logic", default=DEFAULT_LOGIC, metavar="MODULE:CLASS",
                    help="the role logic, built as CLASS(load_model); for tests "
                         f"(default {DEFAULT_LOGIC})"),
@@ -162,6 +190,26 @@ def check_node(name: str | None) -> str | None:
         raise LauncherError(f"--vnet64-node wants a node name (a letter, then up to 31 letters, "
                             f"digits, '_', '.', '-'), got {name!r}")
     return name
+
+
+def parse_switch_target(text: str | None) -> str | tuple[str, int] | None:
+    """``--vnet64-switch``: ``unix:PATH`` -> PATH; ``tcp:IP:PORT`` -> (IP, PORT)."""
+    if text is None:
+        return None
+    kind, _, rest = text.partition(":")
+    if kind == "unix" and rest.startswith("/"):
+        return rest
+    if kind == "tcp":
+        host, _, port = rest.rpartition(":")
+        host = host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+            number = int(port)
+        except ValueError:
+            number = 0
+        if 1 <= number <= 65535:
+            return (host, number)
+    raise LauncherError(f"--vnet64-switch wants unix:/ABSOLUTE/PATH or tcp:IP:PORT, got {text!r}")
 
 
 def resolve_logic(spec: str) -> Callable[..., Any]:
@@ -215,41 +263,14 @@ class ClosingDatapath(of_controller.Datapath):
             self.send(b"", close_socket=True)
 
 
-class OpenFlowServer:
-    """Accepts switch connections until :meth:`stop`; one thread per connection."""
+class _Connections:
+    """Switch connections served one thread each, until :meth:`stop`."""
 
-    def __init__(self, host: str, port: int):
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = hub.listen((host, port), family=family)   # SO_REUSEADDR, bind, listen
-        self.address = self.sock.getsockname()[:2]
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._conns: dict[threading.Thread, Any] = {}
         self._stopping = False
         self._thread: threading.Thread | None = None
-
-    def start(self) -> threading.Thread:
-        self._thread = threading.Thread(target=self._accept_loop, name="of-accept")
-        self._thread.start()
-        return self._thread
-
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                sock, addr = self.sock.accept()
-            except OSError as exc:
-                if self._stopping:
-                    return
-                LOG.error("accepting a switch connection failed: %s", exc)
-                time.sleep(0.1)
-                continue
-            with self._lock:
-                if self._stopping:
-                    sock.close()
-                    return
-                t = threading.Thread(target=self._serve, args=(sock, addr),
-                                     name=f"of-{addr[0]}:{addr[1]}")
-                self._conns[t] = None
-            t.start()
 
     def _serve(self, sock: socket.socket, addr: Any) -> None:
         me = threading.current_thread()
@@ -276,14 +297,15 @@ class OpenFlowServer:
             with self._lock:
                 self._conns.pop(me, None)
 
+    def _wake(self) -> None:
+        """Make the main thread (accept or connect loop) see ``_stopping``."""
+
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, shut every connection down, wait for their threads."""
+        """Stop accepting/connecting, shut every connection down, wait for their threads."""
         with self._lock:
             self._stopping = True
             conns = list(self._conns.items())
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)   # wakes accept() (Linux)
-        self.sock.close()
+        self._wake()
         for _, dp in conns:
             if dp is not None:
                 with contextlib.suppress(OSError):
@@ -297,18 +319,151 @@ class OpenFlowServer:
             LOG.error("OpenFlow threads still running after %gs: %s", timeout, ", ".join(left))
 
 
+class OpenFlowServer(_Connections):
+    """Accepts switch connections until :meth:`stop`; one thread per connection."""
+
+    def __init__(self, host: str, port: int):
+        super().__init__()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = hub.listen((host, port), family=family)   # SO_REUSEADDR, bind, listen
+        self.address = self.sock.getsockname()[:2]
+
+    def describe(self) -> str:
+        return "listening for switches on %s port %d" % self.address
+
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self._accept_loop, name="of-accept")
+        self._thread.start()
+        return self._thread
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                sock, addr = self.sock.accept()
+            except OSError as exc:
+                if self._stopping:
+                    return
+                LOG.error("accepting a switch connection failed: %s", exc)
+                time.sleep(0.1)
+                continue
+            with self._lock:
+                if self._stopping:
+                    sock.close()
+                    return
+                t = threading.Thread(target=self._serve, args=(sock, addr),
+                                     name=f"of-{addr[0]}:{addr[1]}")
+                self._conns[t] = None
+            t.start()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)   # wakes accept() (Linux)
+        self.sock.close()
+
+
+class _UnixSocket(socket.socket):
+    """A unix stream socket that takes os-ken's TCP options (TCP_NODELAY) as no-ops."""
+
+    def setsockopt(self, level: int, *args: Any) -> None:
+        if level != socket.IPPROTO_TCP:
+            super().setsockopt(level, *args)
+
+
+class OpenFlowConnector(_Connections):
+    """Connects to one switch (``unix`` path or (IP, port)) and serves the connection;
+    connects again when it ends, until :meth:`stop`: every ``RETRY`` seconds at first,
+    backing off to ``MAX_RETRY`` while the switch does not answer."""
+
+    RETRY, MAX_RETRY = 0.1, 1.0
+
+    def __init__(self, target: str | tuple[str, int]):
+        super().__init__()
+        self.target = target
+        self.label = f"unix:{target}" if isinstance(target, str) else "tcp:%s:%d" % target
+        self._stop_event = threading.Event()
+
+    def describe(self) -> str:
+        return f"connecting to the switch at {self.label}"
+
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self._connect_loop, name="of-connect")
+        self._thread.start()
+        return self._thread
+
+    def _connect(self) -> socket.socket:
+        if isinstance(self.target, str):
+            sock = _UnixSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            family = socket.AF_INET6 if ":" in self.target[0] else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(5.0)
+            sock.connect(self.target)
+            sock.settimeout(None)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _connect_loop(self) -> None:
+        wait, failing = self.RETRY, None
+        while not self._stop_event.is_set():
+            try:
+                sock = self._connect()
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+                if why != failing:   # once per reason, not every retry
+                    LOG.warning("cannot connect to the switch at %s (%s); retrying", self.label, why)
+                    failing = why
+                self._stop_event.wait(wait)
+                wait = min(wait * 2, self.MAX_RETRY)
+                continue
+            LOG.info("connected to the switch at %s", self.label)
+            wait, failing = self.RETRY, None
+            addr = self.label if isinstance(self.target, str) else self.target
+            with self._lock:
+                if self._stopping:
+                    sock.close()
+                    return
+                self._conns[threading.current_thread()] = None
+            self._serve(sock, addr)     # until the connection ends
+            if not self._stop_event.is_set():
+                LOG.warning("the switch at %s closed the connection; connecting again", self.label)
+                self._stop_event.wait(self.RETRY)
+
+    def _wake(self) -> None:
+        self._stop_event.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        # the loop's own thread serves the connection: shut it, then join the loop
+        with self._lock:
+            self._stopping = True
+            dps = [dp for dp in self._conns.values() if dp is not None]
+        self._wake()
+        for dp in dps:
+            with contextlib.suppress(OSError):
+                dp.socket.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None and self._thread.ident is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                LOG.error("OpenFlow thread still running after %gs: %s", timeout, self._thread.name)
+
+
 class OFPServerHandler(ofp_handler.OFPHandler):
     """os-ken's OpenFlow handshake handler, serving from :class:`OpenFlowServer`."""
 
     def __init__(self, *args: Any, vnet64: Settings | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.settings = vnet64 or Settings()
-        self.server: OpenFlowServer | None = None
+        self.server: OpenFlowServer | OpenFlowConnector | None = None
 
     def start(self) -> threading.Thread:
-        self.server = OpenFlowServer(self.settings.listen_host, self.settings.listen_port)
+        if self.settings.switch is not None:
+            self.server = OpenFlowConnector(self.settings.switch)
+        else:
+            self.server = OpenFlowServer(self.settings.listen_host, self.settings.listen_port)
         app_manager.OSKenApp.start(self)   # the event loop; not OFPHandler's unstoppable server
-        LOG.info("listening for switches on %s port %d", *self.server.address)
+        LOG.info("%s", self.server.describe())
         return self.server.start()
 
     def stop(self) -> None:
@@ -386,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise LauncherError("--vnet64-path-mtu applies to the default logic only")
             factory = functools.partial(factory, path_mtu=conf.vnet64.path_mtu)
         node = check_node(conf.vnet64.node)
+        switch = parse_switch_target(conf.vnet64.switch)
         if node is not None:
             if conf.vnet64.logic != DEFAULT_LOGIC:
                 raise LauncherError("--vnet64-node applies to the default logic only")
@@ -404,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     faulthandler.register(signal.SIGUSR1, all_threads=True)   # kill -USR1: every thread's stack
     settings = Settings(listen_host=conf.ofp_listen_host, listen_port=conf.ofp_tcp_listen_port,
-                        nb_remote=conf.vnet64.nb_remote, logic_factory=factory, node=node)
+                        nb_remote=conf.vnet64.nb_remote, logic_factory=factory, node=node,
+                        switch=switch)
     tune_gc()
     LOG.info("%s starting: NB %s, logic %s, serving %s", PROG, settings.nb_remote,
              conf.vnet64.logic, f"node {node} only" if node else "every node")

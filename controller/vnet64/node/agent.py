@@ -246,9 +246,12 @@ class Agent:
             raise AgentError(f"node {facts.name}: underlay IP {facts.underlay_ip} is not on "
                              f"this host")
         if not facts.controllers:
-            LOG.warning("node %s has no OpenFlow controller target in the NB: br-int stays "
-                        "unprogrammed ('vnet64 node set %s --controller tcp:IP:6653')",
-                        facts.name, facts.name)
+            LOG.info("node %s has no OpenFlow controller target in the NB: br-int waits for a "
+                     "controller to connect to its management socket (%s/%s.mgmt; "
+                     "vnet64-controller --vnet64-node %s --vnet64-switch unix:...), as with a "
+                     "controller per node; a central one needs 'vnet64 node set %s --controller "
+                     "tcp:IP:6653'", facts.name, self.ovs_rundir(), INTEGRATION_BRIDGE,
+                     facts.name, facts.name)
         return uplink
 
     # -- state file: what cleanup must undo -----------------------------------------
