@@ -7,8 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# systemd: its systemd-analyze checks deploy/systemd/'s units in the unit tests (a container
+# image may lack it; installing it does not make it PID 1).
 APT_PACKAGES=(openvswitch-switch openvswitch-common tayga tcpdump iproute2 ethtool iputils-ping iperf3 nftables
-              python3 python3-venv python3-pip)
+              python3 python3-venv python3-pip systemd)
 VENV=${VENV:-.venv}
 
 missing=()
