@@ -215,20 +215,26 @@ def controller_argv(unit: str) -> list[str]:
 
 def test_the_central_controller_serves_every_node_with_the_example_settings():
     conf = launcher.parse(controller_argv("vnet64-controller.service"))
-    assert conf.vnet64.node is None
+    assert (conf.vnet64.node, conf.vnet64.switch) == (None, None)    # every node, listening
     assert (conf.ofp_listen_host, conf.ofp_tcp_listen_port) == ("0.0.0.0", 6653)
 
 
-def test_the_node_controller_serves_its_node_on_the_loopback_whatever_the_file_says(tmp_path):
+def test_the_node_controller_serves_its_node_on_its_br_int_whatever_the_file_says(tmp_path):
+    """Through br-int's management socket (docs/node.md), the command line winning over
+    the shared file."""
+    mgmt = "unix:/var/run/openvswitch/br-int.mgmt"
     conf = launcher.parse(controller_argv("vnet64-controller@.service"))
-    assert (conf.vnet64.node, conf.ofp_listen_host) == ("host1", "127.0.0.1")
-    # the command line wins over the shared file
-    (tmp_path / "controller.conf").write_text("[DEFAULT]\nofp_listen_host = 0.0.0.0\n"
-                                              "[vnet64]\nnode = other\n")
+    assert (conf.vnet64.node, conf.vnet64.switch) == ("host1", mgmt)
+    assert launcher.parse_switch_target(conf.vnet64.switch) == "/var/run/openvswitch/br-int.mgmt"
+    (tmp_path / "controller.conf").write_text("[vnet64]\nnode = other\n"
+                                              "switch = tcp:192.0.2.9:6653\n")
     argv = [a.replace(f"{DEPLOY}/config/", f"{tmp_path}/") for a in
             controller_argv("vnet64-controller@.service")]
     conf = launcher.parse(argv)
-    assert (conf.vnet64.node, conf.ofp_listen_host) == ("host1", "127.0.0.1")
+    assert (conf.vnet64.node, conf.vnet64.switch) == ("host1", mgmt)
+    d = shipped("vnet64-controller@.service")
+    assert "openvswitch-switch.service" in words(d["Unit"]["After"])
+    assert "Requires" not in d["Unit"]     # it retries the socket: Open vSwitch may restart
 
 
 def test_the_example_controller_conf_sets_nothing_but_documents_the_options():
@@ -236,7 +242,7 @@ def test_the_example_controller_conf_sets_nothing_but_documents_the_options():
     defaults = launcher.parse([])
     for name in ("ofp_listen_host", "ofp_tcp_listen_port", "log_level"):
         assert conf[name] == defaults[name]
-    for name in ("nb_remote", "path_mtu", "snat_ports", "node"):
+    for name in ("nb_remote", "path_mtu", "snat_ports", "node", "switch"):
         assert conf.vnet64[name] == defaults.vnet64[name]
     text = (DEPLOY / "config" / "controller.conf").read_text()
     for name in ("ofp_listen_host", "ofp_tcp_listen_port", "log_level", "nb_remote",
