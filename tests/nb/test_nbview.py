@@ -7,13 +7,15 @@ object that changed, and a node's replica holds only the rows that node needs
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -26,6 +28,7 @@ from vnet64.controller.nbview import NbView
 from vnet64.nb import api as nbapi
 from vnet64.nb.api import NbError
 from vnet64.nb.server import SCHEMA_NAME, NbServer
+from vnet64.ovsdb import wake
 
 NODE_VIEWS = ("host1", "host2", "appliance")
 _PLATFORM = ("platform_ip", "translator_prefix", "appliance", "tunnel_token")
@@ -79,10 +82,28 @@ def check_delta(delta: M.Delta, before: M.Model, after: M.Model) -> None:
             assert was == old.get(k), f"{kind} {k}: delta says it was {was}, it was {old.get(k)}"
 
 
+def replica_model(view: NbView) -> M.Model:
+    """``model.from_nb`` of the view's replica, its host mappings read from where the
+    view keeps them (``_Idl.host_mappings``, not the IDL's row store)."""
+    with view.lock:
+        model = M.from_nb(view.idl)
+        nodes = view.idl.tables["Node"].rows
+        for ipv6, host in view.idl.host_mappings.values():
+            model.put_route(M.Route(IPv6Address(ipv6), nodes[host].name))
+        model.take_delta()
+        return model
+
+
 def replica_caught_up(view: NbView, api: nbapi.NbApi) -> bool:
     """The view's (whole) replica says what the API's says (model.from_nb of each)."""
+    return replica_model(view) == M.from_nb(api)
+
+
+def mappings(view: NbView) -> list[str]:
+    """The IPv6 addresses of the host mappings in the view's replica."""
     with view.lock:
-        return M.from_nb(view.idl) == M.from_nb(api)
+        assert not view.idl.tables["Host_Mapping"].rows     # never in the generic store
+        return sorted(str(ipv6) for ipv6, _ in view.idl.host_mappings.values())
 
 
 def wait(predicate, timeout: float = 10.0, what: str = "") -> None:
@@ -123,7 +144,11 @@ def rows(view: NbView, table: str, column: str = "name") -> list:
 # -- a fresh NB per example ------------------------------------------------------------
 
 @contextmanager
-def fresh_nb():
+def fresh_nb(clustered: bool = False):
+    """A fresh NB loaded with the default topology; ``clustered``: a one-member Raft
+    cluster, whose server keeps a transaction history, so that a reconnecting IDL gets
+    only the changes since the last transaction it saw (``monitor_cond_since`` found),
+    where a standalone server always sends everything again."""
     _need_ovsdb()
     # libuuid keeps a file descriptor per thread that ever called uuid.uuid1() and never
     # closes it; each IDL thread that sends a condition change calls it. Hypothesis may
@@ -131,16 +156,17 @@ def fresh_nb():
     # would pass 1024 and ovs.poller's select() fails. Python's own uuid1 opens nothing.
     saved, uuid._generate_time_safe = uuid._generate_time_safe, None
     try:
-        with _fresh_nb() as got:
+        with _fresh_nb(clustered) as got:
             yield got
     finally:
         uuid._generate_time_safe = saved
 
 
 @contextmanager
-def _fresh_nb():
+def _fresh_nb(clustered: bool):
     with tempfile.TemporaryDirectory(prefix="nbview") as tmp:
-        server = NbServer(Path(tmp) / "nb")
+        server = NbServer(Path(tmp) / "nb", cluster_local=f"tcp:127.0.0.1:{_free_port()}" if clustered
+                          else None)
         server.start()
         try:
             api = nbapi.connect(server.remote)
@@ -152,6 +178,12 @@ def _fresh_nb():
                 api.ovsdb_connection.txns.close()   # its pipe, not left to the collector
         finally:
             server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def transact(server: NbServer, api: nbapi.NbApi, *ops: dict) -> None:
@@ -179,10 +211,17 @@ def _delete(table: str, row) -> dict:
 
 # -- NB operations, drawn by hypothesis ------------------------------------------------
 
+# Host mappings written directly (what the appliance replicates; the API writes them
+# with subscriptions): a new one, its ipv6 or host changed, two swapping addresses (or
+# one taking over the address of another deleted in the same transaction), a delete.
+MAPPING = ("hm_insert", "hm_ipv6", "hm_host", "hm_swap", "hm_delete")
 INCREMENTAL = ("subscribe", "unsubscribe", "move", "bind", "unbind", "add_vm", "add_service",
-               "rotate_token", "suspend", "delete_vm", "delete_endpoint", "add_node", "dpid")
+               "rotate_token", "suspend", "delete_vm", "delete_endpoint", "add_node", "dpid",
+               *MAPPING)
 ADMIN = ("rename_service", "snat_vip", "platform_ip", "rename_node")
-OPS = st.tuples(st.sampled_from(INCREMENTAL * 2 + ADMIN), st.integers(0, 999), st.integers(0, 999))
+RECONNECT = "reconnect"    # every view's IDL reconnects (j odd: and re-reads everything)
+OPS = st.tuples(st.sampled_from(INCREMENTAL * 2 + ADMIN + (RECONNECT,)), st.integers(0, 999),
+                st.integers(0, 999))
 
 
 def _names(api, table: str, **match) -> list:
@@ -245,6 +284,8 @@ def apply(server: NbServer, api: nbapi.NbApi, op: str, i: int, j: int) -> bool:
         elif op == "dpid":
             node = pick(nodes, i)
             transact(server, api, _update("Node", node, datapath_id=0x77000 + i))
+        elif op in MAPPING:
+            return _mapping_op(server, api, op, i, j, pick, nodes)
         elif op == "rename_service" and svc:
             transact(server, api, _update("Service", svc, name=svc.name + "-r"))
         elif op == "snat_vip":
@@ -264,6 +305,70 @@ def apply(server: NbServer, api: nbapi.NbApi, op: str, i: int, j: int) -> bool:
     except NbError:
         return False
     return api.idl.change_seqno != seqno
+
+
+def _mapping_op(server: NbServer, api: nbapi.NbApi, op: str, i: int, j: int, pick, nodes) -> bool:
+    maps = sorted(api.tables["Host_Mapping"].rows.values(), key=lambda r: r.ipv6)
+    used = {IPv6Address(m.ipv6) for m in maps}
+    node = pick(nodes, j)
+    if op == "hm_insert":
+        ipv6, vnet = IPv6Address(f"fd41:0:0:3930:ffff::{i:x}"), pick(_names(api, "VNet"), j)
+        ipv4 = f"10.200.{i // 256}.{i % 256}"
+        if ipv6 in used or any(m.vnet.uuid == vnet.uuid and m.ipv4 == ipv4 for m in maps):
+            return False
+        transact(server, api, {"op": "insert", "table": "Host_Mapping",
+                               "row": {"ipv6": str(ipv6), "vnet": ["uuid", str(vnet.uuid)],
+                                       "ipv4": ipv4, "host": ["uuid", str(node.uuid)]}})
+        return True
+    if not maps:
+        return False
+    m = pick(maps, i)
+    if op == "hm_ipv6":
+        ipv6 = IPv6Address(f"fd41:0:0:3930:eeee::{j:x}")
+        if ipv6 in used:
+            return False
+        transact(server, api, _update("Host_Mapping", m, ipv6=str(ipv6)))
+    elif op == "hm_host":
+        if m.host.uuid == node.uuid:
+            return False
+        transact(server, api, _update("Host_Mapping", m, host=["uuid", str(node.uuid)]))
+    elif op == "hm_swap":
+        other = pick(maps, i + 1 + j % max(1, len(maps) - 1))
+        if other.uuid == m.uuid:
+            return False
+        if j % 2:    # m takes over other's address, other is deleted: one transaction
+            transact(server, api, _delete("Host_Mapping", other),
+                     _update("Host_Mapping", m, ipv6=other.ipv6))
+        else:
+            transact(server, api, _update("Host_Mapping", m, ipv6=other.ipv6),
+                     _update("Host_Mapping", other, ipv6=m.ipv6))
+    elif op == "hm_delete":
+        transact(server, api, _delete("Host_Mapping", m))
+    return True
+
+
+def reconnect(views: list[NbView], everything: bool, meanwhile=lambda: None) -> Any:
+    """Every view's IDL drops its connection, ``meanwhile()`` changes the NB (its result
+    is returned), and they reconnect: ``everything``: each asks for every row again (its
+    last transaction id forgotten, so the server sends a whole new dump and the IDL
+    clears its replica first), else for the changes since its last transaction (which
+    a clustered server can tell). Returns once each has had its monitor reply (with
+    ``meanwhile``'s changes: the views' threads wait for their locks until then); each
+    update() then rebuilds."""
+    seqnos = []
+    with ExitStack() as held:
+        for v in views:
+            held.enter_context(v.lock)
+            seqnos.append(v.idl.change_seqno)
+            if everything:
+                v.idl.last_id = str(uuid.UUID(int=0))
+            v.idl.force_reconnect()
+        got = meanwhile()
+    for v in views:
+        wake(v.conn)
+    for v, seqno in zip(views, seqnos):
+        wait(lambda: v.change_seqno() != seqno and v.conditions_acked(), what=f"{v.node} reconnected")
+    return got
 
 
 # No shrinking: each example runs its own ovsdb-server and four views (~1 s), and
@@ -288,7 +393,13 @@ def test_incremental_model_equals_a_full_build_after_every_change(steps):
                 follow(v, restrict(full, v.node))
             for op, i, j in steps:
                 before = full
-                changed = apply(server, api, op, i, j)
+                if op == RECONNECT:   # and a host mapping changes meanwhile
+                    reconnect(views, bool(j % 2), lambda: apply(server, api, MAPPING[i % 5], i, j))
+                    for v in views:
+                        assert v.update() is None, f"{v.node}: no rebuild after a reconnect"
+                    before, changed = M.from_nb(api), False     # what they rebuilt
+                else:
+                    changed = apply(server, api, op, i, j)
                 full = M.from_nb(api)
                 wait(lambda: replica_caught_up(views[0], api), what=f"the replica after {op}")
                 delta = views[0].update()
@@ -302,8 +413,52 @@ def test_incremental_model_equals_a_full_build_after_every_change(steps):
                 for v in views[1:]:
                     was = v.model.copy()
                     delta = follow(v, restrict(full, v.node))
+                    if changed and op in MAPPING and v.node == "appliance":
+                        assert delta is not None, f"{op}: the appliance rebuilt instead of applying rows"
                     if delta is not None:
                         check_delta(delta, was, v.model)
+        finally:
+            for v in views:
+                v.close()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck),
+          phases=(Phase.explicit, Phase.reuse, Phase.generate))
+@given(st.lists(st.tuples(st.sampled_from(MAPPING * 3 + ("subscribe", "unsubscribe", "move",
+                                                         "add_node", RECONNECT, RECONNECT)),
+                          st.integers(0, 999), st.integers(0, 999)), min_size=1, max_size=12),
+       st.booleans())
+def test_the_appliance_view_follows_the_host_mappings(steps, clustered):
+    """The appliance's view (and the whole-NB view, which reads the same table) through
+    host mapping inserts, address and host changes, swaps, deletes and reconnects (with
+    a change while disconnected: in a whole new dump, or - a clustered NB, its last
+    transaction still in the server's history - in the changes since): the routes equal
+    a fresh build after each, row by row (a Delta naming every change) except after a
+    reconnect; the mappings never enter the IDL's generic row store."""
+    with fresh_nb(clustered) as (server, api):
+        views = [NbView(server.remote).connect(5), NbView(server.remote, node="appliance").connect(5)]
+        try:
+            full = M.from_nb(api)
+            for v in views:
+                follow(v, restrict(full, v.node))
+            for op, i, j in steps:
+                if op == RECONNECT:
+                    reconnect(views, bool(j % 2), lambda: apply(server, api, MAPPING[i % 5], i, j))
+                    for v in views:
+                        assert v.update() is None, f"{v.node}: no rebuild after a reconnect"
+                    changed = False
+                else:
+                    changed = apply(server, api, op, i, j)
+                full = M.from_nb(api)
+                wait(lambda: replica_caught_up(views[0], api), what=f"the replica after {op}")
+                for v in views:
+                    was = v.model.copy()
+                    delta = follow(v, restrict(full, v.node))
+                    if changed:
+                        assert delta is not None, f"{v.node} {op}: rebuilt instead of applying rows"
+                    if delta is not None:
+                        check_delta(delta, was, v.model)
+                assert mappings(views[1]) == sorted(str(r.ipv6) for r in full.routes)
         finally:
             for v in views:
                 v.close()
@@ -330,14 +485,14 @@ def test_a_node_replicates_only_the_rows_it_needs_and_follows_its_vms(nb_server,
         assert rows(host1, "VM") == ["a-vm1", "b-vm1"]
         assert rows(host1, "Subscription", "vm") == ["a-vm1", "b-vm1"]
         assert rows(host1, "Endpoint") == ["svc1"]
-        assert rows(host1, "Host_Mapping", "ipv6") == [] and rows(host1, "Port_Binding", "port") == []
+        assert mappings(host1) == [] and rows(host1, "Port_Binding", "port") == []
         assert (len(rows(host1, "VNet")), len(rows(host1, "Service"))) == (2, 1)
         # host2: its endpoint, no VM
         assert rows(host2, "VM") == [] and rows(host2, "Subscription", "vm") == []
         assert rows(host2, "Endpoint") == ["svc1"]
         # the appliance: platform, nodes and host mappings only
-        assert {t: len(r.rows) for t, r in appliance.idl.tables.items() if r.rows} == {
-            **everywhere, "Host_Mapping": 2}
+        assert {t: len(r.rows) for t, r in appliance.idl.tables.items() if r.rows} == everywhere
+        assert len(mappings(appliance)) == 2
         assert appliance.model.vms == () and len(appliance.model.routes) == 2
         # a node the NB does not know (yet): platform and nodes only
         assert {t: len(r.rows) for t, r in host3.idl.tables.items() if r.rows} == everywhere
@@ -364,12 +519,12 @@ def test_a_node_replicates_only_the_rows_it_needs_and_follows_its_vms(nb_server,
         settle()
         assert rows(host1, "Subscription", "vm") == [] and rows(host1, "Endpoint") == []
         assert host1.model.endpoints == () and rows(host2, "Endpoint") == ["svc1"]
-        assert rows(appliance, "Host_Mapping", "ipv6") == []
+        assert mappings(appliance) == []
         api.subscribe("b-vm1", "analytics")
         settle()
         assert rows(host1, "Subscription", "vm") == ["b-vm1"] and rows(host1, "Endpoint") == ["svc1"]
         assert host1.model.vm("b-vm1").services == {"analytics"}
-        assert len(rows(appliance, "Host_Mapping", "ipv6")) == 1
+        assert len(mappings(appliance)) == 1
 
         # the unknown node appears, and a VM is moved onto it
         api.add_node(topology.Node("host3", "host", IPv4Address("192.168.64.13"), 0x64003))
@@ -405,6 +560,49 @@ def test_a_reconnect_rebuilds_the_model(nb_server, loaded_nb):
         assert delta is not None and set(delta.vms) == {"a-vm1"} and len(delta.routes) == 1
     finally:
         view.close()
+
+
+@pytest.mark.parametrize("everything", [False, True], ids=["changes-since", "whole-dump"])
+def test_a_reconnect_brings_the_host_mappings_changed_meanwhile(everything):
+    """A clustered NB: a reconnecting view asks for the changes since its last
+    transaction and gets only those (its replica not cleared: the lean Host_Mapping
+    store is updated by the update3 rows of the monitor reply), or, its transaction id
+    forgotten, a whole new dump (replica and store cleared first). Either way update()
+    rebuilds and the routes are the NB's."""
+    with fresh_nb(clustered=True) as (server, api):
+        views = [NbView(server.remote, node="appliance").connect(5), NbView(server.remote).connect(5)]
+        clears = {v.node: 0 for v in views}
+        for v in views:
+            def counted(v=v, clear=v.idl._Idl__clear):
+                clears[v.node] += 1
+                clear()
+            v.idl._Idl__clear = counted     # the IDL calls self.__clear()
+        try:
+            api.unsubscribe("b-vm1", "analytics")   # a last transaction the server keeps
+            for v in views:
+                follow(v, restrict(M.from_nb(api), v.node))
+
+            def meanwhile():
+                nodes = _names(api, "Node")
+                pick = lambda seq, k: seq[k % len(seq)]  # noqa: E731
+                for op, i, j in (("hm_insert", 1, 1), ("hm_insert", 2, 2), ("hm_host", 0, 0),
+                                 ("hm_ipv6", 1, 5), ("hm_delete", 2, 0)):
+                    assert _mapping_op(server, api, op, i, j, pick, nodes), op
+            reconnect(views, everything, meanwhile)
+            assert clears == {v.node: int(everything) for v in views}
+            full = M.from_nb(api)
+            for v in views:
+                assert v.update() is None
+                assert v.model == restrict(full, v.node) and v.settled()
+            assert mappings(views[0]) == sorted(str(r.ipv6) for r in full.routes)
+            api.subscribe("b-vm1", "analytics")     # row by row again
+            full = M.from_nb(api)
+            for v in views:
+                delta = follow(v, restrict(full, v.node))
+                assert delta is not None and len(delta.routes) == 1
+        finally:
+            for v in views:
+                v.close()
 
 
 def test_the_model_object_is_kept_across_rebuilds(nb_server, loaded_nb):
@@ -482,3 +680,82 @@ def test_the_app_gives_the_logic_one_model_and_each_change_as_a_delta(nb_server,
         assert a._node_name(host1.datapath_id) == "host1" and a._node_name(12345) == "?"
     finally:
         a.close()
+
+
+# -- the lean Host_Mapping store against the generic IDL ------------------------------
+
+_UUIDS = [str(uuid.UUID(int=k + 1)) for k in range(6)]
+_ADDRS = ["fd41::1", "fd41::2", "fd41:0:0:3930:1f:6600:a00:4", "fd41::a:b"]
+_HOSTS = [str(uuid.UUID(int=(k + 1) << 64)) for k in range(3)]
+_COLUMN = st.one_of(st.tuples(st.just("ipv6"), st.sampled_from(_ADDRS)),
+                    st.tuples(st.just("host"), st.sampled_from(_HOSTS).map(lambda h: ["uuid", h])))
+_ROW_UPDATE = st.tuples(st.sampled_from(("initial", "insert", "modify", "delete", "v1")),
+                        st.lists(_COLUMN, min_size=1, max_size=2).map(dict))
+_MESSAGE = st.dictionaries(st.sampled_from(_UUIDS), _ROW_UPDATE, min_size=1, max_size=4)
+
+
+def _idls():
+    import ovs.db.idl
+
+    from vnet64.controller import nbview
+    from vnet64.nb.server import SCHEMA_PATH
+
+    out = []
+    for cls in (ovs.db.idl.Idl, nbview._Idl):
+        helper = ovs.db.idl.SchemaHelper(location=str(SCHEMA_PATH))
+        for table, columns in nbview.COLUMNS.items():
+            helper.register_columns(table, list(columns))
+        out.append(cls("unix:/nonexistent/nb.sock", helper))   # never run: fed by hand
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_MESSAGE, min_size=1, max_size=8), st.booleans())
+def test_the_lean_host_mappings_follow_the_update_protocols(messages, v3):
+    """``_Idl``'s own Host_Mapping processing, message by message, against the generic
+    IDL's: update2/update3 (initial, insert, modify, delete) or the old ``update`` format
+    (``v1``: new/old), including a modify of a missing row (a parse error: the rest of
+    the message is dropped, in both), an insert of an existing row and a delete of a
+    missing one. Both replicas hold the same rows after each message; every row that
+    changed is journalled, and change_seqno moves by the rows journalled."""
+    import ovs.db.idl
+
+    plain, lean = _idls()
+    lean.journal_full = False
+    try:
+        for message in messages:
+            v1 = {u: up for u, up in message.items() if up[0] == "v1"}
+            v2 = {u: up for u, up in message.items() if up[0] != "v1"}
+            before = dict(lean.host_mappings)
+            seqno = lean.change_seqno
+            for idl in (plain, lean):
+                if v2:
+                    idl._Idl__parse_update({"Host_Mapping": {
+                        u: {op: None if op == "delete" else cols} for u, (op, cols) in v2.items()}},
+                        ovs.db.idl.OVSDB_UPDATE3 if v3 else ovs.db.idl.OVSDB_UPDATE2)
+                if v1:
+                    old = {u: idl.host_mappings.get(uuid.UUID(u)) if idl is lean
+                           else idl.tables["Host_Mapping"].rows.get(uuid.UUID(u)) for u in v1}
+                    # "new": the whole row (its columns over the current ones, or over
+                    # defaults); half of them deletes (no "new")
+                    idl._Idl__parse_update({"Host_Mapping": {
+                        u: ({"old": {"ipv6": "fd41::ff"}} if len(cols) == 1 and "host" in cols
+                            else {"new": {"ipv6": cols.get("ipv6", "fd41::ee"),
+                                          "host": cols.get("host", ["uuid", _HOSTS[0]])},
+                                  **({"old": {"ipv6": "fd41::dd"}} if old[u] is not None else {})})
+                        for u, (_, cols) in v1.items()}}, ovs.db.idl.OVSDB_UPDATE)
+            norm = lambda a: IPv6Address(a) if a else a  # noqa: E731  ("": no address)
+            generic = {r.uuid: (norm(r._data["ipv6"].as_scalar()), r._data["host"].as_scalar())
+                       for r in plain.tables["Host_Mapping"].rows.values()}
+            mine = dict(lean.host_mappings)
+            assert mine == generic
+            assert not lean.tables["Host_Mapping"].rows
+            changed = {u for u in before.keys() | lean.host_mappings.keys()
+                       if before.get(u) != lean.host_mappings.get(u)}
+            assert changed <= lean.journal.get("Host_Mapping", set())
+            assert lean.change_seqno - seqno == lean.notices
+            lean.notices = 0
+            lean.journal.clear()
+    finally:
+        plain.close()
+        lean.close()

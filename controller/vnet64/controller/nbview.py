@@ -15,6 +15,12 @@ always the same object, and returns the :class:`~vnet64.controller.model.Delta`:
     ...
     delta = view.update()                # only what changed since
 
+The Host_Mapping table (a row per subscription: the appliance's flows follow it, and
+it is the only table the appliance replicates that grows) is not kept as the IDL's
+generic ``Row`` objects: ``_Idl`` processes its row updates itself and keeps each row
+as (IPv6 address, host Node uuid) in ``_Idl.host_mappings`` (0.3 instead of 1.7 KiB a
+row, see ``benchmarks/nbview_memory.py``); everything else reads it from there.
+
 Full rebuilds (``update()`` returns None): the first call, and whenever the journal
 cannot be trusted - the IDL cleared its replica to re-read it (a reconnect: its
 ``__clear``), a monitor reply arrived (initial dump, reconnect, even one that only
@@ -77,6 +83,7 @@ import uuid as uuidlib
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
+import ovs.db.error
 import ovs.db.idl
 from ovsdbapp import exceptions as ovsdbapp_exc
 from ovsdbapp.backend.ovs_idl import connection
@@ -111,6 +118,9 @@ _ADMIN = frozenset(("Region", "VNet", "Subnet", "Service"))
 # Tables whose changes may change a node's conditions.
 _COND_INPUTS = frozenset(("Node", "VM", "Subscription"))
 _ALL_TABLES = tuple(COLUMNS)
+# The table kept out of the IDL's row store (_Idl.host_mappings), and its row's defaults.
+_LEAN = "Host_Mapping"
+_LEAN_DEFAULT: tuple = ("", uuidlib.UUID(int=0))
 _EVERYWHERE = ("Platform", "Node")                       # every view, always
 _HOST_ALL = ("Region", "VNet", "Subnet", "Service")      # a host: every row
 
@@ -127,25 +137,43 @@ def _cond_uuid(column: str, value: uuidlib.UUID) -> list:
 
 
 class _Idl(CondIdl):
-    """A plain IDL that journals the rows it changes for :class:`NbView`."""
+    """A plain IDL that journals the rows it changes for :class:`NbView`, and keeps the
+    Host_Mapping table (the appliance's 100,000 rows) out of its generic row store.
+
+    Every other table's rows are ``Row`` objects in ``tables[name].rows`` as usual. A
+    Host_Mapping row is one entry of :attr:`host_mappings`: uuid -> (IPv6 address,
+    host Node uuid) - its ``ipv6`` column parsed (the text itself if it is no address),
+    its ``host`` reference (one uuid object per node, shared) - ~0.3 KiB a row where
+    the generic ``Row`` with its ``Datum`` and ``Atom`` objects took ~1.7 KiB (and kept
+    the initial dump's strings alive). Its update processing (``update2``/``update3``:
+    ``initial``/``insert``/``modify``/``delete``; and the old ``update``) is done here,
+    with the generic code's semantics (a modify of a missing row is a parse error, an
+    insert of an existing row replaces it, a delete of a missing one is ignored); each
+    change moves ``change_seqno`` and is journalled like a ``notify``.
+    """
 
     def __init__(self, remote: str, helper: Any, leader_only: bool = True):
         self.journal: dict[str, set] = {}
         self.journal_full = True     # nothing applied yet: the first update is a full build
         self.journal_why = "first load"
         self.notices = 0             # notices since the last take (change_seqno accounting)
+        self.host_mappings: dict[uuidlib.UUID, tuple[Any, uuidlib.UUID]] = {}
+        self._node_refs: dict[str, uuidlib.UUID] = {}   # a Node uuid's text -> its one object
         super().__init__(remote, helper, leader_only=leader_only)
+        self._lean = self.tables.get(_LEAN)
 
     def notify(self, event: Any, row: Any, updates: Any = None) -> None:
+        self._note(row._table.name, row.uuid, event)
+
+    def _note(self, table: str, uuid: uuidlib.UUID, event: str) -> None:
         try:
             self.notices += 1
             if self.journal_full:
                 return
-            table = row._table.name
             if table in _ADMIN and event != ovs.db.idl.ROW_CREATE:
                 self.mark_full(f"{table} row {event}")
                 return
-            self.journal.setdefault(table, set()).add(row.uuid)
+            self.journal.setdefault(table, set()).add(uuid)
         except Exception:  # noqa: BLE001  never lose a change silently: rebuild instead
             LOG.exception("NB journal failed; the next update rebuilds the model")
             self.mark_full("journal error")
@@ -157,7 +185,93 @@ class _Idl(CondIdl):
 
     def _Idl__clear(self) -> None:   # the IDL re-reads everything (reconnect)
         self.mark_full("NB reconnected: replica re-read")
+        seqno, had = self.change_seqno, bool(self.host_mappings)
+        self.host_mappings.clear()
         super()._Idl__clear()
+        if had and self.change_seqno == seqno:
+            self.change_seqno += 1
+
+    # -- Host_Mapping, kept lean -------------------------------------------------
+
+    def _Idl__process_update2(self, table: Any, uuid: uuidlib.UUID, row_update: Any) -> Any:
+        if table is not self._lean:
+            return super()._Idl__process_update2(table, uuid, row_update)
+        store = self.host_mappings
+        old = store.get(uuid)
+        if "delete" in row_update:
+            if old is None:
+                LOG.debug("cannot delete missing row %s from table %s", uuid, _LEAN)
+                return False
+            del store[uuid]
+            event = ovs.db.idl.ROW_DELETE
+        elif "insert" in row_update or "initial" in row_update:
+            if old is not None:
+                LOG.warning("cannot add existing row %s to table %s", uuid, _LEAN)
+            columns = row_update["insert"] if "insert" in row_update else row_update["initial"]
+            store[uuid] = self._lean_row(columns, _LEAN_DEFAULT)
+            event = ovs.db.idl.ROW_CREATE
+        elif "modify" in row_update:
+            if old is None:
+                raise ovs.db.error.Error("Modify non-existing row")
+            # update2's diff of a scalar column (ipv6, host: exactly one value) is the new value
+            new = self._lean_row(row_update["modify"], old)
+            if new == old:
+                return False
+            store[uuid] = new
+            event = ovs.db.idl.ROW_UPDATE
+        else:
+            raise ovs.db.error.Error("<row-update> unknown operation", row_update)
+        self.change_seqno += 1
+        self._note(_LEAN, uuid, event)
+        return False      # nothing for the generic code to count or notify
+
+    def _Idl__process_update(self, table: Any, uuid: uuidlib.UUID, old: Any, new: Any) -> Any:
+        """The old ``monitor`` protocol (a server without ``monitor_cond``): ``new`` holds
+        every column after an insert or modify, none after a delete."""
+        if table is not self._lean:
+            return super()._Idl__process_update(table, uuid, old, new)
+        store = self.host_mappings
+        had = store.get(uuid)
+        if not new:
+            if had is None:
+                return False
+            del store[uuid]
+            event = ovs.db.idl.ROW_DELETE
+        else:
+            value = self._lean_row(new, _LEAN_DEFAULT if had is None else had)
+            if value == had:
+                return False
+            store[uuid] = value
+            event = ovs.db.idl.ROW_CREATE if had is None else ovs.db.idl.ROW_UPDATE
+        self.change_seqno += 1
+        self._note(_LEAN, uuid, event)
+        return False
+
+    def _lean_row(self, columns: Any, base: tuple) -> tuple:
+        """(ipv6, host) from a row's JSON columns, the others as in ``base``."""
+        if not isinstance(columns, dict):
+            raise ovs.db.error.Error(f"<row> for table {_LEAN} is not an object", columns)
+        ipv6, host = base
+        for column, value in columns.items():
+            if column == "ipv6" and isinstance(value, str):
+                try:
+                    ipv6 = IPv6Address(value)
+                except ValueError:
+                    ipv6 = value            # _route raises on it, as it did on the Row's text
+            elif (column == "host" and isinstance(value, list) and len(value) == 2
+                  and value[0] == "uuid" and isinstance(value[1], str)):
+                ref = self._node_refs.get(value[1])
+                if ref is None:
+                    try:
+                        ref = uuidlib.UUID(value[1])
+                    except ValueError:
+                        LOG.warning("bad uuid %r in column host of table %s", value[1], _LEAN)
+                        continue
+                    self._node_refs[str(ref)] = ref
+                host = ref
+            else:
+                LOG.warning("unexpected column %s=%r updating table %s", column, value, _LEAN)
+        return ipv6, host
 
 
 class NbView:
@@ -361,7 +475,7 @@ class NbView:
             keys = self._keys[table]
             keys.clear()
             values = []
-            for u, row in tables[table].rows.items():
+            for u, row in self._rows(table).items():
                 value = derive(row)
                 if value is not None:
                     keys[u] = _key(value)
@@ -416,7 +530,7 @@ class NbView:
             work.append(("VM", u, self._vm(row, platform_ip) if row is not None else None))
         for table, derive in (("Endpoint", self._endpoint), ("Port_Binding", self._binding),
                               ("Host_Mapping", self._route)):
-            rows = tables[table].rows
+            rows = self._rows(table)
             for u in journal.get(table, ()):
                 row = rows.get(u)
                 work.append((table, u, derive(row) if row is not None else None))
@@ -438,6 +552,10 @@ class NbView:
         return model.take_delta()
 
     # -- derivations (one row -> one model value; None: a reference is missing) ---
+
+    def _rows(self, table: str) -> dict:
+        """A table's rows in the replica: uuid -> Row, or for Host_Mapping -> (ipv6, host)."""
+        return self.idl.host_mappings if table == _LEAN else self.idl.tables[table].rows
 
     def _platform(self) -> tuple:
         row = next(iter(self.idl.tables["Platform"].rows.values()), None)
@@ -525,9 +643,13 @@ class NbView:
         return Binding(_v(row, "logical_port"), _v(row, "kind"), node, _v(row, "port"),
                        _v(row, "ofport"))
 
-    def _route(self, row: Any) -> Route | None:
-        host = self._host(row)
-        return Route(IPv6Address(_v(row, "ipv6")), host) if host is not None else None
+    def _route(self, mapping: tuple) -> Route | None:
+        """A Host_Mapping row as the replica keeps it (``_Idl.host_mappings``)."""
+        ipv6, host = mapping
+        node = self.idl.tables["Node"].rows.get(host)
+        if node is None:
+            return None
+        return Route(ipv6 if isinstance(ipv6, IPv6Address) else IPv6Address(ipv6), _v(node, "name"))
 
     # -- conditions -----------------------------------------------------------
 
