@@ -1,9 +1,10 @@
 """benchmarks/pair_setup.py --quick works (issue 6: CI runs each benchmark's quick mode).
 
-Runs the script under its own prefix and checks what it measured, never how fast: every
-pair answered at saturation and at the offered rate has its flows on host1, no first
-packet was lost at 100 new pairs/s, and TCP connections went through both the full data
-path and the conntrack-only OVS path.
+Runs the script under its own prefix and checks what it measured, never how fast: in each
+shape (one customer host, then the same VMs on two, each with its own controller) every
+pair answered at saturation has its flows on the customer hosts and pairs reached the VMs
+of every customer host, no first packet was lost at 100 new pairs/s per customer host, and
+TCP connections went through both the full data path and the conntrack-only OVS path.
 """
 
 from __future__ import annotations
@@ -23,13 +24,20 @@ def test_pair_setup_quick(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"pair_setup --quick failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     r = json.loads(out.read_text())
-    [run] = r["pairs"]
-    sat = run["sat"]
-    assert sat["answered"] > 0 and sat["lost"] == 0, sat
-    assert sat["installed"] == sat["answered"], "a pair answered without its flows, or flows without an answer"
-    [(rate, lat)] = run["lat"].items()
-    assert lat["new"]["sent"] > 0 and lat["new"]["lost"] == 0, lat["new"]
-    assert lat["est"]["lost"] == 0, lat["est"]
+    assert set(r["customer_hosts"]) == {"1", "2"}, r["customer_hosts"].keys()
+    for shape, hosts in (("1", {"host1"}), ("2", {"host1", "host3"})):
+        [run] = r["customer_hosts"][shape]["pairs"]
+        sat = run["sat"]
+        assert sat["answered"] > 0 and sat["lost"] == 0, (shape, sat)
+        assert sat["installed"] == sat["answered"], \
+            f"{shape} host(s): a pair answered without its flows, or flows without an answer"
+        assert set(sat["by_host"]) == hosts, (shape, sat["by_host"])
+        assert all(h["answered"] > 0 for h in sat["by_host"].values()), (shape, sat["by_host"])
+        assert sat["ms_per_pair"]["platform"] > 0, (shape, sat["ms_per_pair"])
+        [(rate, lat)] = run["lat"].items()
+        assert lat["new"]["sent"] > 0 and lat["new"]["lost"] == 0, (shape, lat["new"])
+        assert lat["est"]["lost"] == 0, (shape, lat["est"])
+        assert all(h["answered"] > 0 for h in lat["new"]["by_host"].values()), (shape, lat["new"])
     [tcp] = r["tcp_large"]
     assert len(tcp) == 2, tcp.keys()
     for path, levels in tcp.items():
