@@ -85,6 +85,7 @@ from vnet64_lab import sh  # noqa: E402
 from vnet64_lab.traffic import LINE_PORT, LineSession, start_echo_server  # noqa: E402
 
 PREFIX, RUN_DIR = "v64r-", "/run/vnet64-lab-r"
+KILLED = {"host1": "host1's, or the central one", "all": "every node's at once"}
 AIM_PAIRS, AIM_SECONDS = 10_000, 2.0
 PAIR_MASK = 0xFFFF000000000000
 PAIR_COOKIE = cookie("host", "pair", 0)
@@ -220,9 +221,17 @@ class Resync(Bench):
 
     # -- kill -9 and restart ------------------------------------------------------
 
+    def victims(self) -> list[str] | None:
+        """The nodes whose controller is killed and restarted: host1's (where the pairs
+        are; in central control that is the one controller), or None: every controller."""
+        return ["host1"] if self.args.kill == "host1" else None
+
     def kill_9(self) -> None:
-        """SIGKILL the controller: every node's, or the central one (by their pidfiles)."""
-        for pid in controller_pids(self.lab):
+        """SIGKILL the controller(s) ``--kill`` names (by their pidfiles)."""
+        victims = self.victims()
+        pids = controller_pids(self.lab) if victims is None else \
+            [self.lab.controller_pid(n) for n in victims]
+        for pid in pids:
             if b"vnet64.controller" not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 raise RuntimeError(f"pid {pid} is not the controller")
             os.kill(pid, signal.SIGKILL)
@@ -232,11 +241,13 @@ class Resync(Bench):
 
     def restart_and_time(self, profile: Path | None) -> dict:
         sizes = controller_log_sizes(self.lab)
-        nodes = list(self.nodes)
+        victims = self.victims()
+        # the switches whose controller starts again: all of them if it is the central one
+        nodes = list(self.nodes) if victims is None or self.lab.control == "central" else victims
         spy = None
         t_wall0 = time.time()
         t0 = time.monotonic()
-        state = self.lab.restart_controller()
+        state = self.lab.restart_controller(None if victims is None else victims[0])
         self._find_controllers(state)
         if profile:
             spy = self._spy()
@@ -391,10 +402,12 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
          f"({args.endpoints} endpoints + `tc`), the real controller "
          f"({control_text(getattr(args, 'control', 'node'))}; "
          + ("each connects to its br-int's management socket" if getattr(args, 'control', 'node')
-            == "node" else "every br-int's `max_backoff` 1 s") + "). N pairs set up through the controller by real first packets, plus "
+            == "node" else "every br-int's `max_backoff` 1 s")
+         + "). N pairs set up through the controller by real first packets, plus "
          "one long-lived TCP connection `tc` -> `tv` (its own pair); then kill -9 of the "
-         "controller, a stale pair flow planted, `restart_controller`. **Resync time** = from the "
-         "restart call until every switch's `resynced` line is in the controller log (a host: "
+         f"controller ({KILLED[args.kill]}: `--kill {args.kill}`), a stale pair flow planted, `restart_controller`. **Resync time** = from "
+         "the restart call until every restarted switch's `resynced` line is in the controller "
+         "log (a host: "
          "its pairs' own flows read and the pairs adopted, held first packets served; the whole "
          "table is swept right after; the appliance: its whole dump read). Baseline (same run): "
          "no pair but the TCP one."),
@@ -459,6 +472,11 @@ def main() -> int:
                         help="pairs set up after each resync (allocation check)")
     parser.add_argument("--prefix", default=PREFIX, help=f"lab namespace prefix (default {PREFIX})")
     parser.add_argument("--run-dir", default=RUN_DIR, help=f"lab run directory (default {RUN_DIR})")
+    parser.add_argument("--kill", choices=("host1", "all"), default="host1",
+                        help="whose controller is killed (-9) and restarted: host1's, where the "
+                             "pairs are (default; in central control the one controller), or "
+                             "every node's at once (with a controller per node: three Python "
+                             "start-ups on the same CPUs)")
     parser.add_argument("--profile", type=Path,
                         help="py-spy the restarted controller at the largest size (first run)")
     parser.add_argument("--out", type=Path, help="Markdown results")
@@ -507,7 +525,7 @@ def main() -> int:
     print(text)
     result = {"started": started.isoformat(), "commit": args.commit, "machine": platform.node(),
               "cpus": os.cpu_count(), "argv": args.argv, "endpoints": args.endpoints,
-              "vms": args.vms, "control": getattr(args, "control", None),
+              "vms": args.vms, "control": getattr(args, "control", None), "kill": args.kill,
               "sizes": {str(n): rows[n] for n in sizes}}
     for path, body in ((args.out, text), (args.json, json.dumps(result, indent=1, default=str))):
         if path:

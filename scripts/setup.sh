@@ -78,3 +78,8 @@ fi
 # The OVSDB IDL's C JSON parser from Debian's python3-openvswitch (the wheel from PyPI
 # has none), when it is safe: see the script.
 "$VENV/bin/python" scripts/ovs-json-c.py
+# Byte-compile the project (an editable install is not): a process started while
+# PYTHONDONTWRITEBYTECODE is set - some CI and container images set it - would compile
+# every module again at each start, 0.3 s of a restarted controller's resync (py-spy,
+# benchmarks/resync.py). Stale files are harmless: Python recompiles a changed module.
+"$VENV/bin/python" -m compileall -q -j 0 controller ovs-setup >/dev/null
