@@ -148,27 +148,34 @@ services:
 # The NB load: one raw OVSDB transaction
 
 
-def nb_transact(sock_path: str, ops: list, timeout: float = 600) -> list:
-    """One ``transact`` of ``ops`` on the VNet64_Northbound database; the results."""
+def nb_transact(sock_path: str, ops: list, timeout: float = 600, replied: list | None = None) -> list:
+    """One ``transact`` of ``ops`` on the VNet64_Northbound database; the results.
+    ``replied``: gets the monotonic time the reply's last byte arrived appended (the
+    commit, as the client sees it; decoding a 100,000-row reply takes a while after)."""
     req = json.dumps({"method": "transact", "params": ["VNet64_Northbound", *ops], "id": 1})
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(sock_path)
         s.sendall(req.encode())
         dec = json.JSONDecoder()
-        buf = ""
+        chunks: list[bytes] = []
         while True:
             chunk = s.recv(1 << 20)
             if not chunk:
                 raise RuntimeError("the NB closed the connection")
-            buf += chunk.decode()
-            try:
-                reply, _ = dec.raw_decode(buf.lstrip())
+            chunks.append(chunk)
+            if not chunk.rstrip().endswith(b"}"):   # a JSON-RPC message ends so: not yet
+                continue
+            t_last = time.monotonic()
+            try:   # decoded once per complete-looking buffer, not once per chunk
+                reply, _ = dec.raw_decode(b"".join(chunks).decode().lstrip())
             except ValueError:
                 continue
             if reply.get("id") != 1:        # e.g. an echo request: skip it
-                buf = ""
+                chunks = []
                 continue
+            if replied is not None:
+                replied.append(t_last)
             if reply.get("error"):
                 raise RuntimeError(f"NB transaction failed: {reply['error']}")
             errors = [r for r in reply["result"] if isinstance(r, dict) and "error" in r]
@@ -349,8 +356,9 @@ class Growth:
             spy = self._start_profile(profile) if profile else None
             cpu.start()
             t0 = time.monotonic()
-            nb_transact(f"{self.plan.nb_run_dir}/nb.sock", ops)
-            t_commit = time.monotonic()
+            replied: list[float] = []
+            nb_transact(f"{self.plan.nb_run_dir}/nb.sock", ops, replied=replied)
+            t_commit = replied[0]
             del ops
             deadline = t_commit + a.timeout
             seen = before
@@ -454,8 +462,9 @@ class Growth:
             }
             for kind in CHANGE_KINDS:
                 ops, done = steps[kind]
-                nb_transact(sock, ops)
-                t_commit = time.monotonic()
+                replied = []
+                nb_transact(sock, ops, replied=replied)
+                t_commit = replied[0]
                 while not done():
                     if time.monotonic() - t_commit > CHANGE_TIMEOUT:
                         note(f"{n:,}: {kind} of g{i} not on the switches after {CHANGE_TIMEOUT:g}s")
