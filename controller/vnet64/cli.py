@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -132,27 +133,70 @@ def cmd_address_decode(args: argparse.Namespace) -> None:
     _emit(args, address.decode(args.address).as_dict())
 
 
-def cmd_nb_start(args: argparse.Namespace) -> None:
+def _nb_server(args: argparse.Namespace):
+    """The local NB server the ``nb`` commands manage, from their options."""
     from .nb.server import NbServer
-    server = NbServer(Path(args.run_dir))
-    pid = server.start()
-    print(f"NB running (pid {pid}) at {server.remote}, data in {server.db_path}")
+    return NbServer(Path(args.run_dir), extra_remotes=getattr(args, "remote", None) or [],
+                    cluster_local=getattr(args, "local_addr", None),
+                    cluster_remotes=getattr(args, "remote_addr", None) or [],
+                    data_dir=args.data_dir, pidfile=args.pidfile,
+                    log_path=getattr(args, "log_file", None),
+                    private_key=getattr(args, "private_key", None),
+                    certificate=getattr(args, "certificate", None),
+                    ca_cert=getattr(args, "ca_cert", None))
+
+
+def cmd_nb_start(args: argparse.Namespace) -> None:
+    server = _nb_server(args)
+    running = server.pid()
+    pid = running or server.start(timeout=args.timeout)
+    what = "already running" if running else "running"
+    print(f"NB {what} (pid {pid}) at {server.remote}, data in {server.db_path}"
+          + (": nothing done" if running else ""))
+
+
+def cmd_nb_run(args: argparse.Namespace) -> None:
+    server = _nb_server(args)
+    server.exec_foreground(log_file=bool(args.log_file))   # does not return
 
 
 def cmd_nb_stop(args: argparse.Namespace) -> None:
-    from .nb.server import NbServer
-    server = NbServer(Path(args.run_dir))
-    print("NB stopped" if server.stop() else f"no NB running in {args.run_dir}")
+    server = _nb_server(args)
+    print("NB stopped" if server.stop() else f"no NB running in {server.run_dir}")
 
 
 def cmd_nb_status(args: argparse.Namespace) -> int:
-    from .nb.server import NbServer
-    server = NbServer(Path(args.run_dir))
+    server = _nb_server(args)
     pid = server.pid()
     data = {"running": bool(pid), "pid": pid, "remote": server.remote, "db": str(server.db_path),
+            "cluster_address": server.db_local_address(),
             "rss_kib": server.memory_kib(), "commands_use": nb_remote(args) or server.remote}
     _emit(args, data)
     return 0 if pid else 3
+
+
+def cmd_nb_create_cluster(args: argparse.Namespace) -> None:
+    from .nb import cluster
+    print(cluster.create_cluster(_nb_server(args), timeout=args.timeout).message)
+
+
+def cmd_nb_join_cluster(args: argparse.Namespace) -> None:
+    from .nb import cluster
+    print(cluster.join_cluster(_nb_server(args), timeout=args.timeout).message)
+
+
+def cmd_nb_cluster_status(args: argparse.Namespace) -> None:
+    from .nb import cluster
+    status = cluster.cluster_status(_nb_server(args))
+    if args.json:
+        _emit(args, status)
+    else:
+        print(cluster.status_text(status))
+
+
+def cmd_nb_cluster_leave(args: argparse.Namespace) -> None:
+    from .nb import cluster
+    print(cluster.leave_cluster(_nb_server(args), timeout=args.timeout))
 
 
 def cmd_load(api: Any, args: argparse.Namespace) -> None:
@@ -328,6 +372,11 @@ def cmd_platform_rotate_token(api: Any, args: argparse.Namespace) -> None:
 # Parser
 
 
+def _wrap(text: str) -> str:
+    """A description wrapped as argparse would, for parsers whose epilog keeps its lines."""
+    return textwrap.fill(text, width=78)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vnet64", description=helptext.paragraphs(__doc__, 0, 1),
@@ -367,12 +416,102 @@ def build_parser() -> argparse.ArgumentParser:
     dec.set_defaults(func=cmd_address_decode)
 
     # nb
-    n = sub.add_parser("nb", help="manage the embedded NB server")
+    files = argparse.ArgumentParser(add_help=False)
+    files.add_argument("--run-dir", default=argparse.SUPPRESS,
+                       help="the server's directory: unix socket nb.sock, unixctl socket nb.ctl, "
+                            "pidfile, log (default: vnet64's --run-dir, $VNET64_RUN_DIR or "
+                            "/var/lib/vnet64)")
+    files.add_argument("--data-dir", metavar="DIR", help="directory of the database nb.db "
+                       "(default: the run dir)")
+    files.add_argument("--pidfile", metavar="FILE", help="default <run dir>/nb.pid")
+    serving = argparse.ArgumentParser(add_help=False)
+    serving.add_argument("--log-file", metavar="FILE",
+                         help="the server's log (default <run dir>/nb.log; 'nb run': stderr only)")
+    serving.add_argument("--remote", action="append", metavar="TARGET",
+                         help="a client remote besides the unix socket and the NB's own "
+                              "connections ('vnet64 connection set'): ptcp:PORT[:IP] or "
+                              "pssl:PORT[:IP], e.g. ptcp:6641:10.0.0.1 (repeat for several; not "
+                              "stored: give them again to 'nb start')")
+    serving.add_argument("--private-key", metavar="PEM", help="TLS: this server's private key")
+    serving.add_argument("--certificate", metavar="PEM", help="TLS: its certificate")
+    serving.add_argument("--ca-cert", metavar="PEM",
+                         help="TLS: the CA certificate peers must be signed by (the three are "
+                              "needed for pssl: remotes and ssl: cluster addresses)")
+
+    n = sub.add_parser(
+        "nb", help="manage the local NB server: embedded, or a member of a Raft cluster",
+        description="The local NB server (ovsdb-server with the vnet64 schema). Without a cluster "
+                    "it is the embedded NB the other commands start on first use. A Raft cluster "
+                    "(three members, or five) is made with create-cluster on the first host and "
+                    "join-cluster on each other one; clients then use --nb with every member's "
+                    "client remote, comma-separated, and follow the leader. The global --timeout "
+                    "is how long these commands wait for the server.")
     nsub = n.add_subparsers(dest="nb_cmd", metavar="ACTION", required=True)
-    nsub.add_parser("start", help="start the embedded NB (no-op if running)").set_defaults(func=cmd_nb_start)
-    nsub.add_parser("stop", help="stop the embedded NB (data stays on disk)").set_defaults(func=cmd_nb_stop)
-    reader(nsub.add_parser("status", help="is the embedded NB running? (exit 3 if not)")).set_defaults(
+    nsub.add_parser("start", parents=[files, serving],
+                    help="start the NB server, detached: the embedded NB, or a cluster member "
+                         "made before (no-op if running)").set_defaults(func=cmd_nb_start)
+    nsub.add_parser("stop", parents=[files],
+                    help="stop the NB server (data stays on disk; a cluster member stays a member)"
+                    ).set_defaults(func=cmd_nb_stop)
+    reader(nsub.add_parser("status", parents=[files],
+                           help="is the NB server running? (exit 3 if not)")).set_defaults(
         func=cmd_nb_status)
+    nr = nsub.add_parser(
+        "run", parents=[files, serving],
+        help="run the NB server in the foreground (what the systemd unit starts)",
+        description="Run ovsdb-server in the foreground, logging to stderr (the journal under "
+                    "systemd; to --log-file too if given). A database that does not exist yet is "
+                    "made first: a standalone one, or with --cluster-local a new cluster's first "
+                    "member, or with --cluster-local and --cluster-remote a member joining those; "
+                    "an existing database is used as it is (a member's must be at "
+                    "--cluster-local, if given). Unlike join-cluster, it does not wait to be "
+                    "taken in: the server keeps trying.")
+    nr.add_argument("--cluster-local", dest="local_addr", metavar="ADDR",
+                    help="this member's cluster address, tcp:IP:PORT or ssl:IP:PORT")
+    nr.add_argument("--cluster-remote", dest="remote_addr", action="append", metavar="ADDR",
+                    help="a member to join through (repeat for several)")
+    nr.set_defaults(func=cmd_nb_run)
+    ncc = nsub.add_parser(
+        "create-cluster", parents=[files, serving],
+        help="make this host the first member of a new Raft cluster and start it",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_wrap("ovsdb-tool create-cluster with the vnet64 schema, then start the server "
+                          "detached (no-op if this member exists and runs; started if it is down). "
+                          "Refused, with nothing changed, when the data dir holds another database."),
+        epilog="example:\n  vnet64 nb create-cluster tcp:10.0.0.1:6643 --remote ptcp:6641:10.0.0.1")
+    ncc.add_argument("local_addr", metavar="LOCAL_ADDR",
+                     help="this member's cluster address, tcp:IP:PORT or ssl:IP:PORT "
+                          "(6643 is the usual port)")
+    ncc.set_defaults(func=cmd_nb_create_cluster)
+    njc = nsub.add_parser(
+        "join-cluster", parents=[files, serving],
+        help="make this host a member of an existing Raft cluster and start it",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_wrap("ovsdb-tool join-cluster, then start the server detached and wait "
+                          "(--timeout) "
+                          "until the cluster has taken it in. When it is not taken in, the server is "
+                          "stopped and its database removed: nothing is left half-made. No-op if this "
+                          "member exists and runs; started if it is down."),
+        epilog="example:\n  vnet64 nb join-cluster tcp:10.0.0.2:6643 tcp:10.0.0.1:6643 "
+               "--remote ptcp:6641:10.0.0.2")
+    njc.add_argument("local_addr", metavar="LOCAL_ADDR", help="this member's cluster address")
+    njc.add_argument("remote_addr", metavar="REMOTE_ADDR", nargs="+",
+                     help="the cluster address of one or more members")
+    njc.set_defaults(func=cmd_nb_join_cluster)
+    ncl = nsub.add_parser("cluster", help="this member's view of its Raft cluster; leave it")
+    nclsub = ncl.add_subparsers(dest="cluster_cmd", metavar="ACTION", required=True)
+    reader(nclsub.add_parser(
+        "status", parents=[files], help="role, leader, term, log indexes, members and connections",
+        description="ovs-appctl cluster/status, read: this member's role and term, the leader, "
+                    "the log's entries and commit index, and every member with its address and "
+                    "whether this member is connected to it. Run it on several members: each "
+                    "says what it sees.")).set_defaults(func=cmd_nb_cluster_status)
+    nclsub.add_parser(
+        "leave", parents=[files], help="take this member out of the cluster for good",
+        description="ovs-appctl cluster/leave; once the cluster has removed it (its leader and a "
+                    "majority must be up), the server is stopped and the database moved to "
+                    "nb.db.left, so the directory can make or join a member again.",
+    ).set_defaults(func=cmd_nb_cluster_leave)
 
     load = sub.add_parser("load", help="load a topology file (one transaction; identical objects kept)")
     load.add_argument("topology", help="a file like topologies/two-tenants.yaml")
