@@ -104,7 +104,8 @@ sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import (CpuMeter, control_text, controller_pids, flow_count, report_end, med, note,
+from common import (CpuMeter, control_text, controller_logs_text, controller_pids, flow_count,
+                    log_errors, report_end, med, note,
                     pct, rng, seconds_until_idle, start_run, summarise_profile, thread_ticks,
                     yes_no)
 from vnet64 import helptext  # noqa: E402
@@ -973,6 +974,14 @@ class Bench:
         if self.ctb:
             self.ctb.stop()
         shutil.rmtree(CTB_RUN_DIR, ignore_errors=True)
+        # what went wrong in the controllers, read before the lab (and its logs) goes
+        with contextlib.suppress(Exception):
+            text = controller_logs_text(self.lab)
+            errors = log_errors(text, keep=1000)
+            self.facts["log_errors"] = errors
+            self.note(f"controller logs ({len(text.splitlines())} lines): {len(errors)} ERROR or "
+                      "Traceback line(s)"
+                      + (f", the first: {errors[0]}" if errors else ""))
         self.lab.down()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -1132,6 +1141,11 @@ def pairs_section(args, n: int, res: dict) -> list[str]:
                    f"{rng(settle)} s more ({', '.join(hosts)} "
                    f"add{'s its' if n == 1 else ' their'} VM ports one port-status message "
                    "after another; a controller reconciles a burst of them once).")]
+    errors = res.get("log_errors", [])
+    lines += ["", (f"Controller logs (every controller of this shape's labs, read before each "
+                   f"lab went down): {len(errors)} ERROR or Traceback line(s)"
+                   + (": " + "; ".join(f"`{e.strip()[:200]}`" for e in errors[:5])
+                      + (" ..." if len(errors) > 5 else "") if errors else "") + ".")]
     notes = []
     if AIM_RATE in args.rates and med(sat) < AIM_RATE * n:
         notes.append(f"{AIM_RATE} new pairs/s per customer host is above the saturation rate "
@@ -1365,13 +1379,18 @@ def main() -> int:
     shapes = args.customer_hosts
     first = shapes[0]          # the baseline shape: what-if, TCP part and profile run in it
     started = datetime.now(UTC)
-    res = {n: {"pairs": [], "what_if": [], "settle_after_up": []} for n in shapes}
+    res = {n: {"pairs": [], "what_if": [], "settle_after_up": [], "log_errors": []}
+           for n in shapes}
     p2_large, p2_small, tcp_names = [], [], []
     # One shape: one lab for every run. Several: the shapes alternate within each run, a
     # fresh lab each time, so that each ratio compares measurements minutes apart, not a
     # whole benchmark apart on a machine whose load comes and goes.
     keep = len(shapes) == 1
     benches: dict[int, Bench] = {}
+
+    def close(n: int, b: Bench) -> None:
+        b.down()
+        res[n]["log_errors"] += b.facts.get("log_errors", [])
     try:
         for i in range(args.runs):
             for n in shapes:
@@ -1402,10 +1421,10 @@ def main() -> int:
                 if args.profile and not args.skip_pairs and n == first and i == args.runs - 1:
                     b.profile(args.profile)
                 if not keep:
-                    benches.pop(n).down()
+                    close(n, benches.pop(n))
     finally:
-        for b in benches.values():
-            b.down()
+        for n, b in benches.items():
+            close(n, b)
     if not args.skip_tcp and not args.quick:
         small = Bench(args, 1, 2)
         # the TCP comparison again in a lab with 2 endpoints and 3 VMs in all: each
