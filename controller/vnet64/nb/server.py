@@ -20,7 +20,7 @@ creates, joins, reads and leaves a cluster (``vnet64 nb create-cluster`` ...).
 
 The database may live elsewhere (``data_dir``), and the pidfile and log too;
 ``exec_foreground`` runs the server in the foreground instead (``vnet64 nb run``,
-what the systemd unit starts), logging to stderr for the journal.
+what the systemd unit starts), its log going to the journal.
 """
 
 from __future__ import annotations
@@ -90,6 +90,16 @@ def pid_alive(pid: int, name: str = "ovsdb-server") -> bool:
     except (OSError, IndexError):
         return False
     return comm == name[:15] and state != "Z"
+
+
+def stderr_is_journal() -> bool:
+    """True when standard error is systemd's journal (``$JOURNAL_STREAM`` names it)."""
+    try:
+        dev, ino = (int(x) for x in os.environ.get("JOURNAL_STREAM", "").split(":"))
+        st = os.fstat(2)
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
 
 
 _CLUSTER_ADDRESS = re.compile(r"^(tcp|ssl):(\[[^\]]+\]|[^:\[\]]+):(\d+)$")
@@ -338,8 +348,8 @@ class NbServer:
     def exec_foreground(self, log_file: bool = False) -> NoReturn:
         """Run the server in this process, in the foreground (``vnet64 nb run``, the
         systemd unit): the database is made or converted as ``start`` does, then this
-        process becomes ovsdb-server, logging to stderr (and to ``log_path`` too with
-        ``log_file``). It does not return."""
+        process becomes ovsdb-server, logging to stderr - to syslog when stderr is the
+        journal - and to ``log_path`` too with ``log_file``. It does not return."""
         pid = self.pid()
         if pid:
             raise NbServerError(f"an NB is already running from {self.run_dir} (pid {pid}): "
@@ -348,7 +358,11 @@ class NbServer:
         self._check_tls()
         self._clear_stale()
         self._prepare_db()
-        args = [*self._server_args(detach=False), "-vconsole:info", "-vsyslog:off"]
+        # Under systemd, through syslog: journald then keeps each record's level
+        # (journalctl -p warning), which lines on stderr would lose.
+        log_options = ["-vconsole:off", "-vsyslog:info"] if stderr_is_journal() else \
+            ["-vconsole:info", "-vsyslog:off"]
+        args = [*self._server_args(detach=False), *log_options]
         if log_file:
             args.append(f"--log-file={self.log_path}")
         os.execvp(args[0], args)
