@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from vnet64 import cli
 from vnet64.nb import api as nbapi
 from vnet64.nb.cluster import parse_cluster_status, status_text
 from vnet64.nb.server import SCHEMA_NAME, NbServer
@@ -338,6 +341,31 @@ def test_nb_run_is_ovsdb_server_in_the_foreground(run_dirs):
     assert not (run_dir / "nb.log").exists()      # the journal gets the log, not a file
 
 
+def test_nb_run_under_systemd_logs_through_syslog(run_dirs):
+    """With stderr the journal ($JOURNAL_STREAM = its device:inode, as systemd sets it), the
+    server logs through syslog, which keeps each record's level, and not to stderr."""
+    run_dir = run_dirs[0]
+    read_end, write_end = os.pipe()
+    st = os.fstat(write_end)
+    env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    command = [str(VNET64)] if VNET64.exists() else [sys.executable, "-m", "vnet64.cli"]
+    proc = subprocess.Popen([*command, "--run-dir", str(run_dir), "nb", "run"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=write_end)
+    os.close(write_end)
+    try:
+        assert nbapi.wait_for(lambda: NbServer(run_dir).pid() == proc.pid, timeout=20)
+        argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"-vconsole:off" in argv and b"-vsyslog:info" in argv
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with os.fdopen(read_end) as stderr:
+        assert "ovsdb_server|INFO" not in stderr.read()
+
+
 FOLLOWER_AFTER_LOSS = """\
 29ce
 Name: VNet64_Northbound
@@ -379,3 +407,22 @@ def test_cluster_status_is_parsed_from_what_ovs_prints():
         ["29ce", "tcp:127.0.0.1:46645", "follower", "this"],
         ["26ff", "tcp:127.0.0.1:46643", "-", "no"],
         ["b2f8", "tcp:127.0.0.1:46644", "leader", "yes"]]
+
+
+def test_the_units_command_and_the_example_settings_are_what_nb_run_takes():
+    """deploy/systemd/vnet64-nb.service runs `vnet64 nb run $VNET64_NB_OPTS`; every example
+    of deploy/config/nb.env parses into the member it says (a single NB, the first member,
+    one joining)."""
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    unit = (deploy / "systemd" / "vnet64-nb.service").read_text()
+    assert re.search(r"^ExecStart=/opt/vnet64/venv/bin/vnet64 nb run \$VNET64_NB_OPTS$", unit, re.M)
+    assert re.search(r"^EnvironmentFile=/etc/vnet64/nb.env$", unit, re.M)
+    env = (deploy / "config" / "nb.env").read_text()
+    assert re.search(r"^VNET64_NB_OPTS=$", env, re.M)     # the shipped file sets nothing
+    examples = re.findall(r'^#VNET64_NB_OPTS="(.*)"$', env, re.M)
+    parsed = [cli.build_parser().parse_args(["nb", "run", *shlex.split(e)]) for e in examples]
+    assert [(a.remote, a.local_addr, a.remote_addr) for a in parsed] == [
+        (["ptcp:6641:192.0.2.1"], None, None),
+        (["ptcp:6641:192.0.2.1"], "tcp:192.0.2.1:6643", None),
+        (["ptcp:6641:192.0.2.2"], "tcp:192.0.2.2:6643", ["tcp:192.0.2.1:6643"])]
+    assert all(a.func is cli.cmd_nb_run for a in parsed)
