@@ -25,7 +25,7 @@ from ovsdbapp import api as ovsdbapp_api
 from ovsdbapp import exceptions as ovsdbapp_exc
 
 from .. import topology
-from ..ovsdb import CondIdl, OwnConnection, set_conditions
+from ..ovsdb import CondIdl, OwnConnection, quick_reconnect, set_conditions
 from . import commands as cmd
 from .commands import Conflict, Invalid, NbError, NotFound  # noqa: F401 (re-exported)
 from .server import SCHEMA_NAME, SCHEMA_PATH
@@ -354,6 +354,7 @@ def connect(remote: str, timeout: float = 10.0,
         idl = CondIdl(remote, helper, leader_only=True)
         for table, cond in conditions.items():   # the first monitor request asks for these
             idl.cond_change(table, cond)
+    quick_reconnect(idl)
     conn = connection.Connection(idl, timeout=timeout)
     try:
         return NbApi(conn, conditions=conditions)
