@@ -605,6 +605,24 @@ def test_a_reconnect_brings_the_host_mappings_changed_meanwhile(everything):
                 v.close()
 
 
+def test_a_big_update_gives_the_c_heap_back(nb_server, loaded_nb, monkeypatch):
+    """update() trims the C heap after reading TRIM_AFTER_ROWS rows or more (a rebuild
+    reads the whole replica), not after small changes."""
+    from vnet64.controller import nbview
+    nbview.trim_heap()                      # glibc's malloc_trim, or nothing: no error
+    trims = []
+    monkeypatch.setattr(nbview, "trim_heap", lambda: trims.append(1))
+    monkeypatch.setattr(nbview, "TRIM_AFTER_ROWS", 3)
+    view = NbView(nb_server.remote).connect(5)
+    try:
+        assert view.update() is None and len(trims) == 1     # the default topology: > 3 rows
+        loaded_nb.unsubscribe("a-vm1", "analytics")          # the subscription and its mapping
+        wait(lambda: replica_caught_up(view, loaded_nb), what="the replica")
+        assert view.update() is not None and len(trims) == 1
+    finally:
+        view.close()
+
+
 def test_the_model_object_is_kept_across_rebuilds(nb_server, loaded_nb):
     """A logic holds the model it was given: a rebuild changes that object in place."""
     view = NbView(nb_server.remote).connect(5)

@@ -75,6 +75,7 @@ the replica hold the same lock.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -415,7 +416,15 @@ class NbView:
         (the first time, after a reconnect, or an admin change); else what changed."""
         if self.idl is None:
             return None
-        with self._lock, self.conn.lock:
+        with self._lock:
+            delta, rows = self._update()
+            if rows >= TRIM_AFTER_ROWS:
+                trim_heap()
+            return delta
+
+    def _update(self) -> tuple[Delta | None, int]:
+        """``update()``'s work, and how many rows it read (the replica's, for a rebuild)."""
+        with self.conn.lock:
             idl = self.idl
             journal, full, why = idl.journal, idl.journal_full, idl.journal_why
             seqno, notices = idl.change_seqno, idl.notices
@@ -451,7 +460,9 @@ class NbView:
                 elif _COND_INPUTS.intersection(journal):
                     self._recount(journal)
                 self._send_conditions()
-            return None if full else delta
+            if full:
+                return None, len(idl.host_mappings) + sum(len(t.rows) for t in idl.tables.values())
+            return delta, sum(len(us) for us in journal.values())
 
     # -- the full build -------------------------------------------------------
 
@@ -750,6 +761,35 @@ class NbView:
                     f"on it and of {len(self._svc_count)} services, its port bindings")
         LOG.info("NB conditions for node %s, %s", self.node, what)
         return True
+
+
+# After an update() that read this many rows, the C heap's free pages go back to the
+# system (trim_heap): the IDL's C JSON parser builds each message's whole tree in malloc'd
+# memory before Python gets it (~0.6 KiB a Host_Mapping row), and glibc keeps what was
+# freed in the middle of a heap for good - measured: an appliance's 100,000 mappings
+# left 63 MiB there (0.6 KiB per subscription of RSS); giving it back took 18 ms.
+TRIM_AFTER_ROWS = 10_000
+
+
+def trim_heap() -> None:
+    """Return the C heap's free pages to the system (glibc ``malloc_trim``; elsewhere
+    nothing)."""
+    if _MALLOC_TRIM is not None:
+        started = time.monotonic()
+        _MALLOC_TRIM(0)
+        LOG.debug("C heap trimmed in %.0f ms", (time.monotonic() - started) * 1000)
+
+
+def _malloc_trim() -> Any:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):   # not glibc
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 class _Full(Exception):
