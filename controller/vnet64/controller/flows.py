@@ -153,7 +153,7 @@ class Match:
                 value = (str(value.network_address), str(value.netmask))
             else:
                 value = _norm(name, value)
-            items.append((name, value))
+            items.append((name, value) if FIELDS[name][1] in _UNSHARED else _shared_item(name, value))
         return cls(tuple(sorted(items)))
 
     def get(self, name: str, default: Any = None) -> Any:
@@ -167,6 +167,17 @@ class Match:
 
     def ofctl(self) -> str:
         return ",".join(f"{ovs_name(name)}={_fmt(name, v)}" for name, v in self.items)
+
+
+# Match items kept as they are: addresses (a flow's own, mostly: the appliance has one
+# per route). Any other item is one shared tuple per distinct value (the appliance's
+# 100,000 route flows all match ("eth_type", 0x86dd)).
+_UNSHARED = frozenset(("ipv4", "ipv6", "mac"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared_item(name: str, value: Any) -> tuple[str, Any]:
+    return (name, value)
 
 
 def _fmt(name: str, value: Any) -> str:
