@@ -28,8 +28,8 @@ Per switch, in order:
 The NB side: a watcher thread connects an :class:`~vnet64.controller.nbview.NbView`
 to the NB (retrying while it is unreachable; with ``Settings.node`` it replicates
 only what that node needs, by conditional monitoring) and posts an event into this
-app's own queue whenever the IDL's ``change_seqno`` moves (polled every 50 ms,
-coalesced). On that event, on this app's one event thread, ``view.update()``
+app's own queue whenever the IDL's ``change_seqno`` moves (woken by the connection's
+thread as it applies a change, ``NbView.wait_changed``; coalesced). On that event, on this app's one event thread, ``view.update()``
 applies the journalled row changes to the one model the logic holds: the first time
 it builds the model and the logic (``factory(load_model)``, ``load_model()`` giving
 that model); after that it calls ``logic.nb_changed(delta)`` with what changed, or
@@ -296,7 +296,9 @@ class Vnet64App(app_manager.OSKenApp):
             if current != seqno:
                 seqno = current
                 self._post_nb_changed()
-            self._stop.wait(self.settings.nb_poll_interval)
+            # woken as soon as the connection's thread applies a change; the interval
+            # only bounds how late a stop is seen
+            view.wait_changed(self.settings.nb_poll_interval)
 
     def _post_nb_changed(self) -> None:
         if not self._nb_pending:

@@ -92,7 +92,7 @@ from ovsdbapp.backend.ovs_idl import connection
 from .. import address, gateway
 from ..nb.api import NbUnavailable
 from ..nb.server import SCHEMA_PATH
-from ..ovsdb import CondIdl, set_conditions
+from ..ovsdb import CondIdl, quick_reconnect, set_conditions
 from .model import VM, Binding, Delta, Endpoint, Model, Node, Route
 
 LOG = logging.getLogger("vnet64.controller.nb")
@@ -160,8 +160,19 @@ class _Idl(CondIdl):
         self.notices = 0             # notices since the last take (change_seqno accounting)
         self.host_mappings: dict[uuidlib.UUID, tuple[Any, uuidlib.UUID]] = {}
         self._node_refs: dict[str, uuidlib.UUID] = {}   # a Node uuid's text -> its one object
+        self.changed = threading.Event()   # set when a run() moved change_seqno
         super().__init__(remote, helper, leader_only=leader_only)
         self._lean = self.tables.get(_LEAN)
+
+    def run(self) -> Any:
+        """``Idl.run`` (the connection's thread), waking :meth:`NbView.wait_changed`
+        when it changed the replica."""
+        seqno = self.change_seqno
+        try:
+            return super().run()
+        finally:
+            if self.change_seqno != seqno:
+                self.changed.set()
 
     def notify(self, event: Any, row: Any, updates: Any = None) -> None:
         self._note(row._table.name, row.uuid, event)
@@ -322,6 +333,7 @@ class NbView:
         for table, columns in COLUMNS.items():
             helper.register_columns(table, list(columns))
         idl = _Idl(self.remote, helper, leader_only=self.leader_only)
+        quick_reconnect(idl)
         conn = connection.Connection(idl, timeout=timeout)
         self.idl, self.conn, self._conds, self._seqno = idl, conn, None, 0
         if self.node is not None:
@@ -382,6 +394,19 @@ class NbView:
 
     def change_seqno(self) -> int:
         return self.idl.change_seqno if self.idl is not None else 0
+
+    def wait_changed(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the replica to change (at once if it changed
+        since the last call); True if it did. A watcher that reads ``change_seqno`` and
+        then waits here misses nothing, and hears of a change as it is applied instead
+        of at its next poll."""
+        idl = self.idl
+        if idl is None:
+            time.sleep(timeout)
+            return False
+        fired = idl.changed.wait(timeout)
+        idl.changed.clear()
+        return fired
 
     def conditions_acked(self) -> bool:
         """Every condition asked for has been acknowledged by the server (its rows are in)."""
