@@ -1,6 +1,8 @@
 """``vnet64``: the operator CLI for the NB database and the address codec.
 
-``--nb`` (or ``$VNET64_NB``) names the NB: ``unix:PATH``, ``tcp:IP:PORT``, or a
+``--nb`` (or ``$VNET64_NB``) names the NB: ``unix:PATH``, ``tcp:IP:PORT``,
+``ssl:IP:PORT`` (with ``--nb-private-key``, ``--nb-certificate`` and ``--nb-ca-cert``, or
+``$VNET64_NB_PRIVATE_KEY``, ``$VNET64_NB_CERTIFICATE`` and ``$VNET64_NB_CA_CERT``), or a
 comma-separated list of Raft cluster members. Without either, the commands use the NB
 of a lab that ``vnet64-lab up`` runs under its default run directory, if one is up and
 no ``--run-dir``/``$VNET64_RUN_DIR`` was given; else the embedded NB: a local
@@ -36,6 +38,8 @@ examples:
   vnet64 address decode fd41:0:0:3930:1f:6600:a00:4
   vnet64 address encode --region 0x3930 --vnet 0x1f --subnet 0x6600 --ipv4 10.0.0.4
   vnet64 --nb tcp:10.0.0.1:6641,tcp:10.0.0.2:6641,tcp:10.0.0.3:6641 vm list
+  vnet64 --nb ssl:10.0.0.1:6641 --nb-private-key op-privkey.pem --nb-certificate op-cert.pem \
+         --nb-ca-cert controllerca/cacert.pem vm list
 """
 
 
@@ -94,7 +98,17 @@ def _nb(args: argparse.Namespace):
         server = NbServer(Path(args.run_dir))
         server.start()
         remote = server.remote
-    return nbapi.connect(remote, timeout=args.timeout)
+    return nbapi.connect(remote, timeout=args.timeout, tls=nb_tls(args))
+
+
+def nb_tls(args: argparse.Namespace):
+    """The NB client's TLS files (``--nb-private-key`` ..., else ``$VNET64_NB_PRIVATE_KEY``
+    ...), checked; None when none is given."""
+    from .nb import api as nbapi
+    env = nbapi.tls_from_env()
+    return nbapi.tls_files(args.nb_private_key or env["private_key"],
+                           args.nb_certificate or env["certificate"],
+                           args.nb_ca_cert or env["ca_cert"])
 
 
 def nb_remote(args: argparse.Namespace) -> str | None:
@@ -383,9 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"vnet64 {__version__}")
     p.add_argument("--nb", metavar="REMOTE",
-                   help="NB to use: unix:PATH, tcp:IP:PORT or a comma-separated list of Raft "
-                        "members (default: $VNET64_NB, else the NB of a lab that vnet64-lab "
+                   help="NB to use: unix:PATH, tcp:IP:PORT, ssl:IP:PORT or a comma-separated "
+                        "list of Raft members (default: $VNET64_NB, else the NB of a lab that vnet64-lab "
                         "runs under /run/vnet64-lab, else the embedded NB in --run-dir)")
+    p.add_argument("--nb-private-key", metavar="PEM",
+                   help="TLS, for an ssl:IP:PORT NB: this client's private key (default "
+                        "$VNET64_NB_PRIVATE_KEY)")
+    p.add_argument("--nb-certificate", metavar="PEM",
+                   help="TLS: this client's certificate (default $VNET64_NB_CERTIFICATE)")
+    p.add_argument("--nb-ca-cert", metavar="PEM",
+                   help="TLS: the CA certificate the NB's certificate must be signed by "
+                        "(default $VNET64_NB_CA_CERT); all three are needed for ssl: remotes")
     p.add_argument("--run-dir", default=None,
                    help="directory of the embedded NB (database, socket, pidfile, log); "
                         "default $VNET64_RUN_DIR or /var/lib/vnet64")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import socket
+import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import ovs.db.idl
+import ovs.stream
 
 
 class OwnConnection:
@@ -104,3 +109,142 @@ class _Wakeup:
 
     def do_commit(self) -> None:
         return None
+
+
+# ---------------------------------------------------------------------------
+# TLS (ssl: remotes)
+
+
+class TlsError(ValueError):
+    """The TLS files given cannot be used (missing, unreadable, not PEM, key and
+    certificate not a pair), or an ssl: remote was given without them."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A client's private key, its certificate and the CA certificate the server's must be
+    signed by (PEM files, e.g. made with ``ovs-pki``), for ``ssl:IP:PORT`` remotes."""
+
+    private_key: str
+    certificate: str
+    ca_cert: str
+
+    @classmethod
+    def of(cls, private_key: str | os.PathLike | None, certificate: str | os.PathLike | None,
+           ca_cert: str | os.PathLike | None, option: str = "--{}") -> "TlsFiles | None":
+        """The three files, or None when none is given; ``TlsError`` when only some are.
+        ``option`` formats the option names in the message (``"--nb-{}"``)."""
+        given = {"private-key": private_key, "certificate": certificate, "ca-cert": ca_cert}
+        if not any(given.values()):
+            return None
+        missing = [option.format(k) for k, v in given.items() if not v]
+        if missing:
+            raise TlsError(f"TLS needs a private key, a certificate and a CA certificate: "
+                           f"{', '.join(missing)} missing")
+        return cls(str(private_key), str(certificate), str(ca_cert))
+
+    def check(self) -> None:
+        """Each file exists, is readable and holds what it should (``TlsError`` saying
+        which does not): the key and certificate a pair, the CA certificate a certificate."""
+        for what, path in (("private key", self.private_key), ("certificate", self.certificate),
+                           ("CA certificate", self.ca_cert)):
+            try:
+                with open(path, "rb"):
+                    pass
+            except FileNotFoundError:
+                raise TlsError(f"TLS {what} {path}: no such file") from None
+            except IsADirectoryError:
+                raise TlsError(f"TLS {what} {path}: a directory, not a PEM file") from None
+            except OSError as exc:
+                raise TlsError(f"TLS {what} {path}: cannot read it ({exc.strerror})") from None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            ctx.load_cert_chain(self.certificate, self.private_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise TlsError(f"TLS certificate {self.certificate} and private key "
+                           f"{self.private_key}: not a PEM certificate and its key "
+                           f"({getattr(exc, 'reason', None) or exc})") from None
+        try:
+            ctx.load_verify_locations(self.ca_cert)
+        except (ssl.SSLError, OSError) as exc:
+            raise TlsError(f"TLS CA certificate {self.ca_cert}: not a PEM certificate "
+                           f"({getattr(exc, 'reason', None) or exc})") from None
+
+
+def uses_ssl(remote: str) -> bool:
+    """Whether any member of ``remote`` (comma-separated) is an ``ssl:`` remote."""
+    return any(m.strip().startswith("ssl:") for m in remote.split(","))
+
+
+def set_client_tls(tls: TlsFiles | None, remote: str = "") -> None:
+    """Give python-ovs the TLS files for ``ssl:`` remotes (checked first: ``TlsError``).
+
+    python-ovs keeps them as class attributes of ``ovs.stream.Stream``: they are the
+    whole process's, for every ssl: connection it opens after this - one set of files
+    per process (the last one set wins). With ``tls`` None nothing is set, and an
+    ``ssl:`` member in ``remote`` with no files set before is a ``TlsError``."""
+    if tls is None:
+        if remote and uses_ssl(remote) and not client_tls():
+            raise TlsError(f"{remote}: an ssl: remote needs a private key, a certificate and "
+                           f"a CA certificate")
+        return
+    tls.check()
+    ovs.stream.Stream.ssl_set_private_key_file(tls.private_key)
+    ovs.stream.Stream.ssl_set_certificate_file(tls.certificate)
+    ovs.stream.Stream.ssl_set_ca_cert_file(tls.ca_cert)
+
+
+def client_tls() -> TlsFiles | None:
+    """The TLS files python-ovs uses in this process, if set."""
+    s = ovs.stream.Stream
+    files = (s._SSL_private_key_file, s._SSL_certificate_file, s._SSL_ca_cert_file)
+    return TlsFiles(*files) if all(files) else None
+
+
+def tls_failure(remote: str, timeout: float = 2.0) -> str | None:
+    """Why a TLS connection to the ``ssl:`` members of ``remote`` fails, if it does: a
+    handshake with this process's files and a short wait for the server's verdict, so
+    that a refused certificate is named ("tlsv1 alert unknown ca": the server does not
+    trust ours; "certificate verify failed": we do not trust the server's) instead of
+    being a timeout. None when no ssl: member refused (or none could be reached)."""
+    tls = client_tls()
+    if tls is None:
+        return None
+    reasons = []
+    members = [m.strip() for m in remote.split(",") if m.strip().startswith("ssl:")]
+    for member in members:
+        label = f"{member}: " if len(members) > 1 else ""
+        host, _, port = member[4:].rpartition(":")
+        host = host.strip("[]")
+        try:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False          # as python-ovs: the CA is what is checked
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_verify_locations(tls.ca_cert)
+            ctx.load_cert_chain(tls.certificate, tls.private_key)
+            with socket.create_connection((host, int(port)), timeout=timeout) as raw:
+                with ctx.wrap_socket(raw) as sock:
+                    # TLS 1.3: the server checks our certificate after our handshake ends
+                    # and its verdict (an alert) is the first thing it sends; a server that
+                    # accepted us sends nothing until asked (nothing is sent here: data
+                    # unread by a server that closes would reset the connection, alert
+                    # and all)
+                    sock.settimeout(1.0)
+                    if not sock.recv(1):
+                        reasons.append(f"{label}the server closed the TLS connection (does it "
+                                       f"trust this client's certificate? its log says)")
+        except ssl.SSLEOFError:
+            reasons.append(f"{label}the server closed the connection during the TLS handshake "
+                           f"(does it trust this client's certificate? its log says)")
+        except ssl.SSLError as exc:
+            reason = exc.reason or str(exc)
+            hint = {"TLSV1_ALERT_UNKNOWN_CA": "the server does not trust this client's "
+                                              "certificate (signed by another CA?)",
+                    "CERTIFICATE_VERIFY_FAILED": "the server's certificate is not signed by "
+                                                 "the CA certificate given"}.get(
+                str(exc.reason), None)
+            reasons.append(f"{label}TLS handshake failed ({reason.lower().replace('_', ' ')}"
+                           + (f": {hint}" if hint else "") + ")")
+        except (OSError, ValueError):
+            continue      # not a TLS matter (unreachable, refused): the caller's reason stands
+    return "; ".join(reasons) or None

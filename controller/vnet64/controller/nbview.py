@@ -90,9 +90,9 @@ from ovsdbapp import exceptions as ovsdbapp_exc
 from ovsdbapp.backend.ovs_idl import connection
 
 from .. import address, gateway
-from ..nb.api import NbUnavailable
+from ..nb.api import NbUnavailable, unavailable, use_tls
 from ..nb.server import SCHEMA_PATH
-from ..ovsdb import CondIdl, quick_reconnect, set_conditions
+from ..ovsdb import CondIdl, TlsFiles, quick_reconnect, set_conditions
 from .model import VM, Binding, Delta, Endpoint, Model, Node, Route
 
 LOG = logging.getLogger("vnet64.controller.nb")
@@ -289,11 +289,13 @@ class _Idl(CondIdl):
 class NbView:
     """The NB replica of one controller (all of it, or what ``node`` needs) and its model.
 
-    ``remote``: as ``vnet64.nb.api.connect``. ``node``: the node this controller
+    ``remote``, ``tls``: as ``vnet64.nb.api.connect``. ``node``: the node this controller
     serves (conditional monitoring); None: the whole NB (the central controller)."""
 
-    def __init__(self, remote: str, node: str | None = None, leader_only: bool = True):
+    def __init__(self, remote: str, node: str | None = None, leader_only: bool = True,
+                 tls: TlsFiles | None = None):
         self.remote = remote
+        self.tls = tls
         self.node = node
         self.leader_only = leader_only
         self.model = Model(DEFAULT_PLATFORM_IP, DEFAULT_TRANSLATOR_PREFIX, None)
@@ -329,6 +331,7 @@ class NbView:
         if missing and len(missing) == len(members):
             raise NbUnavailable(f"cannot reach the NB at {self.remote}: {missing[0][5:]} does not "
                                 f"exist (is the NB running? 'vnet64 nb start' starts the embedded one)")
+        use_tls(self.remote, self.tls)   # NbTlsError: files missing or unusable
         helper = ovs.db.idl.SchemaHelper(location=str(SCHEMA_PATH))
         for table, columns in COLUMNS.items():
             helper.register_columns(table, list(columns))
@@ -353,7 +356,7 @@ class NbView:
                     reason = str(exc) or type(exc).__name__
                 except Exception:  # noqa: BLE001  some exceptions cannot format themselves
                     reason = type(exc).__name__
-            raise NbUnavailable(f"cannot reach the NB at {self.remote}: {reason}") from None
+            raise unavailable(self.remote, reason) from None
         if self.node is not None:
             self._settle(timeout)
         LOG.info("NB connected: %s%s", self.remote, f" (rows of node {self.node})" if self.node else "")

@@ -25,7 +25,8 @@ from ovsdbapp import api as ovsdbapp_api
 from ovsdbapp import exceptions as ovsdbapp_exc
 
 from .. import topology
-from ..ovsdb import CondIdl, OwnConnection, quick_reconnect, set_conditions
+from ..ovsdb import (CondIdl, OwnConnection, TlsError, TlsFiles, quick_reconnect, set_client_tls,
+                     set_conditions, tls_failure, uses_ssl)
 from . import commands as cmd
 from .commands import Conflict, Invalid, NbError, NotFound  # noqa: F401 (re-exported)
 from .server import SCHEMA_NAME, SCHEMA_PATH
@@ -35,6 +36,11 @@ LOG = logging.getLogger(__name__)
 
 class NbUnavailable(NbError):
     pass
+
+
+class NbTlsError(NbError):
+    """The TLS files for an ssl: NB cannot be used (or none were given): a configuration
+    error, not an NB that is down."""
 
 
 class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
@@ -331,10 +337,55 @@ class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
         return len(self.tables[table].rows)
 
 
+# The environment variables every NB client reads its TLS files from when not given on
+# its command line, next to $VNET64_NB (the remote): vnet64, vnet64-node, vnet64-controller.
+TLS_ENV = {"private_key": "VNET64_NB_PRIVATE_KEY", "certificate": "VNET64_NB_CERTIFICATE",
+           "ca_cert": "VNET64_NB_CA_CERT"}
+
+
+def tls_from_env(environ: Any = None) -> dict[str, str | None]:
+    """The NB TLS files named by the environment (``TLS_ENV``), None where unset."""
+    environ = os.environ if environ is None else environ
+    return {k: environ.get(v) or None for k, v in TLS_ENV.items()}
+
+
+def tls_files(private_key: Any, certificate: Any, ca_cert: Any, option: str = "--nb-{}") -> TlsFiles | None:
+    """``TlsFiles`` of the three (None if none is given), checked: ``NbTlsError`` naming
+    the option (``option`` formats it) or file at fault."""
+    try:
+        tls = TlsFiles.of(private_key, certificate, ca_cert, option)
+        if tls is not None:
+            tls.check()
+        return tls
+    except TlsError as exc:
+        raise NbTlsError(str(exc)) from None
+
+
+def use_tls(remote: str, tls: TlsFiles | None) -> None:
+    """Set this process's TLS files for ``ssl:`` remotes (``vnet64.ovsdb.set_client_tls``:
+    python-ovs has one set per process); ``NbTlsError`` if they cannot be used, or if
+    ``remote`` has an ssl: member and no files were ever given."""
+    try:
+        set_client_tls(tls, remote)
+    except TlsError as exc:
+        raise NbTlsError(str(exc)) from None
+
+
+def unavailable(remote: str, reason: str) -> NbUnavailable:
+    """The NbUnavailable for a connection that failed; for an ssl: NB, with the TLS
+    handshake's own reason when that is what failed (a refused certificate)."""
+    why = tls_failure(remote) if uses_ssl(remote) else None
+    return NbUnavailable(f"cannot reach the NB at {remote}: {why or reason}")
+
+
 def connect(remote: str, timeout: float = 10.0,
-            conditions: dict[str, list] | None = None) -> NbApi:
-    """Connect to an NB at ``remote`` (``unix:PATH``, ``tcp:IP:PORT``, or a
-    comma-separated list of Raft cluster members; the leader is found for you).
+            conditions: dict[str, list] | None = None, tls: TlsFiles | None = None) -> NbApi:
+    """Connect to an NB at ``remote`` (``unix:PATH``, ``tcp:IP:PORT``, ``ssl:IP:PORT``, or
+    a comma-separated list of Raft cluster members; the leader is found for you).
+
+    ``tls``: the private key, certificate and CA certificate for ssl: members (set for
+    the whole process: ``use_tls``); a certificate the server refuses, or a server
+    certificate not signed by the CA, is an NbUnavailable that says so.
 
     ``conditions`` (table -> OVSDB condition clauses): replicate only those rows
     (``monitor_cond``; tables not named: every row); ``NbApi.set_conditions`` changes
@@ -346,6 +397,7 @@ def connect(remote: str, timeout: float = 10.0,
     if missing and len(missing) == len(members):
         raise NbUnavailable(f"cannot reach the NB at {remote}: {missing[0][5:]} does not exist "
                             f"(is the NB running? 'vnet64 nb start' starts the embedded one)")
+    use_tls(remote, tls)
     helper = ovs.db.idl.SchemaHelper(location=str(SCHEMA_PATH))
     helper.register_all()
     if conditions is None:
@@ -368,7 +420,7 @@ def connect(remote: str, timeout: float = 10.0,
                 reason = str(cause) or type(cause).__name__
             except Exception:  # some ovsdbapp exceptions cannot format themselves
                 reason = type(cause).__name__
-        raise NbUnavailable(f"cannot reach the NB at {remote}: {reason}") from None
+        raise unavailable(remote, reason) from None
 
 
 def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> bool:
