@@ -45,13 +45,16 @@ def test_help_lists_what_the_command_honours(capsys):
     assert exc.value.code == 0
     out = " ".join(capsys.readouterr().out.split())   # argparse wraps lines
     for option in ("--ofp-listen-host", "--ofp-tcp-listen-port", "--vnet64-nb-remote",
-                   "--vnet64-logic", "--log-level", "--log-file", "--config-file"):
+                   "--vnet64-logic", "--log-level", "--log-file", "--config-file",
+                   "--ctl-privkey", "--ctl-cert", "--ca-certs", "--vnet64-nb-private-key",
+                   "--vnet64-nb-certificate", "--vnet64-nb-ca-cert"):
         assert option in out
     assert "default 6653" in out and "default INFO" in out and "default 0.0.0.0" in out
     assert launcher.DEFAULT_LOGIC in out
     assert "None" not in out.replace("Defaults to None", "")   # no default printed as None
     # os-ken's CONF carries options this launcher does not serve: none of them is offered
-    for absent in ("ssl", "ctl-privkey", "ca-certs", "switch-address", "test-switch", "zapi",
+    # (its TLS options are served, by this launcher's own listener)
+    for absent in ("ofp-ssl-listen-port", "ciphers", "switch-address", "test-switch", "zapi",
                    "bgp", "ofp-switch-connect-interval"):
         assert absent not in out
 

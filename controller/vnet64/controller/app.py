@@ -135,6 +135,8 @@ class Settings:
                               # its NB rows (None: every node, the whole NB)
     switch: str | tuple[str, int] | None = None   # --vnet64-switch: connect to this switch
                               # (unix socket path, or (IP, port)) instead of listening
+    ofp_tls: Any = None       # launcher.OfpTls: listen with TLS (--ctl-privkey ...); None: TCP
+    nb_tls: Any = None        # vnet64.ovsdb.TlsFiles for an ssl: NB (--vnet64-nb-private-key ...)
 
 
 class EventNbChanged(event.EventBase):
@@ -279,7 +281,8 @@ class Vnet64App(app_manager.OSKenApp):
         while not self._stop.is_set():
             if view is None:
                 try:
-                    view = nbview.NbView(remote, node=self.settings.node).connect(
+                    view = nbview.NbView(remote, node=self.settings.node,
+                                         tls=self.settings.nb_tls).connect(
                         timeout=self.settings.nb_connect_timeout)
                 except Exception as exc:  # noqa: BLE001  NbUnavailable, or whatever the IDL raises
                     view = None

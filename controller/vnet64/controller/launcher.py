@@ -36,9 +36,13 @@ at every connection). :class:`OpenFlowConnector` retries every 0.1 s, backing of
 
 Options come from the command line or ``--config-file`` (oslo.config;
 ``[DEFAULT]`` and ``[vnet64]`` sections, option names with ``_``).
-Only TCP listening (or connecting to ``unix:``/``tcp:`` switch targets) is offered:
-os-ken's TLS and active-connection options are not wired to this server, so they
-are not offered either.
+Listening is plain TCP, or TLS with os-ken's own option names (``--ctl-privkey``,
+``--ctl-cert``, ``--ca-certs``: every switch's certificate is verified against the CA;
+:class:`OpenFlowServer` does the handshake with Python's ``ssl``, and
+:class:`TlsConnection` serves it to os-ken's ``Datapath``); connecting is to
+``unix:``/``tcp:`` switch targets (br-int's management socket needs no TLS). os-ken's
+other listener options are not wired to this server, so they are not offered.
+The NB is reached over ``unix:``, ``tcp:`` or ``ssl:`` (``--vnet64-nb-private-key`` ...).
 """
 
 from __future__ import annotations
@@ -51,13 +55,17 @@ import importlib
 import ipaddress
 import logging
 import logging.handlers
+import os
+import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 # The controller runs on native threads (os-ken's native hub) and never uses eventlet;
@@ -76,6 +84,8 @@ from os_ken.lib import hub
 from oslo_config import cfg
 
 from vnet64 import journal
+from vnet64.nb.api import TLS_ENV as NB_TLS_ENV
+from vnet64.nb.api import NbTlsError, tls_files, use_tls
 from vnet64.topology import NAME_RE
 
 from .app import DEFAULT_LOGIC, Settings, default_nb_remote
@@ -111,16 +121,38 @@ def make_conf() -> cfg.ConfigOpts:
         cfg.PortOpt("ofp-tcp-listen-port", default=6653,
                     help="TCP port to accept OpenFlow connections on (default 6653; unused "
                          "with --vnet64-switch)"),
+        cfg.StrOpt("ctl-privkey", metavar="PEM",
+                   help="OpenFlow over TLS (os-ken's option): the controller's private key. "
+                        "With --ctl-cert and --ca-certs the listener speaks TLS only "
+                        "(switches: ssl:IP:PORT targets) and requires every switch's "
+                        "certificate signed by --ca-certs; a handshake that fails is logged "
+                        "and that connection closed. Default: plain TCP"),
+        cfg.StrOpt("ctl-cert", metavar="PEM",
+                   help="OpenFlow over TLS: the controller's certificate"),
+        cfg.StrOpt("ca-certs", metavar="PEM",
+                   help="OpenFlow over TLS: the CA certificate switches' certificates must be "
+                        "signed by (ovs-pki: switchca/cacert.pem)"),
         cfg.StrOpt("log-level", default="INFO", choices=LEVELS, ignore_case=True,
                    help="DEBUG, INFO, WARNING or ERROR (default INFO)."),
         cfg.StrOpt("log-file", help="append the log to this file (default: standard error)"),
     ])
     conf.register_cli_opts([
         cfg.StrOpt("nb-remote", default=nb_remote,
-                   help="the NB database: unix:PATH, tcp:IP:PORT, or a comma-separated list "
+                   help="the NB database: unix:PATH, tcp:IP:PORT, ssl:IP:PORT (with "
+                        "--vnet64-nb-private-key/-certificate/-ca-cert), or a comma-separated list "
                         "of Raft members (default: $VNET64_NB, else the embedded NB "
                         f"unix:$VNET64_RUN_DIR/nb.sock; now {nb_remote}). Retried until "
                         "reachable"),
+        cfg.StrOpt("nb-private-key", default=os.environ.get(NB_TLS_ENV["private_key"]),
+                   metavar="PEM",
+                   help="TLS, for an ssl:IP:PORT NB: this controller's private key (default "
+                        f"${NB_TLS_ENV['private_key']})"),
+        cfg.StrOpt("nb-certificate", default=os.environ.get(NB_TLS_ENV["certificate"]),
+                   metavar="PEM",
+                   help=f"TLS: its certificate (default ${NB_TLS_ENV['certificate']})"),
+        cfg.StrOpt("nb-ca-cert", default=os.environ.get(NB_TLS_ENV["ca_cert"]), metavar="PEM",
+                   help="TLS: the CA certificate the NB's certificate must be signed by "
+                        f"(default ${NB_TLS_ENV['ca_cert']}); all three for ssl: remotes"),
         cfg.StrOpt("snat-ports", default="1024-65535", metavar="LOW-HIGH",
                    help="the Platform_IP source ports new connections to a VM may use "
                         "(default 1024-65535). When none is free towards a VM's address and "
@@ -319,17 +351,196 @@ class _Connections:
             LOG.error("OpenFlow threads still running after %gs: %s", timeout, ", ".join(left))
 
 
-class OpenFlowServer(_Connections):
-    """Accepts switch connections until :meth:`stop`; one thread per connection."""
+@dataclass(frozen=True)
+class OfpTls:
+    """The controller's TLS files for OpenFlow (os-ken's ``--ctl-privkey``, ``--ctl-cert``,
+    ``--ca-certs``): every switch must present a certificate signed by ``ca_certs``."""
 
-    def __init__(self, host: str, port: int):
+    private_key: str
+    certificate: str
+    ca_certs: str
+
+    def context(self) -> ssl.SSLContext:
+        """A server context that requires and verifies the switch's certificate;
+        LauncherError naming the file that cannot be used."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2    # as Open vSwitch
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        for option, path in (("--ctl-privkey", self.private_key), ("--ctl-cert", self.certificate),
+                             ("--ca-certs", self.ca_certs)):
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise LauncherError(f"{option} {path}: {exc.strerror}") from None
+        try:
+            ctx.load_cert_chain(self.certificate, self.private_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise LauncherError(f"--ctl-cert {self.certificate} with --ctl-privkey "
+                                f"{self.private_key}: not a PEM certificate and its key "
+                                f"({getattr(exc, 'reason', None) or exc})") from None
+        try:
+            ctx.load_verify_locations(self.ca_certs)
+        except (ssl.SSLError, OSError) as exc:
+            raise LauncherError(f"--ca-certs {self.ca_certs}: not a PEM certificate "
+                                f"({getattr(exc, 'reason', None) or exc})") from None
+        return ctx
+
+
+def ofp_tls(private_key: str | None, certificate: str | None, ca_certs: str | None) -> OfpTls | None:
+    """The three options, or None (plain TCP) when none is given; LauncherError when only
+    some are, or a file cannot be used."""
+    given = {"--ctl-privkey": private_key, "--ctl-cert": certificate, "--ca-certs": ca_certs}
+    if not any(given.values()):
+        return None
+    missing = [k for k, v in given.items() if not v]
+    if missing:
+        raise LauncherError("OpenFlow over TLS needs --ctl-privkey, --ctl-cert and --ca-certs "
+                            f"(the switches' CA: their certificates are verified): "
+                            f"{', '.join(missing)} missing")
+    tls = OfpTls(private_key, certificate, ca_certs)
+    tls.context()   # checked now, not at the first switch
+    return tls
+
+
+class TlsConnection:
+    """A switch's TLS connection as os-ken's ``Datapath`` uses a socket (``recv``,
+    ``sendall``, ``shutdown``, ``close``, ``setsockopt``, ``settimeout``), safe for its two
+    threads: OpenSSL allows one call on a connection at a time, so the TLS socket is
+    non-blocking, every call on it is made holding a lock, and a thread waits for its
+    socket with ``poll`` without it (a blocking read would keep the writer out).
+
+    A TLS error ends the connection (``ConnectionResetError``): os-ken's receive loop
+    retries on ``ssl.SSLError`` (eventlet's timeouts), which would spin."""
+
+    def __init__(self, sock: ssl.SSLSocket):
+        self._ssl = sock
+        self._lock = threading.Lock()
+        sock.setblocking(False)
+
+    def _wait(self, events: int) -> None:
+        poller = select.poll()
+        poller.register(self._ssl.fileno(), events)
+        poller.poll()
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        while True:
+            with self._lock:
+                try:
+                    return fn()
+                except ssl.SSLWantReadError:
+                    events = select.POLLIN
+                except ssl.SSLWantWriteError:
+                    events = select.POLLOUT
+                except ssl.SSLError as exc:
+                    raise ConnectionResetError(f"TLS: {exc.reason or exc}") from None
+            if self._ssl.fileno() < 0:
+                raise ConnectionResetError("closed")
+            self._wait(events)
+
+    def recv(self, n: int) -> bytes:
+        return self._call(lambda: self._ssl.recv(n))
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            # SSL_write takes all or (want read/write) nothing; retried with the same bytes
+            sent = self._call(lambda: self._ssl.send(view))
+            view = view[sent:]
+
+    def shutdown(self, how: int) -> None:
+        # the TCP socket itself (SSLSocket.shutdown would drop the TLS state under a
+        # reader): a waiting poll() wakes, and the next read sees the end
+        socket.socket.shutdown(self._ssl, how)
+
+    def settimeout(self, value: float | None) -> None:
+        """Ignored: the connection waits in poll() (os-ken sets a read timeout only to
+        wake its loop)."""
+
+    def setsockopt(self, *args: Any) -> None:
+        self._ssl.setsockopt(*args)
+
+    def close(self) -> None:
+        with self._lock:
+            self._ssl.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ssl, name)
+
+
+TLS_HANDSHAKE_TIMEOUT = 10.0
+TLS_HINTS = {
+    "CERTIFICATE_VERIFY_FAILED": "its certificate is not signed by the CA of --ca-certs",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "it presented no certificate (no SSL settings in its "
+                                         "Open vSwitch?)",
+    "TLSV1_ALERT_UNKNOWN_CA": "it does not trust the controller's certificate (its CA "
+                              "certificate is another CA's)",
+    "WRONG_VERSION_NUMBER": "it does not speak TLS (a tcp: controller target?)",
+    "HTTP_REQUEST": "it does not speak TLS",
+}
+
+
+def handshake_failure(exc: Exception) -> str:
+    """A failed server-side handshake, in words: OpenSSL's reason and what it means."""
+    if isinstance(exc, socket.timeout):
+        return f"no handshake within {TLS_HANDSHAKE_TIMEOUT:g}s"
+    reason = getattr(exc, "reason", None)
+    if reason:
+        hint = TLS_HINTS.get(reason)
+        return reason.lower().replace("_", " ") + (f": {hint}" if hint else "")
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+class OpenFlowServer(_Connections):
+    """Accepts switch connections until :meth:`stop`; one thread per connection. With
+    ``tls``, each connection's TLS handshake (in its own thread) must verify the switch's
+    certificate against the CA; one that fails is logged and closed, and nothing else."""
+
+    def __init__(self, host: str, port: int, tls: OfpTls | None = None):
         super().__init__()
+        self.tls = tls
+        self.context = tls.context() if tls else None
+        self._handshaking: dict[threading.Thread, socket.socket] = {}
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = hub.listen((host, port), family=family)   # SO_REUSEADDR, bind, listen
         self.address = self.sock.getsockname()[:2]
 
     def describe(self) -> str:
-        return "listening for switches on %s port %d" % self.address
+        return ("listening for switches on %s port %d" % self.address
+                + (" (TLS: switch certificates signed by %s)" % self.tls.ca_certs if self.tls else ""))
+
+    def _serve(self, sock: socket.socket, addr: Any) -> None:
+        if self.context is not None:
+            peer = "%s port %d" % tuple(addr[:2])
+            me = threading.current_thread()
+            sock.settimeout(TLS_HANDSHAKE_TIMEOUT)
+            # (wrap_socket takes the descriptor over: ``sock`` is empty from here on)
+            tls_sock = self.context.wrap_socket(sock, server_side=True,
+                                                do_handshake_on_connect=False)
+            with self._lock:
+                self._handshaking[me] = tls_sock
+                stopping = self._stopping
+            try:
+                if stopping:
+                    raise ConnectionAbortedError("the controller is stopping")
+                tls_sock.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                if not self._stopping:
+                    LOG.warning("TLS handshake with the switch at %s failed: %s; connection "
+                                "closed", peer, handshake_failure(exc))
+                tls_sock.close()
+                with self._lock:
+                    self._conns.pop(me, None)
+                return
+            finally:
+                with self._lock:
+                    self._handshaking.pop(me, None)
+            sock = TlsConnection(tls_sock)
+            cert = tls_sock.getpeercert() or {}
+            names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+            LOG.info("TLS connection from the switch at %s (certificate %s)", peer,
+                     ", ".join(names) or "without a common name")
+        super()._serve(sock, addr)
 
     def start(self) -> threading.Thread:
         self._thread = threading.Thread(target=self._accept_loop, name="of-accept")
@@ -359,6 +570,11 @@ class OpenFlowServer(_Connections):
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)   # wakes accept() (Linux)
         self.sock.close()
+        with self._lock:
+            handshaking = list(self._handshaking.values())
+        for sock in handshaking:     # a TLS handshake under way ends now, not at its timeout
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)   # the TCP socket, not TLS state
 
 
 class _UnixSocket(socket.socket):
@@ -461,7 +677,8 @@ class OFPServerHandler(ofp_handler.OFPHandler):
         if self.settings.switch is not None:
             self.server = OpenFlowConnector(self.settings.switch)
         else:
-            self.server = OpenFlowServer(self.settings.listen_host, self.settings.listen_port)
+            self.server = OpenFlowServer(self.settings.listen_host, self.settings.listen_port,
+                                         tls=self.settings.ofp_tls)
         app_manager.OSKenApp.start(self)   # the event loop; not OFPHandler's unstoppable server
         LOG.info("%s", self.server.describe())
         return self.server.start()
@@ -542,6 +759,17 @@ def main(argv: list[str] | None = None) -> int:
             factory = functools.partial(factory, path_mtu=conf.vnet64.path_mtu)
         node = check_node(conf.vnet64.node)
         switch = parse_switch_target(conf.vnet64.switch)
+        ofp = ofp_tls(conf.ctl_privkey, conf.ctl_cert, conf.ca_certs)
+        if ofp is not None and switch is not None:
+            raise LauncherError("--ctl-privkey/--ctl-cert/--ca-certs are for listening; "
+                                "--vnet64-switch connects (to br-int's management socket: no "
+                                "TLS needed there)")
+        try:
+            nb_tls = tls_files(conf.vnet64.nb_private_key, conf.vnet64.nb_certificate,
+                               conf.vnet64.nb_ca_cert, option="--vnet64-nb-{}")
+            use_tls(conf.vnet64.nb_remote, nb_tls)     # an ssl: NB with no files: refused now
+        except NbTlsError as exc:
+            raise LauncherError(str(exc)) from None
         if node is not None:
             if conf.vnet64.logic != DEFAULT_LOGIC:
                 raise LauncherError("--vnet64-node applies to the default logic only")
@@ -561,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)   # kill -USR1: every thread's stack
     settings = Settings(listen_host=conf.ofp_listen_host, listen_port=conf.ofp_tcp_listen_port,
                         nb_remote=conf.vnet64.nb_remote, logic_factory=factory, node=node,
-                        switch=switch)
+                        switch=switch, ofp_tls=ofp, nb_tls=nb_tls)
     tune_gc()
     LOG.info("%s starting: NB %s, logic %s, serving %s", PROG, settings.nb_remote,
              conf.vnet64.logic, f"node {node} only" if node else "every node")

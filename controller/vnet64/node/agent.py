@@ -52,9 +52,9 @@ from ..nb.commands import vm_address
 from ..ports import INTEGRATION_BRIDGE, translator_mac
 from . import config, sh
 from .datapath import Datapath
-from .ovsdb import (DeleteBridge, EnsureBridge, EnsurePort, NodeOvsdb, SetSystem, SyncCtTimeouts,
-                    bridge_of_datapath_id, connect, default_remote, get, interfaces_with_iface_id,
-                    port_errors)
+from .ovsdb import (DeleteBridge, EnsureBridge, EnsurePort, NodeOvsdb, SetSsl, SetSystem,
+                    SyncCtTimeouts, bridge_of_datapath_id, connect, default_remote, get,
+                    interfaces_with_iface_id, port_errors, ssl_files)
 from .translator import DEFAULT_IPV4, DEFAULT_NETNS, Translator
 
 LOG = logging.getLogger("vnet64.node")
@@ -81,6 +81,10 @@ class Options:
     translator_ipv4: IPv4Address = DEFAULT_IPV4
     run_dir: Path = Path(DEFAULT_RUN_DIR)
     interval: float = 0.2
+    nb_tls: Any = None          # vnet64.ovsdb.TlsFiles for an ssl: NB (--nb-private-key ...)
+    # Open vSwitch's SSL settings (--ovs-private-key ...: private key, certificate, CA
+    # certificate), for br-int's ssl: controller targets; None: left as they are
+    ovs_ssl: tuple[str, str, str] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -176,7 +180,8 @@ class Agent:
         attempt, t0 = 0, time.monotonic()
         while not stop.is_set():
             try:
-                api = nb_api.connect(self.o.nb, timeout=10, conditions=nb_conditions(None, (), ()))
+                api = nb_api.connect(self.o.nb, timeout=10, conditions=nb_conditions(None, (), ()),
+                                     tls=self.o.nb_tls)
                 LOG.info("connected to the NB at %s (%.1f s)", self.o.nb, time.monotonic() - t0)
                 return api
             except nb_api.NbUnavailable as exc:
@@ -245,6 +250,12 @@ class Agent:
         elif where_is(facts.underlay_ip) is None:
             raise AgentError(f"node {facts.name}: underlay IP {facts.underlay_ip} is not on "
                              f"this host")
+        if any(t.startswith("ssl:") for t in facts.controllers) and self.o.ovs_ssl is None \
+                and ssl_files(self.ovs) is None:
+            LOG.warning("node %s: br-int's controller targets %s need Open vSwitch's SSL "
+                        "settings, and there are none: give --ovs-private-key, "
+                        "--ovs-certificate and --ovs-ca-cert (or 'ovs-vsctl set-ssl')",
+                        facts.name, ", ".join(facts.controllers))
         if not facts.controllers:
             LOG.info("node %s has no OpenFlow controller target in the NB: br-int waits for a "
                      "controller to connect to its management socket (%s/%s.mgmt; "
@@ -319,6 +330,11 @@ class Agent:
         mtu = (config.overlay_mtu(uplink.mtu) if uplink else
                config.overlay_mtu(self.underlay_mtu(facts.underlay_ip)))
         commands: list[Any] = [SetSystem(self.ovs, external_ids=ids, other_config=other)]
+        if self.o.ovs_ssl is not None:
+            # before br-int and its ssl: targets, in the same transaction
+            commands.append(SetSsl(self.ovs, self.o.ovs_ssl))
+            if state.get("ovs_ssl_set") != list(self.o.ovs_ssl):
+                self.save_state(ovs_ssl_set=list(self.o.ovs_ssl))
         commands += [EnsureBridge(self.ovs, **b) for b in config.bridges(facts, dp, mtu, uplink)]
         ports = config.ports(facts, dp, uplink)
         if facts.role == "host":
@@ -633,6 +649,8 @@ def cleanup(opts: Options, stop: threading.Event | None = None, use_nb: bool = T
         for br in (INTEGRATION_BRIDGE, config.PHYSICAL_BRIDGE):
             if ovs.run(DeleteBridge(ovs, br, opts.name))[0]:
                 done.append(f"bridge {br}")
+        if state.get("ovs_ssl_set") and ovs.run(SetSsl(ovs, None, tuple(state["ovs_ssl_set"])))[0]:
+            done.append("Open vSwitch's SSL settings")
         keys = state.get("system_ids_set", []) + ["vnet64-role"]
         ovs.run(SetSystem(ovs, external_ids={k: None for k in keys},
                           other_config={k: None for k in state.get("other_config_set", [])}))
@@ -646,7 +664,7 @@ def cleanup(opts: Options, stop: threading.Event | None = None, use_nb: bool = T
         done.append(f"{len(before)} sysctl(s) restored")
     if use_nb:
         try:
-            api = nb_api.connect(opts.nb, timeout=5)
+            api = nb_api.connect(opts.nb, timeout=5, tls=opts.nb_tls)
         except nb_api.NbUnavailable as exc:
             LOG.warning("%s: this node's port bindings stay in the NB", exc)
         else:

@@ -32,7 +32,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from .. import helptext, journal
-from ..nb.api import NbError
+from ..nb.api import NbError, NbTlsError, tls_files, use_tls
 from . import sh
 from .agent import DEFAULT_RUN_DIR, AgentError, Agent, Options, cleanup
 from .datapath import choose
@@ -44,8 +44,29 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nb", default=os.environ.get("VNET64_NB"), metavar="REMOTE",
-                   help="the NB: unix:PATH, tcp:IP:PORT or a comma-separated list of Raft "
+                   help="the NB: unix:PATH, tcp:IP:PORT, ssl:IP:PORT (with --nb-private-key, "
+                        "--nb-certificate, --nb-ca-cert) or a comma-separated list of Raft "
                         "members (default $VNET64_NB)")
+    tls = p.add_argument_group(
+        "TLS", "PEM files, e.g. made with ovs-pki; each option's variable is its default")
+    tls.add_argument("--nb-private-key", default=os.environ.get("VNET64_NB_PRIVATE_KEY"),
+                     metavar="PEM", help="for an ssl:IP:PORT NB: this agent's private key "
+                                         "($VNET64_NB_PRIVATE_KEY)")
+    tls.add_argument("--nb-certificate", default=os.environ.get("VNET64_NB_CERTIFICATE"),
+                     metavar="PEM", help="its certificate ($VNET64_NB_CERTIFICATE)")
+    tls.add_argument("--nb-ca-cert", default=os.environ.get("VNET64_NB_CA_CERT"), metavar="PEM",
+                     help="the CA certificate the NB's certificate must be signed by "
+                          "($VNET64_NB_CA_CERT)")
+    tls.add_argument("--ovs-private-key", default=os.environ.get("VNET64_OVS_PRIVATE_KEY"),
+                     metavar="PEM",
+                     help="Open vSwitch's SSL settings, as 'ovs-vsctl set-ssl' makes them, for "
+                          "br-int's ssl:IP:PORT controller targets: the switch's private key "
+                          "($VNET64_OVS_PRIVATE_KEY). Default: left as they are")
+    tls.add_argument("--ovs-certificate", default=os.environ.get("VNET64_OVS_CERTIFICATE"),
+                     metavar="PEM", help="the switch's certificate ($VNET64_OVS_CERTIFICATE)")
+    tls.add_argument("--ovs-ca-cert", default=os.environ.get("VNET64_OVS_CA_CERT"), metavar="PEM",
+                     help="the CA certificate controllers' certificates must be signed by "
+                          "(ovs-pki: controllerca/cacert.pem; $VNET64_OVS_CA_CERT)")
     p.add_argument("--name", default=socket.gethostname(),
                    help="this node's name in the NB (default: the host name, %(default)s)")
     p.add_argument("--datapath", choices=("system", "netdev"),
@@ -105,11 +126,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--nb REMOTE is required (or set VNET64_NB)")
     setup_logging(args.log_level, args.log_file)
     try:
+        nb_tls = tls_files(args.nb_private_key, args.nb_certificate, args.nb_ca_cert)
+        if args.nb:
+            use_tls(args.nb, nb_tls)     # an ssl: NB without the files: refused now
+        ovs_tls = tls_files(args.ovs_private_key, args.ovs_certificate, args.ovs_ca_cert,
+                            option="--ovs-{}")
+    except NbTlsError as exc:
+        parser.error(str(exc))
+    ovs_ssl = None
+    if ovs_tls is not None:   # ovs-vswitchd reads them: absolute paths
+        ovs_ssl = tuple(str(Path(f).absolute()) for f in
+                        (ovs_tls.private_key, ovs_tls.certificate, ovs_tls.ca_cert))
+    try:
         opts = Options(name=args.name, nb=args.nb or "", datapath=choose(args.datapath),
                        ovs=args.ovs, uplink=getattr(args, "uplink", None),
                        translator_netns=args.translator_netns,
                        translator_ipv4=getattr(args, "translator_ipv4", DEFAULT_IPV4),
-                       run_dir=args.run_dir)
+                       run_dir=args.run_dir, nb_tls=nb_tls, ovs_ssl=ovs_ssl)
     except ValueError as exc:
         parser.error(str(exc))
     stop = threading.Event()

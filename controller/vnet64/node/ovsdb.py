@@ -225,6 +225,44 @@ class SetSystem(command.BaseCommand):
             _set(row, column, value)
 
 
+class SetSsl(command.BaseCommand):
+    """The Open_vSwitch row's SSL settings, as ``ovs-vsctl set-ssl KEY CERT CA`` makes them:
+    the private key and certificate ovs-vswitchd presents on ``ssl:`` controller (and
+    manager) connections, and the CA certificate their certificates must be signed by.
+    Changed only if they differ (``result``: True if written). ``files`` None removes the
+    SSL row, but only if it still holds ``remove_only_if`` (what the agent set)."""
+
+    def __init__(self, api: NodeOvsdb, files: tuple[str, str, str] | None,
+                 remove_only_if: tuple[str, str, str] | None = None):
+        super().__init__(api)
+        self.files, self.remove_only_if = files, remove_only_if
+
+    def run_idl(self, txn: Any) -> None:
+        root = self.api._ovs
+        row = (get(root, "ssl", []) or [None])[0]
+        have = (row.private_key, row.certificate, row.ca_cert) if row is not None else None
+        self.result = False
+        if self.files is None:
+            if row is not None and have == self.remove_only_if:
+                root.ssl = []
+                row.delete()
+                self.result = True
+            return
+        if have == tuple(self.files):
+            return
+        if row is None:
+            row = txn.insert(self.api._tables["SSL"])
+            root.ssl = [row]
+        row.private_key, row.certificate, row.ca_cert = self.files
+        self.result = True
+
+
+def ssl_files(api: NodeOvsdb) -> tuple[str, str, str] | None:
+    """What ``ovs-vsctl get-ssl`` shows: (private key, certificate, CA certificate), or None."""
+    row = (get(api._ovs, "ssl", []) or [None])[0]
+    return (row.private_key, row.certificate, row.ca_cert) if row is not None else None
+
+
 class SyncCtTimeouts(command.BaseCommand):
     """Conntrack timeout policy of exactly ``zones`` for one datapath type (idempotent).
 
