@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -187,6 +188,23 @@ def test_installed_script_reports_errors_on_stderr_with_exit_status(run_dir):
     assert proc.returncode == 0
     for word in ("address", "load", "vnet", "vm", "service", "subscribe", "unsubscribe", "show", "--nb"):
         assert word in proc.stdout
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(vnet64, run_dir):
+    """`vnet64 vm list | head -0`: the pipe is closed before the list is written; the
+    command stops with 141 (as a shell reports SIGPIPE) and no traceback."""
+    assert vnet64("load", DEFAULT)[0] == 0
+    script = Path(sys.executable).with_name("vnet64")
+    for command in (["vm", "list"], ["show", "a-vm1", "--json"], ["address", "decode",
+                                                                  "fd41:0:0:3930:1f:6600:a00:4"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            proc = subprocess.run([str(script), *command], stdout=write_end,
+                                  stderr=subprocess.PIPE, text=True)
+        finally:
+            os.close(write_end)
+        assert (proc.returncode, proc.stderr) == (141, ""), command
 
 
 def test_nb_option_talks_to_a_named_server_and_not_the_embedded_one(vnet64, run_dir, tmp_path):

@@ -693,12 +693,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .nb.commands import NbError
     from .nb.server import NbServerError
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()   # a closed pipe is then seen here, not at the interpreter's exit
+        return code
     except (AddressError, TopologyError, NbError, NbServerError, CliError) as exc:
         print(f"vnet64: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`vnet64 nb show | head`): stop quietly, as cat does; point
+        # stdout at /dev/null so the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
