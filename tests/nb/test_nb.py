@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -114,6 +115,15 @@ def test_subscribe_validates_vm_and_service(loaded_nb):
     again = loaded_nb.subscribe("a-vm1", "analytics", may_exist=True)
     assert again["ipv6"] == "fd41::3930:1f:6600:a00:4"
     assert loaded_nb.count("Subscription") == 2
+
+
+def test_add_vm_takes_its_ipv4_as_text_and_names_a_bad_one(loaded_nb):
+    assert loaded_nb.add_vm("texted", "customer-a", "10.0.0.21", "host1")["ipv4"] == "10.0.0.21"
+    vms = loaded_nb.count("VM")
+    for bad in ("10.0.0.300", "fd00::1", None, 167772182):
+        with pytest.raises(Invalid, match=rf"VM bad: {re.escape(repr(bad))} is not an IPv4 address"):
+            loaded_nb.add_vm("bad", "customer-a", bad, "host1")
+    assert loaded_nb.count("VM") == vms
 
 
 def test_subscribe_refuses_a_vm_whose_ipv4_left_its_vnet(loaded_nb):

@@ -414,6 +414,10 @@ class AddVMCommand(_Command):
     def __init__(self, api: Any, name: str, vnet: str, ipv4: IPv4Address, host: str,
                  mac: str | None = None, subnet: str | None = None, may_exist: bool = False):
         super().__init__(api)
+        try:   # "10.0.0.9" or IPv4Address("10.0.0.9"); anything else is the caller's error
+            ipv4 = IPv4Address(ipv4 if isinstance(ipv4, IPv4Address) else str(ipv4))
+        except ValueError:
+            raise Invalid(f"VM {name}: {ipv4!r} is not an IPv4 address") from None
         self.name, self.vnet, self.ipv4, self.host = name, vnet, ipv4, host
         self.mac = mac or topology.default_mac(name)
         self.subnet, self.may_exist = subnet, may_exist
