@@ -71,6 +71,7 @@ def test_sysctls_differ_by_datapath():
     assert config.sysctls(NETDEV, UPLINK) == {"net.ipv4.conf.ul0.arp_ignore": 1,
                                               "net.core.rmem_default": 4 << 20}
     assert config.sysctls(SYSTEM, None) == {}
+    assert config.sysctls(SYSTEM, UPLINK) == {}     # the NIC keeps its address: ARP as usual
 
 
 def test_every_difference_is_named_in_one_place():
@@ -79,7 +80,13 @@ def test_every_difference_is_named_in_one_place():
     assert NETDEV.seed_tunnel_neighbours and not SYSTEM.seed_tunnel_neighbours
     assert NETDEV.veth_tx_offload_off and not SYSTEM.veth_tx_offload_off
     assert NETDEV.other_config == {"userspace-tso-enable": "false"}
+    assert NETDEV.uplink_arp_ignore and not SYSTEM.uplink_arp_ignore
+    assert (NETDEV.rmem_default, SYSTEM.rmem_default) == (4 << 20, None)
     assert NETDEV.verified and not SYSTEM.verified and SYSTEM.notes
+    # what the kernel datapath relies on, unverified here, names its documents
+    notes = " ".join(SYSTEM.notes)
+    for doc in ("ovs-vswitchd.conf.db(5)", "ovs-actions(7)", "ovs-fields(7)", "userspace-tunneling"):
+        assert doc in notes, doc
 
 
 def test_datapath_choice():

@@ -113,7 +113,7 @@ def sysctls(dp: Datapath, uplink: Uplink | None) -> dict[str, int]:
     the underlay IP, may answer ARP for it - never the uplink with its own MAC; and the
     packet sockets' receive buffer (``Datapath.rmem_default``)."""
     out: dict[str, int] = {}
-    if dp.needs_br_phy and uplink is not None:
+    if dp.uplink_arp_ignore and uplink is not None:
         out[f"net.ipv4.conf.{uplink.name}.arp_ignore"] = ARP_IGNORE
     if dp.rmem_default:
         out["net.core.rmem_default"] = dp.rmem_default

@@ -38,6 +38,10 @@ class Datapath:
     # the namespace's default receive buffer; 208 KiB dropped bursts whenever it waited
     # for a core. Bytes for net.core.rmem_default, or None to leave it.
     rmem_default: int | None
+    # The uplink's kernel side still sees what arrives (ovs-vswitchd reads the NIC with a
+    # packet socket) and would answer ARP for the underlay address with its own MAC:
+    # net.ipv4.conf.<uplink>.arp_ignore=1 leaves that to br-phy, which holds the address.
+    uplink_arp_ignore: bool = False
     # Open_vSwitch other_config keys this datapath wants (userspace TSO stays off: in OVS
     # 3.1 it drops offloaded packets into Geneve).
     other_config: dict[str, str] = field(default_factory=dict)
@@ -50,7 +54,7 @@ class Datapath:
 
 NETDEV = Datapath(
     name="netdev", ct_datapath_key="netdev", needs_br_phy=True, seed_tunnel_neighbours=True,
-    veth_tx_offload_off=True, rmem_default=4 << 20,
+    veth_tx_offload_off=True, rmem_default=4 << 20, uplink_arp_ignore=True,
     other_config={"userspace-tso-enable": "false"},
     fragments="reassembled by ovs-vswitchd's userspace conntrack (ct action)",
     verified=True)
@@ -60,13 +64,19 @@ SYSTEM = Datapath(
     veth_tx_offload_off=False, rmem_default=None,
     fragments="reassembled by the kernel's nf_defrag (ct action)",
     verified=False,
-    notes=("not run on the development machines (no openvswitch kernel module): written "
-           "from ovs-vswitchd.conf.db(5) (Datapath, CT_Timeout_Policy with the 'system' "
-           "key), ovs-actions(7) (ct, nat) and Documentation/faq/releases.rst",
+    # docs/deploy.md ("The kernel datapath") lists each of these with the document it
+    # relies on; none has carried a packet on the development machines.
+    notes=("not run on the development machines (no openvswitch kernel module: modinfo "
+           "openvswitch finds none, /proc/modules does not exist): written from "
+           "ovs-vswitchd.conf.db(5) (Datapath, CT_Zone, CT_Timeout_Policy with the 'system' "
+           "key; Interface options of geneve ports), ovs-actions(7) (ct, nat), ovs-fields(7) "
+           "(tun_metadata) and the userspace-tunneling howto (what only netdev needs)",
+           "timeout policies become nf_conntrack timeout policies (the kernel's "
+           "nfnetlink_cttimeout)",
            "Geneve tunnels use the kernel's geneve module and the host's routing table for "
            "local_ip; the underlay IP stays on the host's NIC",
-           "conntrack is Linux nf_conntrack: a re-opened TCP connection keeps its NAT port "
-           "(vnet64's userspace conntrack patch is not needed)"))
+           "conntrack is Linux nf_conntrack, fragments go through nf_defrag: a re-opened TCP "
+           "connection keeps its NAT port (vnet64's userspace conntrack patch is not needed)"))
 
 DATAPATHS = {d.name: d for d in (NETDEV, SYSTEM)}
 
