@@ -1,6 +1,6 @@
 """``vnet64-lab``: build, inspect and remove an OVS lab of a topology.
 
-    vnet64-lab up [TOPOLOGY] [--control node|central]
+    vnet64-lab up [TOPOLOGY] [--control node|central] [--tls]
                                         build it (default topologies/two-tenants.yaml)
     vnet64-lab down                     remove everything the lab made
     vnet64-lab status [--json]          processes, bridges, controllers, VM addresses
@@ -13,6 +13,9 @@
 ``vnet64-controller --vnet64-node NODE`` in the node's namespace next to its agent,
 connected to br-int's management socket (``br-int.mgmt``), as a deployment runs it;
 ``central``: one controller for every node, on the management network.
+``--tls`` (also ``$VNET64_LAB_TLS=1``): the platform over TLS, with certificates made by
+``ovs-pki`` in ``<run dir>/pki``: the NB listens with pssl: only, agents and controllers
+reach it over ssl:, and a central controller takes switches over ssl: only.
 TARGET is a node, VM or service-endpoint name, or ``kind:name`` with kind one of
 node, vm, endpoint, xlat (a host's translator), or ``ctl`` / ``fabric``.
 Options before the subcommand: ``--prefix`` (namespace prefix, env
@@ -75,6 +78,9 @@ def _print_status(st: dict) -> None:
           f"remotes: {', '.join(st['nb']['remotes'])}")
     print(f"control: {st.get('control', 'central')}  controller: {st['controller']['state']}  "
           f"target: {st['controller']['target']}")
+    tls = st.get("tls")
+    print(f"tls: on  (PKI {tls['pki']}: CAs in ca/controllerca and ca/switchca, "
+          f"NAME-privkey.pem/NAME-cert.pem per daemon)" if tls else "tls: off")
     if st.get("vswitchd"):
         print(f"ovs-vswitchd: {st['vswitchd']}")
     print()
@@ -137,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--control", choices=CONTROL_MODES,
                    help="node: a controller per node, next to its agent (default, also "
                         "$VNET64_LAB_CONTROL); central: one controller for every node")
+    p.add_argument("--tls", action="store_true", default=None,
+                   help="run the platform over TLS (also $VNET64_LAB_TLS=1): certificates made "
+                        "with ovs-pki in RUN_DIR/pki, the NB on pssl: only, agents and "
+                        "controllers over ssl:, a central controller's switches over ssl:")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("down", help="remove everything the lab made")
     p.add_argument("--json", action="store_true")
@@ -162,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
     try:
-        lab = Lab(args.prefix, args.run_dir, control=getattr(args, "control", None))
+        lab = Lab(args.prefix, args.run_dir, control=getattr(args, "control", None),
+                  tls=getattr(args, "tls", None))
         if args.cmd == "up":
             result = lab.up(args.topology)
             if args.json:
@@ -172,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 steps = ", ".join(f"{k} {v}s" for k, v in result["steps"].items())
                 print(f"lab of {result['topology']} up in {result['seconds']}s ({steps}); "
-                      f"{result['control']} control, controller: {result['controller']}")
+                      f"{result['control']} control{' over TLS' if result.get('tls') else ''}, "
+                      f"controller: {result['controller']}")
             return 0
         if args.cmd == "down":
             result = lab.down()

@@ -23,6 +23,13 @@ in ``state.json`` for as long as the lab is up):
   management network; ``<run>/ctl/controller.{log,pid}``; every ``Node.controllers``
   is ``tcp:<ctl ip>:6653``.
 
+TLS (``Lab(tls=True)``, else ``$VNET64_LAB_TLS``; off by default; kept in ``state.json``
+too): ``up`` makes a PKI with ``ovs-pki`` in ``<run>/pki`` (:class:`LabPki`), the NB
+listens with ``pssl:`` only, every agent and controller reaches it over ``ssl:`` with a
+certificate of its own, and in ``central`` control the controller listens with TLS and
+every br-int's target is ``ssl:<ctl ip>:6653`` (the agents write Open vSwitch's SSL
+row). A node's own controller reaches its br-int over the management socket: no TLS.
+
 :meth:`Lab.controller` names the controller serving a node in either mode (its pid and
 log), :meth:`Lab.controllers` all of them, :meth:`Lab.restart_controller` starts one
 or all again.
@@ -33,7 +40,8 @@ Order of ``up`` (each step idempotent):
 2. namespaces; the fabric (bridge ``br0`` in ``P fabric``) with every node's NIC
    (``ul0``, holding its underlay address as a host's NIC would) and the management
    network (bridge ``br-mgmt`` in ``P ctl``, holding the controller's address);
-3. the NB ovsdb-server in ``P ctl`` (unix socket + ``ptcp:6641``), loaded from the
+3. with TLS, the PKI; the NB ovsdb-server in ``P ctl`` (unix socket + ``ptcp:6641``,
+   with TLS ``pssl:6641``), loaded from the
    topology, each node's OpenFlow controller target set in it; per node, ovsdb-server
    + ovs-vswitchd (what a host's openvswitch-switch service runs); the controllers
    (one per node, or the central one);
@@ -79,6 +87,7 @@ from . import plan as P
 from . import settings as lab_settings
 from . import sh
 from .ovs import EnsurePort, OvsNode, terminate
+from .pki import Pki
 from .sh import LabError
 
 LOG = logging.getLogger(__name__)
@@ -93,6 +102,8 @@ AGENT = "vnet64-node"         # the node agent's console script, next to this Py
 CONTROL_MODES = ("node", "central")
 DEFAULT_CONTROL = "node"      # a controller per node, as a deployment runs it
 CONTROL_ENV = "VNET64_LAB_CONTROL"
+TLS_ENV = "VNET64_LAB_TLS"    # 1/yes/true: the next `up` runs the platform over TLS
+PKI_DIR = "pki"
 CONTROLLER_PIDFILE = "controller.pid"
 PIDFILE_COMMS = {"ovsdb-server.pid": "ovsdb-server", "ovs-vswitchd.pid": "ovs-vswitchd",
                  "nb.pid": "ovsdb-server", "tayga.pid": "tayga", "agent.pid": AGENT}
@@ -109,6 +120,41 @@ def check_control(mode: str) -> str:
     if mode not in CONTROL_MODES:
         raise LabError(f"control mode must be one of {', '.join(CONTROL_MODES)}, got {mode!r}")
     return mode
+
+
+def env_tls() -> bool:
+    return os.environ.get(TLS_ENV, "").strip().lower() in ("1", "yes", "true", "on")
+
+
+@dataclass(frozen=True)
+class LabPki:
+    """The certificates of a lab over TLS, made by ``ovs-pki`` in ``<run>/pki``
+    (Open vSwitch's usual two CAs, ``ca/controllerca`` and ``ca/switchca``):
+
+    - the NB (``nb``), every agent's NB client (``agent-<node>``) and every controller
+      (``controller-<node>``, or ``controller`` in central control) are signed by the
+      controller CA; the NB and its clients trust only it;
+    - in central control each node's Open vSwitch (``switch-<node>``) is signed by the
+      switch CA, which the controller's listener trusts (``--ca-certs``); the switches
+      trust the controller CA.
+
+    Every ``NAME`` is ``<run>/pki/NAME-privkey.pem`` and ``NAME-cert.pem``."""
+
+    pki: Pki
+
+    def key(self, name: str) -> str:
+        return str(self.pki.key(name))
+
+    def cert(self, name: str) -> str:
+        return str(self.pki.cert(name))
+
+    @property
+    def controller_ca(self) -> str:
+        return str(self.pki.ca("controller"))
+
+    @property
+    def switch_ca(self) -> str:
+        return str(self.pki.ca("switch"))
 
 
 def controller_installed() -> bool:
@@ -169,14 +215,17 @@ class Controller:
 
 class Lab:
     def __init__(self, prefix: str | None = None, run_dir: str | Path | None = None,
-                 control: str | None = None):
+                 control: str | None = None, tls: bool | None = None):
         """``control``: how the next ``up`` runs the controllers, ``node`` or
-        ``central`` (default ``$VNET64_LAB_CONTROL``, else ``node``). A lab that is up
-        keeps the mode it was built with (:attr:`control`)."""
+        ``central`` (default ``$VNET64_LAB_CONTROL``, else ``node``). ``tls``: whether
+        the next ``up`` runs the platform over TLS (default ``$VNET64_LAB_TLS``, else
+        no). A lab that is up keeps the mode it was built with (:attr:`control`,
+        :attr:`tls`)."""
         self.prefix = check_prefix(prefix or os.environ.get("VNET64_LAB_PREFIX", DEFAULT_PREFIX))
         self.run_dir = Path(run_dir or os.environ.get("VNET64_LAB_RUN_DIR", DEFAULT_RUN_DIR))
         self.wanted_control = check_control(control or os.environ.get(CONTROL_ENV)
                                             or DEFAULT_CONTROL)
+        self.wanted_tls = env_tls() if tls is None else bool(tls)
 
     @property
     def control(self) -> str:
@@ -186,6 +235,32 @@ class Lab:
         if state:
             return state.get("control", "central")
         return self.wanted_control
+
+    @property
+    def tls(self) -> bool:
+        """Whether the lab that is up (or being built) runs over TLS, else whether ``up``
+        will build it so."""
+        state = self.state()
+        if state:
+            return bool(state.get("tls", False))
+        return self.wanted_tls
+
+    @property
+    def pki(self) -> LabPki:
+        """The certificates of a lab over TLS (``<run>/pki``)."""
+        return LabPki(Pki(self.run_dir / PKI_DIR))
+
+    def nb_remote(self, plan: P.Plan | None = None) -> str:
+        """The NB's remote on the management network, as agents and controllers reach
+        it: ``ssl:<ctl ip>:6641`` over TLS, else ``tcp:``."""
+        plan = plan or self.plan()
+        return plan.nb_ssl_remote if self.tls else plan.nb_tcp_remote
+
+    def nb_listen_remote(self, plan: P.Plan | None = None) -> str:
+        """The NB's only remote on the management network (its Connection row):
+        ``pssl:6641:<ctl ip>`` over TLS, else ``ptcp:``."""
+        plan = plan or self.plan()
+        return plan.nb_ssl_listen_remote if self.tls else plan.nb_listen_remote
 
     # -- state --------------------------------------------------------------
 
@@ -248,6 +323,10 @@ class Lab:
                 raise LabError(f"a lab with {state.get('control', 'central')} control is up under "
                                f"{self.run_dir}; run `vnet64-lab down` first (or ask for "
                                f"--control {state.get('control', 'central')})")
+            if bool(state.get("tls", False)) != self.wanted_tls:
+                have = "over TLS" if state.get("tls") else "without TLS"
+                raise LabError(f"a lab {have} is up under {self.run_dir}; run `vnet64-lab down` "
+                               f"first (or ask for it {have})")
             if state.get("sha256") == digest:
                 problems = self.health()
                 if not problems:
@@ -264,10 +343,15 @@ class Lab:
         shutil.copyfile(topology_path, self.run_dir / TOPOLOGY_COPY)
         self._write_state(phase="building", topology=str(topology_path), sha256=digest,
                           vswitchd=vswitchd, prefix=self.prefix, started=time.time(),
-                          control=self.wanted_control)
-        self._namespaces(plan)
-        self._fabric(plan)
-        timings.mark("namespaces+networks")
+                          control=self.wanted_control, tls=self.wanted_tls)
+        with ThreadPoolExecutor(max_workers=1) as pki_pool:
+            # ovs-pki (CA keys, a key per daemon) while the networks are made
+            pki_future = pki_pool.submit(self._make_pki, plan) if self.tls else None
+            self._namespaces(plan)
+            self._fabric(plan)
+            if pki_future is not None:
+                pki_future.result()
+        timings.mark("namespaces+networks" + ("+pki" if self.tls else ""))
         with ThreadPoolExecutor(max_workers=len(plan.nodes) + 1) as pool:
             nb_future = pool.submit(self._nb, plan)
             node_futures = [pool.submit(self._node_ovs, plan, n) for n in plan.nodes]
@@ -291,7 +375,8 @@ class Lab:
         self._write_state(phase="up", timings=timings.steps, up_seconds=timings.total,
                           controller=controller)
         return {"already_up": False, "topology": str(topology_path), "seconds": timings.total,
-                "steps": timings.steps, "controller": controller, "control": self.control}
+                "steps": timings.steps, "controller": controller, "control": self.control,
+                "tls": self.tls}
 
     def _namespaces(self, plan: P.Plan) -> None:
         existing = set(sh.netns_list())
@@ -339,15 +424,37 @@ class Lab:
         sh.ip_batch(plan.fabric_ns, fabric_lines)
         sh.ip_batch(plan.ctl_ns, ctl_lines)
 
+    def _make_pki(self, plan: P.Plan) -> None:
+        """The certificates of a lab over TLS (:class:`LabPki`)."""
+        pki = Pki.make(self.run_dir / PKI_DIR)
+        wanted = [("nb", "controller")]
+        wanted += [(f"agent-{n.name}", "controller") for n in plan.nodes]
+        wanted += [(self.controller_cert_name(c), "controller") for c in self.controllers(plan)]
+        if self.control == "central":
+            wanted += [(f"switch-{n.name}", "switch") for n in plan.nodes]
+        pki.issue_many(wanted)
+
+    def nb_server(self, plan: P.Plan | None = None) -> NbServer:
+        """The lab's NB server (in ``P ctl``; over TLS, with its certificate)."""
+        plan = plan or self.plan()
+        tls = {}
+        if self.tls:
+            pki = self.pki
+            tls = {"private_key": pki.key("nb"), "certificate": pki.cert("nb"),
+                   "ca_cert": pki.controller_ca}
+        return NbServer(Path(plan.nb_run_dir), netns=plan.ctl_ns, **tls)
+
     def _nb(self, plan: P.Plan) -> dict:
         """Start the NB in the controller namespace and load the topology into it."""
-        server = NbServer(Path(plan.nb_run_dir), netns=plan.ctl_ns)
+        server = self.nb_server(plan)
         server.start()
         api = nb_api.connect(server.remote)
         try:
             api.load_topology(plan.topology)
-            # the TCP remote the controller uses, kept in the NB with its probe (plan.py)
-            api.set_connections([plan.nb_listen_remote], inactivity_probe=P.NB_INACTIVITY_PROBE_MS)
+            # the remote agents and controllers use (TCP, or TLS only), kept in the NB with
+            # its probe (plan.py)
+            api.set_connections([self.nb_listen_remote(plan)],
+                                inactivity_probe=P.NB_INACTIVITY_PROBE_MS)
             targets = self.bridge_controllers(plan)
             for n in plan.nodes:   # the central controller, or none (its own connects to it)
                 api.set_node_controllers(n.name, targets)
@@ -372,10 +479,18 @@ class Lab:
         """``vnet64-node`` as a host runs it, in the node's network namespace only
         (nsenter: the namespaces it creates are everyone's, as on a host)."""
         d = self.agent_dir(n.name)
-        cmd = [str(Path(sys.executable).with_name(AGENT)), "--nb", plan.nb_tcp_remote,
+        cmd = [str(Path(sys.executable).with_name(AGENT)), "--nb", self.nb_remote(plan),
                "--name", n.name, "--datapath", "netdev", "--uplink", P.UNDERLAY_IF,
                "--ovs", OvsNode(n.name, n.ns, n.run_dir).remote, "--run-dir", str(d),
                "--log-file", str(d / "agent.log")]
+        if self.tls:
+            pki, me = self.pki, f"agent-{n.name}"
+            cmd += ["--nb-private-key", pki.key(me), "--nb-certificate", pki.cert(me),
+                    "--nb-ca-cert", pki.controller_ca]
+            if self.control == "central":   # the switch's own certificate, for ssl: targets
+                sw = f"switch-{n.name}"
+                cmd += ["--ovs-private-key", pki.key(sw), "--ovs-certificate", pki.cert(sw),
+                        "--ovs-ca-cert", pki.controller_ca]
         if n.role == "host":
             t = plan.translator(n.name)
             cmd += ["--translator-netns", t.ns, "--translator-ipv4", str(t.ipv4)]
@@ -461,7 +576,8 @@ class Lab:
         controller's, or none (a node's own controller connects to its br-int)."""
         if self.control == "node":
             return []
-        return [(plan or self.plan()).controller_target]
+        plan = plan or self.plan()
+        return [plan.controller_ssl_target if self.tls else plan.controller_target]
 
     def quicken_reconnects(self, plan: P.Plan | None = None) -> None:
         """Central control: every br-int retries its controller each second instead of
@@ -483,7 +599,7 @@ class Lab:
         plan = plan or self.plan()
         if self.control == "node":
             return f"unix:{plan.run_dir}/nodes/<node>/br-int.mgmt (each node's controller connects)"
-        return plan.controller_target
+        return self.bridge_controllers(plan)[0]
 
     def controllers(self, plan: P.Plan | None = None) -> list[Controller]:
         """Every controller of the lab: one per node (``node`` control) or the central one."""
@@ -520,15 +636,27 @@ class Lab:
         a node's own in the node's network namespace only (nsenter, as its agent),
         connecting to its br-int's management socket; the central one in ``P ctl``
         listening on the management address."""
-        args = [sys.executable, "-m", CONTROLLER_MODULE, "--vnet64-nb-remote", plan.nb_tcp_remote,
+        args = [sys.executable, "-m", CONTROLLER_MODULE, "--vnet64-nb-remote", self.nb_remote(plan),
                 # the endpoints' (and the translator's) MTU: above it, Packet Too Big
                 "--vnet64-path-mtu", str(plan.settings.overlay_mtu)]
+        if self.tls:
+            pki, me = self.pki, self.controller_cert_name(ctl)
+            args += ["--vnet64-nb-private-key", pki.key(me), "--vnet64-nb-certificate",
+                     pki.cert(me), "--vnet64-nb-ca-cert", pki.controller_ca]
         if ctl.node is None:
+            if self.tls:   # switches connect with certificates of the switch CA
+                args += ["--ctl-privkey", pki.key(me), "--ctl-cert", pki.cert(me),
+                         "--ca-certs", pki.switch_ca]
             return [sh.tool("ip"), "netns", "exec", ctl.ns, *args, "--ofp-tcp-listen-port",
                     str(P.OF_PORT), "--ofp-listen-host", str(plan.controller_ip.ip)]
         n = next(n for n in plan.nodes if n.name == ctl.node)
         return [sh.tool("nsenter"), f"--net=/run/netns/{ctl.ns}", "--", *args,
                 "--vnet64-node", ctl.node, "--vnet64-switch", self.switch_target(n)]
+
+    @staticmethod
+    def controller_cert_name(ctl: Controller) -> str:
+        """The name of a controller's certificate in the lab's PKI (:class:`LabPki`)."""
+        return "controller" if ctl.node is None else f"controller-{ctl.node}"
 
     def _start_controllers(self, plan: P.Plan, ctls: list[Controller]) -> str:
         """Start these controllers (``vnet64.controller``, when it is installed); what
@@ -707,8 +835,9 @@ class Lab:
                 "run_dir": str(self.run_dir), "up_seconds": state.get("up_seconds"),
                 "vswitchd": state.get("vswitchd"),
                 "nb": {"pid": NbServer(Path(plan.nb_run_dir)).pid(),
-                       "remotes": [NbServer(Path(plan.nb_run_dir)).remote, plan.nb_tcp_remote]},
+                       "remotes": [NbServer(Path(plan.nb_run_dir)).remote, self.nb_remote(plan)]},
                 "control": control,
+                "tls": {"pki": str(self.pki.pki.dir)} if self.tls else None,
                 "controller": {"state": controller, "target": self.controller_target(plan),
                                "pids": running,
                                "logs": {c.name: str(c.log) for c in ctls}},

@@ -116,6 +116,21 @@ class Plan:
         return f"ptcp:{NB_PORT}:{self.controller_ip.ip}"
 
     @property
+    def controller_ssl_target(self) -> str:
+        """The central controller's OpenFlow target over TLS (a lab with ``tls``)."""
+        return f"ssl:{self.controller_ip.ip}:{OF_PORT}"
+
+    @property
+    def nb_ssl_remote(self) -> str:
+        """The NB over TLS on the management network (a lab with ``tls``)."""
+        return f"ssl:{self.controller_ip.ip}:{NB_PORT}"
+
+    @property
+    def nb_ssl_listen_remote(self) -> str:
+        """ovsdb-server's TLS remote on the management network (``pssl:PORT:IP``)."""
+        return f"pssl:{NB_PORT}:{self.controller_ip.ip}"
+
+    @property
     def nb_run_dir(self) -> str:
         return f"{self.run_dir}/nb"
 
