@@ -15,11 +15,13 @@ What each lab must show, on the real thing:
   and that listener is TLS: plain TCP gets no answer (and the NB logs the failed accept);
 - an NB client with a certificate from another CA is refused: the CLI says why and exits
   1, the NB logs the refused handshake, and the NB holds exactly what it held before;
-- central control: a real Open vSwitch with a switch certificate from another CA, pointed
-  at the controller's ``ssl:`` target, is refused: the controller logs the failed
-  handshake with its address, the switch never connects and gets no flow, and the
+- central control: a real Open vSwitch claiming host1's datapath id, with a switch
+  certificate from another CA, pointed at the controller's ``ssl:`` target, is refused:
+  the controller logs the failed handshake with its address, the switch never connects
+  and gets none of host1's flows (a trusted certificate would get them all), and the
   platform's own switches stay connected and keep forwarding. (With a controller per
   node no controller listens on any port: there is nothing to refuse.)
+- ``restart_agent`` / ``restart_controller`` bring them back over TLS.
 
 Everything is taken down at the end of each lab, also when a test fails.
 """
@@ -182,11 +184,12 @@ def test_an_nb_client_with_a_certificate_from_another_ca_is_refused(platform, ot
 
 
 @contextlib.contextmanager
-def rogue_switch(lab: Lab, plan, pki: Pki, name: str):
+def rogue_switch(lab: Lab, plan, pki: Pki, name: str, datapath_id: int):
     """A real Open vSwitch the platform does not know, in namespace ``<prefix>rogue-sw``
-    on the management network, with br-int pointed at the central controller's ssl:
-    target and its SSL settings from ``pki`` (its certificate ``name``; it trusts our
-    controller CA). Stopped and removed at the end (``Lab.down`` would too)."""
+    on the management network, with a br-int of datapath id ``datapath_id`` pointed at
+    the central controller's ssl: target and its SSL settings from ``pki`` (its
+    certificate ``name``; it trusts our controller CA). Stopped and removed at the end
+    (``Lab.down`` would too)."""
     ns = f"{lab.prefix}rogue-sw"
     ip = plan.settings.management_cidr.broadcast_address - 1
     node = OvsNode("rogue-sw", ns, lab.run_dir / "rogue-sw")
@@ -203,7 +206,7 @@ def rogue_switch(lab: Lab, plan, pki: Pki, name: str):
                 lab.pki.controller_ca], env=node.env())
         sh.run([*vsctl, "add-br", "br-int", "--", "set", "Bridge", "br-int",
                 "datapath_type=netdev", "fail_mode=secure",
-                "other-config:datapath-id=00000000000000ee", "--", "set-controller", "br-int",
+                f"other-config:datapath-id={datapath_id:016x}", "--", "set-controller", "br-int",
                 plan.controller_ssl_target], env=node.env())
         yield node, str(ip)
     finally:
@@ -220,7 +223,10 @@ def test_a_switch_with_a_certificate_from_another_ca_is_refused(platform, other_
             assert listening_ports(ctl.pid()) == set(), f"{ctl.name}'s controller listens"
         return
     marks = controller_log_marks(lab)
-    with rogue_switch(lab, plan, other_ca, "intruder-switch") as (rogue, ip):
+    # it claims to be host1 (its datapath id): with a trusted certificate it would get
+    # host1's flows
+    host1 = next(n for n in plan.topology.nodes if n.name == "host1")
+    with rogue_switch(lab, plan, other_ca, "intruder-switch", host1.datapath_id) as (rogue, ip):
         refused = f"TLS handshake with the switch at {ip} port"
         assert wait_for(lambda: refused in controller_log_text(lab, marks), 20), \
             controller_log_text(lab, marks)
@@ -229,7 +235,7 @@ def test_a_switch_with_a_certificate_from_another_ca_is_refused(platform, other_
         assert "WARNING" in line and "certificate verify failed" in line and \
             "its certificate is not signed by the CA of --ca-certs" in line, line
         assert f"TLS connection from the switch at {ip}" not in text, text
-        # the switch never got an OpenFlow session, so no flow
+        # the switch never got an OpenFlow session, so not one of host1's flows
         connected = sh.run([sh.tool("ovs-vsctl"), "get", "Controller", "br-int", "is_connected"],
                            env=rogue.env()).stdout.strip()
         assert connected == "false"
@@ -249,3 +255,35 @@ def test_a_switch_with_a_certificate_from_another_ca_is_refused(platform, other_
         api.close()
     name, seen, _, payload = answer(client(plan, "tcp", addr, TCP_PORT, "after-the-rogue"))
     assert (name, seen, payload) == ("a-vm1", PLATFORM_IP, "after-the-rogue")
+
+
+def test_restarted_agents_and_controllers_keep_tls(platform):
+    """``restart_agent`` / ``restart_controller`` run them as ``up`` did: over TLS again
+    (the lab's state keeps the setting), and the platform serves a new pair after."""
+    lab, plan, _ = platform
+    agent_log = lab.agent_dir("host1") / "agent.log"
+    agent_mark = agent_log.stat().st_size
+    marks = controller_log_marks(lab)
+    lab.restart_controller("host1")
+    lab.restart_agent("host1")
+    said = agent_log.read_bytes()[agent_mark:].decode(errors="replace")
+    assert f"connected to the NB at {plan.nb_ssl_remote}" in said, said
+    assert wait_for(lambda: f"NB connected: {plan.nb_ssl_remote}" in
+                    controller_log_text(lab, marks), 20), controller_log_text(lab, marks)
+    if lab.control == "central":     # every switch comes back, over TLS
+        for n in plan.nodes:
+            back = f"TLS connection from the switch at {n.management_ip.ip} port"
+            assert wait_for(lambda back=back: back in controller_log_text(lab, marks), 30), \
+                (n.name, controller_log_text(lab, marks))
+    assert lab.status()["tls"]
+    api = nbapi.connect(f"unix:{plan.nb_run_dir}/nb.sock")
+    try:
+        addr = next(s["ipv6"] for s in api.list("subscription") if s["vm"] == "b-vm1")
+    finally:
+        api.close()
+
+    def echoed():
+        out = client(plan, "tcp", addr, TCP_PORT, "after-the-restarts")
+        return "error" not in out and answer(out)
+    got = wait_for(echoed, 30, interval=0.5)
+    assert got and (got[0], got[1], got[3]) == ("b-vm1", PLATFORM_IP, "after-the-restarts"), got
