@@ -99,6 +99,12 @@ def _norm(name: str, value: Any) -> Any:
     return int(value)
 
 
+# Entries of each memo of an address or encoding (here, in ofmsg and in logic). What pays
+# is the hot set a node repeats: its endpoints', VMs' and translator's addresses and the
+# actions built from them (hundreds to a few thousand). A pair's own alias, and each of the
+# appliance's 100,000 routes, is seen once: a larger memo only keeps those (65,536 entries
+# per memo were ~0.2 KiB per subscription of the appliance's controller at 100k).
+CACHE_SIZE = 1 << 12
 def canonical_ip(value: Any) -> str:
     """Canonical text of an address (what a switch's flow dump gives back, read by ipaddress).
 
@@ -115,7 +121,7 @@ def canonical_ip(value: Any) -> str:
     return _canonical_text(str(value))
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def _canonical_text(text: str) -> str:
     """``canonical_ip`` of a text. Cached: a pair's flows repeat its endpoint's and VM's
     addresses (measured, 3,000 new pairs through ``Logic.packet_in`` and the encoder:

@@ -29,8 +29,8 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Callable, Iterable
 
 from ..ports import translator_mac
-from .flows import (ETH_IPV6, OFPP_CONTROLLER, DeleteFlows, DeleteStrict, Flow, Match, Message,
-                    MeterMod, Output, PacketOut, Resubmit, TableMap)
+from .flows import (CACHE_SIZE, ETH_IPV6, OFPP_CONTROLLER, DeleteFlows, DeleteStrict, Flow, Match,
+                    Message, MeterMod, Output, PacketOut, Resubmit, TableMap)
 from .model import Delta, Model, Node
 from .pipeline import (ERROR_METER, PACKET_IN_METER, TOKEN_OPTION, Cookie, cookie, tables_for)
 from .roles import Ports, appliance, customer, service
@@ -38,7 +38,7 @@ from .roles import Ports, appliance, customer, service
 LOG = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def _ipv6(text: str) -> IPv6Address:
     """An address of a pair flow read back from the switch: a resync reads 10,000s of
     pairs over a few hundred endpoint and VM addresses, and parsing each text again

@@ -129,7 +129,7 @@ def _table_id(tables: TableMap | None, name: str) -> int:
     return tables.id(name)
 
 
-CACHE_SIZE = 1 << 16   # distinct field values / actions kept encoded
+CACHE_SIZE = flows.CACHE_SIZE   # distinct field values / actions kept encoded
 
 
 def clear_caches() -> None:
