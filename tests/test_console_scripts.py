@@ -84,6 +84,24 @@ def test_vnet64_lab_real_command(tmp_path):
     assert (proc.returncode, proc.stdout, proc.stderr) == (1, "lab: down\n", "")
 
 
+
+def test_vnet64_lab_stops_quietly_when_its_reader_goes_away(tmp_path):
+    """`vnet64-lab status | head -0`: 141 (as a shell reports SIGPIPE), no traceback; and
+    main() leaves this process's SIGPIPE alone (it runs inside tests and other programs)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([str(BIN / "vnet64-lab"), "--prefix", "v64u-", "--run-dir",
+                               str(tmp_path / "run"), "status"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (141, "")
+    from vnet64_lab.cli import main
+    before = signal.getsignal(signal.SIGPIPE)
+    assert main(["--prefix", "v64u-", "--run-dir", str(tmp_path / "run"), "status"]) == 1
+    assert signal.getsignal(signal.SIGPIPE) == before
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

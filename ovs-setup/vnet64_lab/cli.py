@@ -168,9 +168,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("iface")
     p.add_argument("filter", nargs=argparse.REMAINDER, help="tcpdump options / filter")
     args = parser.parse_args(argv)
-    # `vnet64-lab status | head`: a closed pipe ends the output quietly, no traceback.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        code = _run(args)
+        sys.stdout.flush()   # a closed pipe is then seen here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # `vnet64-lab status | head`: the reader went away; end quietly, as cat does (not
+        # by SIGPIPE's default action: main() also runs inside other programs and tests)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
+
+def _exec(path: str, argv: list[str], env: dict | None = None) -> Any:
+    """Become ``argv`` with SIGPIPE's default action back (Python ignores it, and an
+    ignored signal stays ignored across exec: `vnet64-lab capture ... | head` would
+    leave tcpdump writing into a closed pipe)."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if env is None:
+        os.execv(path, argv)
+    os.execvpe(path, argv, env)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         lab = Lab(args.prefix, args.run_dir, control=getattr(args, "control", None),
                   tls=getattr(args, "tls", None))
@@ -211,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             env = dict(os.environ)
             if node:  # ovs-vsctl / ovs-appctl / ovs-ofctl find this node's daemons
                 env.update(OvsNode(node.name, node.ns, node.run_dir).env())
-            os.execvpe(sh.tool("ip"), ["ip", "netns", "exec", ns, *cmd], env)
+            _exec(sh.tool("ip"), ["ip", "netns", "exec", ns, *cmd], env)
         if args.cmd == "flows":
             key, _, node = resolve(plan, args.node if ":" in args.node else f"node:{args.node}")
             assert node is not None
@@ -225,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "capture":
             _, ns, _ = resolve(plan, args.target)
             extra = args.filter[1:] if args.filter[:1] == ["--"] else args.filter
-            os.execv(sh.tool("ip"), ["ip", "netns", "exec", ns, "tcpdump", "-i", args.iface,
-                                     "-nn", "-e", "-l", *extra])
+            _exec(sh.tool("ip"), ["ip", "netns", "exec", ns, "tcpdump", "-i", args.iface,
+                                  "-nn", "-e", "-l", *extra])
     except TopologyError as exc:
         print(f"vnet64-lab: invalid topology: {exc}", file=sys.stderr)
         return 2
