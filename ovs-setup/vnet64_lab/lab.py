@@ -392,6 +392,10 @@ class Lab:
             # that are OVS ports - they would enter br-int as if a VM had sent them. (What
             # the userspace datapath needs of the kernel - arp_ignore on the uplink, the
             # packet sockets' buffers - is the node agent's: vnet64.node.datapath.)
+            # lab only: a lab node is a namespace of nothing but the platform's ports, so IPv6
+            # there serves nothing. A real host keeps its IPv6 (its own business): br-int
+            # drops what comes from a port it was not told about (classify has no flow for
+            # it), and the agent needs no IPv6 on the underlay.
             sh.sysctl(n.ns, {"net.ipv6.conf.all.disable_ipv6": 1,
                              "net.ipv6.conf.default.disable_ipv6": 1})
 
@@ -420,6 +424,11 @@ class Lab:
                 f"link set {P.MGMT_IF} up"])
             fabric_lines += [f"link set {n.fabric_if} master {P.FABRIC_BRIDGE} up"]
             ctl_lines += [f"link set {n.mgmt_peer_if} master {P.MGMT_BRIDGE} up"]
+            # lab only: ul0 is a veth standing for the node's NIC, and a veth hands what the
+            # kernel sends through it to its peer with the checksum still to be filled in
+            # (CHECKSUM_PARTIAL), which ovs-vswitchd reading a packet socket takes as wrong.
+            # A physical NIC fills checksums in before the wire: a real uplink keeps its
+            # offload (docs/deploy.md, "What the lab does that a host does not").
             sh.in_ns(n.ns, [sh.tool("ethtool"), "-K", P.UNDERLAY_IF, "tx", "off"])
         sh.ip_batch(plan.fabric_ns, fabric_lines)
         sh.ip_batch(plan.ctl_ns, ctl_lines)
@@ -555,11 +564,18 @@ class Lab:
         for v in plan.vifs:
             lines = [f"link set {P.VM_IF} address {v.mac}"]
             if v.kind == "vm":
+                # lab only: keeps the stand-in for an IPv4 customer VM quiet. A real guest is
+                # the customer's and may speak IPv6: from_vm takes ARP for the gateway and
+                # IPv4 to Platform_IP, and drops the rest.
                 sh.sysctl(v.ns, {"net.ipv6.conf.all.disable_ipv6": 1,
                                  "net.ipv6.conf.default.disable_ipv6": 1})
                 lines += [f"addr add {v.ipv4} dev {P.VM_IF}", f"link set {P.VM_IF} up",
                           f"route add default via {v.ipv4_gateway} dev {P.VM_IF}"]
             else:
+                # lab only: no duplicate address detection, so the stand-in endpoint is
+                # ready when `up` returns (its address is added nodad too). A real endpoint
+                # does DAD as its OS likes: its NS for its own address gets no answer (the
+                # platform answers only fe80::1's), so DAD succeeds after its wait.
                 sh.sysctl(v.ns, {"net.ipv6.conf.all.accept_dad": 0,
                                  "net.ipv6.conf.default.accept_dad": 0})
                 lines += [f"link set {P.VM_IF} up",
@@ -567,6 +583,10 @@ class Lab:
                           f"route add default via {gateway.SERVICE_GATEWAY_IPV6} "
                           f"dev {P.VM_IF}"]
             sh.ip_batch(v.ns, lines)
+            # lab only: this is the guest's own NIC (its end of the veth), which would hand
+            # ovs-vswitchd partial checksums as ul0 would (see _fabric). A host cannot set a
+            # customer guest's NIC, and a virtio NIC is not a veth (docs/deploy.md); the
+            # host's end, the OVS port, is the agent's (Datapath.veth_tx_offload_off).
             sh.in_ns(v.ns, [sh.tool("ethtool"), "-K", P.VM_IF, "tx", "off"])
 
     # -- controllers --------------------------------------------------------
