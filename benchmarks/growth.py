@@ -625,11 +625,21 @@ def report(args, rows: dict[int, list[dict]], started: datetime) -> str:
     node_mode = "appliance controller" in rows[sizes[0]][0]["mem_after"]
     mem_key = "appliance controller" if node_mode else "controller"
     per = {n: med(r["kib_per_sub"][mem_key] for r in rows[n]) for n in sizes}
-    worst = max(per.values())
+    # The issue states it on a 100,000-subscription platform (as the host's 100 MiB): judged
+    # there when that size ran, else on the worst size. Smaller sizes are printed too: the
+    # process's fixed part (memos filling up, allocator arenas) weighs more there.
+    judged = per[AIM_SIZE] if AIM_SIZE in per else max(per.values())
+    slope = ""
+    if len(sizes) >= 2:
+        (n1, n2) = sizes[-2:]
+        after = {n: med(r["mem_after"][mem_key] for r in rows[n]) for n in (n1, n2)}
+        slope = (f"; growth from {n1:,} to {n2:,}: "
+                 f"{(after[n2] - after[n1]) / (n2 - n1):.2f} KiB per added subscription")
     lines.append(f"| {'the appliance' if node_mode else 'the'}'s controller memory <= "
-                 f"{AIM_KIB_PER_SUB:g} KiB per subscription | "
-                 + ", ".join(f"{n:,}: {v:.2f}" for n, v in per.items())
-                 + f" KiB | {yes_no(worst <= AIM_KIB_PER_SUB)} |")
+                 f"{AIM_KIB_PER_SUB:g} KiB per subscription"
+                 + (f" on a {AIM_SIZE:,}-subscription platform" if AIM_SIZE in per else "")
+                 + " | " + ", ".join(f"{n:,}: {v:.2f}" for n, v in per.items())
+                 + f" KiB{slope} | {yes_no(judged <= AIM_KIB_PER_SUB)} |")
     if node_mode and AIM_SIZE in rows:
         mib = med(r["mem_after"]["host1 controller"] for r in rows[AIM_SIZE]) / 1024
         lines.append(f"| a customer host's controller (host1: {rows[AIM_SIZE][0]['ports']:,} VMs) "
