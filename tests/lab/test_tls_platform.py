@@ -21,6 +21,12 @@ What each lab must show, on the real thing:
   and gets none of host1's flows (a trusted certificate would get them all), and the
   platform's own switches stay connected and keep forwarding. (With a controller per
   node no controller listens on any port: there is nothing to refuse.)
+- central control: a real Open vSwitch with a certificate from the TRUSTED switch CA, but
+  host2's (``switch-host2``), claiming host1's datapath id, is refused after the handshake:
+  the controller logs a warning with its address, the certificate's CN and the node it
+  claims, and closes the connection before any flow (every time it comes back); it has no
+  flow, and host1's own switch keeps its connection (never "reconnected" nor
+  "disconnected") and forwards meanwhile.
 - ``restart_agent`` / ``restart_controller`` bring them back over TLS.
 
 Everything is taken down at the end of each lab, also when a test fails.
@@ -184,22 +190,22 @@ def test_an_nb_client_with_a_certificate_from_another_ca_is_refused(platform, ot
 
 
 @contextlib.contextmanager
-def rogue_switch(lab: Lab, plan, pki: Pki, name: str, datapath_id: int):
-    """A real Open vSwitch the platform does not know, in namespace ``<prefix>rogue-sw``
+def rogue_switch(lab: Lab, plan, pki: Pki, name: str, datapath_id: int, tag: str = "rogue"):
+    """A real Open vSwitch the platform does not know, in namespace ``<prefix><tag>-sw``
     on the management network, with a br-int of datapath id ``datapath_id`` pointed at
     the central controller's ssl: target and its SSL settings from ``pki`` (its
     certificate ``name``; it trusts our controller CA). Stopped and removed at the end
-    (``Lab.down`` would too)."""
-    ns = f"{lab.prefix}rogue-sw"
+    (``Lab.down`` would too). One at a time (they share an address)."""
+    ns = f"{lab.prefix}{tag}-sw"
     ip = plan.settings.management_cidr.broadcast_address - 1
-    node = OvsNode("rogue-sw", ns, lab.run_dir / "rogue-sw")
+    node = OvsNode(f"{tag}-sw", ns, lab.run_dir / f"{tag}-sw")
     sh.run([sh.tool("ip"), "netns", "add", ns])
     try:
         sh.ip_batch(ns, ["link set lo up",
-                         f"link add {P.MGMT_IF} type veth peer name m-rogue netns {plan.ctl_ns}",
+                         f"link add {P.MGMT_IF} type veth peer name m-{tag} netns {plan.ctl_ns}",
                          f"addr add {ip}/{plan.settings.management_cidr.prefixlen} dev {P.MGMT_IF}",
                          f"link set {P.MGMT_IF} up"])
-        sh.ip_batch(plan.ctl_ns, [f"link set m-rogue master {P.MGMT_BRIDGE} up"])
+        sh.ip_batch(plan.ctl_ns, [f"link set m-{tag} master {P.MGMT_BRIDGE} up"])
         node.start()
         vsctl = [sh.tool("ovs-vsctl"), "--timeout=10"]
         sh.run([*vsctl, "set-ssl", str(pki.key(name)), str(pki.cert(name)),
@@ -255,6 +261,49 @@ def test_a_switch_with_a_certificate_from_another_ca_is_refused(platform, other_
         api.close()
     name, seen, _, payload = answer(client(plan, "tcp", addr, TCP_PORT, "after-the-rogue"))
     assert (name, seen, payload) == ("a-vm1", PLATFORM_IP, "after-the-rogue")
+
+
+def test_a_switch_with_another_nodes_trusted_certificate_claiming_host1_is_refused(platform):
+    lab, plan, _ = platform
+    if lab.control == "node":
+        return      # no controller listens (see the test above): each serves its own br-int
+    host1 = next(n for n in plan.topology.nodes if n.name == "host1")
+    host1_lines = f"[host1 {host1.datapath_id:016x}]"
+    marks = controller_log_marks(lab)
+    api = nbapi.connect(f"unix:{plan.nb_run_dir}/nb.sock")
+    try:
+        addr = next(s["ipv6"] for s in api.list("subscription") if s["vm"] == "a-vm1")
+    finally:
+        api.close()
+    # host2's certificate, signed by the switch CA the controller trusts: the handshake
+    # passes, and only the binding of certificate to node can refuse it
+    with rogue_switch(lab, plan, lab.pki.pki, "switch-host2", host1.datapath_id,
+                      tag="impostor") as (rogue, ip):
+        refused = f"refused the switch at {ip}:"
+
+        def refusals():
+            return [li for li in controller_log_text(lab, marks).splitlines() if refused in li]
+        # refused, and refused again when it comes back (its reconnection backoff: 1 s)
+        assert wait_for(lambda: len(refusals()) >= 2, 20), controller_log_text(lab, marks)
+        text = controller_log_text(lab, marks)
+        assert f"TLS connection from the switch at {ip} port" in text, text
+        line = refusals()[0]
+        assert "WARNING" in line and f"{host1_lines} refused the switch at {ip}:" in line and \
+            f"it claims node host1 (datapath id {host1.datapath_id:016x})" in line and \
+            "its certificate (CN 'switch-host2 id:" in line and \
+            "is host2's, not host1's (switch-host1); connection closed" in line, line
+        # host1's own switch is served meanwhile, forwarding, its connection untouched
+        name, seen, _, payload = answer(client(plan, "tcp", addr, TCP_PORT, "beside-the-impostor"))
+        assert (name, seen, payload) == ("a-vm1", PLATFORM_IP, "beside-the-impostor")
+        flows = rogue.ofctl("-O", "OpenFlow13", "dump-flows", "br-int")
+        assert "actions=" not in flows, flows
+    text = controller_log_text(lab, marks)
+    host1_said = [li for li in text.splitlines() if host1_lines in li and refused not in li]
+    assert not [li for li in host1_said if "reconnected" in li or "disconnected" in li or
+                "connected from" in li], host1_said
+    for n in lab.status()["nodes"]:
+        assert [(c["target"], c["connected"]) for c in n["bridges"]["br-int"]["controllers"]] == \
+            [(plan.controller_ssl_target, True)], n["name"]
 
 
 def test_restarted_agents_and_controllers_keep_tls(platform):

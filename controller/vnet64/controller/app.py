@@ -25,6 +25,14 @@ Per switch, in order:
 4. then packet-ins, flow-removed and port-status as they come; on disconnect
    ``logic.switch_disconnected``.
 
+Over TLS (``Settings.ofp_tls``) a switch is bound to a node before step 2: it is served
+only if its certificate's common name names the node whose datapath id it claims
+(:mod:`.switch_cert`, ``--vnet64-switch-cert-name``). One that names another node, or
+none, is refused - logged as a warning with its address, CN and the node it claims, and
+its connection closed before any flow-mod - and a switch already serving that node keeps
+its connection. Until the NB is read and names the node of its datapath id, a TLS switch
+waits aside (``unbound``), checked again at every NB change that touches the nodes.
+
 The NB side: a watcher thread connects an :class:`~vnet64.controller.nbview.NbView`
 to the NB (retrying while it is unreachable; with ``Settings.node`` it replicates
 only what that node needs, by conditional monitoring) and posts an event into this
@@ -40,9 +48,11 @@ change). Every logic call happens on the event thread, so the logic needs no loc
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -62,7 +72,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 # Imported here, in the main thread, on purpose: nbview pulls in ovs.poller (through
 # ovsdbapp), which imports eventlet, and a thread that imports eventlet can never be
 # joined (is_alive() stays true after it returns; measured with eventlet 0.41).
-from . import model, nbview, ofmsg
+from . import model, nbview, ofmsg, switch_cert
 from .flows import FlowError, Message, TableMap
 from .pipeline import tlv_map_problem
 
@@ -135,7 +145,8 @@ class Settings:
                               # its NB rows (None: every node, the whole NB)
     switch: str | tuple[str, int] | None = None   # --vnet64-switch: connect to this switch
                               # (unix socket path, or (IP, port)) instead of listening
-    ofp_tls: Any = None       # launcher.OfpTls: listen with TLS (--ctl-privkey ...); None: TCP
+    ofp_tls: Any = None       # launcher.OfpTls: listen with TLS (--ctl-privkey ...), each switch
+                              # served as the node its certificate names; None: TCP
     nb_tls: Any = None        # vnet64.ovsdb.TlsFiles for an ssl: NB (--vnet64-nb-private-key ...)
 
 
@@ -187,6 +198,12 @@ class Switch:
     ports_pending: bool = False   # an EventPortsChanged is on its way
 
 
+def peer_address(dp: Any) -> str:
+    """A switch connection's peer: ``IP:PORT``, or the unix socket's name."""
+    address = dp.address if isinstance(dp.address, tuple) else (dp.address,)
+    return ":".join(map(str, address[:2]))
+
+
 def port_names(ports: Iterable[Any]) -> dict[str, int]:
     """os-ken ``OFPPort`` values -> name -> port number (LOCAL included, as OVS names it)."""
     out = {}
@@ -205,6 +222,9 @@ class Vnet64App(app_manager.OSKenApp):
         self.logic: Logic | None = None
         self.nb: nbview.NbView | None = None
         self.switches: dict[int, Switch] = {}
+        # over TLS: connections whose datapath id is no node's yet (or no NB yet): their
+        # certificate cannot be bound to a node, so they are not served (see _bind)
+        self.unbound: dict[Any, str] = {}   # datapath -> why it waits (logged once each)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._nb_pending = False
@@ -330,14 +350,20 @@ class Vnet64App(app_manager.OSKenApp):
                 self.nb.idl.mark_full("the last update failed")
             self._nb_retry = True
             return
+        nodes_changed = delta is None or bool(delta.nodes)
         if self.logic is None:
             if not self._build_logic():
                 return
         else:
+            if nodes_changed and self.settings.ofp_tls is not None:
+                self._rebind()
             for dpid, msgs in (self._call(None, "nb_changed", delta, default={}) or {}).items():
                 sw = self.switches.get(dpid)
                 if sw is not None and sw.state in ("resyncing", "ready"):
                     self._send(sw, msgs)
+        if nodes_changed:
+            for dp in list(self.unbound):   # bound now (and served), refused, or still waiting
+                self._connected(dp)
         for sw in list(self.switches.values()):
             if sw.state in ("waiting", "unknown"):
                 self._program(sw)
@@ -383,7 +409,60 @@ class Vnet64App(app_manager.OSKenApp):
         elif ev.state == DEAD_DISPATCHER and dp.id is not None:
             self._disconnected(dp)
 
+    # -- binding a TLS switch's certificate to its node ----------------------
+
+    def _model_node(self, dpid: int) -> str | None:
+        """The node with datapath id ``dpid`` in the model the logic serves (None: no such
+        node, or no model yet)."""
+        if self.logic is None or self.nb is None:
+            return None
+        node = self.nb.model.node_by_dpid(dpid)
+        return node.name if node is not None else None
+
+    def _bind(self, dp: Any) -> bool:
+        """Over TLS: whether ``dp`` may be served, its certificate naming the node of its
+        datapath id. Refused (logged, closed): it names another node, or none. Unknown
+        (kept in ``unbound``, False): no node has that datapath id, or no NB yet."""
+        tls = self.settings.ofp_tls
+        if tls is None:
+            return True
+        cn = getattr(dp.socket, "common_name", None)
+        node = self._model_node(dp.id)
+        if node is None:
+            why = "no NB yet" if self.logic is None else "no node of the NB has its datapath id"
+            if self.unbound.get(dp) != why:
+                self.unbound[dp] = why
+                LOG.info("[? %016x] switch at %s (certificate %s): %s; not served until its "
+                         "node is known and its certificate names it", dp.id, peer_address(dp),
+                         cn, why)
+            return False
+        self.unbound.pop(dp, None)
+        problem = switch_cert.binding_problem(cn, node, tls.switch_cert_name)
+        if problem is None:
+            return True
+        LOG.warning("[%s %016x] refused the switch at %s: it claims node %s (datapath id "
+                    "%016x), but %s; connection closed", node, dp.id, peer_address(dp), node,
+                    dp.id, problem)
+        sw = self._switch(dp)
+        if sw is not None:      # bound before, to a node the NB has since renamed or moved
+            del self.switches[dp.id]
+            if sw.state in ("resyncing", "ready"):
+                self._call(sw, "switch_disconnected", dp.id)
+        with contextlib.suppress(OSError, AttributeError):
+            dp.socket.shutdown(socket.SHUT_RDWR)   # os-ken's loops end; DEAD_DISPATCHER follows
+        return False
+
+    def _rebind(self) -> None:
+        """The NB's nodes changed: every switch served over TLS must still be the node its
+        datapath id now belongs to (a switch whose id is no node's any more stays: the
+        logic leaves it alone, and it is checked again before it is served)."""
+        for sw in list(self.switches.values()):
+            if self._model_node(sw.dp.id) is not None:
+                self._bind(sw.dp)
+
     def _connected(self, dp: Any) -> None:
+        if not self._bind(dp):   # (before the switch replaces an older connection of that id)
+            return
         dpid = dp.id
         log = SwitchLog(LOG, {"node": self._node_name(dpid), "dpid": dpid})
         old = self.switches.get(dpid)
@@ -391,8 +470,7 @@ class Vnet64App(app_manager.OSKenApp):
             log.info("reconnected; the older connection is dropped")
         sw = Switch(dp, log, port_names(dict(dp.ports or {}).values()))
         self.switches[dpid] = sw
-        address = dp.address if isinstance(dp.address, tuple) else (dp.address,)
-        log.info("connected from %s (%d ports)", ":".join(map(str, address[:2])), len(sw.ports))
+        log.info("connected from %s (%d ports)", peer_address(dp), len(sw.ports))
         if self.logic is None:
             log.info("waiting for the NB before programming")
             return
@@ -436,6 +514,7 @@ class Vnet64App(app_manager.OSKenApp):
         sw.sweep_xid = requests[1].xid if first is not None else None
 
     def _disconnected(self, dp: Any) -> None:
+        self.unbound.pop(dp, None)
         sw = self._switch(dp)
         if sw is None:
             return

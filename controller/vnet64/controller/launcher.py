@@ -39,9 +39,10 @@ Options come from the command line or ``--config-file`` (oslo.config;
 Listening is plain TCP, or TLS with os-ken's own option names (``--ctl-privkey``,
 ``--ctl-cert``, ``--ca-certs``: every switch's certificate is verified against the CA;
 :class:`OpenFlowServer` does the handshake with Python's ``ssl``, and
-:class:`TlsConnection` serves it to os-ken's ``Datapath``); connecting is to
-``unix:``/``tcp:`` switch targets (br-int's management socket needs no TLS). os-ken's
-other listener options are not wired to this server, so they are not offered.
+:class:`TlsConnection` serves it to os-ken's ``Datapath``; the app then serves a switch
+only as the node its certificate names, ``--vnet64-switch-cert-name``, :mod:`.switch_cert`);
+connecting is to ``unix:``/``tcp:`` switch targets (br-int's management socket needs no
+TLS). os-ken's other listener options are not wired to this server, so they are not offered.
 The NB is reached over ``unix:``, ``tcp:`` or ``ssl:`` (``--vnet64-nb-private-key`` ...).
 """
 
@@ -88,6 +89,7 @@ from vnet64.nb.api import TLS_ENV as NB_TLS_ENV
 from vnet64.nb.api import NbTlsError, tls_files, use_tls
 from vnet64.topology import NAME_RE
 
+from . import switch_cert
 from .app import DEFAULT_LOGIC, Settings, default_nb_remote
 
 LOG = logging.getLogger("vnet64.controller.launcher")
@@ -179,6 +181,16 @@ def make_conf() -> cfg.ConfigOpts:
                         "tcp:IP:PORT (a bridge listening with ptcp:); retried every 0.1-1 s "
                         "while it does not answer. With --vnet64-node, what a controller per "
                         "node runs. Default: listen (--ofp-listen-host/--ofp-tcp-listen-port)"),
+        cfg.StrOpt("switch-cert-name", metavar="TEMPLATE",
+                   help="with TLS (--ctl-privkey ...): the name a switch's certificate must "
+                        "have to be served as a node: TEMPLATE with {node} replaced by the "
+                        "name of the node whose datapath id the switch claims, compared with "
+                        "the certificate's common name without the ' id:...' that ovs-pki req "
+                        "appends (default switch-{node}: ovs-pki req switch-host1, signed by "
+                        "the switch CA; {node} alone is OVN's convention). A switch whose "
+                        "certificate names another node, or none, is refused, logged and "
+                        "disconnected before it gets a flow; the node's own switch keeps "
+                        "its connection"),
         cfg.StrOpt("logic", default=DEFAULT_LOGIC, metavar="MODULE:CLASS",
                    help="the role logic, built as CLASS(load_model); for tests "
                         f"(default {DEFAULT_LOGIC})"),
@@ -354,11 +366,13 @@ class _Connections:
 @dataclass(frozen=True)
 class OfpTls:
     """The controller's TLS files for OpenFlow (os-ken's ``--ctl-privkey``, ``--ctl-cert``,
-    ``--ca-certs``): every switch must present a certificate signed by ``ca_certs``."""
+    ``--ca-certs``): every switch must present a certificate signed by ``ca_certs``, whose
+    common name names the node it claims to be (``switch_cert_name``, :mod:`.switch_cert`)."""
 
     private_key: str
     certificate: str
     ca_certs: str
+    switch_cert_name: str = switch_cert.DEFAULT_TEMPLATE
 
     def context(self) -> ssl.SSLContext:
         """A server context that requires and verifies the switch's certificate;
@@ -387,18 +401,27 @@ class OfpTls:
         return ctx
 
 
-def ofp_tls(private_key: str | None, certificate: str | None, ca_certs: str | None) -> OfpTls | None:
-    """The three options, or None (plain TCP) when none is given; LauncherError when only
-    some are, or a file cannot be used."""
+def ofp_tls(private_key: str | None, certificate: str | None, ca_certs: str | None,
+            switch_cert_name: str | None = None) -> OfpTls | None:
+    """The three options (and ``--vnet64-switch-cert-name``), or None (plain TCP) when none
+    is given; LauncherError when only some are, or a file cannot be used."""
     given = {"--ctl-privkey": private_key, "--ctl-cert": certificate, "--ca-certs": ca_certs}
     if not any(given.values()):
+        if switch_cert_name is not None:
+            raise LauncherError("--vnet64-switch-cert-name is for OpenFlow over TLS "
+                                "(--ctl-privkey, --ctl-cert, --ca-certs)")
         return None
     missing = [k for k, v in given.items() if not v]
     if missing:
         raise LauncherError("OpenFlow over TLS needs --ctl-privkey, --ctl-cert and --ca-certs "
                             f"(the switches' CA: their certificates are verified): "
                             f"{', '.join(missing)} missing")
-    tls = OfpTls(private_key, certificate, ca_certs)
+    template = switch_cert.DEFAULT_TEMPLATE if switch_cert_name is None else switch_cert_name
+    try:
+        switch_cert.check_template(template)
+    except ValueError as exc:
+        raise LauncherError(f"--vnet64-switch-cert-name {exc}") from None
+    tls = OfpTls(private_key, certificate, ca_certs, template)
     tls.context()   # checked now, not at the first switch
     return tls
 
@@ -411,11 +434,15 @@ class TlsConnection:
     socket with ``poll`` without it (a blocking read would keep the writer out).
 
     A TLS error ends the connection (``ConnectionResetError``): os-ken's receive loop
-    retries on ``ssl.SSLError`` (eventlet's timeouts), which would spin."""
+    retries on ``ssl.SSLError`` (eventlet's timeouts), which would spin.
+
+    ``common_name``: the subject CN of the switch's certificate (None: none, or several),
+    which the app binds to the node the switch claims to be."""
 
     def __init__(self, sock: ssl.SSLSocket):
         self._ssl = sock
         self._lock = threading.Lock()
+        self.common_name = switch_cert.common_name(sock.getpeercert())
         sock.setblocking(False)
 
     def _wait(self, events: int) -> None:
@@ -507,7 +534,8 @@ class OpenFlowServer(_Connections):
 
     def describe(self) -> str:
         return ("listening for switches on %s port %d" % self.address
-                + (" (TLS: switch certificates signed by %s)" % self.tls.ca_certs if self.tls else ""))
+                + (" (TLS: switch certificates signed by %s, each named %s for the node it "
+                   "serves)" % (self.tls.ca_certs, self.tls.switch_cert_name) if self.tls else ""))
 
     def _serve(self, sock: socket.socket, addr: Any) -> None:
         if self.context is not None:
@@ -536,10 +564,8 @@ class OpenFlowServer(_Connections):
                 with self._lock:
                     self._handshaking.pop(me, None)
             sock = TlsConnection(tls_sock)
-            cert = tls_sock.getpeercert() or {}
-            names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
             LOG.info("TLS connection from the switch at %s (certificate %s)", peer,
-                     ", ".join(names) or "without a common name")
+                     sock.common_name or "without a single common name")
         super()._serve(sock, addr)
 
     def start(self) -> threading.Thread:
@@ -759,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
             factory = functools.partial(factory, path_mtu=conf.vnet64.path_mtu)
         node = check_node(conf.vnet64.node)
         switch = parse_switch_target(conf.vnet64.switch)
-        ofp = ofp_tls(conf.ctl_privkey, conf.ctl_cert, conf.ca_certs)
+        ofp = ofp_tls(conf.ctl_privkey, conf.ctl_cert, conf.ca_certs, conf.vnet64.switch_cert_name)
         if ofp is not None and switch is not None:
             raise LauncherError("--ctl-privkey/--ctl-cert/--ca-certs are for listening; "
                                 "--vnet64-switch connects (to br-int's management socket: no "
