@@ -12,6 +12,8 @@ from typing import Any
 import ovs.db.idl
 import ovs.stream
 
+from . import pem
+
 
 class OwnConnection:
     """Mixin for ovsdbapp backends: the connection belongs to the instance.
@@ -146,29 +148,9 @@ class TlsFiles:
     def check(self) -> None:
         """Each file exists, is readable and holds what it should (``TlsError`` saying
         which does not): the key and certificate a pair, the CA certificate a certificate."""
-        for what, path in (("private key", self.private_key), ("certificate", self.certificate),
-                           ("CA certificate", self.ca_cert)):
-            try:
-                with open(path, "rb"):
-                    pass
-            except FileNotFoundError:
-                raise TlsError(f"TLS {what} {path}: no such file") from None
-            except IsADirectoryError:
-                raise TlsError(f"TLS {what} {path}: a directory, not a PEM file") from None
-            except OSError as exc:
-                raise TlsError(f"TLS {what} {path}: cannot read it ({exc.strerror})") from None
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        try:
-            ctx.load_cert_chain(self.certificate, self.private_key)
-        except (ssl.SSLError, OSError) as exc:
-            raise TlsError(f"TLS certificate {self.certificate} and private key "
-                           f"{self.private_key}: not a PEM certificate and its key "
-                           f"({getattr(exc, 'reason', None) or exc})") from None
-        try:
-            ctx.load_verify_locations(self.ca_cert)
-        except (ssl.SSLError, OSError) as exc:
-            raise TlsError(f"TLS CA certificate {self.ca_cert}: not a PEM certificate "
-                           f"({getattr(exc, 'reason', None) or exc})") from None
+        pem.load(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), self.private_key, self.certificate,
+                 self.ca_cert, ("TLS private key", "TLS certificate", "TLS CA certificate"),
+                 TlsError)
 
 
 def uses_ssl(remote: str) -> bool:

@@ -209,7 +209,7 @@ def test_both_directions_at_once_through_one_tls_connection(pkis):
 @pytest.mark.parametrize("argv, message", [
     (["--ctl-privkey", "/x.pem"], "needs --ctl-privkey, --ctl-cert and --ca-certs"),
     (["--ctl-privkey", "/nonexistent.pem", "--ctl-cert", "/x", "--ca-certs", "/y"],
-     "--ctl-privkey /nonexistent.pem: No such file"),
+     "--ctl-privkey /nonexistent.pem: no such file"),
 ])
 def test_bad_tls_options_exit_2_and_say_why(argv, message, capsys):
     assert launcher.main(argv) == 2

@@ -84,7 +84,7 @@ from os_ken.controller import ofp_handler
 from os_ken.lib import hub
 from oslo_config import cfg
 
-from vnet64 import journal
+from vnet64 import journal, pem
 from vnet64.nb.api import TLS_ENV as NB_TLS_ENV
 from vnet64.nb.api import NbTlsError, tls_files, use_tls
 from vnet64.topology import NAME_RE
@@ -380,25 +380,8 @@ class OfpTls:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2    # as Open vSwitch
         ctx.verify_mode = ssl.CERT_REQUIRED
-        for option, path in (("--ctl-privkey", self.private_key), ("--ctl-cert", self.certificate),
-                             ("--ca-certs", self.ca_certs)):
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as exc:
-                raise LauncherError(f"{option} {path}: {exc.strerror}") from None
-        try:
-            ctx.load_cert_chain(self.certificate, self.private_key)
-        except (ssl.SSLError, OSError) as exc:
-            raise LauncherError(f"--ctl-cert {self.certificate} with --ctl-privkey "
-                                f"{self.private_key}: not a PEM certificate and its key "
-                                f"({getattr(exc, 'reason', None) or exc})") from None
-        try:
-            ctx.load_verify_locations(self.ca_certs)
-        except (ssl.SSLError, OSError) as exc:
-            raise LauncherError(f"--ca-certs {self.ca_certs}: not a PEM certificate "
-                                f"({getattr(exc, 'reason', None) or exc})") from None
-        return ctx
+        return pem.load(ctx, self.private_key, self.certificate, self.ca_certs,
+                        ("--ctl-privkey", "--ctl-cert", "--ca-certs"), LauncherError)
 
 
 def ofp_tls(private_key: str | None, certificate: str | None, ca_certs: str | None,
