@@ -42,14 +42,19 @@ does, and the substitutions above) in the machine's network namespace
 ``--run-dir <machine>/run/vnet64-node --translator-netns <prefix>xl-<host>``: four agents
 share one kernel, and the translator namespace of each must be its own and the lab's
 (the agent's defaults, ``/run/vnet64-node`` and ``vnet64-xlat``, would be shared).
+The unit's ``Restart=``, ``RestartSec=`` and ``KillMode=`` are read too:
+``tests/lab/test_deploy_recovery.py`` restarts a killed process as systemd would per the
+unit (systemd is not PID 1 in the lab).
 
 Pure: parsing and substitution only; ``tests/lab/test_deploy_guide.py`` runs the blocks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +166,19 @@ class Unit:
     name: str                    # as systemctl was given it: vnet64-controller@host1.service
     environment_files: tuple[str, ...]
     exec_start: str              # the raw line, continuation lines joined
+    # what systemd does when the main process ends (systemd.service(5)); its defaults
+    restart: str = "no"          # Restart=
+    restart_sec: float = 0.1     # RestartSec=, in seconds (systemd's default: 100ms)
+    kill_mode: str = "control-group"    # KillMode=
+
+    def restarts_after_signal(self, signum: int) -> bool:
+        """Whether systemd starts the unit again when its main process is killed by
+        ``signum`` (systemd.service(5), the table under Restart=): SIGHUP, SIGINT,
+        SIGTERM and SIGPIPE are clean signals, every other one unclean."""
+        clean = signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)
+        if clean:
+            return self.restart == "always"
+        return self.restart in ("always", "on-failure", "on-abnormal", "on-abort")
 
 
 def read_unit(unit_dir: Path, name: str) -> Unit:
@@ -170,6 +188,7 @@ def read_unit(unit_dir: Path, name: str) -> Unit:
     if not path.exists():
         raise GuideError(f"no unit {base} in {unit_dir}: was deploy/install-units.sh run?")
     lines, env_files, exec_start, cont = [], [], None, ""
+    settings: dict[str, str] = {}
     for raw in path.read_text().splitlines():
         if cont:
             raw = cont + " " + raw.strip()
@@ -183,9 +202,36 @@ def read_unit(unit_dir: Path, name: str) -> Unit:
             env_files.append(line.split("=", 1)[1].strip())
         elif line.startswith("ExecStart="):
             exec_start = line.split("=", 1)[1].strip()
+        elif line.startswith(("Restart=", "RestartSec=", "KillMode=")):
+            key, value = line.split("=", 1)
+            settings[key] = value.strip()     # the last one wins, as in systemd
     if exec_start is None:
         raise GuideError(f"{path}: no ExecStart=")
-    return Unit(name, tuple(env_files), exec_start)
+    unit = Unit(name, tuple(env_files), exec_start)
+    return dataclasses.replace(
+        unit, restart=settings.get("Restart", unit.restart),
+        restart_sec=time_span(settings["RestartSec"]) if "RestartSec" in settings
+        else unit.restart_sec,
+        kill_mode=settings.get("KillMode", unit.kill_mode))
+
+
+_SPAN_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60,
+               "min": 60, "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hour": 3600,
+               "hours": 3600}
+
+
+def time_span(text: str) -> float:
+    """A systemd time span in seconds: ``2``, ``2s``, ``100ms``, ``1min 30s``
+    (systemd.time(7); a bare number is seconds)."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", text.strip())
+    if not parts or re.sub(r"[\d.\sa-z]", "", text):
+        raise GuideError(f"not a time span: {text!r}")
+    total = 0.0
+    for number, unit in parts:
+        if unit not in _SPAN_UNITS and unit != "":
+            raise GuideError(f"not a time span: {text!r} (unit {unit!r})")
+        total += float(number) * _SPAN_UNITS.get(unit, 1)
+    return total
 
 
 def read_environment_file(path: Path) -> dict[str, str]:
