@@ -71,6 +71,7 @@ from common import (CpuMeter, cpu_ticks, report_end, med, note, rng, start_run, 
                     thread_ticks, yes_no)
 from vnet64 import helptext  # noqa: E402
 from vnet64.controller.pipeline import ZONE_ENDPOINTS, tables_for  # noqa: E402
+from vnet64.node import translator  # noqa: E402
 from vnet64_lab import Lab, sh  # noqa: E402
 from vnet64_lab.ovs import OvsNode, terminate  # noqa: E402
 from vnet64_lab.traffic import A6, SVC1, ns_of, programmed, wait_for  # noqa: E402
@@ -766,6 +767,10 @@ def machine_line(args, started: datetime) -> str:
     iperf_version = sh.run(["iperf3", "--version"], check=False).stdout.split("\n")[0]
     tayga = "TAYGA " + (sh.run(["dpkg-query", "-W", "-f=${Version}", "tayga"], check=False).stdout
                         or "?")
+    # path a's translators run vnet64's build when installed (the jumpbox, c, the system's)
+    binary, patched = translator.tayga_binary()
+    tayga += (f" + vnet64 patch ({binary}; the jumpbox's: the system's)" if patched
+              else f" (path a: {binary})")
     return (f"{started:%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, kernel "
             f"{platform.release()}, Python {platform.python_version()}, {ovs_version}, "
             f"{iperf_version}, {tayga}, commit {args.commit}. Shared, noisy machine (load average "

@@ -42,6 +42,13 @@ if [ "$(id -u)" = 0 ]; then
 elif ! ./scripts/build-ovs.sh --check; then
     echo "setup: not root: the lab's patched ovs-vswitchd is not built (scripts/build-ovs.sh as root)" >&2
 fi
+# The translators' TAYGA: Debian's 0.9.2 with vnet64's RFC 7915 DF / UDP checksum patch
+# (seconds; the source by `apt-get source` through a deb-src list of its own: see the script).
+if [ "$(id -u)" = 0 ]; then
+    ./scripts/build-tayga.sh
+elif ! ./scripts/build-tayga.sh --check; then
+    echo "setup: not root: the translators' patched TAYGA is not built (scripts/build-tayga.sh as root)" >&2
+fi
 
 # The Debian packages the lab relies on, at the versions the suite was last run with. Another
 # version may work; if something fails, this is the first thing to compare.

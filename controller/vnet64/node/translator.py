@@ -4,6 +4,7 @@ The namespace (default ``vnet64-xlat``) holds ``ovs0`` (the veth whose other end
 br-int's ``xlat0``), TAYGA's tun ``nat64``, policy routing by incoming interface (from
 br-int into the tun, from the tun back to br-int, so a translated packet never loops),
 permanent neighbours for br-int's side, and nftables for what TAYGA 0.9.2 gets wrong.
+TAYGA itself is vnet64's patched build when installed (:func:`tayga_binary`).
 Everything is written so that doing it again changes nothing: a restarted agent
 re-applies it while packets flow.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -42,6 +44,34 @@ NFT_RH_COUNTER = "routing_header_segments_left"
 SYSCTLS = {"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1,
            "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0,
            "net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0}
+
+
+# vnet64's build of TAYGA (scripts/build-tayga.sh: Debian's 0.9.2 with the patches in
+# ovs-setup/tayga-patches/), beside the patched ovs-vswitchd; VNET64_TAYGA names another.
+PATCHED_TAYGA = "/usr/local/libexec/vnet64/tayga"
+WITHOUT_PATCHES = ("sets DF on every IPv6->IPv4 packet and drops IPv4 UDP without a checksum "
+                   "(docs/lab.md \"The translator engine\")")
+
+
+def tayga_binary() -> tuple[str, bool]:
+    """The TAYGA a translator runs, and whether it is vnet64's patched build: the binary
+    ``$VNET64_TAYGA`` names (an error if it is not executable), else the patched build,
+    else the system's ``tayga``."""
+    named = os.environ.get("VNET64_TAYGA")
+    path = named or PATCHED_TAYGA
+    if os.access(path, os.X_OK):
+        return path, path == PATCHED_TAYGA
+    if named:
+        raise sh.CommandError(f"VNET64_TAYGA={named}: not an executable file")
+    return sh.tool("tayga"), False
+
+
+def running_binary(pid: int) -> str | None:
+    """The executable a process runs (`` (deleted)`` when the file was replaced since)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
 
 
 def tayga_conf(host: str, ipv4: IPv4Address | str, prefix: str, data_dir: str | Path) -> str:
@@ -158,6 +188,7 @@ class Translator:
                  tx_offload_off: bool):
         self.host, self.netns, self.run_dir = host, netns, Path(run_dir)
         self.mac, self.mtu, self.tx_offload_off = mac, mtu, tx_offload_off
+        self._warned = False
 
     @property
     def conf_path(self) -> Path:
@@ -198,7 +229,7 @@ class Translator:
             self.conf_path.write_text(conf)
             changed.append("tayga.conf")
         if not sh.link_exists(TUN, ns):
-            sh.in_ns(ns, [sh.tool("tayga"), "--mktun", "-c", str(self.conf_path)])
+            sh.in_ns(ns, [self.binary(), "--mktun", "-c", str(self.conf_path)])
             changed.append(f"tun {TUN}")
         have = {f: sh.in_ns(ns, [sh.tool("nft"), "list", "table", f, NFT_TABLE],
                             check=False).returncode == 0 for f in ("ip", "netdev")}
@@ -222,16 +253,34 @@ class Translator:
             LOG.info("%s: TAYGA's configuration changed: restarting it (pid %d)", self.host, pid)
             sh.terminate(pid, "tayga")
             pid = None
+        binary = self.binary()
+        if pid and (running := running_binary(pid)) not in (None, os.path.realpath(binary)):
+            LOG.info("%s: TAYGA (pid %d) runs %s, not %s: restarting it", self.host, pid,
+                     running, binary)
+            sh.terminate(pid, "tayga")
+            pid = None
+            changed.append("TAYGA binary")
         if not pid:
             self.start_tayga()
             changed.append("TAYGA started")
         return changed
 
+    def binary(self) -> str:
+        """:func:`tayga_binary`'s path; without the patched build, a warning (once)."""
+        path, patched = tayga_binary()
+        if not patched and not os.environ.get("VNET64_TAYGA") and not self._warned:
+            LOG.warning("%s: vnet64's TAYGA build %s is not installed: running %s, which %s; "
+                        "scripts/build-tayga.sh (make setup) builds it", self.host,
+                        PATCHED_TAYGA, path, WITHOUT_PATCHES)
+            self._warned = True
+        return path
+
     def start_tayga(self) -> int:
-        sh.in_ns(self.netns, [sh.tool("tayga"), "-c", str(self.conf_path), "-p", str(self.pidfile)])
+        binary = self.binary()
+        sh.in_ns(self.netns, [binary, "-c", str(self.conf_path), "-p", str(self.pidfile)])
         sh.wait_for(self.tayga_pid, 10, f"TAYGA of {self.host}")
         pid = self.tayga_pid()
-        LOG.info("%s: TAYGA running (pid %s)", self.host, pid)
+        LOG.info("%s: TAYGA running (pid %s, %s)", self.host, pid, binary)
         return pid
 
     def check(self) -> bool:
