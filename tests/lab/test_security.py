@@ -961,7 +961,7 @@ quoted = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 36, 0, 0, 64, 17, 0,
                      socket.inet_aton(platform), socket.inet_aton(vm))
 udp = struct.pack("!HHHH", sport, dport, 16, 0) + b"x" * 8
 pseudo = socket.inet_aton(platform) + socket.inet_aton(vm) + struct.pack("!BBH", 0, 17, 16)
-udp = udp[:6] + struct.pack("!H", csum(pseudo + udp) or 0xFFFF) + udp[8:]   # TAYGA drops checksum 0
+udp = udp[:6] + struct.pack("!H", csum(pseudo + udp) or 0xFFFF) + udp[8:]   # a real checksum, as a VM's stack sends
 quoted = quoted[:10] + struct.pack("!H", csum(quoted)) + quoted[12:] + udp
 icmp = struct.pack("!BBHI", 3, 3, 0, 0) + quoted
 icmp = icmp[:2] + struct.pack("!H", csum(icmp)) + icmp[4:]
