@@ -362,17 +362,23 @@ class LineSession:
         return self._read(timeout)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()   # our own child, by its pid
-                self.proc.wait(5)
-        for f in (self.proc.stdout, self.proc.stderr):
-            with contextlib.suppress(OSError):
-                f.close()
+        end_child(self.proc)
+
+
+def end_child(proc: subprocess.Popen) -> None:
+    """End a line-speaking child we started: its stdin closed (it finishes on EOF), then
+    killed by its pid if it has not within 5 s; its pipes closed."""
+    if proc.poll() is None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()   # our own child, by its pid
+            proc.wait(5)
+    for f in (proc.stdout, proc.stderr):
+        with contextlib.suppress(OSError):
+            f.close()
 
 
 class Capture:

@@ -74,7 +74,7 @@ from vnet64.nb.cluster import cluster_status
 from vnet64.nb.server import SCHEMA_NAME, NbServer, NbServerError
 from vnet64_lab import plan as P
 from vnet64_lab import sh
-from vnet64_lab.traffic import ECHO_SERVER
+from vnet64_lab.traffic import ECHO_SERVER, end_child
 
 pytestmark = pytest.mark.lab
 
@@ -267,17 +267,7 @@ class Streams:
             return self._read(10)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()      # our own child, by its pid
-                self.proc.wait(5)
-        for f in (self.proc.stdout, self.proc.stderr):
-            with contextlib.suppress(OSError):
-                f.close()
+        end_child(self.proc)
 
 
 def assert_flowing(report: dict, before: dict | None = None, when: str = "") -> None:
