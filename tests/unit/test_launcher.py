@@ -21,11 +21,12 @@ import pytest
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
-from os_ken.ofproto import ofproto_parser, ofproto_protocol
+from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from tests.support.logic import NullLogic
+from tests.support.ofswitch import RecordingDatapath
 from vnet64.controller import app as vapp
 from vnet64.controller import flows as F
 from vnet64.controller import launcher
@@ -198,23 +199,10 @@ def test_python_m_and_help_in_a_real_process():
 # the app, with a fake datapath
 
 
-class FakeDatapath(ofproto_protocol.ProtocolDesc):
+class FakeDatapath(RecordingDatapath):
     def __init__(self, dpid: int = DPID, ports: dict[str, int] | None = None):
-        super().__init__(ofp.OFP_VERSION)
-        self.id = dpid
-        self.address = ("127.0.0.1", 40000)
-        self.xid = 100
+        super().__init__(dpid, ("127.0.0.1", 40000))
         self.ports = {no: port(name, no) for name, no in (ports or {"geneve0": 10, "v-a": 3}).items()}
-        self.writes: list[bytes] = []
-
-    def set_xid(self, msg):
-        self.xid += 1
-        msg.set_xid(self.xid)
-        return self.xid
-
-    def send(self, buf, close_socket=False):
-        self.writes.append(bytes(buf))
-        return True
 
     def take(self) -> list[list]:
         """The writes so far, each as its list of (msg type, parsed flow-mod or raw bytes)."""

@@ -17,10 +17,10 @@ from types import SimpleNamespace
 import pytest
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
-from os_ken.ofproto import ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from tests.support.ofswitch import RecordingDatapath
 from tests.support.pki import Pki
 from vnet64.controller import app as vapp
 from vnet64.controller import flows as F
@@ -110,24 +110,10 @@ class FakeSocket:
         self.shut = True
 
 
-class FakeDatapath(ofproto_protocol.ProtocolDesc):
+class FakeDatapath(RecordingDatapath):
     def __init__(self, dpid, common_name, port=40000):
-        super().__init__(ofp.OFP_VERSION)
-        self.id = dpid
-        self.address = ("172.31.255.250", port)
+        super().__init__(dpid, ("172.31.255.250", port))
         self.socket = FakeSocket(common_name)
-        self.xid = 100
-        self.ports = {}
-        self.writes: list[bytes] = []
-
-    def set_xid(self, msg):
-        self.xid += 1
-        msg.set_xid(self.xid)
-        return self.xid
-
-    def send(self, buf, close_socket=False):
-        self.writes.append(bytes(buf))
-        return True
 
     def types(self) -> list[int]:
         return [w[1] for w in self.writes]
