@@ -5,6 +5,13 @@
 # - conntrack-nat: OVS 3.1's userspace conntrack gives a re-opened TCP connection
 #   another NAT port, which stalls sustained connection load, and translates no ICMP
 #   echo identifier (docs/lab.md "Sustained load");
+# - conntrack-related-icmpv6: OVS 3.1's userspace conntrack corrupts the ICMPv6 errors
+#   it NATs (a Packet Too Big's MTU, the quoted source address), which broke PMTUD
+#   across the IPv6 zones (docs/lab.md "ICMPv6 errors and PMTUD");
+# - conntrack-tcp-simultaneous-open: OVS 3.1's userspace conntrack takes a SYN in the
+#   reply direction as new and leaves that peer untracked, so the SYN-ACK after it is
+#   invalid: a VM could not open a connection simultaneously with a service
+#   (docs/lab.md "TCP simultaneous open");
 # - netdev-linux-rx-buffers: the main thread allocated and freed 32 receive buffers
 #   per idle port on every wakeup (docs/lab.md "Idle ports and the main thread").
 # Only ovs-vswitchd is built (~2 min on 2 cores); every other OVS tool stays the system's.

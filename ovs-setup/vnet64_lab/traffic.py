@@ -357,8 +357,16 @@ class LineSession:
 
     def send(self, line: str, timeout: float = 10) -> dict:
         """Send one line; the answer ({"reply"} or {"error"})."""
+        self.write(line)
+        return self.read(timeout)
+
+    def write(self, line: str) -> None:
+        """Send one line without waiting for its answer (``read()`` takes it later)."""
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
+
+    def read(self, timeout: float = 10) -> dict:
+        """The answer to the line ``write()`` sent ({"reply"} or {"error"})."""
         return self._read(timeout)
 
     def close(self) -> None:

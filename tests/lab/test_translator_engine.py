@@ -23,12 +23,10 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
 from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6PacketTooBig, IPerror6, IPv6,
                                 IPv6ExtHdrFragment, defragment6)
-from scapy.layers.l2 import Ether
-from vnet64 import gateway
 from vnet64_lab.traffic import A6, SVC1, UDP_PORT, in_ns, ns_of, running_platform
 
 from tests.lab.conftest import ROOT, need_lab, new_lab
-from tests.lab.traffic import Pcap, carrying, send_frames, vif
+from tests.lab.traffic import Pcap, carrying, frame, one, send_frames, udp6, vif
 
 SPORTS = itertools.count(42000)   # a fresh service port (so a fresh flow) per exchange
 
@@ -46,25 +44,6 @@ def platform(tmp_path_factory):
             proc = in_ns(ns_of(plan, "svc1"), "nft", *rule)
             assert proc.returncode == 0, proc.stderr
         yield plan, tmp_path_factory.mktemp("pcap")
-
-
-def frame(plan, who: str):
-    return Ether(src=vif(plan, who).mac, dst=gateway.GATEWAY_MAC)
-
-
-def udp6(plan, marker: str, size: int, sport: int):
-    """svc1 -> a-vm1's platform address, UDP to the VM's echo server: an IPv6 packet of
-    ``size`` bytes carrying ``marker``."""
-    head = IPv6(src=SVC1, dst=A6, hlim=64) / UDP(sport=sport, dport=UDP_PORT)
-    return frame(plan, "svc1") / head / marker.encode().ljust(size - len(head), b"p")
-
-
-def one(pkts: list, marker: str, layer, dst: str):
-    """The one packet carrying ``marker`` towards ``dst`` (a capture sees both ways, and
-    the VM's echo server answers with the marker)."""
-    got = [p for p in carrying(pkts, marker) if p.haslayer(layer) and p[IP if IP in p else IPv6].dst == dst]
-    assert len(got) == 1, f"{len(got)} packets carrying {marker!r}: {[p.summary() for p in got]}"
-    return got[0]
 
 
 def checksums_ok(ip) -> None:

@@ -159,6 +159,34 @@ def vif(plan, name: str):
     return next(v for v in plan.vifs if v.name == name)
 
 
+# Frames the tests build with scapy (test_translator_engine.py, test_icmp6_errors.py)
+
+def frame(plan, who: str):
+    """The Ethernet header of a frame ``who`` (a VM or endpoint) sends to its gateway."""
+    from scapy.layers.l2 import Ether
+    from vnet64 import gateway
+    return Ether(src=vif(plan, who).mac, dst=gateway.GATEWAY_MAC)
+
+
+def udp6(plan, marker: str, size: int, sport: int):
+    """svc1 -> a-vm1's platform address, UDP to the VM's echo server: an IPv6 packet of
+    ``size`` bytes carrying ``marker``."""
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import IPv6
+    head = IPv6(src=_t.SVC1, dst=_t.A6, hlim=64) / UDP(sport=sport, dport=_t.UDP_PORT)
+    return frame(plan, "svc1") / head / marker.encode().ljust(size - len(head), b"p")
+
+
+def one(pkts: list, marker: str, layer, dst: str):
+    """The one packet carrying ``marker`` towards ``dst`` (a capture sees both ways, and
+    the VM's echo server answers with the marker)."""
+    from scapy.layers.inet import IP
+    from scapy.layers.inet6 import IPv6
+    got = [p for p in carrying(pkts, marker) if p.haslayer(layer) and p[IP if IP in p else IPv6].dst == dst]
+    assert len(got) == 1, f"{len(got)} packets carrying {marker!r}: {[p.summary() for p in got]}"
+    return got[0]
+
+
 def table_counts(plan, node: str) -> dict[int, tuple[int, int]]:
     """table id -> (lookups, matched) of a node's br-int (``dump-tables``; a lookup that
     matched nothing hit OpenFlow 1.3's table-miss: a drop)."""

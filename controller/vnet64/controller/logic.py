@@ -445,8 +445,6 @@ class Logic:
             return self._refuse_no_port(sw, data)
         if sw is not None and sw.node.role == "host" and sw.tables.name(table_id) == "from_endpoint":
             return self._gateway_error(sw, in_port, data)
-        if sw is not None and sw.node.role == "host" and sw.tables.name(table_id) == "v6_unsnat":
-            return self._relay_icmp6_error(data, in_port)
         if sw is not None and sw.node.role == "host" and sw.tables.name(table_id) == "from_translator":
             return self._routing_header_error(sw, data)
         if sw is None or sw.node.role != "host" or sw.tables.name(table_id) != "pair":
@@ -501,18 +499,6 @@ class Logic:
                         "%d refused so far", sw.node.name, "Platform_IP", dst, *self.snat_ports,
                         self.stats["connections_refused_no_port"])
         return [PacketOut(frame, OFPP_CONTROLLER, (Output(sw.ports.xlat),))]
-
-    def _relay_icmp6_error(self, data: bytes, in_port: int) -> list[Message]:
-        """An ICMPv6 error back from TAYGA, un-NATed by the v6 DNAT zone (``v6_unsnat``
-        punts them): repaired and sent on through the v6 SNAT zone (customer module doc)."""
-        frame = customer.relayed_icmp6_error(data)
-        if frame is None:
-            self.stats["packet_ins_ignored"] += 1
-            return []
-        self.stats["icmp6_errors_relayed"] += 1
-        if frame[14 + 40 + 16:14 + 40 + 32] != data[14 + 40 + 16:14 + 40 + 32]:
-            self.stats["icmp6_errors_repaired"] += 1
-        return [PacketOut(frame, in_port, (Resubmit("v6_unsnat"),))]
 
     def _routing_header_error(self, sw: Switch, data: bytes) -> list[Message]:
         """A packet the translator namespace bounced (a routing header with Segments Left

@@ -19,8 +19,6 @@ Host pipeline (table ids in brackets)::
      ├ in_port=xlat0 ─► from_translator [30]: IPv4 from a pair alias ─► ct(VNet zone, SNAT) ─► to_vm [33]
      │                                       IPv6 back from TAYGA ─► ct(v6 DNAT zone) ─► v6_unsnat [31]
      │                                                    ─► ct(v6 SNAT zone) ─► to_service [32]
-     │                                       (v6_unsnat: ICMPv6 errors ─► meter ─► controller, which
-     │                                        repairs what OVS 3.1 damaged and re-injects them)
      └ in_port=<vm> ─► from_vm [40]: ARP for the gateway ─► arp_reply [41]
                                     IPv4 to Platform_IP ─► ct(VNet zone) ─► vm_return [42] ─► to_translator [50]
   pair [20]: (service IPv6, VM platform IPv6) ─► ct(v6 SNAT zone, src=<xlat /96>::<alias>) ─► v6_dnat [21]
@@ -173,10 +171,10 @@ def token_actions(token: int | None) -> list[SetField]:
 NA_FLAGS_RSO = 0xE0000000
 
 # Meters on the packet-in path of a host: new pairs have their own, so that what else is
-# punted - ICMP errors (the gateway's, a VM's relayed ones) and port-exhaustion refusals,
+# punted - the gateway's ICMPv6 errors, bounced routing headers and port-exhaustion refusals,
 # which a tenant can provoke at will - cannot take the new pairs' share of it.
 PACKET_IN_METER = 1     # first packets of new pairs
-ERROR_METER = 2         # the gateway's ICMPv6 errors, relayed ICMP errors, refusals
+ERROR_METER = 2         # the gateway's ICMPv6 errors, bounced routing headers, refusals
 
 # The register bit check_pkt_larger sets in classify for an endpoint's packets that are
 # larger than the path MTU (matched in from_endpoint)

@@ -60,9 +60,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from ... import gateway
-from ..flows import (CT, ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, Controller, Flow,
+from ..flows import (CT, ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, Controller, Flow,
                      Match, Move, Nat, Output, SetField, ct_state, flow)
-from ..inet import checksum, ethernet, icmp6_checksum, icmp6_packet
+from ..inet import checksum, ethernet, icmp6_packet
 from ..model import VM, Endpoint, Model, Node
 from ..pipeline import (ERROR_METER, PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_MATCH, PRIO_MISS,
                         PRIO_SPECIFIC, VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, cookie, token_actions,
@@ -79,7 +79,6 @@ CT_SNATTED = ct_state("+trk", "+snat", "-inv")
 CT_RELATED = service.CT_RELATED
 CT_NOT_SNATTED = ct_state("+trk", "+new", "-snat", "-rel", "-inv")   # NAT found no port
 CT_TRACKED_OK = ct_state("+trk", "-inv")
-ICMP6_ERRORS = (1, 2, 3, 4)   # unreachable, packet too big, time exceeded, parameter problem
 
 
 # ---------------------------------------------------------------------------
@@ -183,12 +182,6 @@ def base_flows(model: Model, ports: Ports, xlat_mac: str) -> list[Flow]:
         flow("v6_unsnat", PRIO_DEFAULT, {"eth_type": ETH_IPV6},
              [CT(zone=ZONE_V6_SNAT, table="to_service", nat=Nat())], cookie=c),
     ]
-    # ICMP errors the DNAT zone un-NATed: via the controller, which repairs what OVS
-    # damaged and re-injects them here untracked (module doc)
-    out += [flow("v6_unsnat", PRIO_SPECIFIC,
-                 {"eth_type": ETH_IPV6, "ip_proto": PROTO_ICMPV6, "icmpv6_type": kind,
-                  "ct_state": CT_RELATED},
-                 [Controller()], meter=ERROR_METER, cookie=c) for kind in ICMP6_ERRORS]
     if ports.geneve is not None:
         out.append(flow("classify", PRIO_MATCH, {"in_port": ports.geneve, "tunnel_id": VNI},
                         goto="from_tunnel", cookie=c))
@@ -342,9 +335,7 @@ def refusal(frame: bytes, xlat_mac: str) -> bytes | None:
       administratively prohibited, quoting the datagram (EACCES at the service).
 
     None if ``frame`` is not Ethernet/IPv4, is a reset, or is an ICMP error (never
-    answer an error with an error, RFC 1122 3.2.2). (An ICMP error about TCP is not
-    used: it would reach the service only through the controller's relay of ICMPv6 errors
-    (module doc), a second trip through the controller for one refusal.)"""
+    answer an error with an error, RFC 1122 3.2.2)."""
     if len(frame) < 34 or struct.unpack_from("!H", frame, 12)[0] != 0x0800:
         return None
     ip = frame[14:]
@@ -375,31 +366,6 @@ def refusal(frame: bytes, xlat_mac: str) -> bytes | None:
     icmp = struct.pack("!BBHI", ICMP_UNREACH, ICMP_ADMIN_PROHIBITED, 0, 0) + ip[:min(total, ICMP_QUOTE)]
     icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
     return eth + _ipv4(dst, src, 1, icmp)
-
-
-def relayed_icmp6_error(frame: bytes) -> bytes | None:
-    """The ICMPv6 error ``v6_unsnat`` punted, ready to go back into ``v6_unsnat``: the
-    quoted packet's source address set to the error's destination, where it belongs (the
-    error is about a packet that address sent; the v6 SNAT zone requires them equal),
-    and the ICMPv6 checksum recomputed. Unchanged when they are already equal.
-
-    None unless ``frame`` is Ethernet/IPv6 carrying (no extension headers, as TAYGA
-    makes them) an ICMPv6 error that quotes at least an IPv6 header."""
-    if len(frame) < 14 + 40 + 8 + 40 or struct.unpack_from("!H", frame, 12)[0] != ETH_IPV6:
-        return None
-    ip = frame[14:]
-    plen = struct.unpack_from("!H", ip, 4)[0]
-    if ip[0] >> 4 != 6 or ip[6] != PROTO_ICMPV6 or 40 + plen > len(ip):
-        return None
-    ip = ip[:40 + plen]                      # without Ethernet padding
-    icmp, dst = ip[40:], ip[24:40]
-    if len(icmp) < 8 + 40 or icmp[0] not in ICMP6_ERRORS or icmp[8] >> 4 != 6:
-        return None
-    if icmp[16:32] == dst:
-        return frame[:14] + ip
-    icmp = icmp[:2] + b"\0\0" + icmp[4:16] + dst + icmp[32:]
-    icmp = icmp[:2] + struct.pack("!H", icmp6_checksum(ip[8:24], dst, icmp)) + icmp[4:]
-    return frame[:14] + ip[:40] + icmp
 
 
 ICMP6_PARAM_PROBLEM, ICMP6_ERRONEOUS_HEADER = 4, 0
