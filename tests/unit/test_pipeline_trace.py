@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, IPv6Address
 import pytest
 
 from tests.conftest import DEFAULT_TOPOLOGY
-from tests.support.fake import FakeSwitch
+from tests.support.fake import FakeSwitch, FixedCt
 from vnet64 import gateway, topology
 from vnet64.controller import model as M
 from vnet64.controller.flows import ETH_ARP, ETH_IPV4, ETH_IPV6, Flow, PacketOut, Resubmit
@@ -277,6 +277,31 @@ def test_gateway_answers_arp_from_its_vm_only(p):
     assert reply["arp_spa"] == "10.0.0.1" and reply["arp_tpa"] == "10.0.0.4"
     assert reply["eth_dst"] == vm.mac
     assert p.sw["host1"].trace({**arp, "arp_tpa": "10.0.0.9"}, 10).dropped
+
+
+def test_a_vms_syn_on_a_flow_the_service_opened_goes_back_to_the_service(p):
+    """TCP simultaneous open (issue 19, deviation 4): a-vm1 sends a SYN of its own on a
+    flow svc1 opened. Conntrack takes it as a reply - ``+trk+est+rpl`` with vnet64's
+    patched ovs-vswitchd, as with Linux's (SimpleConntrack: any reply-direction packet) -
+    and no return stage looks at TCP flags, so it reaches svc1 as a SYN from a-vm1's
+    platform address. Debian's ovs-vswitchd made it ``+trk+new+dnat`` in the VNet zone,
+    which ``vm_return`` drops, like any packet a VM starts (docs/lab.md, "TCP
+    simultaneous open"; tests/lab/test_simultaneous_open.py)."""
+    alias6, at_vm = round_trip(p, A6, 10, 40000)
+    syn = tcp4("10.0.0.4", "100.100.0.1", 80, at_vm["tcp_src"], eth_dst=gateway.GATEWAY_MAC,
+               tcp_flags=0x002)
+    t = p.sw["host1"].trace(syn, 10)
+    back = t.output_packet(XLAT)
+    assert back["tcp_flags"] == 0x002 and back["tcp_dst"] == 40000, str(t)
+    t = p.sw["host1"].trace(tayga_4to6(arrive(back), eth_src=translator_mac("host1")), XLAT)
+    assert t.is_output(GENEVE, tun_ipv4_dst=p.ip("host2"), ipv6_src=A6, ipv6_dst=SVC1,
+                       tcp_src=80, tcp_dst=40000, tcp_flags=0x002), str(t)
+    pkt = arrive(t.output_packet(GENEVE), tun_ipv4_src=p.ip("host1"), tunnel_id=VNI)
+    t = p.sw["host2"].trace(pkt, GENEVE)
+    assert t.is_output(10, ipv6_src=A6, ipv6_dst=SVC1, tcp_flags=0x002), str(t)
+    # what Debian's userspace conntrack said of that SYN: dropped where a VM's own would be
+    t = p.sw["host1"].trace(syn, 10, ct=FixedCt({1: "+trk+new+dnat"}))
+    assert not t.outputs and not t.punts and t.dropped_at == "vm_return", str(t)
 
 
 def test_icmp_error_from_the_vm_reaches_the_service_as_related(p):
