@@ -5,7 +5,9 @@
 # - rfc7915-df-udp-checksum: RFC 7915 5.1's DF rule on IPv6 -> IPv4 (DF clear up to 1260
 #   bytes, with generated Identifications; no per-address mode after a Fragmentation
 #   Needed below 1280), and IPv4 UDP with checksum 0 given one (RFC 6146 3.4) instead of
-#   dropped (docs/lab.md "The translator engine").
+#   dropped (docs/lab.md "The translator engine");
+# - rfc7915-hop-limit-adjust: a "hop-limit-adjust" directive, so that the platform takes
+#   one hop off a packet, not three (the agent writes "hop-limit-adjust 1").
 # Builds in seconds (one small C program, no dependency beyond libc).
 #
 # The source comes from Debian's archive by apt itself (`apt-get source`), through a

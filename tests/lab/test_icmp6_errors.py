@@ -1,5 +1,5 @@
-"""ICMP errors through the IPv6 conntrack zones, and PMTUD end to end (issue 19,
-deviation 1; RFC 7915 4.2/5.2, RFC 6146 3.5, RFC 8201/1191).
+"""ICMP errors through the IPv6 conntrack zones, PMTUD end to end, and hop limits (issue
+19, deviations 1 and 3; RFC 7915 4.1/4.2/5.1/5.2, RFC 6146 3.5, RFC 8201/1191, RFC 1812).
 
 An ICMPv6 error about a pair's packet is NATed by the two IPv6 zones of the customer
 host: its outer header like the packet it answers, and the packet it quotes back to what
@@ -16,6 +16,11 @@ whose link got smaller), and the test answers the first dropped packet with the 
 that router sends - ICMPv6 Packet Too Big from svc1's side, ICMPv4 Fragmentation Needed
 from a-vm1's. The sender must get that error translated (with the MTU adjusted by 20,
 RFC 7915 4.2/5.2), lower its segment size, and complete the transfer byte for byte.
+
+Hop limits: the platform is one router hop (controller customer module doc, "Hop
+limits"): each starting value 1-4, both ways, arrives one less or is answered by the
+sender's gateway with a Time Exceeded. With Debian's TAYGA (no "hop-limit-adjust")
+values 2-4 arrive three less or expire silently.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, IPerror, TCPerror, UDPerror
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.inet6 import ICMPv6PacketTooBig, IPerror6, IPv6
 from vnet64_lab.traffic import (A6, LINE_PORT, PLATFORM_IP, SVC1, UDP_PORT, LineSession, in_ns, ns_of,
                                 running_platform)
@@ -238,3 +243,72 @@ def test_pmtud_from_the_vm_side_the_service_sends_smaller(platform):
     icmp6_checksum_ok(ptb)
     assert answer.get("reply", "").endswith(LINE), {k: str(v)[:80] for k, v in answer.items()}
     assert after and max(after) <= PATH_MTU4, after
+
+
+# Hop limits (deviation 3): the platform is one router hop, each side's gateway answers
+# expiry (controller customer module doc, "Hop limits")
+
+@pytest.mark.parametrize("hops", [1, 2, 3, 4])
+def test_a_services_hop_limit_arrives_one_less_or_expires_at_its_gateway(platform, hops):
+    """svc1 -> a-vm1 with hop limit ``hops``: 1 is answered by svc1's gateway (fe80::1)
+    with a Time Exceeded quoting the packet, and nothing reaches a-vm1; more arrives at
+    a-vm1 with TTL ``hops`` - 1 (was - 3, and 2 and 3 expired silently)."""
+    plan, tmp = platform
+    vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
+    marker = f"hops6-{hops}-"
+    packet = udp6(plan, marker, 100, next(SPORTS))
+    packet[IPv6].hlim = hops
+    with Pcap(vm.ns, "eth0", tmp, bpf="udp") as at_vm, Pcap(svc, "eth0", tmp, bpf="icmp6") as at_svc:
+        assert send_frames(svc, "eth0", [packet]) == 1
+        if hops == 1:
+            got = at_svc.wait(lambda p: carrying(p, marker), 5)
+        else:
+            got = at_vm.wait(lambda p: carrying(p, marker), 5)
+        at_vm.wait(lambda p: len(carrying(p, marker)) > 1, 0.5)      # and nothing more
+        delivered = [q[IP] for q in carrying(at_vm.stop(), marker) if q[IP].dst == str(vm.ipv4.ip)]
+    if hops == 1:
+        errors = [q[IPv6] for q in carrying(got, marker) if q.haslayer(IPerror6)]
+        assert len(errors) == 1 and not delivered, ([q.summary() for q in got], delivered)
+        err = errors[0]
+        assert (err.src, err.dst, err.payload.type, err.payload.code) == ("fe80::1", SVC1, 3, 0), err.summary()
+        assert (err[IPerror6].src, err[IPerror6].dst, err[IPerror6].hlim) == (SVC1, A6, 1)
+        icmp6_checksum_ok(err)
+    else:
+        assert len(delivered) == 1, [q.summary() for q in delivered]
+        assert delivered[0].ttl == hops - 1, delivered[0].summary()
+
+
+@pytest.mark.parametrize("ttl", [1, 2, 3, 4])
+def test_a_vms_ttl_arrives_one_less_or_expires_at_its_gateway(platform, ttl):
+    """a-vm1 answers a flow svc1 opened with TTL ``ttl``: 1 is answered by a-vm1's
+    gateway (its subnet's first address) with an ICMPv4 Time Exceeded quoting the
+    packet, and nothing reaches svc1; more arrives at svc1 with hop limit ``ttl`` - 1."""
+    plan, tmp = platform
+    vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
+    sport, opener = next(SPORTS), f"open-ttl-{ttl}-"
+    with Pcap(vm.ns, "eth0", tmp, bpf="udp") as at_vm:
+        assert send_frames(svc, "eth0", [udp6(plan, opener, 100, sport)]) == 1
+        request = one(at_vm.wait(lambda p: carrying(p, opener), 5), opener, IP, str(vm.ipv4.ip))[IP]
+    marker = f"ttl4-{ttl}-"
+    reply = frame(plan, "a-vm1") / IP(src=str(vm.ipv4.ip), dst=request.src, ttl=ttl) \
+        / UDP(sport=request[UDP].dport, dport=request[UDP].sport) / marker.encode()
+    gateway4 = str(vm.ipv4.network.network_address + 1)
+    with Pcap(vm.ns, "eth0", tmp, bpf="icmp") as at_vm, Pcap(svc, "eth0", tmp, bpf="udp") as at_svc:
+        assert send_frames(vm.ns, "eth0", [reply]) == 1
+        if ttl == 1:
+            got = at_vm.wait(lambda p: carrying(p, marker), 5)
+        else:
+            got = at_svc.wait(lambda p: carrying(p, marker), 5)
+        at_svc.wait(lambda p: len(carrying(p, marker)) > 1, 0.5)     # and nothing more
+        delivered = [q[IPv6] for q in carrying(at_svc.stop(), marker)]
+    if ttl == 1:
+        errors = [q[IP] for q in carrying(got, marker) if q.haslayer(IPerror)]
+        assert len(errors) == 1 and not delivered, ([q.summary() for q in got], delivered)
+        err = errors[0]
+        assert (err.src, err.dst, err[ICMP].type, err[ICMP].code) == (gateway4, str(vm.ipv4.ip), 11, 0), \
+            err.summary()
+        assert (err[IPerror].src, err[IPerror].dst, err[IPerror].ttl) == (str(vm.ipv4.ip), request.src, 1)
+        icmp_checksum_ok(err)
+    else:
+        assert len(delivered) == 1, [q.summary() for q in delivered]
+        assert (delivered[0].src, delivered[0].hlim) == (A6, ttl - 1), delivered[0].summary()

@@ -106,7 +106,7 @@ def test_host_connect_installs_meter_and_flows_for_its_vms(model):
     # new pairs alone use theirs; errors and refusals a tenant can provoke use the other
     punts = [m for m in msgs if isinstance(m, Flow) and m.meter is not None]
     assert {m.table for m in punts if m.meter == PACKET_IN_METER} == {"pair"}
-    assert {m.table for m in punts if m.meter == ERROR_METER} == {"to_vm", "from_translator"}
+    assert {m.table for m in punts if m.meter == ERROR_METER} == {"to_vm", "from_translator", "from_vm"}
     text = "\n".join(m.ofctl() for m in msgs if isinstance(m, Flow))
     assert "ipv6_dst=fd41::3930:1f:6600:a00:4" in text and "ipv6_dst=fd41::3930:20:6600:a00:4" in text
     assert "nat(dst=[fd64:64::a00:4])" in text

@@ -447,6 +447,8 @@ class Logic:
             return self._gateway_error(sw, in_port, data)
         if sw is not None and sw.node.role == "host" and sw.tables.name(table_id) == "from_translator":
             return self._routing_header_error(sw, data)
+        if sw is not None and sw.node.role == "host" and sw.tables.name(table_id) == "from_vm":
+            return self._time_exceeded(sw, in_port, data)
         if sw is None or sw.node.role != "host" or sw.tables.name(table_id) != "pair":
             self.stats["packet_ins_ignored"] += 1
             return []
@@ -499,6 +501,18 @@ class Logic:
                         "%d refused so far", sw.node.name, "Platform_IP", dst, *self.snat_ports,
                         self.stats["connections_refused_no_port"])
         return [PacketOut(frame, OFPP_CONTROLLER, (Output(sw.ports.xlat),))]
+
+    def _time_exceeded(self, sw: Switch, in_port: int, data: bytes) -> list[Message]:
+        """A VM's packet with TTL 0 or 1 (``from_vm`` punts them): its gateway's Time
+        Exceeded goes back out of the VM's port (customer module doc, "Hop limits")."""
+        name = next((n for (kind, n), port in sw.ports.vifs.items() if kind == "vm" and port == in_port), None)
+        vm = self.model.vm(name) if name else None
+        frame = customer.time_exceeded(data, vm) if vm else None
+        if frame is None:
+            self.stats["packet_ins_ignored"] += 1
+            return []
+        self.stats["icmp_time_exceeded_sent"] += 1
+        return [PacketOut(frame, OFPP_CONTROLLER, (Output(in_port),))]
 
     def _routing_header_error(self, sw: Switch, data: bytes) -> list[Message]:
         """A packet the translator namespace bounced (a routing header with Segments Left

@@ -51,6 +51,15 @@ translated address), and punts them (errors' meter). The controller answers as R
 says the translator should: an ICMPv6 Parameter Problem pointing at Segments Left,
 from the VM's platform address to the service, sent straight to the service's host
 like any reply; the packet goes no further.
+
+Hop limits: the platform is one router hop between a service and a VM, whatever it does
+inside (RFC 7915 4.1/5.1 decrement once, as a NAT64 box presents itself): a service's
+hop limit h arrives as TTL h - 1, a VM's TTL t as hop limit t - 1. Each side's gateway
+expires 0 and 1 and answers as a router: the service's (fe80::1, service module) with
+an ICMPv6 Time Exceeded, the VM's (its subnet's gateway address) with an ICMPv4 Time
+Exceeded - ``from_vm`` punts such a VM packet (errors' meter) and the controller sends
+the answer back to the VM (:func:`time_exceeded`). The translator namespace takes three
+decrements and gives back two (node/translator.py, ``nft_ruleset``).
 """
 
 from __future__ import annotations
@@ -64,7 +73,8 @@ from ..flows import (CT, ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, Controller, 
                      Match, Move, Nat, Output, SetField, ct_state, flow)
 from ..inet import checksum, ethernet, icmp6_packet
 from ..model import VM, Endpoint, Model, Node
-from ..pipeline import (ERROR_METER, PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_MATCH, PRIO_MISS,
+from ..pipeline import (ERROR_METER, PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_HOP_LIMIT, PRIO_MATCH,
+                        PRIO_MISS,
                         PRIO_SPECIFIC, VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, cookie, token_actions,
                         token_match)
 from . import Ports, service
@@ -217,10 +227,14 @@ def vm_flows(model: Model, node: Node, ports: Ports, vm: VM) -> list[Flow]:
     ]
     if not vm.subscribed:
         return out
+    to_platform = {"in_port": port, "eth_type": ETH_IPV4, "ipv4_src": vm.ipv4, "ipv4_dst": vm.snat_ip}
     out += [
-        flow("from_vm", PRIO_MATCH,
-             {"in_port": port, "eth_type": ETH_IPV4, "ipv4_src": vm.ipv4, "ipv4_dst": vm.snat_ip},
+        flow("from_vm", PRIO_MATCH, to_platform,
              [CT(zone=vm.zone, table="vm_return", nat=Nat())], cookie=c),
+        # the VM's gateway is a router: TTL 0 or 1 is not forwarded but answered (module
+        # doc, "Hop limits"); nw_ttl cannot be masked, so one flow per value
+        *(flow("from_vm", PRIO_HOP_LIMIT, {**to_platform, "nw_ttl": ttl}, [Controller()],
+               meter=ERROR_METER, cookie=c) for ttl in (0, 1)),
         flow("v6_dnat", PRIO_MATCH, {"eth_type": ETH_IPV6, "ipv6_dst": vm.ipv6},
              [CT(zone=ZONE_V6_DNAT, commit=True, table="to_translator",
                  nat=Nat("dst", str(model.translated(vm.ipv4))))], cookie=c),
@@ -366,6 +380,34 @@ def refusal(frame: bytes, xlat_mac: str) -> bytes | None:
     icmp = struct.pack("!BBHI", ICMP_UNREACH, ICMP_ADMIN_PROHIBITED, 0, 0) + ip[:min(total, ICMP_QUOTE)]
     icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
     return eth + _ipv4(dst, src, 1, icmp)
+
+
+ICMP_TIME_EXCEEDED, ICMP_TTL_EXCEEDED = 11, 0
+
+
+def time_exceeded(frame: bytes, vm: VM) -> bytes | None:
+    """The VM's gateway's answer to a packet from the VM it must not forward, TTL 0 or 1
+    (``from_vm`` punts them): ICMPv4 Time Exceeded, code 0 (RFC 1812 5.3.1, RFC 792),
+    from the gateway's address to the VM, quoting the packet as far as 576 bytes allow
+    (RFC 1812 4.3.2.3).
+
+    None unless ``frame`` is Ethernet/IPv4 from ``vm`` with TTL <= 1, and never about an
+    ICMP error or a non-initial fragment (RFC 1812 4.3.2.7). Ethernet to the frame's own
+    source MAC, as the service gateway answers (service.gateway_error)."""
+    if len(frame) < 34 or struct.unpack_from("!H", frame, 12)[0] != 0x0800:
+        return None
+    ip = frame[14:]
+    ihl = (ip[0] & 0x0F) * 4
+    if ip[0] >> 4 != 4 or ihl < 20 or len(ip) < ihl or ip[8] > 1 or ip[12:16] != vm.ipv4.packed:
+        return None
+    if struct.unpack_from("!H", ip, 6)[0] & 0x1FFF:
+        return None
+    if ip[9] == 1 and len(ip) > ihl and ip[ihl] not in (0, 8, 13, 14, 15, 16, 17, 18):
+        return None      # an ICMP error (only queries and echoes are answered)
+    total = min(struct.unpack_from("!H", ip, 2)[0], len(ip))
+    icmp = struct.pack("!BBHI", ICMP_TIME_EXCEEDED, ICMP_TTL_EXCEEDED, 0, 0) + ip[:min(total, ICMP_QUOTE)]
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+    return ethernet(frame[6:12], gateway.GATEWAY_MAC, ETH_IPV4) + _ipv4(vm.gateway.packed, vm.ipv4.packed, 1, icmp)
 
 
 ICMP6_PARAM_PROBLEM, ICMP6_ERRONEOUS_HEADER = 4, 0
