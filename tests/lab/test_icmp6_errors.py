@@ -25,6 +25,7 @@ values 2-4 arrive three less or expire silently.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
@@ -163,34 +164,44 @@ def forget_path_mtus(*namespaces: str) -> None:
             assert proc.returncode == 0, proc.stderr
 
 
+@contextlib.contextmanager
+def shrunk_path(plan, receiver: str, drop: str):
+    """A live TCP connection svc1 -> a-vm1 (warmed up), then ``receiver``'s namespace
+    drops what nftables rule ``drop`` matches: the path shrank. Undone afterwards, path
+    MTUs learnt on either side forgotten."""
+    vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
+    forget_path_mtus(vm.ns, svc)
+    session = LineSession(plan, A6, LINE_PORT)
+    try:
+        assert session.send("warm-up")["reply"].endswith("warm-up")
+        nft(receiver, "add table inet path",
+            "add chain inet path in { type filter hook input priority 0; }",
+            f"add rule inet path in {drop} drop")
+        yield session
+    finally:
+        session.close()
+        in_ns(receiver, "nft", "delete table inet path")
+        forget_path_mtus(vm.ns, svc)
+
+
 def test_pmtud_from_the_service_side_a_vm_sends_smaller(platform):
     """svc1's side of the path shrinks to 1280 bytes while a-vm1 sends: svc1's Packet
     Too Big about a-vm1's TCP segment reaches a-vm1 as Fragmentation Needed 1260 quoting
     that segment, and a-vm1's TCP resends in segments that fit; the transfer completes."""
     plan, tmp = platform
     vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
-    forget_path_mtus(vm.ns, svc)
-    session = LineSession(plan, A6, LINE_PORT)
-    try:
-        assert session.send("warm-up")["reply"].endswith("warm-up")
-        nft(svc, "add table inet path",
-            "add chain inet path in { type filter hook input priority 0; }",
-            f"add rule inet path in ip6 saddr {A6} meta length > {PATH_MTU6} drop")
-        with Pcap(svc, "eth0", tmp, bpf="tcp") as at_svc, Pcap(vm.ns, "eth0", tmp, bpf="icmp") as at_vm:
-            session.write(LINE)
-            dropped = first_dropped(at_svc, A6, PATH_MTU6)
-            assert dropped is not None, "a-vm1 sent nothing larger than the new path MTU"
-            too_big = frame(plan, "svc1") / IPv6(src=SVC1, dst=A6) \
-                / ICMPv6PacketTooBig(mtu=PATH_MTU6) / bytes(dropped)[:1280 - 48]
-            assert send_frames(svc, "eth0", [too_big]) == 1
-            answer = session.read(15)
-            errors = [q[IP] for q in at_vm.wait(lambda p: any(q.haslayer(IPerror) for q in p), 3)
-                      if q.haslayer(IPerror)]
-            after = sizes_after(at_svc.stop(), A6, dropped, PATH_MTU6)
-    finally:
-        session.close()
-        nft(svc, "delete table inet path")
-        forget_path_mtus(vm.ns, svc)
+    with shrunk_path(plan, svc, f"ip6 saddr {A6} meta length > {PATH_MTU6}") as session, \
+            Pcap(svc, "eth0", tmp, bpf="tcp") as at_svc, Pcap(vm.ns, "eth0", tmp, bpf="icmp") as at_vm:
+        session.write(LINE)
+        dropped = first_dropped(at_svc, A6, PATH_MTU6)
+        assert dropped is not None, "a-vm1 sent nothing larger than the new path MTU"
+        too_big = frame(plan, "svc1") / IPv6(src=SVC1, dst=A6) \
+            / ICMPv6PacketTooBig(mtu=PATH_MTU6) / bytes(dropped)[:1280 - 48]
+        assert send_frames(svc, "eth0", [too_big]) == 1
+        answer = session.read(15)
+        errors = [q[IP] for q in at_vm.wait(lambda p: any(q.haslayer(IPerror) for q in p), 3)
+                  if q.haslayer(IPerror)]
+        after = sizes_after(at_svc.stop(), A6, dropped, PATH_MTU6)
     assert len(errors) == 1, [e.summary() for e in errors]
     err = errors[0]
     what = f"{err.summary()} mtu={err[ICMP].nexthopmtu}"
@@ -210,27 +221,17 @@ def test_pmtud_from_the_vm_side_the_service_sends_smaller(platform):
     segments that fit; the transfer completes."""
     plan, tmp = platform
     vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
-    forget_path_mtus(vm.ns, svc)
-    session = LineSession(plan, A6, LINE_PORT)
-    try:
-        assert session.send("warm-up")["reply"].endswith("warm-up")
-        nft(vm.ns, "add table inet path",
-            "add chain inet path in { type filter hook input priority 0; }",
-            f"add rule inet path in ip saddr {PLATFORM_IP} meta length > {PATH_MTU4} drop")
-        with Pcap(vm.ns, "eth0", tmp, bpf="tcp") as at_vm, Pcap(svc, "eth0", tmp, bpf="icmp6") as at_svc:
-            session.write(LINE)
-            dropped = first_dropped(at_vm, PLATFORM_IP, PATH_MTU4)
-            assert dropped is not None, "svc1 sent nothing larger than the new path MTU"
-            too_big = frame(plan, "a-vm1") / IP(src=str(vm.ipv4.ip), dst=PLATFORM_IP) \
-                / ICMP(type=3, code=4, nexthopmtu=PATH_MTU4) / bytes(dropped)[:548]
-            assert send_frames(vm.ns, "eth0", [too_big]) == 1
-            answer = session.read(15)
-            got = at_svc.wait(lambda p: any(q.haslayer(ICMPv6PacketTooBig) for q in p), 3)
-            after = sizes_after(at_vm.stop(), PLATFORM_IP, dropped, PATH_MTU4)
-    finally:
-        session.close()
-        nft(vm.ns, "delete table inet path")
-        forget_path_mtus(vm.ns, svc)
+    with shrunk_path(plan, vm.ns, f"ip saddr {PLATFORM_IP} meta length > {PATH_MTU4}") as session, \
+            Pcap(vm.ns, "eth0", tmp, bpf="tcp") as at_vm, Pcap(svc, "eth0", tmp, bpf="icmp6") as at_svc:
+        session.write(LINE)
+        dropped = first_dropped(at_vm, PLATFORM_IP, PATH_MTU4)
+        assert dropped is not None, "svc1 sent nothing larger than the new path MTU"
+        too_big = frame(plan, "a-vm1") / IP(src=str(vm.ipv4.ip), dst=PLATFORM_IP) \
+            / ICMP(type=3, code=4, nexthopmtu=PATH_MTU4) / bytes(dropped)[:548]
+        assert send_frames(vm.ns, "eth0", [too_big]) == 1
+        answer = session.read(15)
+        got = at_svc.wait(lambda p: any(q.haslayer(ICMPv6PacketTooBig) for q in p), 3)
+        after = sizes_after(at_vm.stop(), PLATFORM_IP, dropped, PATH_MTU4)
     ptbs = [q[IPv6] for q in got if q.haslayer(ICMPv6PacketTooBig)]
     assert len(ptbs) == 1, [q.summary() for q in got]
     ptb = ptbs[0]

@@ -82,6 +82,7 @@ def test_every_difference_is_named_in_one_place():
     assert NETDEV.other_config == {"userspace-tso-enable": "false"}
     assert NETDEV.uplink_arp_ignore and not SYSTEM.uplink_arp_ignore
     assert (NETDEV.rmem_default, SYSTEM.rmem_default) == (4 << 20, None)
+    assert (NETDEV.min_fragment, SYSTEM.min_fragment) == (400, None)   # OVS's floor; nf_defrag has none
     assert NETDEV.verified and not SYSTEM.verified and SYSTEM.notes
     # what the kernel datapath relies on, unverified here, names its documents
     notes = " ".join(SYSTEM.notes)

@@ -398,6 +398,17 @@ class Agent:
                            f"link set {config.PHYSICAL_BRIDGE} up",
                            f"link set {INTEGRATION_BRIDGE} up"])
 
+    def set_min_fragments(self) -> None:
+        """netdev: the smallest non-final fragment ovs-vswitchd's reassembly takes, IPv4
+        and IPv6 (:attr:`Datapath.min_fragment`); runtime state, so done at start and
+        whenever ovs-vswitchd restarted."""
+        size = self.o.datapath.min_fragment
+        if size is None:
+            return
+        for family in ("v4", "v6"):
+            self.appctl("dpctl/ipf-set-min-frag", family, str(size))
+        LOG.info("conntrack reassembly takes non-final fragments from %d bytes", size)
+
     def seed_neighbours(self) -> None:
         """netdev: OVS's tunnel neighbour cache drops the packet that triggers a lookup,
         so each peer's MAC is seeded from the kernel's neighbour table on br-phy (a
@@ -561,6 +572,7 @@ class Agent:
         self.switch_pid = self.vswitchd_pid()
         t0 = time.monotonic()
         self.converge(uplink, full=True)
+        self.set_min_fragments()
         LOG.debug("converged in %.2f s", time.monotonic() - t0)
         self.bind_ports()
         self.seed_neighbours()
@@ -613,6 +625,8 @@ class Agent:
                     self.seeded &= set(facts.peers)
                     self.facts = facts
             self.converge(uplink, full=restarted)
+            if restarted:
+                self.set_min_fragments()
             self.bind_ports()
             self._seen = self._seqnos()     # our own writes are not news
             self.report()
