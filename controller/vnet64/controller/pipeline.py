@@ -21,6 +21,7 @@ Host pipeline (table ids in brackets)::
      │                                                    ─► ct(v6 SNAT zone) ─► to_service [32]
      └ in_port=<vm> ─► from_vm [40]: ARP for the gateway ─► arp_reply [41]
                                     IPv4 to Platform_IP ─► ct(VNet zone) ─► vm_return [42] ─► to_translator [50]
+                                    (TTL 0 or 1 ─► meter ─► controller: the VM's gateway's Time Exceeded)
   pair [20]: (service IPv6, VM platform IPv6) ─► ct(v6 SNAT zone, src=<xlat /96>::<alias>) ─► v6_dnat [21]
              miss ─► meter ─► controller (first packet of a new pair)
   v6_dnat [21]: ─► ct(v6 DNAT zone, dst=<xlat /96>::<VM IPv4>) ─► to_translator [50] ─► xlat0
@@ -101,7 +102,7 @@ PRIO_DEFAULT = 10      # catch-all of a stage (e.g. "all other IPv6 from TAYGA")
 PRIO_MATCH = 100       # the normal, specific flows
 PRIO_SPECIFIC = 110    # exceptions inside a stage (ND before routing, +snat before +rel)
 PRIO_TOO_BIG = 120     # from_endpoint: larger than the path MTU -> Packet Too Big (punt)
-PRIO_HOP_LIMIT = 130   # from_endpoint: hop limit 0/1 -> Time Exceeded (punt), before size
+PRIO_HOP_LIMIT = 130   # from_endpoint / from_vm: hop limit or TTL 0/1 -> Time Exceeded (punt)
 PRIO_UNPARSED = 140    # from_endpoint: headers OVS could not parse (no hop limit seen): drop
 PRIO_DENY = 200        # short-lived drops of refused pairs
 
@@ -171,10 +172,11 @@ def token_actions(token: int | None) -> list[SetField]:
 NA_FLAGS_RSO = 0xE0000000
 
 # Meters on the packet-in path of a host: new pairs have their own, so that what else is
-# punted - the gateway's ICMPv6 errors, bounced routing headers and port-exhaustion refusals,
-# which a tenant can provoke at will - cannot take the new pairs' share of it.
+# punted - the gateways' Time Exceeded / Packet Too Big, bounced routing headers and
+# port-exhaustion refusals, which a tenant can provoke at will - cannot take the new
+# pairs' share of it.
 PACKET_IN_METER = 1     # first packets of new pairs
-ERROR_METER = 2         # the gateway's ICMPv6 errors, bounced routing headers, refusals
+ERROR_METER = 2         # the gateways' ICMP errors, bounced routing headers, refusals
 
 # The register bit check_pkt_larger sets in classify for an endpoint's packets that are
 # larger than the path MTU (matched in from_endpoint)

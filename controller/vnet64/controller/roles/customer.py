@@ -58,8 +58,9 @@ hop limit h arrives as TTL h - 1, a VM's TTL t as hop limit t - 1. Each side's g
 expires 0 and 1 and answers as a router: the service's (fe80::1, service module) with
 an ICMPv6 Time Exceeded, the VM's (its subnet's gateway address) with an ICMPv4 Time
 Exceeded - ``from_vm`` punts such a VM packet (errors' meter) and the controller sends
-the answer back to the VM (:func:`time_exceeded`). The translator namespace takes three
-decrements and gives back two (node/translator.py, ``nft_ruleset``).
+the answer back to the VM (:func:`time_exceeded`). Inside, the translator namespace's
+routing into TAYGA's tun and out of it takes two, and TAYGA adds one instead of taking
+one (``hop-limit-adjust 1``: node/translator.py, ``tayga_conf``).
 """
 
 from __future__ import annotations
@@ -73,10 +74,9 @@ from ..flows import (CT, ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, Controller, 
                      Match, Move, Nat, Output, SetField, ct_state, flow)
 from ..inet import checksum, ethernet, icmp6_packet
 from ..model import VM, Endpoint, Model, Node
-from ..pipeline import (ERROR_METER, PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_HOP_LIMIT, PRIO_MATCH,
-                        PRIO_MISS,
-                        PRIO_SPECIFIC, VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, cookie, token_actions,
-                        token_match)
+from ..pipeline import (ERROR_METER, PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_HOP_LIMIT,
+                        PRIO_MATCH, PRIO_MISS, PRIO_SPECIFIC, VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, cookie,
+                        token_actions, token_match)
 from . import Ports, service
 
 ALIAS_POOL = IPv4Network("198.18.0.0/15")   # RFC 2544 benchmarking space: never a customer's
