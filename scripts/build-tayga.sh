@@ -7,7 +7,9 @@
 #   Needed below 1280), and IPv4 UDP with checksum 0 given one (RFC 6146 3.4) instead of
 #   dropped (docs/lab.md "The translator engine");
 # - rfc7915-hop-limit-adjust: a "hop-limit-adjust" directive, so that the platform takes
-#   one hop off a packet, not three (the agent writes "hop-limit-adjust 1").
+#   one hop off a packet, not three (the agent writes "hop-limit-adjust 1");
+# - rfc7915-parameter-problem: Parameter Problem translated both ways with RFC 7915's
+#   pointer maps (TAYGA 0.9.2 dropped them).
 # Builds in seconds (one small C program, no dependency beyond libc).
 #
 # The source comes from Debian's archive by apt itself (`apt-get source`), through a

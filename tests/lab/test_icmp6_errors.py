@@ -30,7 +30,7 @@ import itertools
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
-from scapy.layers.inet6 import ICMPv6PacketTooBig, IPerror6, IPv6
+from scapy.layers.inet6 import ICMPv6PacketTooBig, ICMPv6ParamProblem, IPerror6, IPv6
 from vnet64_lab.traffic import (A6, LINE_PORT, PLATFORM_IP, SVC1, UDP_PORT, LineSession, in_ns, ns_of,
                                 running_platform)
 
@@ -313,3 +313,66 @@ def test_a_vms_ttl_arrives_one_less_or_expires_at_its_gateway(platform, ttl):
     else:
         assert len(delivered) == 1, [q.summary() for q in delivered]
         assert (delivered[0].src, delivered[0].hlim) == (A6, ttl - 1), delivered[0].summary()
+
+
+# Parameter Problem (RFC 7915 4.2 / 5.2, pointer maps of Figures 3 and 6)
+
+@pytest.mark.parametrize("ptr6,ptr4", [(7, 8), (6, 9), (4, 2), (30, 16), (2, None)])
+def test_a_services_parameter_problem_reaches_the_vm_with_its_pointer_mapped(platform, ptr6, ptr4):
+    """svc1 reports a-vm1's answer with a Parameter Problem pointing at byte ``ptr6`` of
+    its IPv6 header: a-vm1 gets an ICMPv4 Parameter Problem pointing at the same field of
+    its own IPv4 header, ``ptr4``; nothing for a field IPv4 has not (the flow label). TAYGA
+    0.9.2 dropped them all."""
+    plan, tmp = platform
+    vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
+    marker, sport = f"pp6-{ptr6}-", next(SPORTS)
+    with Pcap(svc, "eth0", tmp, bpf="udp") as at_svc:
+        assert send_frames(svc, "eth0", [udp6(plan, marker, 200, sport)]) == 1
+        pkts = at_svc.wait(lambda p: any(q.haslayer(IPv6) and q[IPv6].src == A6 for q in carrying(p, marker)), 5)
+    echoed = next(q for q in carrying(pkts, marker) if q[IPv6].src == A6)[IPv6]
+    problem = frame(plan, "svc1") / IPv6(src=SVC1, dst=A6) / ICMPv6ParamProblem(code=0, ptr=ptr6) / bytes(echoed)
+    with Pcap(vm.ns, "eth0", tmp, bpf="icmp") as at_vm:
+        assert send_frames(svc, "eth0", [problem]) == 1
+        got = at_vm.wait(lambda p: carrying(p, marker), 2 if ptr4 is None else 5)
+    errors = [q[IP] for q in carrying(got, marker) if q.haslayer(IPerror)]
+    if ptr4 is None:
+        assert not errors, [e.summary() for e in errors]
+        return
+    assert len(errors) == 1, [q.summary() for q in got]
+    err = errors[0]
+    what = f"{err.summary()} type={err[ICMP].type} code={err[ICMP].code} ptr={err[ICMP].ptr}"
+    assert (err.src, err.dst) == (PLATFORM_IP, str(vm.ipv4.ip)), what
+    assert (err[ICMP].type, err[ICMP].code, err[ICMP].ptr) == (12, 0, ptr4), what
+    assert (err[IPerror].src, err[IPerror].dst, err[UDPerror].sport) == (str(vm.ipv4.ip), PLATFORM_IP, UDP_PORT)
+    icmp_checksum_ok(err)
+
+
+@pytest.mark.parametrize("ptr4,ptr6", [(8, 7), (9, 6), (2, 4), (13, 8), (16, 24), (4, None)])
+def test_a_vms_parameter_problem_reaches_the_service_with_its_pointer_mapped(platform, ptr4, ptr6):
+    """a-vm1 reports svc1's datagram with an ICMPv4 Parameter Problem pointing at byte
+    ``ptr4`` of its IPv4 header: svc1 gets an ICMPv6 Parameter Problem pointing at the
+    same field of the IPv6 header it sent, ``ptr6``, through both IPv6 zones (the pointer
+    intact: OVS 3.1 overwrote it as a UDP checksum); nothing for a field IPv6 has not
+    (the Identification)."""
+    plan, tmp = platform
+    vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
+    marker, sport = f"pp4-{ptr4}-", next(SPORTS)
+    with Pcap(vm.ns, "eth0", tmp, bpf="udp") as at_vm:
+        assert send_frames(svc, "eth0", [udp6(plan, marker, 300, sport)]) == 1
+        request = one(at_vm.wait(lambda p: carrying(p, marker), 5), marker, IP, str(vm.ipv4.ip))[IP]
+    problem = frame(plan, "a-vm1") / IP(src=str(vm.ipv4.ip), dst=request.src) \
+        / ICMP(type=12, code=0, ptr=ptr4) / bytes(request)[:548]
+    with Pcap(svc, "eth0", tmp, bpf="icmp6") as at_svc:
+        assert send_frames(vm.ns, "eth0", [problem]) == 1
+        got = at_svc.wait(lambda p: any(q.haslayer(ICMPv6ParamProblem) for q in p), 2 if ptr6 is None else 5)
+    errors = [q[IPv6] for q in got if q.haslayer(ICMPv6ParamProblem)]
+    if ptr6 is None:
+        assert not errors, [e.summary() for e in errors]
+        return
+    assert len(errors) == 1, [q.summary() for q in got]
+    err = errors[0]
+    what = f"{err.summary()} code={err[ICMPv6ParamProblem].code} ptr={err[ICMPv6ParamProblem].ptr}"
+    assert (err.src, err.dst) == (A6, SVC1), what
+    assert (err[ICMPv6ParamProblem].code, err[ICMPv6ParamProblem].ptr) == (0, ptr6), what
+    assert (err[IPerror6].src, err[IPerror6].dst, err[UDPerror].sport) == (SVC1, A6, sport), what
+    icmp6_checksum_ok(err)
