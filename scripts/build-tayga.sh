@@ -8,6 +8,8 @@
 #   dropped (docs/lab.md "The translator engine");
 # - rfc7915-hop-limit-adjust: a "hop-limit-adjust" directive, so that the platform takes
 #   one hop off a packet, not three (the agent writes "hop-limit-adjust 1");
+# - rfc7915-icmp-extensions: ICMP extensions (RFC 4884) carried through translation
+#   (TAYGA 0.9.2 dropped them and zeroed the length field);
 # - rfc7915-parameter-problem: Parameter Problem translated both ways with RFC 7915's
 #   pointer maps (TAYGA 0.9.2 dropped them).
 # Builds in seconds (one small C program, no dependency beyond libc).

@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import struct
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
-from scapy.layers.inet6 import ICMPv6PacketTooBig, ICMPv6ParamProblem, IPerror6, IPv6
+from scapy.layers.inet6 import ICMPv6PacketTooBig, ICMPv6ParamProblem, IPerror6, IPv6, in6_chksum
+from scapy.packet import Raw
+from scapy.utils import checksum as scapy_checksum
 from vnet64_lab.traffic import (A6, LINE_PORT, PLATFORM_IP, SVC1, UDP_PORT, LineSession, in_ns, ns_of,
                                 running_platform)
 
@@ -376,3 +379,76 @@ def test_a_vms_parameter_problem_reaches_the_service_with_its_pointer_mapped(pla
     assert (err[ICMPv6ParamProblem].code, err[ICMPv6ParamProblem].ptr) == (0, ptr6), what
     assert (err[IPerror6].src, err[IPerror6].dst, err[UDPerror].sport) == (SVC1, A6, sport), what
     icmp6_checksum_ok(err)
+
+
+# ICMP extensions (RFC 4884; deviation 6)
+
+def mpls_extension(label: int) -> bytes:
+    """An ICMP extension structure (RFC 4884 7): version 2 header with its checksum, one
+    MPLS label stack object (RFC 4950: class 1, c-type 1) holding ``label``."""
+    obj = struct.pack("!HBBI", 8, 1, 1, (label << 12) | 0x1FF)     # label, S=1, TTL 255
+    head = struct.pack("!BBH", 0x20, 0, 0)
+    return struct.pack("!BBH", 0x20, 0, scapy_checksum(head + obj)) + obj
+
+
+def test_a_vms_time_exceeded_keeps_its_extension_to_the_service(platform):
+    """a-vm1 reports svc1's datagram expired, the way a router that appends an MPLS label
+    stack does: svc1 gets an ICMPv6 Time Exceeded whose length field (64-bit words) covers
+    its own datagram padded to 128 bytes, followed by the same extension, byte for byte
+    (TAYGA 0.9.2 dropped it and left the length 0)."""
+    plan, tmp = platform
+    vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
+    marker, sport = "ext4-", next(SPORTS)
+    with Pcap(vm.ns, "eth0", tmp, bpf="udp") as at_vm:
+        assert send_frames(svc, "eth0", [udp6(plan, marker, 100, sport)]) == 1
+        request = one(at_vm.wait(lambda p: carrying(p, marker), 5), marker, IP, str(vm.ipv4.ip))[IP]
+    quoted = bytes(request).ljust(128, b"\0")          # 80 bytes, padded (RFC 4884 5.1)
+    ext = mpls_extension(0x12345)
+    body = quoted + ext
+    icmp = struct.pack("!BBHBBH", 11, 0, 0, 0, len(quoted) // 4, 0) + body
+    icmp = icmp[:2] + struct.pack("!H", scapy_checksum(icmp)) + icmp[4:]
+    error = frame(plan, "a-vm1") / IP(src=str(vm.ipv4.ip), dst=request.src, proto=1) / Raw(icmp)
+    with Pcap(svc, "eth0", tmp, bpf="icmp6") as at_svc:
+        assert send_frames(vm.ns, "eth0", [error]) == 1
+        got = at_svc.wait(lambda p: carrying(p, marker), 5)
+    errors = [q[IPv6] for q in carrying(got, marker) if q.haslayer(IPerror6)]
+    assert len(errors) == 1, [q.summary() for q in got]
+    err = errors[0]
+    raw = bytes(err.payload)                            # the ICMPv6 message
+    assert (raw[0], raw[1], err.src, err.dst) == (3, 0, A6, SVC1), err.summary()
+    orig = raw[4] * 8
+    assert orig == 128, raw[:8].hex()                   # 40 + 8 + 20 bytes of svc1's datagram, padded
+    assert IPv6(raw[8:8 + orig]).src == SVC1 and marker.encode() in raw[8:8 + orig]
+    assert raw[8 + orig:] == ext, raw[8 + orig:].hex()
+    icmp6_checksum_ok(err)
+
+
+def test_a_services_unreachable_keeps_its_extension_to_the_vm(platform):
+    """svc1 reports a-vm1's answer unreachable with an extension: a-vm1 gets an ICMPv4
+    port unreachable whose length field (32-bit words) covers its own datagram padded to
+    128 bytes, followed by the same extension."""
+    plan, tmp = platform
+    vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
+    marker, sport = "ext6-", next(SPORTS)
+    with Pcap(svc, "eth0", tmp, bpf="udp") as at_svc:
+        assert send_frames(svc, "eth0", [udp6(plan, marker, 100, sport)]) == 1
+        pkts = at_svc.wait(lambda p: any(q.haslayer(IPv6) and q[IPv6].src == A6 for q in carrying(p, marker)), 5)
+    echoed = bytes(next(q for q in carrying(pkts, marker) if q[IPv6].src == A6)[IPv6])
+    quoted = echoed.ljust(-(-len(echoed) // 8) * 8, b"\0").ljust(128, b"\0")
+    ext = mpls_extension(0x54321)
+    message = struct.pack("!BBHBBH", 1, 4, 0, len(quoted) // 8, 0, 0) + quoted + ext
+    error = frame(plan, "svc1") / IPv6(src=SVC1, dst=A6, nh=58) / Raw(message)
+    error[IPv6].payload = Raw(message[:2] + struct.pack("!H", in6_chksum(58, error[IPv6], message)) + message[4:])
+    with Pcap(vm.ns, "eth0", tmp, bpf="icmp") as at_vm:
+        assert send_frames(svc, "eth0", [error]) == 1
+        got = at_vm.wait(lambda p: carrying(p, marker), 5)
+    errors = [q[IP] for q in carrying(got, marker) if q.haslayer(ICMP)]
+    assert len(errors) == 1, [q.summary() for q in got]
+    err = errors[0]
+    raw = bytes(err.payload)                            # the ICMPv4 message
+    assert (raw[0], raw[1], err.src, err.dst) == (3, 3, PLATFORM_IP, str(vm.ipv4.ip)), err.summary()
+    orig = raw[5] * 4
+    assert orig == 128, raw[:8].hex()
+    assert IP(raw[8:8 + orig]).src == str(vm.ipv4.ip) and marker.encode() in raw[8:8 + orig]
+    assert raw[8 + orig:] == ext, raw[8 + orig:].hex()
+    icmp_checksum_ok(err)
