@@ -80,6 +80,23 @@ def icmp_checksum_ok(ip) -> None:
     assert again[ICMP].chksum == IP(bytes(fresh))[ICMP].chksum, "ICMPv4 checksum"
 
 
+def as_vm_got_it(plan, tmp, marker: str, size: int, sport: int):
+    """svc1 opens a UDP flow to a-vm1's echo server: its datagram as a-vm1 received it."""
+    vm = vif(plan, "a-vm1")
+    with Pcap(vm.ns, "eth0", tmp, bpf="udp") as at_vm:
+        assert send_frames(ns_of(plan, "svc1"), "eth0", [udp6(plan, marker, size, sport)]) == 1
+        return one(at_vm.wait(lambda p: carrying(p, marker), 5), marker, IP, str(vm.ipv4.ip))[IP]
+
+
+def as_service_got_it(plan, tmp, marker: str, size: int, sport: int):
+    """svc1 opens a UDP flow to a-vm1's echo server: a-vm1's answer as svc1 received it."""
+    svc = ns_of(plan, "svc1")
+    with Pcap(svc, "eth0", tmp, bpf="udp") as at_svc:
+        assert send_frames(svc, "eth0", [udp6(plan, marker, size, sport)]) == 1
+        pkts = at_svc.wait(lambda p: any(q.haslayer(IPv6) and q[IPv6].src == A6 for q in carrying(p, marker)), 5)
+    return next(q for q in carrying(pkts, marker) if q[IPv6].src == A6)[IPv6]
+
+
 @pytest.mark.parametrize("mtu", [1261, 1400])
 def test_packet_too_big_about_udp_reaches_the_service_with_its_mtu(platform, mtu):
     """a-vm1 reports svc1's datagram too big (Fragmentation Needed, MTU ``mtu``): svc1
@@ -88,9 +105,7 @@ def test_packet_too_big_about_udp_reaches_the_service_with_its_mtu(platform, mtu
     plan, tmp = platform
     vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
     marker, sport = f"ptb4-{mtu}-", next(SPORTS)
-    with Pcap(vm.ns, "eth0", tmp, bpf="udp") as at_vm:
-        assert send_frames(svc, "eth0", [udp6(plan, marker, 1300, sport)]) == 1
-        request = one(at_vm.wait(lambda p: carrying(p, marker), 5), marker, IP, str(vm.ipv4.ip))[IP]
+    request = as_vm_got_it(plan, tmp, marker, 1300, sport)
     too_big = frame(plan, "a-vm1") / IP(src=str(vm.ipv4.ip), dst=request.src) \
         / ICMP(type=3, code=4, nexthopmtu=mtu) / bytes(request)[:548]
     with Pcap(svc, "eth0", tmp, bpf="icmp6") as at_svc:
@@ -114,10 +129,7 @@ def test_packet_too_big_about_udp_reaches_the_vm_with_its_mtu(platform):
     plan, tmp = platform
     vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
     marker, sport = "ptb6-", next(SPORTS)
-    with Pcap(svc, "eth0", tmp, bpf="udp") as at_svc:
-        assert send_frames(svc, "eth0", [udp6(plan, marker, 200, sport)]) == 1
-        pkts = at_svc.wait(lambda p: any(q.haslayer(IPv6) and q[IPv6].src == A6 for q in carrying(p, marker)), 5)
-    echoed = next(q for q in carrying(pkts, marker) if q[IPv6].src == A6)[IPv6]
+    echoed = as_service_got_it(plan, tmp, marker, 200, sport)
     too_big = frame(plan, "svc1") / IPv6(src=SVC1, dst=A6) / ICMPv6PacketTooBig(mtu=1400) / bytes(echoed)
     with Pcap(vm.ns, "eth0", tmp, bpf="icmp") as at_vm:
         assert send_frames(svc, "eth0", [too_big]) == 1
@@ -296,9 +308,7 @@ def test_a_vms_ttl_arrives_one_less_or_expires_at_its_gateway(platform, ttl):
     plan, tmp = platform
     vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
     sport, opener = next(SPORTS), f"open-ttl-{ttl}-"
-    with Pcap(vm.ns, "eth0", tmp, bpf="udp") as at_vm:
-        assert send_frames(svc, "eth0", [udp6(plan, opener, 100, sport)]) == 1
-        request = one(at_vm.wait(lambda p: carrying(p, opener), 5), opener, IP, str(vm.ipv4.ip))[IP]
+    request = as_vm_got_it(plan, tmp, opener, 100, sport)
     marker = f"ttl4-{ttl}-"
     reply = frame(plan, "a-vm1") / IP(src=str(vm.ipv4.ip), dst=request.src, ttl=ttl) \
         / UDP(sport=request[UDP].dport, dport=request[UDP].sport) / marker.encode()
@@ -335,10 +345,7 @@ def test_a_services_parameter_problem_reaches_the_vm_with_its_pointer_mapped(pla
     plan, tmp = platform
     vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
     marker, sport = f"pp6-{ptr6}-", next(SPORTS)
-    with Pcap(svc, "eth0", tmp, bpf="udp") as at_svc:
-        assert send_frames(svc, "eth0", [udp6(plan, marker, 200, sport)]) == 1
-        pkts = at_svc.wait(lambda p: any(q.haslayer(IPv6) and q[IPv6].src == A6 for q in carrying(p, marker)), 5)
-    echoed = next(q for q in carrying(pkts, marker) if q[IPv6].src == A6)[IPv6]
+    echoed = as_service_got_it(plan, tmp, marker, 200, sport)
     problem = frame(plan, "svc1") / IPv6(src=SVC1, dst=A6) / ICMPv6ParamProblem(code=0, ptr=ptr6) / bytes(echoed)
     with Pcap(vm.ns, "eth0", tmp, bpf="icmp") as at_vm:
         assert send_frames(svc, "eth0", [problem]) == 1
@@ -366,9 +373,7 @@ def test_a_vms_parameter_problem_reaches_the_service_with_its_pointer_mapped(pla
     plan, tmp = platform
     vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
     marker, sport = f"pp4-{ptr4}-", next(SPORTS)
-    with Pcap(vm.ns, "eth0", tmp, bpf="udp") as at_vm:
-        assert send_frames(svc, "eth0", [udp6(plan, marker, 300, sport)]) == 1
-        request = one(at_vm.wait(lambda p: carrying(p, marker), 5), marker, IP, str(vm.ipv4.ip))[IP]
+    request = as_vm_got_it(plan, tmp, marker, 300, sport)
     problem = frame(plan, "a-vm1") / IP(src=str(vm.ipv4.ip), dst=request.src) \
         / ICMP(type=12, code=0, ptr=ptr4) / bytes(request)[:548]
     with Pcap(svc, "eth0", tmp, bpf="icmp6") as at_svc:
@@ -405,9 +410,7 @@ def test_a_vms_time_exceeded_keeps_its_extension_to_the_service(platform):
     plan, tmp = platform
     vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
     marker, sport = "ext4-", next(SPORTS)
-    with Pcap(vm.ns, "eth0", tmp, bpf="udp") as at_vm:
-        assert send_frames(svc, "eth0", [udp6(plan, marker, 100, sport)]) == 1
-        request = one(at_vm.wait(lambda p: carrying(p, marker), 5), marker, IP, str(vm.ipv4.ip))[IP]
+    request = as_vm_got_it(plan, tmp, marker, 100, sport)
     quoted = bytes(request).ljust(128, b"\0")          # 80 bytes, padded (RFC 4884 5.1)
     ext = mpls_extension(0x12345)
     body = quoted + ext
@@ -436,10 +439,7 @@ def test_a_services_unreachable_keeps_its_extension_to_the_vm(platform):
     plan, tmp = platform
     vm, svc = vif(plan, "a-vm1"), ns_of(plan, "svc1")
     marker, sport = "ext6-", next(SPORTS)
-    with Pcap(svc, "eth0", tmp, bpf="udp") as at_svc:
-        assert send_frames(svc, "eth0", [udp6(plan, marker, 100, sport)]) == 1
-        pkts = at_svc.wait(lambda p: any(q.haslayer(IPv6) and q[IPv6].src == A6 for q in carrying(p, marker)), 5)
-    echoed = bytes(next(q for q in carrying(pkts, marker) if q[IPv6].src == A6)[IPv6])
+    echoed = bytes(as_service_got_it(plan, tmp, marker, 100, sport))
     quoted = echoed.ljust(-(-len(echoed) // 8) * 8, b"\0").ljust(128, b"\0")
     ext = mpls_extension(0x54321)
     message = struct.pack("!BBHBBH", 1, 4, 0, len(quoted) // 8, 0, 0) + quoted + ext
