@@ -405,9 +405,12 @@ class Agent:
         size = self.o.datapath.min_fragment
         if size is None:
             return
+        status = self.appctl("dpctl/ipf-get-status")
         for family in ("v4", "v6"):
+            if f"min {family} frag size: {size}\n" in status:
+                continue                # already so: nothing to do, nothing to log
             self.appctl("dpctl/ipf-set-min-frag", family, str(size))
-        LOG.info("conntrack reassembly takes non-final fragments from %d bytes", size)
+            LOG.info("conntrack reassembly takes non-final %s fragments from %d bytes", family, size)
 
     def seed_neighbours(self) -> None:
         """netdev: OVS's tunnel neighbour cache drops the packet that triggers a lookup,
