@@ -108,8 +108,9 @@ def _print_status(st: dict) -> None:
         got = v["addresses"]
         mark = "" if got is not None and sorted(got) == sorted(v["expected"]) else \
             f"  (expected {', '.join(v['expected'])})"
+        platform = f"  platform IPv6 {v['platform_ipv6']}" if v.get("platform_ipv6") else ""
         print(f"{v['kind']} {v['name']} on {v['host']} port {v['port']}: "
-              f"{', '.join(got) if got else 'no address'}{mark}")
+              f"{', '.join(got) if got else 'no address'}{mark}{platform}")
     if st.get("problems"):
         print("\nproblems:\n  " + "\n  ".join(st["problems"]))
 

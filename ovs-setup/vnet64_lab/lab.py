@@ -834,6 +834,8 @@ class Lab:
             vifs.append({"name": v.name, "kind": v.kind, "host": v.host, "namespace": v.ns,
                          "port": v.port, "expected": [str(v.ipv4 or v.ipv6)],
                          "addresses": vif_addresses(v.ns) if v.ns in have else None})
+            if v.kind == "vm":    # what a service uses to reach it (issue 20, item 5)
+                vifs[-1]["platform_ipv6"] = str(plan.topology.platform_address(v.name).ipv6)
         translators = []
         for t in plan.translators:
             pid = sh.read_pid(Path(t.run_dir) / "tayga.pid")

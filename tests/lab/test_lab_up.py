@@ -20,6 +20,7 @@ from vnet64.nb.server import NbServer
 from vnet64_lab import plan as P
 from vnet64_lab import sh
 from vnet64_lab.ovs import OvsNode
+from vnet64_lab.traffic import A6
 
 from .conftest import TEST_PREFIX, TEST_RUN_DIR, Capture, node_ofctl, until_captured
 
@@ -239,6 +240,14 @@ def test_cli_status_exec_flows(lab, test_flows):
         assert "control: central  controller: running" in st.stdout, st.stdout
     data = json.loads(_cli("status", "--json").stdout)
     assert {n["name"] for n in data["nodes"]} == {n.name for n in plan.nodes}
+    # each VM's platform IPv6, what a service connects to
+    for v in (v for v in plan.vifs if v.kind == "vm"):
+        want = str(plan.topology.platform_address(v.name).ipv6)
+        assert next(s for s in data["vifs"] if s["name"] == v.name)["platform_ipv6"] == want
+        assert f"{v.name} on {v.host} port {v.port}: {v.ipv4}  platform IPv6 {want}" in st.stdout, st.stdout
+    if plan.topology.name == "two-tenants":       # the address the demo and README use
+        assert next(s for s in data["vifs"] if s["name"] == "a-vm1")["platform_ipv6"] == A6
+    assert all("platform_ipv6" not in v for v in data["vifs"] if v["kind"] == "endpoint")
     vm = next(v for v in plan.vifs if v.kind == "vm")
     out = _cli("exec", vm.name, "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0")
     assert str(vm.ipv4) in out.stdout, out.stderr

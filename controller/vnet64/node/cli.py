@@ -2,6 +2,7 @@
 
     vnet64-node --nb REMOTE [--name NODE] [--datapath system|netdev] [--uplink IFACE]
     vnet64-node cleanup [--name NODE] [--nb REMOTE]
+    vnet64-node sessions --nb REMOTE [--vm NAME] [--service NAME] [--json | --csv]
 
 Without a subcommand the agent runs until SIGTERM/SIGINT: it reads its node's row from
 the NB (REMOTE: unix:PATH, tcp:IP:PORT or a comma-separated list of Raft members; env
@@ -17,32 +18,44 @@ agent adopts it without changing anything.
 cleanup removes what the agent of NODE made on this host (its bridges, conntrack
 policies, translator namespace and TAYGA, the NB bindings of its ports, the sysctls and
 the underlay address it moved, from its state file in --run-dir) and nothing else.
+
+sessions prints this host's NAT sessions, one per connection a service opened to a VM
+here: service [IPv6]:port, the Platform_IP:port the VM sees, the VM's IPv4:port,
+conntrack's state and the seconds left, from the local ovs-vswitchd's conntrack
+(ovs-appctl dpctl/dump-conntrack -s) with names from the NB; then, per VM address,
+protocol and port, how many of the Platform_IP ports a new connection may get are in use
+(when none is left, new connections are refused). --json / --csv for scripts.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import signal
 import socket
 import sys
 import threading
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from .. import helptext, journal
 from ..nb.api import NbError, NbTlsError, tls_files, use_tls
-from . import sh
+from ..nb.api import connect as nb_connect
+from . import sessions, sh
 from .agent import DEFAULT_RUN_DIR, AgentError, Agent, Options, cleanup
 from .datapath import choose
+from .sessions import PORT_RANGE
 from .translator import DEFAULT_IPV4, DEFAULT_NETNS
 
 PROG = "vnet64-node"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _nb_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """--nb and its TLS files; the TLS group, for more."""
     p.add_argument("--nb", default=os.environ.get("VNET64_NB"), metavar="REMOTE",
                    help="the NB: unix:PATH, tcp:IP:PORT, ssl:IP:PORT (with --nb-private-key, "
                         "--nb-certificate, --nb-ca-cert) or a comma-separated list of Raft "
@@ -57,6 +70,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     tls.add_argument("--nb-ca-cert", default=os.environ.get("VNET64_NB_CA_CERT"), metavar="PEM",
                      help="the CA certificate the NB's certificate must be signed by "
                           "($VNET64_NB_CA_CERT)")
+    return tls
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    tls = _nb_options(p)
     tls.add_argument("--ovs-private-key", default=os.environ.get("VNET64_OVS_PRIVATE_KEY"),
                      metavar="PEM",
                      help="Open vSwitch's SSL settings, as 'ovs-vsctl set-ssl' makes them, for "
@@ -82,6 +100,89 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-file", help="append the log to this file (default: standard error)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                    help="default %(default)s")
+
+
+def sessions_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{PROG} sessions", description=helptext.paragraphs(__doc__, 4))
+    _nb_options(p)
+    p.add_argument("--ovs", metavar="REMOTE",
+                   help="the local Open vSwitch database; its directory holds the ovs-vswitchd "
+                        "asked (default unix:$OVS_RUNDIR/db.sock, OVS_RUNDIR defaulting to "
+                        "/var/run/openvswitch)")
+    p.add_argument("--vm", metavar="NAME", help="only the sessions to this VM")
+    p.add_argument("--service", metavar="NAME",
+                   help="only the sessions of this service's endpoints (or of this one endpoint)")
+    p.add_argument("--snat-ports", metavar="LO-HI", default="%d-%d" % PORT_RANGE,
+                   help="the Platform_IP port range the controller gives a pair "
+                        "(its --vnet64-snat-ports; default %(default)s)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="sessions and port use as JSON")
+    out.add_argument("--csv", action="store_true", help="the sessions as CSV (a header line first)")
+    return p
+
+
+def run_sessions(argv: list[str]) -> int:
+    parser = sessions_parser()
+    args = parser.parse_args(argv)
+    if not args.nb:
+        parser.error("--nb REMOTE is required (or set VNET64_NB)")
+    try:
+        lo, hi = (int(x) for x in args.snat_ports.split("-"))
+        if not 1 <= lo <= hi <= 65535:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--snat-ports {args.snat_ports!r}: expected LO-HI, 1 <= LO <= HI <= 65535")
+    setup_logging("WARNING", None)
+    try:
+        nb_tls = tls_files(args.nb_private_key, args.nb_certificate, args.nb_ca_cert)
+        use_tls(args.nb, nb_tls)
+        api = nb_connect(args.nb, timeout=10, tls=nb_tls)
+    except (NbTlsError, NbError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        vms = api.list("vm")
+        zones = {v["name"]: v["ct_zone"] for v in api.list("vnet")}
+        services = api.list("service")
+    finally:
+        api.close()
+    endpoints = {e["name"] for s in services for e in s["endpoints"]}
+    if args.vm and args.vm not in {v["name"] for v in vms}:
+        print(f"{PROG}: error: no VM called {args.vm!r} in the NB", file=sys.stderr)
+        return 2
+    if args.service and args.service not in {s["name"] for s in services} | endpoints:
+        print(f"{PROG}: error: no service or endpoint called {args.service!r} in the NB",
+              file=sys.stderr)
+        return 2
+    vm_by = {(zones[v["vnet"]], v["ipv4"]): v["name"] for v in vms}
+    endpoint_of = {str(IPv6Address(e["ipv6"])): (e["name"], s["name"]) for s in services for e in s["endpoints"]}
+    opts = Options(name=socket.gethostname(), nb=args.nb, datapath=choose(None), ovs=args.ovs,
+                   uplink=None, translator_netns=DEFAULT_NETNS, translator_ipv4=DEFAULT_IPV4,
+                   run_dir=Path(DEFAULT_RUN_DIR))
+    try:
+        text = Agent(opts).appctl("dpctl/dump-conntrack", "-s")
+    except sh.CommandError as exc:
+        print(f"{PROG}: error: reading conntrack: {exc}", file=sys.stderr)
+        return 1
+    found = sessions.join(sessions.parse(text), lambda zone, ip: vm_by.get((zone, ip)),
+                          lambda ip: endpoint_of.get(str(IPv6Address(ip)), ("", ""))[0] or None)
+    if args.vm:
+        found = [s for s in found if s.vm == args.vm]
+    if args.service:
+        found = [s for s in found if s.service_ip
+                 and args.service in endpoint_of.get(str(IPv6Address(s.service_ip)), ("", ""))]
+    use = sessions.port_use(found, (lo, hi))
+    if args.json:
+        print(json.dumps({"sessions": [dataclasses.asdict(s) for s in found], "port_use": use}, indent=2))
+    elif args.csv:
+        sys.stdout.write(sessions.render(found, "csv"))
+    else:
+        sys.stdout.write(sessions.render(found))
+        print(f"{len(found)} session(s)")
+        for u in use:
+            print(f"{u['vm']} {u['proto']} {u['vm_ip']}:{u['vm_port']}: {u['in_use']} of {u['of']} "
+                  f"Platform_IP ports in use ({u['percent']} %)")
+    return 0
 
 
 def build_parser(cleanup_mode: bool) -> argparse.ArgumentParser:
@@ -119,6 +220,8 @@ def setup_logging(level: str, log_file: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sessions"]:
+        return run_sessions(argv[1:])
     cleanup_mode = bool(argv) and argv[0] == "cleanup"
     parser = build_parser(cleanup_mode)
     args = parser.parse_args(argv[1:] if cleanup_mode else argv)
