@@ -106,9 +106,9 @@ def sessions_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"{PROG} sessions", description=helptext.paragraphs(__doc__, 4))
     _nb_options(p)
     p.add_argument("--ovs", metavar="REMOTE",
-                   help="the local Open vSwitch database; its directory holds the ovs-vswitchd "
-                        "asked (default unix:$OVS_RUNDIR/db.sock, OVS_RUNDIR defaulting to "
-                        "/var/run/openvswitch)")
+                   help="the local Open vSwitch database; the ovs-vswitchd whose conntrack is "
+                        "read is the one whose control socket sits beside it (default "
+                        "unix:$OVS_RUNDIR/db.sock, OVS_RUNDIR defaulting to /var/run/openvswitch)")
     p.add_argument("--vm", metavar="NAME", help="only the sessions to this VM")
     p.add_argument("--service", metavar="NAME",
                    help="only the sessions of this service's endpoints (or of this one endpoint)")
