@@ -491,7 +491,9 @@ class Lab:
         cmd = [str(Path(sys.executable).with_name(AGENT)), "--nb", self.nb_remote(plan),
                "--name", n.name, "--datapath", "netdev", "--uplink", P.UNDERLAY_IF,
                "--ovs", OvsNode(n.name, n.ns, n.run_dir).remote, "--run-dir", str(d),
-               "--log-file", str(d / "agent.log")]
+               "--log-file", str(d / "agent.log"),
+               # Prometheus metrics on the management network, as a host serves them
+               "--metrics", f"{n.management_ip.ip}:{P.METRICS_PORT}"]
         if self.tls:
             pki, me = self.pki, f"agent-{n.name}"
             cmd += ["--nb-private-key", pki.key(me), "--nb-certificate", pki.cert(me),

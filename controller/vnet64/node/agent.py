@@ -47,6 +47,8 @@ from ipaddress import IPv4Address, IPv4Interface, ip_interface
 from pathlib import Path
 from typing import Any, Iterable
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 from ..nb import api as nb_api
 from ..nb.commands import vm_address
 from ..ports import INTEGRATION_BRIDGE, translator_mac
@@ -55,6 +57,7 @@ from .datapath import Datapath
 from .ovsdb import (DeleteBridge, EnsureBridge, EnsurePort, NodeOvsdb, SetSsl, SetSystem,
                     SyncCtTimeouts, bridge_of_datapath_id, connect, default_remote, get,
                     interfaces_with_iface_id, port_errors, ssl_files)
+from .metrics import NodeCollector
 from .translator import DEFAULT_IPV4, DEFAULT_NETNS, Translator
 
 LOG = logging.getLogger("vnet64.node")
@@ -85,6 +88,8 @@ class Options:
     # Open vSwitch's SSL settings (--ovs-private-key ...: private key, certificate, CA
     # certificate), for br-int's ssl: controller targets; None: left as they are
     ovs_ssl: tuple[str, str, str] | None = None
+    # Prometheus metrics (node/metrics.py) served on this (IP, port); None: not served
+    metrics: tuple[str, int] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -160,6 +165,7 @@ class Agent:
         self.ovs: NodeOvsdb | None = None
         self.facts: config.NodeFacts | None = None
         self.translator: Translator | None = None
+        self.metrics_server: Any = None
         self.seeded: set[IPv4Address] = set()
         self.offload_done: set[str] = set()
         self.refused: dict[str, str] = {}      # interface -> why it is not bound (logged once)
@@ -568,6 +574,7 @@ class Agent:
         self.facts = self.read_facts()
         self.ovs = self.connect_ovs(stop)
         uplink = self.check(self.facts)
+        self.start_metrics()
         self.save_state(datapath=self.o.datapath.name, translator_netns=self.o.translator_netns,
                         uplink=self.o.uplink, ovs=self.o.ovs)
         LOG.info("node %s (%s, %s datapath, underlay %s): bringing it up", self.facts.name,
@@ -640,7 +647,32 @@ class Agent:
         if self.translator is not None:
             self.translator.check()
 
+    def start_metrics(self) -> None:
+        """Serve :mod:`vnet64.node.metrics` on ``--metrics`` (an address already in use is
+        an error before anything is changed)."""
+        if self.o.metrics is None or self.metrics_server is not None:
+            return
+        host, port = self.o.metrics
+        registry = CollectorRegistry()
+        registry.register(NodeCollector(self.facts.name, self.facts.role, self.o.datapath.name,
+                                        lambda: self.appctl("dpctl/dump-conntrack", "-s"),
+                                        self.vm_zones))
+        try:
+            self.metrics_server, _ = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise AgentError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
+        LOG.info("Prometheus metrics on http://%s/metrics",
+                 f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+    def vm_zones(self) -> list[tuple[int, str, str]]:
+        """(VNet zone, IPv4, name) of the VMs this node's NB replica holds (its own)."""
+        with self.nb.ovsdb_connection.lock:
+            return [(r.vnet.ct_zone, r.ipv4, r.name) for r in self.nb.tables["VM"].rows.values()]
+
     def close(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server = None
         for api in (self.nb, self.ovs):
             if api is not None:
                 api.close()

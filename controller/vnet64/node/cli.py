@@ -38,7 +38,7 @@ import signal
 import socket
 import sys
 import threading
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
 from .. import helptext, journal
@@ -185,6 +185,20 @@ def run_sessions(argv: list[str]) -> int:
     return 0
 
 
+def metrics_address(text: str) -> tuple[str, int]:
+    """``IP:PORT`` or ``[IPv6]:PORT`` -> (IP, port)."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip_address(host)
+        number = int(port)
+        if not sep or not 1 <= number <= 65535:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected IP:PORT or [IPv6]:PORT") from None
+    return host, number
+
+
 def build_parser(cleanup_mode: bool) -> argparse.ArgumentParser:
     if cleanup_mode:
         p = argparse.ArgumentParser(prog=f"{PROG} cleanup",
@@ -204,6 +218,10 @@ def build_parser(cleanup_mode: bool) -> argparse.ArgumentParser:
                             "(default %(default)s)")
         p.add_argument("--once", action="store_true",
                        help="bring the node up, bind its ports and exit")
+        p.add_argument("--metrics", metavar="IP:PORT", type=metrics_address,
+                       help="serve Prometheus metrics on http://IP:PORT/metrics: conntrack "
+                            "entries per zone and, on a host, Platform_IP ports in use per VM "
+                            "address and port ([::]:PORT for every address; default: none)")
     return p
 
 
@@ -245,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                        ovs=args.ovs, uplink=getattr(args, "uplink", None),
                        translator_netns=args.translator_netns,
                        translator_ipv4=getattr(args, "translator_ipv4", DEFAULT_IPV4),
-                       run_dir=args.run_dir, nb_tls=nb_tls, ovs_ssl=ovs_ssl)
+                       run_dir=args.run_dir, nb_tls=nb_tls, ovs_ssl=ovs_ssl,
+                       metrics=getattr(args, "metrics", None))
     except ValueError as exc:
         parser.error(str(exc))
     stop = threading.Event()

@@ -1,0 +1,78 @@
+"""The node agent's Prometheus metrics (issue 20, item 4; ``vnet64-node --metrics
+IP:PORT``), read when scraped, never cached:
+
+- ``vnet64_node_info{node,role,datapath}`` 1;
+- ``vnet64_conntrack_entries{node,zone}``: the local ovs-vswitchd's conntrack entries
+  per zone (a VNet's zone, the IPv6 SNAT / DNAT zones, the endpoints' zone);
+- on a customer host, per VM address, protocol and port (``vm``, ``proto``, ``vm_ip``,
+  ``vm_port``): ``vnet64_nat_ports_in_use`` - the Platform_IP ports conntrack gave
+  connections towards it - and ``vnet64_nat_port_use_ratio``, that over the pair's port
+  range: at 1 new connections are refused (the alerting rule in
+  ``deploy/prometheus/vnet64-alerts.yml`` fires above 0.8);
+- ``vnet64_nat_sessions{node,vm}``: sessions per VM (``vnet64-node sessions`` lists them).
+
+Names follow Faucet's style (``<project>_<thing>_<unit>``); values come from the same
+code as ``vnet64-node sessions`` (:mod:`vnet64.node.sessions`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from . import sessions
+
+LOG = logging.getLogger("vnet64.node.metrics")
+
+
+class NodeCollector(Collector):
+    """Metrics of one node. ``conntrack()`` returns ``dpctl/dump-conntrack -s``'s text;
+    ``vms()`` the (VNet zone, IPv4, name) of the VMs the node's NB replica holds."""
+
+    def __init__(self, node: str, role: str, datapath: str, conntrack: Callable[[], str],
+                 vms: Callable[[], list[tuple[int, str, str]]],
+                 port_range: tuple[int, int] = sessions.PORT_RANGE):
+        self.node, self.role, self.datapath = node, role, datapath
+        self.conntrack, self.vms, self.port_range = conntrack, vms, port_range
+
+    def collect(self) -> Iterator[Any]:
+        info = GaugeMetricFamily("vnet64_node_info", "this node (always 1)",
+                                 labels=["node", "role", "datapath"])
+        info.add_metric([self.node, self.role, self.datapath], 1)
+        yield info
+        try:
+            entries = sessions.parse(self.conntrack())
+        except Exception as exc:    # noqa: BLE001 - a scrape reports what it can
+            LOG.warning("metrics: conntrack not read: %s", exc)
+            return
+        zones = GaugeMetricFamily("vnet64_conntrack_entries", "conntrack entries per zone",
+                                  labels=["node", "zone"])
+        for zone, n in sorted(Counter(e.zone for e in entries).items()):
+            zones.add_metric([self.node, str(zone)], n)
+        yield zones
+        if self.role != "host":
+            return
+        names = {(zone, ip): name for zone, ip, name in self.vms()}
+        found = sessions.join(entries, lambda zone, ip: names.get((zone, ip)), lambda ip: None)
+        labels = ["node", "vm", "proto", "vm_ip", "vm_port"]
+        in_use = GaugeMetricFamily("vnet64_nat_ports_in_use",
+                                   "Platform_IP ports in use towards a VM address and port",
+                                   labels=labels)
+        ratio = GaugeMetricFamily("vnet64_nat_port_use_ratio",
+                                  "in use over the pair's Platform_IP port range (1: refusing)",
+                                  labels=labels)
+        for u in sessions.port_use(found, self.port_range):
+            key = [self.node, u["vm"], u["proto"], u["vm_ip"], str(u["vm_port"])]
+            in_use.add_metric(key, u["in_use"])
+            ratio.add_metric(key, u["in_use"] / u["of"])
+        yield in_use
+        yield ratio
+        per_vm = GaugeMetricFamily("vnet64_nat_sessions", "NAT sessions per VM", labels=["node", "vm"])
+        for vm, n in sorted(Counter(s.vm for s in found).items()):
+            per_vm.add_metric([self.node, vm], n)
+        yield per_vm

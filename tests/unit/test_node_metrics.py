@@ -1,0 +1,40 @@
+"""The node agent's Prometheus collector (node/metrics.py) on a conntrack dump, through
+prometheus_client's own exposition and parser."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.unit.test_sessions import DUMP
+from vnet64.node.metrics import NodeCollector
+
+
+def exposed(role: str, conntrack=lambda: DUMP) -> dict:
+    registry = CollectorRegistry()
+    registry.register(NodeCollector("host1", role, "netdev", conntrack,
+                                    lambda: [(1, "10.0.0.4", "a-vm1"), (2, "10.0.0.4", "b-vm1")],
+                                    (1024, 2047)))
+    text = generate_latest(registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_a_host_exports_conntrack_zones_and_nat_port_use():
+    m = exposed("host")
+    assert m[("vnet64_node_info", (("datapath", "netdev"), ("node", "host1"), ("role", "host")))] == 1
+    assert m[("vnet64_conntrack_entries", (("node", "host1"), ("zone", "1")))] == 4
+    assert m[("vnet64_conntrack_entries", (("node", "host1"), ("zone", "65534")))] == 1
+    key = (("node", "host1"), ("proto", "tcp"), ("vm", "a-vm1"), ("vm_ip", "10.0.0.4"), ("vm_port", "8082"))
+    assert m[("vnet64_nat_ports_in_use", key)] == 1
+    assert m[("vnet64_nat_port_use_ratio", key)] == 1 / 1024
+    assert m[("vnet64_nat_sessions", (("node", "host1"), ("vm", "a-vm1")))] == 3
+
+
+def test_the_appliance_has_no_nat_and_a_failed_read_still_answers():
+    assert not any(n.startswith("vnet64_nat_") for n, _ in exposed("appliance"))
+
+    def broken() -> str:
+        raise OSError("ovs-vswitchd is not running")
+    m = exposed("host", broken)
+    assert [n for n, _ in m] == ["vnet64_node_info"]
