@@ -670,10 +670,12 @@ class Lab:
                 args += ["--ctl-privkey", pki.key(me), "--ctl-cert", pki.cert(me),
                          "--ca-certs", pki.switch_ca]
             return [sh.tool("ip"), "netns", "exec", ctl.ns, *args, "--ofp-tcp-listen-port",
-                    str(P.OF_PORT), "--ofp-listen-host", str(plan.controller_ip.ip)]
+                    str(P.OF_PORT), "--ofp-listen-host", str(plan.controller_ip.ip),
+                    "--vnet64-metrics", f"{plan.controller_ip.ip}:{P.CONTROLLER_METRICS_PORT}"]
         n = next(n for n in plan.nodes if n.name == ctl.node)
         return [sh.tool("nsenter"), f"--net=/run/netns/{ctl.ns}", "--", *args,
-                "--vnet64-node", ctl.node, "--vnet64-switch", self.switch_target(n)]
+                "--vnet64-node", ctl.node, "--vnet64-switch", self.switch_target(n),
+                "--vnet64-metrics", f"{n.management_ip.ip}:{P.CONTROLLER_METRICS_PORT}"]
 
     @staticmethod
     def controller_cert_name(ctl: Controller) -> str:

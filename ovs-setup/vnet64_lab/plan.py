@@ -31,6 +31,7 @@ from .settings import LabSettings
 OF_PORT = 6653
 NB_PORT = 6641
 METRICS_PORT = 9964      # each node agent's Prometheus metrics, on its management address
+CONTROLLER_METRICS_PORT = 9965   # each controller's, on its node's (or the central one's) address
 # ovsdb-server's inactivity probe on the NB's TCP remote (``vnet64 connection set``): the
 # default 5 s dropped a controller that needs longer to parse a large NB (10k+
 # subscriptions: pure-Python JSON), which then downloaded everything again, in a loop.

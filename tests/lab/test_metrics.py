@@ -1,7 +1,8 @@
-"""The node agents' Prometheus metrics (issue 20, item 4; ``vnet64-node --metrics``),
-scraped as Prometheus does - over HTTP from the management network - and read with
-prometheus_client's own text-format parser: the NAT port-use gauge follows connections
-held open to a VM.
+"""The node agents' and controllers' Prometheus metrics (issue 20, item 4; ``vnet64-node
+--metrics``, ``vnet64-controller --vnet64-metrics``), scraped as Prometheus does - over
+HTTP from the management network - and read with prometheus_client's own text-format
+parser: the NAT port-use gauge follows connections held open to a VM, and the controller
+counts an event exactly once.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import sys
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from scapy.layers.inet import IP, UDP
 from vnet64_lab import plan as P
-from vnet64_lab.traffic import A6, LINE_PORT, LineSession, in_ns, running_platform
+from vnet64_lab.traffic import A6, LINE_PORT, PLATFORM_IP, LineSession, in_ns, running_platform
 
 from tests.lab.conftest import ROOT, need_lab, new_lab
+from tests.lab.traffic import frame, send_frames, vif
 
 SCRAPE = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
 
@@ -22,15 +25,15 @@ SCRAPE = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sy
 def platform():
     need_lab()
     with running_platform(new_lab("m"), ROOT / "topologies" / "two-tenants.yaml") as (lab, plan):
-        yield plan
+        yield lab, plan
 
 
-def scrape(plan, node: str) -> dict[tuple[str, tuple], float]:
-    """{(metric, sorted labels): value} of one node agent's /metrics, fetched from the
-    controller's namespace on the management network."""
-    n = next(n for n in plan.nodes if n.name == node)
-    proc = in_ns(plan.ctl_ns, sys.executable, "-c", SCRAPE,
-                 f"http://{n.management_ip.ip}:{P.METRICS_PORT}/metrics")
+def scrape(plan, node: str, port: int = P.METRICS_PORT) -> dict[tuple[str, tuple], float]:
+    """{(metric, sorted labels): value} of one node agent's /metrics (or, on
+    ``CONTROLLER_METRICS_PORT``, its controller's), fetched from the controller's namespace
+    on the management network; ``node`` None: the central controller's."""
+    ip = plan.controller_ip.ip if node is None else next(n for n in plan.nodes if n.name == node).management_ip.ip
+    proc = in_ns(plan.ctl_ns, sys.executable, "-c", SCRAPE, f"http://{ip}:{port}/metrics")
     assert proc.returncode == 0, proc.stderr
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(proc.stdout) for s in family.samples}
@@ -42,7 +45,7 @@ def value(samples: dict, name: str, **labels) -> float | None:
 
 
 def test_the_port_use_gauge_follows_held_connections(platform):
-    plan = platform
+    _, plan = platform
     first = scrape(plan, "host1")
     assert value(first, "vnet64_node_info", node="host1", role="host", datapath="netdev") == 1
     labels = {"node": "host1", "vm": "a-vm1", "proto": "tcp", "vm_ip": "10.0.0.4", "vm_port": str(LINE_PORT)}
@@ -64,6 +67,35 @@ def test_the_port_use_gauge_follows_held_connections(platform):
 
 
 def test_the_appliance_exports_no_nat_ports(platform):
-    samples = scrape(platform, "appliance")
+    samples = scrape(platform[1], "appliance")
     assert value(samples, "vnet64_node_info", node="appliance", role="appliance") == 1
     assert not any(n.startswith("vnet64_nat_") for n, _ in samples)
+
+
+def test_the_controller_counts_what_it_does(platform):
+    """host1's controller (or the central one): its switch ready, pairs held, and an
+    event counted exactly once - a-vm1's packet with TTL 1, which its gateway answers."""
+    lab, plan = platform
+    node, scope = (None, "central") if lab.control == "central" else ("host1", "host1")
+    session = LineSession(plan, A6, LINE_PORT)      # a pair on host1, at least
+    try:
+        session.send("pair")
+        before = scrape(plan, node, P.CONTROLLER_METRICS_PORT)
+        assert value(before, "vnet64_controller_info", scope=scope) == 1
+        assert value(before, "vnet64_controller_switches", scope=scope, state="ready") >= 1
+        assert value(before, "vnet64_controller_pairs", scope=scope, node="host1") >= 1
+        assert value(before, "vnet64_controller_events_total", scope=scope, event="pairs_installed") >= 1
+        sent = value(before, "vnet64_controller_events_total", scope=scope,
+                     event="icmp_time_exceeded_sent") or 0
+        vm = vif(plan, "a-vm1")
+        expiring = frame(plan, "a-vm1") / IP(src=str(vm.ipv4.ip), dst=PLATFORM_IP, ttl=1) \
+            / UDP(sport=LINE_PORT, dport=9) / b"ttl-1"
+        assert send_frames(vm.ns, "eth0", [expiring]) == 1
+        for _ in range(50):
+            after = scrape(plan, node, P.CONTROLLER_METRICS_PORT)
+            if value(after, "vnet64_controller_events_total", scope=scope, event="icmp_time_exceeded_sent") == sent + 1:
+                break
+        assert value(after, "vnet64_controller_events_total", scope=scope,
+                     event="icmp_time_exceeded_sent") == sent + 1, after
+    finally:
+        session.close()

@@ -72,8 +72,10 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 # Imported here, in the main thread, on purpose: nbview pulls in ovs.poller (through
 # ovsdbapp), which imports eventlet, and a thread that imports eventlet can never be
 # joined (is_alive() stays true after it returns; measured with eventlet 0.41).
+from .. import prom
 from . import model, nbview, ofmsg, switch_cert
 from .flows import FlowError, Message, TableMap
+from .metrics import ControllerCollector
 from .pipeline import tlv_map_problem
 
 LOG = logging.getLogger("vnet64.controller")
@@ -148,6 +150,7 @@ class Settings:
     ofp_tls: Any = None       # launcher.OfpTls: listen with TLS (--ctl-privkey ...), each switch
                               # served as the node its certificate names; None: TCP
     nb_tls: Any = None        # vnet64.ovsdb.TlsFiles for an ssl: NB (--vnet64-nb-private-key ...)
+    metrics: tuple[str, int] | None = None   # --vnet64-metrics: Prometheus on (IP, port)
 
 
 class EventNbChanged(event.EventBase):
@@ -231,10 +234,15 @@ class Vnet64App(app_manager.OSKenApp):
         self._nb_retry = False   # an NB update failed: try again at the next tick
         self._posts: queue.SimpleQueue = queue.SimpleQueue()   # see _post_to_self
         self._poster: threading.Thread | None = None
+        self._metrics: Any = None   # the Prometheus server (--vnet64-metrics)
 
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> Any:
+        if self.settings.metrics is not None:   # first: an address in use stops us before anything
+            host, port = self.settings.metrics
+            self._metrics = prom.serve(ControllerCollector(self), host, port)
+            LOG.info("Prometheus metrics on %s", prom.url(host, port))
         super().start()
         self._poster = threading.Thread(target=self._post_loop, name="vnet64-poster", daemon=True)
         self._poster.start()
@@ -243,6 +251,9 @@ class Vnet64App(app_manager.OSKenApp):
         self._watcher.start()
 
     def stop(self) -> None:
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics = None
         self._stop.set()
         self._posts.put(None)
         if self._watcher is not None:

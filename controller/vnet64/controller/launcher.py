@@ -84,7 +84,7 @@ from os_ken.controller import ofp_handler
 from os_ken.lib import hub
 from oslo_config import cfg
 
-from vnet64 import journal, pem
+from vnet64 import journal, pem, prom
 from vnet64.nb.api import TLS_ENV as NB_TLS_ENV
 from vnet64.nb.api import NbTlsError, tls_files, use_tls
 from vnet64.topology import NAME_RE
@@ -166,6 +166,11 @@ def make_conf() -> cfg.ConfigOpts:
                         "- 50 - Geneve option bytes). A larger packet from an endpoint gets an "
                         "ICMPv6 Packet Too Big with this MTU from the gateway. Default: no check "
                         "(such packets are dropped on the way, silently)"),
+        cfg.StrOpt("metrics", metavar="IP:PORT",
+                   help="serve Prometheus metrics on http://IP:PORT/metrics: switches, pairs, "
+                        "and every event the logic counts (packet-ins, pairs set up and "
+                        "refused, connections refused at port exhaustion, ...). [::]:PORT for "
+                        "every address; default: none"),
         cfg.StrOpt("node", metavar="NAME",
                    help="serve only this node's switch: a controller per node, run on the node "
                         "next to its agent, as ovn-controller runs on every chassis; it "
@@ -768,6 +773,10 @@ def main(argv: list[str] | None = None) -> int:
             factory = functools.partial(factory, path_mtu=conf.vnet64.path_mtu)
         node = check_node(conf.vnet64.node)
         switch = parse_switch_target(conf.vnet64.switch)
+        try:
+            metrics = prom.listen_address(conf.vnet64.metrics) if conf.vnet64.metrics else None
+        except ValueError as exc:
+            raise LauncherError(f"--vnet64-metrics {exc}") from None
         ofp = ofp_tls(conf.ctl_privkey, conf.ctl_cert, conf.ca_certs, conf.vnet64.switch_cert_name)
         if ofp is not None and switch is not None:
             raise LauncherError("--ctl-privkey/--ctl-cert/--ca-certs are for listening; "
@@ -798,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)   # kill -USR1: every thread's stack
     settings = Settings(listen_host=conf.ofp_listen_host, listen_port=conf.ofp_tcp_listen_port,
                         nb_remote=conf.vnet64.nb_remote, logic_factory=factory, node=node,
-                        switch=switch, ofp_tls=ofp, nb_tls=nb_tls)
+                        switch=switch, ofp_tls=ofp, nb_tls=nb_tls, metrics=metrics)
     tune_gc()
     LOG.info("%s starting: NB %s, logic %s, serving %s", PROG, settings.nb_remote,
              conf.vnet64.logic, f"node {node} only" if node else "every node")

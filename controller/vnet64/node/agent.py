@@ -47,8 +47,7 @@ from ipaddress import IPv4Address, IPv4Interface, ip_interface
 from pathlib import Path
 from typing import Any, Iterable
 
-from prometheus_client import CollectorRegistry, start_http_server
-
+from .. import prom
 from ..nb import api as nb_api
 from ..nb.commands import vm_address
 from ..ports import INTEGRATION_BRIDGE, translator_mac
@@ -653,16 +652,13 @@ class Agent:
         if self.o.metrics is None or self.metrics_server is not None:
             return
         host, port = self.o.metrics
-        registry = CollectorRegistry()
-        registry.register(NodeCollector(self.facts.name, self.facts.role, self.o.datapath.name,
-                                        lambda: self.appctl("dpctl/dump-conntrack", "-s"),
-                                        self.vm_zones))
+        collector = NodeCollector(self.facts.name, self.facts.role, self.o.datapath.name,
+                                  lambda: self.appctl("dpctl/dump-conntrack", "-s"), self.vm_zones)
         try:
-            self.metrics_server, _ = start_http_server(port, addr=host, registry=registry)
+            self.metrics_server = prom.serve(collector, host, port)
         except OSError as exc:
             raise AgentError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
-        LOG.info("Prometheus metrics on http://%s/metrics",
-                 f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        LOG.info("Prometheus metrics on %s", prom.url(host, port))
 
     def vm_zones(self) -> list[tuple[int, str, str]]:
         """(VNet zone, IPv4, name) of the VMs this node's NB replica holds (its own)."""

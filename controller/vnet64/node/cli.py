@@ -38,12 +38,13 @@ import signal
 import socket
 import sys
 import threading
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from .. import helptext, journal
 from ..nb.api import NbError, NbTlsError, tls_files, use_tls
 from ..nb.api import connect as nb_connect
+from ..prom import listen_address
 from . import sessions, sh
 from .agent import DEFAULT_RUN_DIR, AgentError, Agent, Options, cleanup
 from .datapath import choose
@@ -186,17 +187,10 @@ def run_sessions(argv: list[str]) -> int:
 
 
 def metrics_address(text: str) -> tuple[str, int]:
-    """``IP:PORT`` or ``[IPv6]:PORT`` -> (IP, port)."""
-    host, sep, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        ip_address(host)
-        number = int(port)
-        if not sep or not 1 <= number <= 65535:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected IP:PORT or [IPv6]:PORT") from None
-    return host, number
+        return listen_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser(cleanup_mode: bool) -> argparse.ArgumentParser:

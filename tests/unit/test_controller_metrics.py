@@ -1,0 +1,58 @@
+"""The controller's Prometheus collector (controller/metrics.py) on a stand-in app, through
+prometheus_client's exposition and parser; and the one listen-address syntax both
+--metrics options share (vnet64.prom)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace as NS
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from vnet64 import prom
+from vnet64.controller.metrics import ControllerCollector
+
+
+def exposed(app) -> dict:
+    registry = CollectorRegistry()
+    registry.register(ControllerCollector(app))
+    text = generate_latest(registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def host(name: str, pairs: int):
+    return NS(node=NS(role="host", name=name), pairs=dict.fromkeys(range(pairs)))
+
+
+def test_switches_pairs_and_events():
+    logic = NS(switches={1: host("host1", 3), 2: NS(node=NS(role="appliance", name="appliance"), pairs={})},
+               stats=Counter(packet_ins=7, pairs_installed=3))
+    app = NS(settings=NS(node=None), switches={1: NS(state="ready"), 2: NS(state="resyncing")}, logic=logic)
+    m = exposed(app)
+    assert m[("vnet64_controller_info", (("scope", "central"),))] == 1
+    assert m[("vnet64_controller_switches", (("scope", "central"), ("state", "ready")))] == 1
+    assert m[("vnet64_controller_switches", (("scope", "central"), ("state", "resyncing")))] == 1
+    assert m[("vnet64_controller_pairs", (("node", "host1"), ("scope", "central")))] == 3
+    assert not any(n == "vnet64_controller_pairs" and ("node", "appliance") in ls for n, ls in m)
+    assert m[("vnet64_controller_events_total", (("event", "packet_ins"), ("scope", "central")))] == 7
+
+
+def test_before_the_nb_only_info_and_switches():
+    m = exposed(NS(settings=NS(node="host1"), switches={1: NS(state="waiting")}, logic=None))
+    assert {n for n, _ in m} == {"vnet64_controller_info", "vnet64_controller_switches"}
+    assert m[("vnet64_controller_switches", (("scope", "host1"), ("state", "waiting")))] == 1
+
+
+@pytest.mark.parametrize("text,want", [("10.0.0.1:9964", ("10.0.0.1", 9964)),
+                                       ("[::]:9964", ("::", 9964)), ("0.0.0.0:1", ("0.0.0.0", 1))])
+def test_listen_address(text, want):
+    assert prom.listen_address(text) == want
+
+
+@pytest.mark.parametrize("text", ["9964", "host:9964", "10.0.0.1:0", "10.0.0.1:70000", "[::]", "::1:80"])
+def test_a_bad_listen_address_says_so(text):
+    with pytest.raises(ValueError, match="expected IP:PORT"):
+        prom.listen_address(text)
