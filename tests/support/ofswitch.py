@@ -24,3 +24,18 @@ class RecordingDatapath(ofproto_protocol.ProtocolDesc):
     def send(self, buf, close_socket=False):
         self.writes.append(bytes(buf))
         return True
+
+
+def record_datapaths(monkeypatch) -> list:
+    """Every ``launcher.ClosingDatapath`` made from now on (the switches a listener or
+    connector took), in order: the launcher's class replaced by a recording subclass."""
+    from vnet64.controller import launcher
+    made: list = []
+
+    class Recording(launcher.ClosingDatapath):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(launcher, "ClosingDatapath", Recording)
+    return made

@@ -26,7 +26,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from tests.support.logic import NullLogic
-from tests.support.ofswitch import RecordingDatapath
+from tests.support.ofswitch import RecordingDatapath, record_datapaths
 from vnet64.controller import app as vapp
 from vnet64.controller import flows as F
 from vnet64.controller import launcher
@@ -694,14 +694,7 @@ def test_a_message_that_cannot_be_translated_is_skipped_not_the_batch(vnet64, ca
 
 @pytest.fixture
 def server(monkeypatch):
-    made = []
-
-    class Recording(launcher.ClosingDatapath):
-        def __init__(self, *args):
-            super().__init__(*args)
-            made.append(self)
-
-    monkeypatch.setattr(launcher, "ClosingDatapath", Recording)
+    made = record_datapaths(monkeypatch)
     before = set(threading.enumerate())
     srv = launcher.OpenFlowServer("127.0.0.1", 0)
     srv.start()
@@ -781,14 +774,7 @@ class FakeSwitch:
 
 @pytest.fixture
 def connector(monkeypatch, tmp_path):
-    made = []
-
-    class Recording(launcher.ClosingDatapath):
-        def __init__(self, *args):
-            super().__init__(*args)
-            made.append(self)
-
-    monkeypatch.setattr(launcher, "ClosingDatapath", Recording)
+    made = record_datapaths(monkeypatch)
     before = set(threading.enumerate())
     path = tmp_path / "br-int.mgmt"
     conn = launcher.OpenFlowConnector(str(path))

@@ -19,6 +19,7 @@ import time
 import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
+from tests.support.ofswitch import record_datapaths
 from tests.support.pki import Pki
 from vnet64.controller import launcher
 
@@ -40,14 +41,7 @@ def pkis(tmp_path_factory) -> Pkis:
 
 @pytest.fixture
 def server(monkeypatch, pkis):
-    made = []
-
-    class Recording(launcher.ClosingDatapath):
-        def __init__(self, *args):
-            super().__init__(*args)
-            made.append(self)
-
-    monkeypatch.setattr(launcher, "ClosingDatapath", Recording)
+    made = record_datapaths(monkeypatch)
     before = set(threading.enumerate())
     srv = launcher.OpenFlowServer("127.0.0.1", 0, tls=pkis.controller)
     srv.start()

@@ -20,7 +20,7 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from tests.support.ofswitch import RecordingDatapath
+from tests.support.ofswitch import RecordingDatapath, record_datapaths
 from tests.support.pki import Pki
 from vnet64.controller import app as vapp
 from vnet64.controller import flows as F
@@ -287,14 +287,7 @@ def test_without_tls_nothing_is_checked():
 
 
 def test_the_listener_hands_over_the_certificates_common_name(monkeypatch, pki):
-    made = []
-
-    class Recording(launcher.ClosingDatapath):
-        def __init__(self, *args):
-            super().__init__(*args)
-            made.append(self)
-
-    monkeypatch.setattr(launcher, "ClosingDatapath", Recording)
+    made = record_datapaths(monkeypatch)
     tls = launcher.ofp_tls(str(pki.key("ctl")), str(pki.cert("ctl")), str(pki.ca("switch")))
     assert tls.switch_cert_name == "switch-{node}"
     srv = launcher.OpenFlowServer("127.0.0.1", 0, tls=tls)
