@@ -7,6 +7,7 @@
     vnet64-lab logs [NODE] [-n LINES]   the end of the controllers' and agents' logs
     vnet64-lab exec TARGET -- CMD...    run CMD inside a node / VM / endpoint namespace
     vnet64-lab flows NODE [--bridge B]  ovs-ofctl dump-flows of that node, with table names
+    vnet64-lab stats [NODE] [--explain] what each node did not forward, and why, and the sum
     vnet64-lab capture TARGET IFACE     tcpdump inside that namespace
 
 ``--control node`` (the default, also ``$VNET64_LAB_CONTROL``): a controller per node,
@@ -40,6 +41,7 @@ from typing import Any
 
 from vnet64.topology import TopologyError
 from vnet64 import helptext
+from vnet64.node import drops
 
 from . import plan as P
 from . import sh
@@ -164,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("node")
     p.add_argument("--bridge", default="br-int")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="more ovs-ofctl dump-flows args")
+    p = sub.add_parser("stats", help="packets each node did not forward, per reason, and the "
+                                     "platform's sum (vnet64-node stats on every node)")
+    p.add_argument("node", nargs="?", help="only this node")
+    p.add_argument("--explain", action="store_true", help="say what each reason means")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("capture", help="tcpdump on an interface inside a lab namespace")
     p.add_argument("target")
     p.add_argument("iface")
@@ -242,6 +249,8 @@ def _run(args: argparse.Namespace) -> int:
             if not out.strip():
                 print(f"(no flows on {args.bridge} of {node.name})", file=sys.stderr)
             return 0
+        if args.cmd == "stats":
+            return _print_stats(plan, args.node, args.explain, args.json)
         if args.cmd == "capture":
             _, ns, _ = resolve(plan, args.target)
             extra = args.filter[1:] if args.filter[:1] == ["--"] else args.filter
@@ -253,6 +262,30 @@ def _run(args: argparse.Namespace) -> int:
     except LabError as exc:
         print(f"vnet64-lab: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _print_stats(plan: P.Plan, only: str | None, explain: bool, as_json: bool) -> int:
+    """Per node, the reasons that counted packets (``vnet64.node.drops``, read as the
+    node's own ``vnet64-node stats`` reads them); then every reason summed over the nodes."""
+    nodes = plan.nodes
+    if only is not None:
+        _, _, node = resolve(plan, only if ":" in only else f"node:{only}")
+        nodes = (node,)
+    counts = {n.name: drops.read(OvsNode(n.name, n.ns, n.run_dir).ofctl, "br-int") for n in nodes}
+    per_node = {name: drops.totals(c) for name, c in counts.items()}
+    platform = drops.totals(c for cs in counts.values() for c in cs)
+    if as_json:
+        print(json.dumps({"nodes": per_node, "platform": platform}, indent=2))
+        return 0
+    for name, rows in per_node.items():
+        hit = [r for r in rows if r["packets"]]
+        print(f"== {name}: " + ("nothing dropped" if not hit else f"{sum(r['packets'] for r in hit)} "
+                                                                      f"packet(s) not forwarded"))
+        if hit:
+            sys.stdout.write(drops.render(hit, explain=False))
+    print(f"== {'the platform' if only is None else only} (every reason its flows count):")
+    sys.stdout.write(drops.render(platform, explain=explain))
     return 0
 
 

@@ -29,6 +29,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 from vnet64 import address, gateway
+from vnet64.controller.pipeline import HOST_TABLES
 from vnet64.nb import api as nbapi
 from vnet64_lab import Lab
 
@@ -224,8 +225,11 @@ def test_prefix_steering_to_the_appliance(trace):
         assert not carrying(t.caps[f"fabric:{node}"], "fig2-unsteered"), \
             f"a packet outside fd41::/16 reached the fabric ({node})"
     steering = [line for line in flows(t.plan, "host2", "table=from_endpoint").splitlines()
-                if "ipv6_dst=fd41::/16" in line and "output:" in line]   # (not the gateway's punts)
-    assert len(steering) == 1 and f"set_field:{appliance}->tun_dst" in steering[0], steering
+                if "ipv6_dst=fd41::/16" in line and f"goto_table:{HOST_TABLES.id('to_appliance')}" in line]
+    assert len(steering) == 1 and "ipv6_src=fd00:5e:1::10" in steering[0], steering
+    encap = [line for line in flows(t.plan, "host2", f"table={HOST_TABLES.id('to_appliance')}").splitlines()
+             if "output:" in line]   # (not the gateway's Packet Too Big punt)
+    assert len(encap) == 1 and f"set_field:{appliance}->tun_dst" in encap[0], encap
 
 
 # ---------------------------------------------------------------------------

@@ -99,9 +99,10 @@ def decap(pkt):
 # Sends hex-encoded frames (one per stdin line) on an interface with a packet socket:
 # no scapy (and no 1 s import) inside the namespace; the test builds the frames.
 SEND_FRAMES = r"""
-import socket, sys
+import socket, sys, time
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind((sys.argv[1], 0))
+gap = float(sys.argv[2])
 sent, errors = 0, []
 for line in sys.stdin:
     try:
@@ -109,16 +110,20 @@ for line in sys.stdin:
         sent += 1
     except OSError as exc:
         errors.append(str(exc))
+    if gap:
+        time.sleep(gap)
 print(sent, *errors[:1], sep="\n")
 """
 
 
-def send_frames(ns: str, iface: str, frames) -> int:
+def send_frames(ns: str, iface: str, frames, gap: float = 0.0) -> int:
     """Send raw Ethernet frames (bytes or scapy packets) on ``iface`` inside ``ns``;
-    the number the kernel took (a frame longer than the MTU is refused)."""
+    the number the kernel took (a frame longer than the MTU is refused). ``gap``: seconds
+    between two frames (a burst of hundreds can overflow the socket a userspace
+    ovs-vswitchd reads the veth's other end with, and frames are lost before any flow)."""
     data = "".join(bytes(f).hex() + "\n" for f in frames)
     proc = subprocess.run([sh.tool("ip"), "netns", "exec", ns, sys.executable, "-c", SEND_FRAMES,
-                           iface], input=data, capture_output=True, text=True, timeout=30,
+                           iface, str(gap)], input=data, capture_output=True, text=True, timeout=30,
                           check=False)
     if proc.returncode:
         raise _t.TrafficError(f"sending frames in {ns} failed: {proc.stderr}")
@@ -187,31 +192,42 @@ def one(pkts: list, marker: str, layer, dst: str):
     return got[0]
 
 
-def table_counts(plan, node: str) -> dict[int, tuple[int, int]]:
-    """table id -> (lookups, matched) of a node's br-int (``dump-tables``; a lookup that
-    matched nothing hit OpenFlow 1.3's table-miss: a drop)."""
-    out = _t.ovs_node(plan, node).ofctl("-O", "OpenFlow13", "dump-tables", "br-int")
-    counts: dict[int, tuple[int, int]] = {}
-    last = (0, 0)
-    for line in out.splitlines():
+def table_counts(plan, node: str) -> dict[int, int]:
+    """table id -> packets a node's br-int dropped at that stage's miss: its explicit miss
+    flow (priority 0, no match; its cookie names the reason, ``pipeline.DROP_REASONS``),
+    and OpenFlow's own table-miss (lookups that matched nothing) for a stage without one."""
+    ovs = _t.ovs_node(plan, node)
+    counts: dict[int, int] = {}
+    for line in ovs.ofctl("-O", "OpenFlow15", "--no-names", "dump-flows", "br-int").splitlines():
+        m = re.search(r"table=(\d+), n_packets=(\d+),.* priority=0 actions=drop$", line)
+        if m:
+            counts[int(m.group(1))] = counts.get(int(m.group(1)), 0) + int(m.group(2))
+    last, current = (0, 0), 0
+    for line in ovs.ofctl("-O", "OpenFlow13", "dump-tables", "br-int").splitlines():
         m = re.match(r"\s+tables? (\d+)(?:\.\.\.(\d+))?:( ditto)?", line)
         if m:
             first, final = int(m.group(1)), int(m.group(2) or m.group(1))
-            if m.group(3):
-                for t in range(first, final + 1):
-                    counts[t] = last
+            for t in range(first, final + 1) if m.group(3) else ():
+                counts[t] = counts.get(t, 0) + last[0] - last[1]
             current = first
             continue
         m = re.search(r"lookup=(\d+), matched=(\d+)", line)
         if m:
-            counts[current] = last = (int(m.group(1)), int(m.group(2)))
+            last = (int(m.group(1)), int(m.group(2)))
+            counts[current] = counts.get(current, 0) + last[0] - last[1]
     return counts
 
 
 def misses(before: dict, after: dict, table: int) -> int:
-    """Packets that hit ``table``'s table-miss (dropped there) between two table_counts."""
-    (l0, m0), (l1, m1) = before.get(table, (0, 0)), after.get(table, (0, 0))
-    return (l1 - m1) - (l0 - m0)
+    """Packets dropped at ``table``'s miss between two table_counts."""
+    return after.get(table, 0) - before.get(table, 0)
+
+
+def drop_counts(plan, node: str) -> dict[str, int]:
+    """reason -> packets a node did not forward (``vnet64.node.drops``, as ``vnet64-node
+    stats`` reads them)."""
+    from vnet64.node import drops
+    return {r["reason"]: r["packets"] for r in drops.totals(drops.read(_t.ovs_node(plan, node).ofctl, "br-int"))}
 
 
 def tunnel_token(plan) -> str:
@@ -247,6 +263,14 @@ def meter_drops(plan, node: str) -> dict[int, int]:
         if (m := re.search(r"^\s*0: packet_count:(\d+)", line)) and meter is not None:
             drops[meter] = int(m.group(1))
     return drops
+
+
+def meter_inputs(plan, node: str) -> dict[int, int]:
+    """Packets that went through each meter of a node's br-int (meter id -> its
+    packet_in_count): what the flows ahead of it punted, counted by the datapath."""
+    out = _t.ovs_node(plan, node).ofctl("-O", "OpenFlow13", "meter-stats", "br-int")
+    return {int(m.group(1)): int(m.group(2))
+            for m in re.finditer(r"meter[:=](\d+) flow_count:\d+ packet_in_count:(\d+)", out)}
 
 
 def ipf_counters(plan, node: str) -> dict[str, int]:

@@ -19,8 +19,8 @@ from vnet64.controller import ofmsg
 from vnet64.controller.flows import (ETH_IPV6, OFPP_CONTROLLER, CheckPktLarger, Controller, Output,
                                      PacketOut, flow)
 from vnet64.controller.logic import Logic
-from vnet64.controller.pipeline import (ERROR_METER, HOST_TABLES, PRIO_HOP_LIMIT, PRIO_MATCH,
-                                        PRIO_TOO_BIG, VNI, Cookie, tables_for)
+from vnet64.controller.pipeline import (ERROR_METER, HOST_TABLES, PRIO_HOP_LIMIT, PRIO_MATCH, PRIO_MISS,
+                                        PRIO_TOO_BIG, VNI, Cookie, name_id, tables_for)
 from vnet64.controller.roles import service
 from vnet64.ports import GENEVE_PORT, XLAT_PORT, vif_port
 
@@ -170,7 +170,7 @@ def test_larger_than_the_path_mtu_is_punted_the_mtu_itself_is_carried(host2):
     assert t.is_output(GENEVE, tunnel_id=VNI) and not t.punts, str(t)
     for size in (MTU + 1, 9000):
         t = host2.send(size=size)
-        assert t.punts and t.punts[0][0] == "from_endpoint" and not t.outputs, str(t)
+        assert t.punts and t.punts[0][0] == "to_appliance" and not t.outputs, str(t)
     t = host2.send(size=9000, hlim=1)                # both: the hop-limit flow wins
     assert t.steps[-1].priority == PRIO_HOP_LIMIT, str(t)
 
@@ -183,17 +183,26 @@ def test_headers_ovs_could_not_parse_are_dropped_not_taken_for_hop_limit_0(host2
 
 
 def test_the_punts_are_metered_and_owned_by_the_endpoint(host2):
-    punts = [f for f in host2.sw.flows("from_endpoint") if Controller() in f.actions]
+    punts = [f for f in host2.sw.flows("from_endpoint") + host2.sw.flows("to_appliance")
+             if Controller() in f.actions]
     assert sorted(f.priority for f in punts) == [PRIO_TOO_BIG, PRIO_HOP_LIMIT, PRIO_HOP_LIMIT]
     assert PRIO_HOP_LIMIT > PRIO_TOO_BIG > PRIO_MATCH
     for f in punts:
         assert f.meter == ERROR_METER      # not the new pairs' meter
-        assert Cookie.decode(f.cookie) == Cookie.decode(
-            next(g.cookie for g in host2.sw.flows("from_endpoint") if g.priority == PRIO_MATCH))
-        assert f.match.get("ipv6_src") == SVC1 and f.match.get("in_port") == SVC1_PORT
-    classify = next(f for f in host2.sw.flows("classify") if f.match.get("in_port") == SVC1_PORT)
-    assert classify.actions == (CheckPktLarger(MTU + 14, "reg0", 0),)
-    assert classify.goto == "from_endpoint"
+        # the cookie names why the packet is not forwarded, and the endpoint
+        c = Cookie.decode(f.cookie)
+        assert c.reason == ("hop_limit_exceeded" if f.priority == PRIO_HOP_LIMIT else "packet_too_big")
+        assert c.obj & 0xFFFFFFFF == name_id("svc1")
+        assert f.match.get("in_port") == SVC1_PORT
+        if f.priority == PRIO_HOP_LIMIT:
+            assert f.match.get("ipv6_src") == SVC1 and f.table == "from_endpoint"
+    # the size check is the last thing from_endpoint does with a packet it lets through
+    # (pipeline.TOO_BIG_REG): only the endpoint's own packets to the platform get it
+    steer = next(f for f in host2.sw.flows("from_endpoint") if f.priority == PRIO_MATCH)
+    assert steer.match.get("ipv6_src") == SVC1 and steer.match.get("in_port") == SVC1_PORT
+    assert steer.actions == (CheckPktLarger(MTU + 14, "reg0", 0),)
+    assert steer.goto == "to_appliance"
+    assert [f.priority for f in host2.sw.flows("to_appliance")] == [PRIO_TOO_BIG, PRIO_MATCH, PRIO_MISS]
 
 
 def test_without_a_path_mtu_only_the_hop_limit_is_checked():
@@ -216,8 +225,9 @@ def test_the_gateway_still_answers_neighbour_solicitation(host2):
 
 def test_logic_answers_a_punt_from_from_endpoint_out_of_its_port(host2):
     table = HOST_TABLES.id("from_endpoint")
-    for sent, kind in ((udp6(hlim=1), ICMPv6TimeExceeded), (udp6(size=1500), ICMPv6PacketTooBig)):
-        msgs = host2.logic.packet_in(host2.dpid, table, SVC1_PORT, bytes(sent))
+    for sent, kind, stage in ((udp6(hlim=1), ICMPv6TimeExceeded, "from_endpoint"),
+                              (udp6(size=1500), ICMPv6PacketTooBig, "to_appliance")):
+        msgs = host2.logic.packet_in(host2.dpid, HOST_TABLES.id(stage), SVC1_PORT, bytes(sent))
         assert msgs == [PacketOut(service.gateway_error(bytes(sent), MTU), OFPP_CONTROLLER,
                                   (Output(SVC1_PORT),))]
         check_error(msgs[0].data, sent, kind)

@@ -38,3 +38,31 @@ def test_the_appliance_has_no_nat_and_a_failed_read_still_answers():
         raise OSError("ovs-vswitchd is not running")
     m = exposed("host", broken)
     assert [n for n, _ in m] == ["vnet64_node_info"]
+
+
+def test_drops_per_reason_and_flows_per_stage():
+    from tests.unit.test_drops import FLOWS, METERS, TABLES
+    from vnet64.node import drops
+    registry = CollectorRegistry()
+    registry.register(NodeCollector("host1", "host", "netdev", lambda: DUMP, lambda: [],
+                                    drops=lambda: drops.parse_flows(FLOWS) + drops.parse_meters(METERS),
+                                    tables=lambda: drops.parse_tables(TABLES, "host")))
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert families["vnet64_dropped_packets"].type == "counter"
+    m = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    key = (("kind", "drop"), ("node", "host1"), ("reason", "spoofed_source"), ("table", "from_endpoint"))
+    assert m[("vnet64_dropped_packets_total", key)] == 300
+    assert m[("vnet64_dropped_bytes_total", key)] == 24000
+    meter = (("kind", "meter"), ("node", "host1"), ("reason", "new_pair_rate"), ("table", "meter 1"))
+    assert m[("vnet64_dropped_packets_total", meter)] == 4
+    assert m[("vnet64_flows", (("node", "host1"), ("table", "from_endpoint")))] == 9
+    assert not any(dict(ls).get("reason") == "packet_too_big" for _, ls in m)
+
+
+def test_a_failed_flow_read_keeps_the_rest():
+    def broken():
+        raise OSError("no br-int")
+    registry = CollectorRegistry()
+    registry.register(NodeCollector("host1", "host", "netdev", lambda: DUMP, lambda: [], drops=broken))
+    names = {s.name for f in text_string_to_metric_families(generate_latest(registry).decode()) for s in f.samples}
+    assert "vnet64_conntrack_entries" in names and not any(n.startswith("vnet64_dropped") for n in names)

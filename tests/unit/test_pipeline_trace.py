@@ -19,7 +19,7 @@ from vnet64 import gateway, topology
 from vnet64.controller import model as M
 from vnet64.controller.flows import ETH_ARP, ETH_IPV4, ETH_IPV6, Flow, PacketOut, Resubmit
 from vnet64.controller.logic import Logic
-from vnet64.controller.pipeline import VNI, tables_for
+from vnet64.controller.pipeline import VNI, Cookie, tables_for
 from vnet64.ports import GENEVE_PORT, XLAT_PORT, translator_mac, vif_port
 
 GENEVE, XLAT = 1, 2
@@ -83,6 +83,12 @@ def _frame(packet: dict) -> bytes:
 @pytest.fixture
 def p():
     return Platform()
+
+
+def reason(t) -> str | None:
+    """Why the traced packet was not forwarded, as the cookie of the flow it ended on
+    says (``pipeline.DROP_REASONS``); None if that flow names no reason."""
+    return Cookie.decode(t.steps[-1].cookie).reason if t.steps and t.steps[-1].cookie else None
 
 
 def tcp6(src, dst, sport, dport, **extra):
@@ -174,20 +180,21 @@ def test_second_connection_of_a_pair_needs_no_controller(p):
 def test_vm_cannot_open_connections_to_platform_ip(p):
     round_trip(p, A6, 10, 40000)
     t = p.sw["host1"].trace(tcp4("10.0.0.4", "100.100.0.1", 5555, 22), 10)
-    assert t.dropped, str(t)
+    assert t.dropped and reason(t) == "vm_initiated", str(t)
 
 
 def test_a_vm_cannot_use_another_vms_connection(p):
     _, at_a = round_trip(p, A6, 10, 40000)
     # b-vm1 (also 10.0.0.4) forges a reply to a-vm1's connection
     t = p.sw["host1"].trace(tcp4("10.0.0.4", "100.100.0.1", 80, at_a["tcp_src"]), 11)
-    assert t.dropped, str(t)
+    assert t.dropped and reason(t) == "vm_initiated", str(t)
 
 
 def test_forged_geneve_from_a_non_appliance_is_dropped(p):
     pkt = tcp6(SVC1, A6, 1, 80, tun_ipv4_src=p.ip("host2"), tunnel_id=VNI, tun_metadata0=TOKEN)
     t = p.sw["host1"].trace(pkt, GENEVE)
-    assert t.dropped and not t.punts, str(t)
+    # host2 is a known host: what it sends may only be a reply to one of host1's endpoints
+    assert t.dropped and not t.punts and reason(t) == "not_a_reply", str(t)
 
 
 def test_every_hop_into_the_fabric_carries_the_token_and_every_node_wants_it(p):
@@ -212,6 +219,7 @@ def test_every_hop_into_the_fabric_carries_the_token_and_every_node_wants_it(p):
                 bad["tun_metadata0"] = token
             t = p.sw[node].trace(bad, GENEVE)
             assert not t.outputs and not t.punts and t.dropped_at == "from_tunnel", (node, str(t))
+            assert reason(t) == "untrusted_tunnel", (node, str(t))
 
 
 def test_without_a_token_in_the_nb_nothing_matches_or_sets_one():
@@ -230,6 +238,7 @@ def test_a_known_host_delivers_to_an_endpoint_only_replies_to_what_it_sent(p):
                   tun_metadata0=TOKEN)
     t = p.sw["host2"].trace(forged, GENEVE)
     assert not t.outputs and not t.punts and t.dropped_at == "to_endpoint", str(t)
+    assert reason(t) == "not_a_reply", str(t)
     round_trip(p, A6, 10, 40000)              # svc1 -> a-vm1 from port 40000 and back
     t = p.sw["host2"].trace(forged, GENEVE)   # now the same tuple is a reply
     assert t.is_output(10, ipv6_src=A6, ipv6_dst=SVC1), str(t)
@@ -243,16 +252,30 @@ def test_appliance_drops_unknown_destinations_without_punting(p):
                tun_metadata0=TOKEN)
     t = p.sw["appliance"].trace(pkt, GENEVE)
     assert t.dropped and not t.punts and t.dropped_at == "route", str(t)
+    assert reason(t) == "unknown_destination", str(t)
     pkt = tcp6(SVC1, A6, 1, 80, tun_ipv4_src="192.168.64.99", tunnel_id=VNI,   # not a known host
                tun_metadata0=TOKEN)
-    assert p.sw["appliance"].trace(pkt, GENEVE).dropped
+    t = p.sw["appliance"].trace(pkt, GENEVE)
+    assert t.dropped and reason(t) == "untrusted_tunnel", str(t)
+
+
+def test_a_host_drops_what_the_appliance_sends_for_a_vm_it_does_not_hold(p):
+    """From the appliance, with the token, to a platform address that is no subscribed
+    VM of host1 (an address no VM has): dropped, counted
+    under its own reason, never punted."""
+    pkt = tcp6(SVC1, "fd41::3930:1f:6600:a00:63", 1, 80, tun_ipv4_src=p.ip("appliance"),
+               tunnel_id=VNI, tun_metadata0=TOKEN)
+    t = p.sw["host1"].trace(pkt, GENEVE)
+    assert t.dropped and not t.punts and reason(t) == "unknown_destination", str(t)
+    t = p.sw["host1"].trace({k: v for k, v in pkt.items() if k != "tun_metadata0"}, GENEVE)
+    assert t.dropped and reason(t) == "untrusted_tunnel", str(t)
 
 
 def test_service_cannot_spoof_its_source_or_leave_the_prefix(p):
     t = p.sw["host2"].trace(tcp6("fd00:5e:1::11", A6, 1, 80), 10)
-    assert t.dropped, str(t)
+    assert t.dropped and reason(t) == "spoofed_source", str(t)
     t = p.sw["host2"].trace(tcp6(SVC1, "2001:db8::1", 1, 80), 10)
-    assert t.dropped, str(t)
+    assert t.dropped and reason(t) == "not_to_platform", str(t)
 
 
 def test_gateway_answers_neighbour_solicitation(p):
@@ -276,7 +299,8 @@ def test_gateway_answers_arp_from_its_vm_only(p):
     assert reply["arp_op"] == 2 and reply["arp_sha"] == gateway.GATEWAY_MAC
     assert reply["arp_spa"] == "10.0.0.1" and reply["arp_tpa"] == "10.0.0.4"
     assert reply["eth_dst"] == vm.mac
-    assert p.sw["host1"].trace({**arp, "arp_tpa": "10.0.0.9"}, 10).dropped
+    t = p.sw["host1"].trace({**arp, "arp_tpa": "10.0.0.9"}, 10)
+    assert t.dropped and reason(t) == "vm_not_to_platform", str(t)
 
 
 def test_a_vms_syn_on_a_flow_the_service_opened_goes_back_to_the_service(p):

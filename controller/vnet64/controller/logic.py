@@ -97,7 +97,7 @@ def owner_flows(model: Model, node: Node, ports: Ports, owner: Owner,
     if kind == "base":
         if node.role == "appliance":
             return appliance.base_flows(model, ports)
-        return (service.nd_responder_flows() + service.peer_flows(model, node)
+        return (service.nd_responder_flows() + service.miss_flows() + service.peer_flows(model, node)
                 + customer.base_flows(model, ports, translator_mac(node.name)))
     if kind == "route":
         r = model.route(owner[1])
@@ -443,7 +443,8 @@ class Logic:
         self.stats["packet_ins"] += 1
         if sw is not None and sw.node.role == "host" and sw.tables.name(table_id) == "to_vm":
             return self._refuse_no_port(sw, data)
-        if sw is not None and sw.node.role == "host" and sw.tables.name(table_id) == "from_endpoint":
+        if sw is not None and sw.node.role == "host" and sw.tables.name(table_id) in ("from_endpoint",
+                                                                                  "to_appliance"):
             return self._gateway_error(sw, in_port, data)
         if sw is not None and sw.node.role == "host" and sw.tables.name(table_id) == "from_translator":
             return self._routing_header_error(sw, data)
@@ -539,7 +540,7 @@ class Logic:
 
     def _gateway_error(self, sw: Switch, in_port: int, data: bytes) -> list[Message]:
         """An endpoint's packet the gateway must not forward (hop limit <= 1, or larger
-        than the path MTU; ``from_endpoint`` punts it): the ICMPv6 error goes back out of
+        than the path MTU; ``from_endpoint`` or ``to_appliance`` punts it): the ICMPv6 error goes back out of
         the port it came in on (service module doc)."""
         frame = service.gateway_error(data, self.path_mtu)
         if frame is None:

@@ -12,10 +12,11 @@ Host pipeline (table ids in brackets)::
      │                                 └ tun_src=a known host ─► ct(endpoint zone) ─► to_endpoint [11]
      │                                   (delivered only as a reply or related to what it sent)
      ├ in_port=<endpoint> ─► from_endpoint [10]: NS for fe80::1 ─► nd_reply [12] ─► nd_tll [13]
-     │                                        dst in fd41::/16 ─► ct(commit, endpoint zone),
-     │                                                           Geneve to the appliance
-     │                                        (hop limit <= 1, or > path MTU ─► meter ─► controller:
-     │                                         the gateway's ICMPv6 Time Exceeded / Packet Too Big)
+     │                                        dst in fd41::/16 ─► to_appliance [14]: ct(commit,
+     │                                          endpoint zone), Geneve to the appliance
+     │                                        (hop limit <= 1 here, > path MTU in to_appliance ─►
+     │                                         meter ─► controller: the gateway's ICMPv6 Time
+     │                                         Exceeded / Packet Too Big)
      ├ in_port=xlat0 ─► from_translator [30]: IPv4 from a pair alias ─► ct(VNet zone, SNAT) ─► to_vm [33]
      │                                       IPv6 back from TAYGA ─► ct(v6 DNAT zone) ─► v6_unsnat [31]
      │                                                    ─► ct(v6 SNAT zone) ─► to_service [32]
@@ -61,6 +62,7 @@ HOST_TABLES = TableMap("host", (
     ("to_endpoint", 11),
     ("nd_reply", 12),
     ("nd_tll", 13),
+    ("to_appliance", 14),
     ("pair", 20),
     ("v6_dnat", 21),
     ("from_translator", 30),
@@ -101,7 +103,7 @@ PRIO_MISS = 0          # table-miss: drop (counted) or punt
 PRIO_DEFAULT = 10      # catch-all of a stage (e.g. "all other IPv6 from TAYGA")
 PRIO_MATCH = 100       # the normal, specific flows
 PRIO_SPECIFIC = 110    # exceptions inside a stage (ND before routing, +snat before +rel)
-PRIO_TOO_BIG = 120     # from_endpoint: larger than the path MTU -> Packet Too Big (punt)
+PRIO_TOO_BIG = 120     # to_appliance: larger than the path MTU -> Packet Too Big (punt)
 PRIO_HOP_LIMIT = 130   # from_endpoint / from_vm: hop limit or TTL 0/1 -> Time Exceeded (punt)
 PRIO_UNPARSED = 140    # from_endpoint: headers OVS could not parse (no hop limit seen): drop
 PRIO_DENY = 200        # short-lived drops of refused pairs
@@ -178,8 +180,12 @@ NA_FLAGS_RSO = 0xE0000000
 PACKET_IN_METER = 1     # first packets of new pairs
 ERROR_METER = 2         # the gateways' ICMP errors, bounced routing headers, refusals
 
-# The register bit check_pkt_larger sets in classify for an endpoint's packets that are
-# larger than the path MTU (matched in from_endpoint)
+# The register bit check_pkt_larger sets in from_endpoint for an endpoint's packets to the
+# platform that are larger than the path MTU (matched in to_appliance). The check comes
+# after every drop decision of from_endpoint: Open vSwitch translates both outcomes of a
+# check_pkt_larger into one datapath flow and credits every OpenFlow flow of either branch
+# with all its packets, so a drop flow behind it would count each packet twice, and the
+# Packet Too Big punt counts every packet checked (drops.NOT_COUNTED_HERE).
 TOO_BIG_REG, TOO_BIG_BIT = "reg0", 0
 
 # ---------------------------------------------------------------------------
@@ -196,6 +202,7 @@ FEATURES = {
     "pair": 0x05,        # a (service endpoint, VM) pair: alias, SNAT, return rule
     "deny": 0x06,        # a refused pair, dropped for a while without punting
     "route": 0x07,       # appliance: a subscribed VM's host mapping
+    "drop": 0x08,        # a packet not forwarded, for a named reason (DROP_REASONS)
 }
 FEATURE_NAMES = {v: k for k, v in FEATURES.items()}
 
@@ -223,7 +230,19 @@ class Cookie:
             raise ValueError(f"cookie {value:#018x} was not installed by vnet64")
         return cls(role, feature, value & OBJECT_MASK)
 
+    @property
+    def reason(self) -> str | None:
+        """Why a ``drop`` flow's packets are not forwarded (a ``DROP_REASONS`` name); a
+        ``deny`` flow's is ``refused_pair``; None for any other flow."""
+        if self.feature == "deny":
+            return "refused_pair"
+        if self.feature != "drop":
+            return None
+        return REASON_NAMES.get(self.obj >> REASON_SHIFT, f"reason-{self.obj >> REASON_SHIFT}")
+
     def __str__(self) -> str:
+        if self.feature == "drop":
+            return f"{self.role}/drop/{self.reason}/{self.obj & NAME_MASK:#x}"
         return f"{self.role}/{self.feature}/{self.obj:#x}"
 
 
@@ -235,3 +254,82 @@ def cookie(role: str, feature: str, obj: int | str = 0) -> int:
 def name_id(name: str) -> int:
     """A stable 32-bit id for an NB object's name (crc32), for cookies."""
     return zlib.crc32(name.encode())
+
+
+# ---------------------------------------------------------------------------
+# Drop reasons: every packet a pipeline does not forward goes through a flow whose cookie
+# names why (feature ``drop``, object ``reason << 32 | name_id(owner)``), so that its
+# counters read as "how many packets were not forwarded, and why" (``vnet64-node stats
+# --explain``, the agent's ``vnet64_dropped_packets_total``). Each reason: (id, what
+# happened, and whether the packet is dropped silently or punted to the controller, which
+# answers it as a router would, or refuses the connection). Stages whose miss cannot happen
+# in a consistent pipeline carry ``no_flow`` (a race with a change, or a bug).
+
+DROP, PUNT = "drop", "answered"
+
+DROP_REASONS: dict[str, tuple[int, str, str]] = {
+    "no_flow": (1, DROP, "no flow of this stage matched: a packet the stage was not built for "
+                         "(a race with a change of the NB, or a bug)"),
+    "unknown_port": (2, DROP, "from a port that is no bound VM or service endpoint of this node, "
+                              "or Geneve without the platform's VNI"),
+    "untrusted_tunnel": (3, DROP, "Geneve whose outer source is no node of the platform, or "
+                                  "without the platform's tunnel token"),
+    "unknown_destination": (4, DROP, "to a platform IPv6 address that is no subscribed VM (the "
+                                     "appliance), or no subscribed VM of this host (a customer "
+                                     "host: moved, unsubscribed, forged)"),
+    "not_to_platform": (5, DROP, "from a service endpoint, but not IPv6 to the platform prefix "
+                                 "(fd41::/16) nor ND for its gateway"),
+    "spoofed_source": (6, DROP, "from a service endpoint to the platform with a source that is "
+                                "not the endpoint's own address"),
+    "unparsed_headers": (7, DROP, "from a service endpoint, with IPv6 extension headers Open "
+                                  "vSwitch could not parse (no upper layer found)"),
+    "not_a_reply": (8, DROP, "from another host to a service endpoint, but no reply to (or error "
+                             "about) a connection the endpoint opened"),
+    "no_pair": (9, DROP, "IPv4 from the translator for a pair whose flows are gone (idled out, "
+                         "revoked)"),
+    "no_return_path": (10, DROP, "rebuilt IPv6 towards a service that is no reply to its "
+                                 "connection, or to an endpoint the NB does not know"),
+    "conntrack_invalid": (11, DROP, "conntrack found the packet invalid (+inv: e.g. a TCP segment "
+                                    "outside the window, a malformed header)"),
+    "vm_not_to_platform": (12, DROP, "from a VM's port, but neither IPv4 from the VM's own "
+                                     "address to its Platform_IP nor ARP for its gateway"),
+    "vm_initiated": (13, DROP, "from a VM to Platform_IP, but no reply to a connection a service "
+                               "opened to it (VMs cannot open connections through the platform)"),
+    "hop_limit_exceeded": (14, PUNT, "from a service endpoint with hop limit 0 or 1: its gateway "
+                                     "answers ICMPv6 Time Exceeded"),
+    "packet_too_big": (15, PUNT, "from a service endpoint, larger than the path MTU: its gateway "
+                                 "answers ICMPv6 Packet Too Big"),
+    "ttl_exceeded": (16, PUNT, "from a VM with TTL 0 or 1: its gateway answers ICMPv4 Time "
+                               "Exceeded"),
+    "routing_header": (17, PUNT, "IPv6 with a routing header whose Segments Left is not 0 (RFC "
+                                 "7915 5.1): answered with ICMPv6 Parameter Problem"),
+    "nat_ports_exhausted": (18, PUNT, "a new connection to a VM address and port with no "
+                                      "Platform_IP port left: refused (TCP reset, ICMPv4 "
+                                      "administratively prohibited)"),
+    "translator_multicast": (20, DROP, "IPv6 multicast from the translator namespace itself "
+                                       "(router solicitations, MLD reports when its link comes "
+                                       "up): nothing to translate"),
+    "refused_pair": (19, DROP, "a service's first packet to a VM it may not reach (no "
+                               "subscription): the controller refused the pair, which is then "
+                               "dropped on the host for a while"),
+}
+REASON_NAMES = {rid: name for name, (rid, _, _) in DROP_REASONS.items()}
+REASON_SHIFT = 32
+NAME_MASK = (1 << REASON_SHIFT) - 1
+
+# Meters on the packet-in path: what their drop bands count
+METER_REASONS = {
+    PACKET_IN_METER: ("new_pair_rate", "first packets of new pairs beyond the controller's "
+                                       "packet-in rate (a flood of new pairs)"),
+    ERROR_METER: ("error_rate", "packets the gateways would answer (Time Exceeded, Packet Too "
+                                "Big, refusals) beyond their rate (a flood of them)"),
+}
+
+
+def drop_cookie(role: str, reason: str, owner: str = "") -> int:
+    """The cookie of a ``role`` flow that does not forward, for ``reason`` (a
+    ``DROP_REASONS`` name); ``owner`` names the NB object it belongs to, if any."""
+    if reason not in DROP_REASONS or reason == "refused_pair":
+        raise ValueError(f"not a drop flow's reason: {reason!r}")
+    rid = DROP_REASONS[reason][0]
+    return Cookie(role, "drop", (rid << REASON_SHIFT) | (name_id(owner) if owner else 0)).value

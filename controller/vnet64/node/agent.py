@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -51,7 +52,7 @@ from .. import prom
 from ..nb import api as nb_api
 from ..nb.commands import vm_address
 from ..ports import INTEGRATION_BRIDGE, translator_mac
-from . import config, sh
+from . import config, drops, sh
 from .datapath import Datapath
 from .ovsdb import (DeleteBridge, EnsureBridge, EnsurePort, NodeOvsdb, SetSsl, SetSystem,
                     SyncCtTimeouts, bridge_of_datapath_id, connect, default_remote, get,
@@ -450,6 +451,11 @@ class Agent:
         pid = sh.read_pid(self.ovs_rundir() / "ovs-vswitchd.pid")
         return pid if pid and sh.proc_alive(pid) else None
 
+    def ofctl(self, *args: str) -> str:
+        """``ovs-ofctl`` against the local ovs-vswitchd (its sockets beside the database's)."""
+        env = dict(os.environ, OVS_RUNDIR=str(self.ovs_rundir()))
+        return sh.run([sh.tool("ovs-ofctl"), *args], env=env).stdout
+
     def appctl(self, *args: str) -> str:
         pid = self.vswitchd_pid()
         target = ["-t", str(self.ovs_rundir() / f"ovs-vswitchd.{pid}.ctl")] if pid else []
@@ -652,8 +658,12 @@ class Agent:
         if self.o.metrics is None or self.metrics_server is not None:
             return
         host, port = self.o.metrics
-        collector = NodeCollector(self.facts.name, self.facts.role, self.o.datapath.name,
-                                  lambda: self.appctl("dpctl/dump-conntrack", "-s"), self.vm_zones)
+        collector = NodeCollector(
+            self.facts.name, self.facts.role, self.o.datapath.name,
+            lambda: self.appctl("dpctl/dump-conntrack", "-s"), self.vm_zones,
+            drops=lambda: drops.read(self.ofctl, INTEGRATION_BRIDGE),
+            tables=lambda: drops.parse_tables(
+                self.ofctl("-O", "OpenFlow15", "dump-tables", INTEGRATION_BRIDGE), self.facts.role))
         try:
             self.metrics_server = prom.serve(collector, host, port)
         except OSError as exc:

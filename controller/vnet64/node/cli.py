@@ -3,6 +3,7 @@
     vnet64-node --nb REMOTE [--name NODE] [--datapath system|netdev] [--uplink IFACE]
     vnet64-node cleanup [--name NODE] [--nb REMOTE]
     vnet64-node sessions --nb REMOTE [--vm NAME] [--service NAME] [--json | --csv]
+    vnet64-node stats [--explain] [--json]
 
 Without a subcommand the agent runs until SIGTERM/SIGINT: it reads its node's row from
 the NB (REMOTE: unix:PATH, tcp:IP:PORT or a comma-separated list of Raft members; env
@@ -25,6 +26,14 @@ conntrack's state and the seconds left, from the local ovs-vswitchd's conntrack
 (ovs-appctl dpctl/dump-conntrack -s) with names from the NB; then, per VM address,
 protocol and port, how many of the Platform_IP ports a new connection may get are in use
 (when none is left, new connections are refused). --json / --csv for scripts.
+
+stats prints why this node did not forward packets: every flow vnet64's controller installs
+that does not forward (each stage's miss, the spoofing and forgery checks, the gateways'
+answers, refused pairs) names its reason in its cookie, and Open vSwitch counts its
+packets; the packet-in meters' drop bands count what floods of punts lost. Read from the
+local ovs-vswitchd (ovs-ofctl dump-flows with a cookie filter, meter-stats); no NB
+needed. --explain says what each reason means; the platform-wide view is Prometheus's sum
+of the agents' vnet64_dropped_packets_total.
 """
 
 from __future__ import annotations
@@ -45,7 +54,8 @@ from .. import helptext, journal
 from ..nb.api import NbError, NbTlsError, tls_files, use_tls
 from ..nb.api import connect as nb_connect
 from ..prom import listen_address
-from . import sessions, sh
+from ..ports import INTEGRATION_BRIDGE
+from . import drops, sessions, sh
 from .agent import DEFAULT_RUN_DIR, AgentError, Agent, Options, cleanup
 from .datapath import choose
 from .sessions import PORT_RANGE
@@ -122,6 +132,43 @@ def sessions_parser() -> argparse.ArgumentParser:
     return p
 
 
+def stats_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{PROG} stats", description=helptext.paragraphs(__doc__, 5))
+    p.add_argument("--ovs", metavar="REMOTE",
+                   help="the local Open vSwitch database; the ovs-vswitchd whose flows are read "
+                        "is the one whose sockets sit beside it (default unix:$OVS_RUNDIR/db.sock, "
+                        "OVS_RUNDIR defaulting to /var/run/openvswitch)")
+    p.add_argument("--bridge", default=INTEGRATION_BRIDGE, help="default %(default)s")
+    p.add_argument("--explain", action="store_true", help="say what each reason means")
+    p.add_argument("--json", action="store_true",
+                   help="per reason: packets, bytes, kind, stages and what it means")
+    return p
+
+
+def _local_agent(ovs: str | None) -> Agent:
+    """An agent object for reading this host's Open vSwitch (never run)."""
+    return Agent(Options(name=socket.gethostname(), nb="", datapath=choose(None), ovs=ovs,
+                         uplink=None, translator_netns=DEFAULT_NETNS, translator_ipv4=DEFAULT_IPV4,
+                         run_dir=Path(DEFAULT_RUN_DIR)))
+
+
+def run_stats(argv: list[str]) -> int:
+    args = stats_parser().parse_args(argv)
+    setup_logging("WARNING", None)
+    env = dict(os.environ, OVS_RUNDIR=str(_local_agent(args.ovs).ovs_rundir()))
+    try:
+        counts = drops.read(lambda *a: sh.run([sh.tool("ovs-ofctl"), *a], env=env).stdout, args.bridge)
+    except sh.CommandError as exc:
+        print(f"{PROG}: error: reading {args.bridge}'s flows: {exc}", file=sys.stderr)
+        return 1
+    rows = drops.totals(counts)
+    if args.json:
+        print(json.dumps([{**r, "meaning": drops.explanation(r["reason"])} for r in rows], indent=2))
+    else:
+        sys.stdout.write(drops.render(rows, explain=args.explain))
+    return 0
+
+
 def run_sessions(argv: list[str]) -> int:
     parser = sessions_parser()
     args = parser.parse_args(argv)
@@ -157,11 +204,8 @@ def run_sessions(argv: list[str]) -> int:
         return 2
     vm_by = {(zones[v["vnet"]], v["ipv4"]): v["name"] for v in vms}
     endpoint_of = {str(IPv6Address(e["ipv6"])): (e["name"], s["name"]) for s in services for e in s["endpoints"]}
-    opts = Options(name=socket.gethostname(), nb=args.nb, datapath=choose(None), ovs=args.ovs,
-                   uplink=None, translator_netns=DEFAULT_NETNS, translator_ipv4=DEFAULT_IPV4,
-                   run_dir=Path(DEFAULT_RUN_DIR))
     try:
-        text = Agent(opts).appctl("dpctl/dump-conntrack", "-s")
+        text = _local_agent(args.ovs).appctl("dpctl/dump-conntrack", "-s")
     except sh.CommandError as exc:
         print(f"{PROG}: error: reading conntrack: {exc}", file=sys.stderr)
         return 1
@@ -234,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sessions"]:
         return run_sessions(argv[1:])
+    if argv[:1] == ["stats"]:
+        return run_stats(argv[1:])
     cleanup_mode = bool(argv) and argv[0] == "cleanup"
     parser = build_parser(cleanup_mode)
     args = parser.parse_args(argv[1:] if cleanup_mode else argv)

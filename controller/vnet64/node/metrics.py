@@ -9,7 +9,13 @@ IP:PORT``), read when scraped, never cached:
   connections towards it - and ``vnet64_nat_port_use_ratio``, that over the pair's port
   range: at 1 new connections are refused (the alerting rule in
   ``deploy/prometheus/vnet64-alerts.yml`` fires above 0.8);
-- ``vnet64_nat_sessions{node,vm}``: sessions per VM (``vnet64-node sessions`` lists them).
+- ``vnet64_nat_sessions{node,vm}``: sessions per VM (``vnet64-node sessions`` lists them);
+- ``vnet64_dropped_packets_total{node,reason,kind,table}`` (and ``_bytes_total``): packets
+  this node did not forward, per reason and stage (``table`` is ``meter N`` for a
+  packet-in meter's drops), from the flows' counters (:mod:`vnet64.node.drops`, what
+  ``vnet64-node stats`` prints). A counter restarts when its flow is reinstalled;
+  Prometheus's ``rate()`` and ``increase()`` handle that;
+- ``vnet64_flows{node,table}``: flows per stage of the node's pipeline.
 
 Names follow Faucet's style (``<project>_<thing>_<unit>``); values come from the same
 code as ``vnet64-node sessions`` (:mod:`vnet64.node.sessions`).
@@ -22,9 +28,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from . import drops as drop_counts
 from . import sessions
 
 LOG = logging.getLogger("vnet64.node.metrics")
@@ -32,19 +39,58 @@ LOG = logging.getLogger("vnet64.node.metrics")
 
 class NodeCollector(Collector):
     """Metrics of one node. ``conntrack()`` returns ``dpctl/dump-conntrack -s``'s text;
-    ``vms()`` the (VNet zone, IPv4, name) of the VMs the node's NB replica holds."""
+    ``vms()`` the (VNet zone, IPv4, name) of the VMs the node's NB replica holds;
+    ``drops()`` the node's ``drops.Count`` list, ``tables()`` its flows per stage (None:
+    not exported)."""
 
     def __init__(self, node: str, role: str, datapath: str, conntrack: Callable[[], str],
                  vms: Callable[[], list[tuple[int, str, str]]],
-                 port_range: tuple[int, int] = sessions.PORT_RANGE):
+                 port_range: tuple[int, int] = sessions.PORT_RANGE,
+                 drops: Callable[[], list[drop_counts.Count]] | None = None,
+                 tables: Callable[[], dict[str, int]] | None = None):
         self.node, self.role, self.datapath = node, role, datapath
         self.conntrack, self.vms, self.port_range = conntrack, vms, port_range
+        self.drops, self.tables = drops, tables
 
     def collect(self) -> Iterator[Any]:
         info = GaugeMetricFamily("vnet64_node_info", "this node (always 1)",
                                  labels=["node", "role", "datapath"])
         info.add_metric([self.node, self.role, self.datapath], 1)
         yield info
+        yield from self._pipeline()
+        yield from self._conntrack()
+
+    def _pipeline(self) -> Iterator[Any]:
+        try:
+            counts = self.drops() if self.drops else None
+            tables = self.tables() if self.tables else None
+        except Exception as exc:    # noqa: BLE001 - a scrape reports what it can
+            LOG.warning("metrics: flows not read: %s", exc)
+            return
+        if counts is not None:
+            labels = ["node", "reason", "kind", "table"]
+            packets = CounterMetricFamily("vnet64_dropped_packets",
+                                          "packets not forwarded, per reason and stage "
+                                          "(vnet64-node stats --explain)", labels=labels)
+            octets = CounterMetricFamily("vnet64_dropped_bytes", "their bytes", labels=labels)
+            summed: dict[tuple, list[int]] = {}
+            for c in counts:     # a reason may have several flows in one stage
+                n = summed.setdefault((c.reason, c.kind, c.where), [0, 0])
+                n[0] += c.packets
+                n[1] += c.bytes
+            for (reason, kind, where), (n_packets, n_bytes) in sorted(summed.items()):
+                packets.add_metric([self.node, reason, kind, where], n_packets)
+                octets.add_metric([self.node, reason, kind, where], n_bytes)
+            yield packets
+            yield octets
+        if tables is not None:
+            flows = GaugeMetricFamily("vnet64_flows", "flows per stage of the pipeline",
+                                      labels=["node", "table"])
+            for table, n in tables.items():
+                flows.add_metric([self.node, table], n)
+            yield flows
+
+    def _conntrack(self) -> Iterator[Any]:
         try:
             entries = sessions.parse(self.conntrack())
         except Exception as exc:    # noqa: BLE001 - a scrape reports what it can

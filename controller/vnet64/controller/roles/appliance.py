@@ -9,7 +9,8 @@ matches the inner IPv6 destination against the host mapping (one flow per
 subscribed VM), rewrites the outer destination to the VM's host, sets the token
 (the appliance's own hop) and sends the packet back into the fabric through the
 port it came in on.
-Everything else is dropped by explicit, counted miss flows — never punted.
+Everything else is dropped by explicit, counted miss flows — never punted; their cookies
+name why (``pipeline.DROP_REASONS``).
 
 The outer source of the rewritten packet is the appliance's own address (the
 tunnel port's local IP), so a customer host can accept forward traffic from the
@@ -24,7 +25,7 @@ from ipaddress import IPv4Address
 
 from ..flows import ETH_IPV6, OFPP_IN_PORT, Flow, Output, SetField, canonical_ip, flow
 from ..model import Model, Node, Route
-from ..pipeline import PRIO_MATCH, PRIO_MISS, VNI, cookie, token_actions, token_match
+from ..pipeline import PRIO_MATCH, PRIO_MISS, VNI, cookie, drop_cookie, token_actions, token_match
 from . import Ports
 
 
@@ -40,9 +41,9 @@ def base_flows(model: Model, ports: Ports) -> list[Flow]:
     """The stages' misses, the tunnel's entry and the known hosts (not the routes)."""
     base = cookie("appliance", "base")
     out = [
-        flow("classify", PRIO_MISS, {}, [], cookie=base),
-        flow("from_tunnel", PRIO_MISS, {}, [], cookie=base),
-        flow("route", PRIO_MISS, {}, [], cookie=base),
+        flow("classify", PRIO_MISS, {}, [], cookie=drop_cookie("appliance", "unknown_port")),
+        flow("from_tunnel", PRIO_MISS, {}, [], cookie=drop_cookie("appliance", "untrusted_tunnel")),
+        flow("route", PRIO_MISS, {}, [], cookie=drop_cookie("appliance", "unknown_destination")),
     ]
     if ports.geneve is None:
         return out

@@ -76,9 +76,10 @@ from ..inet import checksum, ethernet, icmp6_packet
 from ..model import VM, Endpoint, Model, Node
 from ..pipeline import (ERROR_METER, PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_HOP_LIMIT,
                         PRIO_MATCH, PRIO_MISS, PRIO_SPECIFIC, VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, cookie,
-                        token_actions, token_match)
+                        drop_cookie, token_actions, token_match)
 from . import Ports, service
 
+MULTICAST6 = IPv6Network("ff00::/8")
 ALIAS_POOL = IPv4Network("198.18.0.0/15")   # RFC 2544 benchmarking space: never a customer's
 PORT_RANGE = (1024, 65535)
 PAIR_IDLE_TIMEOUT = 300                      # s; RFC 6146's UDP default; renewed by any packet
@@ -178,7 +179,15 @@ def alias_sources(model: Model) -> IPv6Network:
 def base_flows(model: Model, ports: Ports, xlat_mac: str) -> list[Flow]:
     """Host-wide flows of the translator side (independent of VMs and pairs)."""
     c = cookie("host", "base", "translator")
+    appliance = model.appliance_node()
     out = [
+        # every stage's miss, counted under its reason (pipeline.DROP_REASONS)
+        *(flow(table, PRIO_MISS, {}, [], cookie=drop_cookie("host", reason)) for table, reason in (
+            ("classify", "unknown_port"), ("from_tunnel", "untrusted_tunnel"),
+            ("v6_dnat", "no_flow"), ("from_translator", "no_flow"), ("v6_unsnat", "no_flow"),
+            ("to_service", "no_return_path"), ("to_vm", "conntrack_invalid"),
+            ("from_vm", "vm_not_to_platform"), ("arp_reply", "no_flow"),
+            ("vm_return", "vm_initiated"), ("to_translator", "conntrack_invalid"))),
         # pair miss: first packet of a new pair, metered, to the controller
         flow("pair", PRIO_MISS, {}, [Controller()], meter=PACKET_IN_METER, cookie=c),
         # the generic ARP responder (from_vm decides who may use it)
@@ -195,6 +204,12 @@ def base_flows(model: Model, ports: Ports, xlat_mac: str) -> list[Flow]:
     if ports.geneve is not None:
         out.append(flow("classify", PRIO_MATCH, {"in_port": ports.geneve, "tunnel_id": VNI},
                         goto="from_tunnel", cookie=c))
+    if appliance is not None:
+        # from the appliance, with the token, to no subscribed VM of this host
+        out.append(flow("from_tunnel", PRIO_DEFAULT,
+                        {"tun_ipv4_src": appliance.underlay_ip, "tunnel_id": VNI,
+                         **token_match(model.tunnel_token)},
+                        [], cookie=drop_cookie("host", "unknown_destination")))
     if ports.xlat is not None:
         out += [
             flow("classify", PRIO_MATCH, {"in_port": ports.xlat}, goto="from_translator", cookie=c),
@@ -204,7 +219,13 @@ def base_flows(model: Model, ports: Ports, xlat_mac: str) -> list[Flow]:
             # addresses): it is what the translator namespace bounced, a routing header
             # with Segments Left != 0; the controller answers it (module doc)
             flow("from_translator", PRIO_SPECIFIC, {"eth_type": ETH_IPV6, "ipv6_src": alias_sources(model)},
-                 [Controller()], meter=ERROR_METER, cookie=c),
+                 [Controller()], meter=ERROR_METER, cookie=drop_cookie("host", "routing_header")),
+            # the translator namespace's own multicast (RS, MLD): not counted as a lost reply
+            flow("from_translator", PRIO_MATCH, {"eth_type": ETH_IPV6, "ipv6_dst": MULTICAST6}, [],
+                 cookie=drop_cookie("host", "translator_multicast")),
+            # IPv4 from TAYGA that no pair's flow takes: the pair is gone
+            flow("from_translator", PRIO_DEFAULT, {"eth_type": ETH_IPV4}, [],
+                 cookie=drop_cookie("host", "no_pair")),
             flow("to_translator", PRIO_MATCH, {"ct_state": CT_TRACKED_OK},
                  [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", xlat_mac),
                   Output(ports.xlat)], cookie=c),
@@ -234,7 +255,7 @@ def vm_flows(model: Model, node: Node, ports: Ports, vm: VM) -> list[Flow]:
         # the VM's gateway is a router: TTL 0 or 1 is not forwarded but answered (module
         # doc, "Hop limits"); nw_ttl cannot be masked, so one flow per value
         *(flow("from_vm", PRIO_HOP_LIMIT, {**to_platform, "nw_ttl": ttl}, [Controller()],
-               meter=ERROR_METER, cookie=c) for ttl in (0, 1)),
+               meter=ERROR_METER, cookie=drop_cookie("host", "ttl_exceeded", vm.name)) for ttl in (0, 1)),
         flow("v6_dnat", PRIO_MATCH, {"eth_type": ETH_IPV6, "ipv6_dst": vm.ipv6},
              [CT(zone=ZONE_V6_DNAT, commit=True, table="to_translator",
                  nat=Nat("dst", str(model.translated(vm.ipv4))))], cookie=c),
@@ -249,7 +270,7 @@ def vm_flows(model: Model, node: Node, ports: Ports, vm: VM) -> list[Flow]:
         # no Platform_IP port left: never delivered; the controller refuses it (module doc)
         flow("to_vm", PRIO_DEFAULT,
              {"eth_type": ETH_IPV4, "ct_zone": vm.zone, "ipv4_dst": vm.ipv4, "ct_state": CT_NOT_SNATTED},
-             [Controller()], meter=ERROR_METER, cookie=c),
+             [Controller()], meter=ERROR_METER, cookie=drop_cookie("host", "nat_ports_exhausted", vm.name)),
     ]
     if appliance is not None:
         out.append(flow("from_tunnel", PRIO_MATCH,

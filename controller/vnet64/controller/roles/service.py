@@ -1,7 +1,8 @@
 """Encapsulator: a host's service endpoints (IPv6 only) reaching platform addresses.
 
-Stages owned: ``from_endpoint``, ``nd_reply``, ``nd_tll``, ``to_endpoint``, and
-in ``from_tunnel`` the flows that accept return traffic from known hosts.
+Stages owned: ``from_endpoint``, ``to_appliance``, ``nd_reply``, ``nd_tll``,
+``to_endpoint``, and in ``from_tunnel`` the flows that accept return traffic from known
+hosts.
 
 - From an endpoint's port, IPv6 from that endpoint's own address to the
   steering prefix fd41::/16 is encapsulated (Geneve, VNI, tunnel token) towards
@@ -23,12 +24,14 @@ in ``from_tunnel`` the flows that accept return traffic from known hosts.
   fe80::1), so it answers what a router must (RFC 8200, RFC 4443): a packet
   to fd41::/16 with hop limit 0 or 1 is not forwarded but punted (metered)
   and answered with an ICMPv6 Time Exceeded; one larger than the path MTU
-  (``classify`` runs ``check_pkt_larger``, ``from_endpoint`` matches the
-  bit) is punted and answered with a Packet Too Big carrying that MTU. The
-  hop limit is checked first, as a router does before it picks a link. A
+  (``from_endpoint``'s steering flow runs ``check_pkt_larger``, ``to_appliance``
+  matches the bit) is punted and answered with a Packet Too Big carrying that MTU.
+  The hop limit is checked first, as a router does before it picks a link. A
   packet whose headers OVS could not parse (no upper layer found, so no hop
   limit either) is dropped before both.
-Everything else an endpoint sends is dropped by the stage's miss flow.
+Everything else an endpoint sends is dropped by the stage's miss flow (``not_to_platform``),
+or by the endpoint's own ``spoofed_source`` flow when it is to the platform from another
+address: every flow that does not forward names why in its cookie (``pipeline.DROP_REASONS``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from ..inet import ethernet, icmp6_packet
 from ..model import Endpoint, Model, Node
 from ..pipeline import (ERROR_METER, NA_FLAGS_RSO, PRIO_HOP_LIMIT, PRIO_MATCH, PRIO_SPECIFIC,
                         PRIO_TOO_BIG, PRIO_UNPARSED, TOO_BIG_BIT, TOO_BIG_REG, VNI,
-                        ZONE_ENDPOINTS, cookie, token_actions, token_match)
+                        PRIO_DEFAULT, PRIO_MISS, ZONE_ENDPOINTS, cookie, drop_cookie, token_actions,
+                        token_match)
 from . import Ports
 
 STEERING = address.STEERING_PREFIX
@@ -72,9 +76,7 @@ def one_endpoint_flows(model: Model, ports: Ports, ep: Endpoint, path_mtu: int |
     if port is None:
         return out
     c = cookie("host", "endpoint", ep.name)
-    size_check = [CheckPktLarger(path_mtu + ETH_HEADER, TOO_BIG_REG, TOO_BIG_BIT)] if path_mtu else []
-    out.append(flow("classify", PRIO_MATCH, {"in_port": port}, size_check, goto="from_endpoint",
-                    cookie=c))
+    out.append(flow("classify", PRIO_MATCH, {"in_port": port}, goto="from_endpoint", cookie=c))
     out.append(flow("from_endpoint", PRIO_SPECIFIC,
                     {"in_port": port, "eth_type": ETH_IPV6, "ip_proto": PROTO_ICMPV6,
                      "icmpv6_type": ND_NS, "ipv6_nd_target": gateway.SERVICE_GATEWAY_IPV6},
@@ -84,17 +86,29 @@ def one_endpoint_flows(model: Model, ports: Ports, ep: Endpoint, path_mtu: int |
         # OVS stops parsing at an extension header it cannot read (e.g. a jumbo payload,
         # payload length 0): such a flow has no upper layer (ip_proto 0) and no hop
         # limit (nw_ttl 0). Dropped here, so it is not taken for hop limit 0 and punted.
-        out.append(flow("from_endpoint", PRIO_UNPARSED, {**steered, "ip_proto": 0}, [], cookie=c))
+        out.append(flow("from_endpoint", PRIO_UNPARSED, {**steered, "ip_proto": 0}, [],
+                        cookie=drop_cookie("host", "unparsed_headers", ep.name)))
         for hop_limit in (0, 1):    # nw_ttl is the hop limit for IPv6; it cannot be masked
             out.append(flow("from_endpoint", PRIO_HOP_LIMIT, {**steered, "nw_ttl": hop_limit},
-                            [Controller()], meter=ERROR_METER, cookie=c))
-        if path_mtu:
-            bit = 1 << TOO_BIG_BIT
-            out.append(flow("from_endpoint", PRIO_TOO_BIG, {**steered, TOO_BIG_REG: (bit, bit)},
-                            [Controller()], meter=ERROR_METER, cookie=c))
+                            [Controller()], meter=ERROR_METER,
+                            cookie=drop_cookie("host", "hop_limit_exceeded", ep.name)))
+        # to the platform, but not from the endpoint's own address
+        out.append(flow("from_endpoint", PRIO_DEFAULT,
+                        {"in_port": port, "eth_type": ETH_IPV6, "ipv6_dst": STEERING}, [],
+                        cookie=drop_cookie("host", "spoofed_source", ep.name)))
+        # the size check comes last (pipeline.TOO_BIG_REG)
+        size_check = [CheckPktLarger(path_mtu + ETH_HEADER, TOO_BIG_REG, TOO_BIG_BIT)] if path_mtu else []
         out.append(flow("from_endpoint", PRIO_MATCH,
                         {"in_port": port, "eth_type": ETH_IPV6, "ipv6_src": ep.ipv6,
                          "ipv6_dst": STEERING},
+                        size_check, goto="to_appliance", cookie=c))
+        to_appliance = {"in_port": port, "eth_type": ETH_IPV6}
+        if path_mtu:
+            bit = 1 << TOO_BIG_BIT
+            out.append(flow("to_appliance", PRIO_TOO_BIG, {**to_appliance, TOO_BIG_REG: (bit, bit)},
+                            [Controller()], meter=ERROR_METER,
+                            cookie=drop_cookie("host", "packet_too_big", ep.name)))
+        out.append(flow("to_appliance", PRIO_MATCH, to_appliance,
                         [CT(zone=ZONE_ENDPOINTS, commit=True),
                          SetField("tunnel_id", VNI),
                          SetField("tun_ipv4_dst", appliance.underlay_ip),
@@ -132,6 +146,17 @@ def nd_responder_flows() -> list[Flow]:
         flow("nd_tll", PRIO_MATCH,
              {"eth_type": ETH_IPV6, "ip_proto": PROTO_ICMPV6, "icmpv6_type": ND_NA},
              [SetField("ipv6_nd_tll", gateway.GATEWAY_MAC), Output(OFPP_IN_PORT)], cookie=c),
+    ]
+
+
+def miss_flows() -> list[Flow]:
+    """The misses of this module's stages, each counted under its reason."""
+    return [
+        flow("from_endpoint", PRIO_MISS, {}, [], cookie=drop_cookie("host", "not_to_platform")),
+        flow("to_endpoint", PRIO_MISS, {}, [], cookie=drop_cookie("host", "not_a_reply")),
+        flow("nd_reply", PRIO_MISS, {}, [], cookie=drop_cookie("host", "no_flow")),
+        flow("nd_tll", PRIO_MISS, {}, [], cookie=drop_cookie("host", "no_flow")),
+        flow("to_appliance", PRIO_MISS, {}, [], cookie=drop_cookie("host", "no_flow")),
     ]
 
 
@@ -177,7 +202,7 @@ def _is_icmp6_error(ip: bytes) -> bool:
 
 def gateway_error(frame: bytes, path_mtu: int | None = None) -> bytes | None:
     """The virtual gateway's answer to a packet an endpoint sent that it must not forward
-    (``from_endpoint`` punts them), as a frame back to the endpoint:
+    (``from_endpoint`` or ``to_appliance`` punts them), as a frame back to the endpoint:
 
     - hop limit 0 or 1: ICMPv6 Time Exceeded, code 0 (RFC 8200 4, RFC 4443 3.3) - checked
       first, as a router does before it looks at the outgoing link;
