@@ -382,6 +382,29 @@ def cmd_platform_rotate_token(api: Any, args: argparse.Namespace) -> None:
     print(f"tunnel token {api.rotate_tunnel_token():#010x}")
 
 
+def cmd_trace(api: Any, args: argparse.Namespace) -> int:
+    from .controller import trace as T
+    from .controller.model import from_nb
+    model = from_nb(api)
+    try:
+        nodes = T.read_dumps(model, args.dumps)
+        tracer = T.Tracer(model, nodes, ct=args.ct)
+        hops = T.trace(tracer, model, args.src, args.dst, args.proto, args.port, args.sport,
+                       args.src_addr, args.reply)
+    except ValueError as exc:
+        print(f"vnet64 trace: {exc}", file=sys.stderr)
+        return 2
+    refused = {name: n.refused for name, n in nodes.items() if n.refused}
+    if args.json:
+        print(json.dumps({"hops": [h.as_dict() for h in hops], "not_simulated": refused},
+                         indent=2, default=str))
+    else:
+        sys.stdout.write(T.render(hops))
+        for name, what in refused.items():
+            print(f"(not simulated on {name}: {len(what)} flow(s), e.g. {what[0]})", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------------------
 # Parser
 
@@ -534,6 +557,29 @@ def build_parser() -> argparse.ArgumentParser:
                     "majority must be up), the server is stopped and the database moved to "
                     "nb.db.left, so the directory can make or join a member again.",
     ).set_defaults(func=cmd_nb_cluster_leave)
+
+    tr = reader(sub.add_parser(
+        "trace", help="walk a packet through the flows the nodes hold (from their dumps)",
+        description="Walks the packet SRC sends to DST through the flows each node holds, in a "
+                    "simulated flow table, node by node: the stages with the flow, the owner its "
+                    "cookie names, conntrack's answer, where the packet went (the patent's packet "
+                    "numbers 210 ... 262), or the named reason it was not forwarded. The flows "
+                    "come from DIR/<node>.txt, on each node: (ovs-ofctl -O OpenFlow15 show br-int; "
+                    "ovs-ofctl -O OpenFlow15 --names dump-flows br-int) > <node>.txt; names and "
+                    "addresses from the NB. In a lab, vnet64-lab trace reads the nodes itself."))
+    tr.add_argument("--dumps", metavar="DIR", required=True, help="the nodes' <node>.txt files")
+    tr.add_argument("src", help="a service endpoint or a VM")
+    tr.add_argument("dst", help="from an endpoint: a VM (its platform IPv6) or an IPv6 address; "
+                                "from a VM: 'platform' (its Platform_IP) or an IPv4 address")
+    tr.add_argument("proto", nargs="?", default="tcp", choices=("tcp", "udp", "icmp"),
+                    help="default %(default)s")
+    tr.add_argument("port", nargs="?", type=int, default=80, help="destination port (default 80)")
+    tr.add_argument("--sport", type=int, default=40000, help="source port / echo id (default 40000)")
+    tr.add_argument("--src-addr", metavar="ADDR", help="a forged source address")
+    tr.add_argument("--reply", action="store_true", help="then trace the answer of whoever got it")
+    tr.add_argument("--ct", choices=("new", "est", "rel"),
+                    help="the state every conntrack lookup reports (default: simulated)")
+    tr.set_defaults(func=_with_nb(cmd_trace))
 
     load = sub.add_parser("load", help="load a topology file (one transaction; identical objects kept)")
     load.add_argument("topology", help="a file like topologies/two-tenants.yaml")

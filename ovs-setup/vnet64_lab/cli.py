@@ -8,6 +8,8 @@
     vnet64-lab exec TARGET -- CMD...    run CMD inside a node / VM / endpoint namespace
     vnet64-lab flows NODE [--bridge B]  ovs-ofctl dump-flows of that node, with table names
     vnet64-lab stats [NODE] [--explain] what each node did not forward, and why, and the sum
+    vnet64-lab trace SRC DST [PROTO [PORT]] [--reply] [--ct new|est|rel] [--json]
+                                        a packet's walk through the nodes' installed flows
     vnet64-lab capture TARGET IFACE     tcpdump inside that namespace
 
 ``--control node`` (the default, also ``$VNET64_LAB_CONTROL``): a controller per node,
@@ -171,6 +173,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("node", nargs="?", help="only this node")
     p.add_argument("--explain", action="store_true", help="say what each reason means")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "trace", help="walk a packet through the flows the nodes hold, node by node",
+        description="Reads every node's flows and ports (ovs-ofctl) and the NB, and walks the "
+                    "packet SRC sends to DST through them in a simulated flow table: each hop's "
+                    "stages with the flow, the owner its cookie names, conntrack's answer, and "
+                    "where the packet went (the patent's packet numbers 210 ... 262); a packet "
+                    "that is not forwarded ends on the flow that names why.")
+    p.add_argument("src", help="a service endpoint or a VM")
+    p.add_argument("dst", help="from an endpoint: a VM (its platform IPv6) or an IPv6 address; "
+                               "from a VM: 'platform' (its Platform_IP) or an IPv4 address")
+    p.add_argument("proto", nargs="?", default="tcp", choices=("tcp", "udp", "icmp"),
+                   help="default %(default)s")
+    p.add_argument("port", nargs="?", type=int, default=80, help="destination port (default 80)")
+    p.add_argument("--sport", type=int, default=40000, help="source port / echo id (default 40000)")
+    p.add_argument("--src-addr", metavar="ADDR", help="a forged source address")
+    p.add_argument("--reply", action="store_true", help="then trace the answer of whoever got it")
+    p.add_argument("--ct", choices=("new", "est", "rel"),
+                   help="the state every conntrack lookup reports (default: simulated, so a "
+                        "reply finds the connection the walk committed)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="the simulation's own account too")
     p = sub.add_parser("capture", help="tcpdump on an interface inside a lab namespace")
     p.add_argument("target")
     p.add_argument("iface")
@@ -249,6 +272,8 @@ def _run(args: argparse.Namespace) -> int:
             if not out.strip():
                 print(f"(no flows on {args.bridge} of {node.name})", file=sys.stderr)
             return 0
+        if args.cmd == "trace":
+            return _trace(plan, args)
         if args.cmd == "stats":
             return _print_stats(plan, args.node, args.explain, args.json)
         if args.cmd == "capture":
@@ -262,6 +287,38 @@ def _run(args: argparse.Namespace) -> int:
     except LabError as exc:
         print(f"vnet64-lab: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _trace(plan: P.Plan, args: argparse.Namespace) -> int:
+    """``vnet64-lab trace``: every node's flows and ports read from its switch, the names
+    from the NB (``vnet64.controller.trace``)."""
+    from vnet64.controller import trace as T
+    from vnet64.controller.model import from_nb
+    from vnet64.nb import api as nbapi
+    with nbapi.connect(f"unix:{plan.nb_run_dir}/nb.sock") as api:
+        model = from_nb(api)
+    nodes = {}
+    for n in plan.nodes:
+        ovs = OvsNode(n.name, n.ns, n.run_dir)
+        nodes[n.name] = T.node_flows(model, n.name,
+                                     ovs.ofctl("-O", "OpenFlow15", "--names", "dump-flows", "br-int"),
+                                     ovs.ofctl("-O", "OpenFlow15", "show", "br-int"))
+    try:
+        tracer = T.Tracer(model, nodes, ct=args.ct)
+        hops = T.trace(tracer, model, args.src, args.dst, args.proto, args.port, args.sport,
+                       args.src_addr, args.reply)
+    except ValueError as exc:
+        print(f"vnet64-lab trace: {exc}", file=sys.stderr)
+        return 2
+    refused = {name: n.refused for name, n in nodes.items() if n.refused}
+    if args.json:
+        print(json.dumps({"hops": [h.as_dict() for h in hops], "not_simulated": refused},
+                         indent=2, default=str))
+        return 0
+    sys.stdout.write(T.render(hops, verbose=args.verbose))
+    for name, what in refused.items():
+        print(f"(not simulated on {name}: {len(what)} flow(s), e.g. {what[0]})", file=sys.stderr)
     return 0
 
 

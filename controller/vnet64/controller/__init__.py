@@ -8,5 +8,5 @@ Layout (pure logic apart from I/O, Faucet-style):
     ofmsg.py     flow language -> os-ken OpenFlow messages
     app.py       the thin os-ken app; launcher.py the ``vnet64-controller`` command
 
-The strict fake flow table the unit tests run flows on is ``tests/support/fake.py``.
+The strict simulated flow table the unit tests (and ``vnet64-lab trace``) run flows on is ``sim.py``.
 """

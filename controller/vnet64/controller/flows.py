@@ -1,7 +1,7 @@
 """The controller's flow language: plain data that describes OpenFlow flows.
 
 Role logic (``roles/*.py``) returns these frozen values; nothing here does I/O.
-``ofmsg.py`` turns them into os-ken messages for a switch, ``tests/support/fake.py``
+``ofmsg.py`` turns them into os-ken messages for a switch, ``sim.py``
 runs them in unit tests, and ``Flow.ofctl()`` prints them the way ``ovs-ofctl
 dump-flows --names`` would, so a person can compare what the controller meant
 with what the switch holds.

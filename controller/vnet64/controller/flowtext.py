@@ -2,7 +2,7 @@
 
 The other direction of ``Flow.ofctl()``: the text of ``ovs-ofctl -O OpenFlow15
 --no-names dump-flows br-int`` (Open vSwitch 3.1) becomes ``flows.Flow`` values, so a
-tool can simulate what a switch really holds (``tests/support/fake.py``) rather than what
+tool can simulate what a switch really holds (``sim.py``, ``trace.py``) rather than what
 the controller meant. For every flow the controller emits, the parsed ``Flow`` equals
 (``==``) the one the controller built and sent:
 

@@ -1,9 +1,11 @@
-"""A strict fake flow table: runs the flow language of ``vnet64.controller.flows`` in unit tests.
+"""A strict simulated flow table: runs the flow language of ``vnet64.controller.flows``.
 
 No root, no OVS. Like Faucet's ``clib/fakeoftable.py``, with conntrack state as an
-input (as ``ovn-trace --ct=...``): a ``CtOracle`` answers every ``ct`` action.
+input (as ``ovn-trace --ct=...``): a ``CtOracle`` answers every ``ct`` action. The unit
+tests run the controller's flows through it (``tests/support/fake.py``); ``vnet64-lab
+trace`` runs the flows read back from the switches (``flowtext``) through it.
 
-``FakeSwitch.apply()`` refuses (``FakeTableError``, naming the flow by ``Flow.ofctl()``)
+``SimSwitch.apply()`` refuses (``SimError``, naming the flow by ``Flow.ofctl()``)
 what OVS would refuse or what OpenFlow leaves undefined: an undeclared table, a goto
 that does not go forward, an unknown meter, a missing match prerequisite (also for
 ``set_field``/``move``/``ct``), a mask on a field that cannot be masked, a value with
@@ -12,7 +14,7 @@ write target, and a flow that overlaps another one at the same table and priorit
 
 Packets are dicts, field -> value, with the field names of ``flows.FIELDS`` and the
 canonical values of ``flows._norm`` (ints; MACs and IP addresses as strings, which the
-fake rewrites in canonical form). Registers, metadata, ``pkt_mark``, ``tunnel_id``,
+simulation rewrites in canonical form). Registers, metadata, ``pkt_mark``, ``tunnel_id``,
 ``tun_ipv4_*``, ``vlan_vid`` and ``ct_*`` read as 0 when absent; any other absent
 field never matches. Two extra, packet-only fields (flows cannot match them):
 
@@ -50,11 +52,11 @@ from vnet64.controller.flows import (
     Controller, DeleteFlows, DeleteStrict, Flow, FlowError, MeterMod, Move, Nat, Output,
     PacketOut, Resubmit, SetField, TableMap, TlvMap, _fmt, ct_state, ct_state_str)
 
-MAX_DEPTH = 64  # nested resubmit/ct(table=) before the fake calls it a loop
+MAX_DEPTH = 64  # nested resubmit/ct(table=) before the simulation calls it a loop
 
 
-class FakeTableError(FlowError):
-    """A flow the fake (like OVS, or OpenFlow) refuses, or a trace that cannot go on."""
+class SimError(FlowError):
+    """A flow the simulation (like OVS, or OpenFlow) refuses, or a trace that cannot go on."""
 
 
 # ---------------------------------------------------------------------------
@@ -99,7 +101,7 @@ def _spec(name: str) -> tuple[int, str]:
     base = name.removeprefix("inner_")
     spec = FIELDS.get(base) or EXTRA_FIELDS.get(base)
     if spec is None:
-        raise FakeTableError(f"unknown packet field {name!r}")
+        raise SimError(f"unknown packet field {name!r}")
     return spec
 
 
@@ -114,7 +116,7 @@ def _to_int(name: str, value: Any) -> int:
     else:
         n = int(value)
     if not 0 <= n < 1 << bits:
-        raise FakeTableError(f"{name}={value!r} does not fit in {bits} bits")
+        raise SimError(f"{name}={value!r} does not fit in {bits} bits")
     return n
 
 
@@ -157,10 +159,10 @@ def parse_ct_state(state: str | int) -> int:
     if isinstance(state, str):
         flags = re.findall(r"[+-][a-z]+", state)
         if "".join(flags) != state:
-            raise FakeTableError(f"bad ct_state {state!r}")
+            raise SimError(f"bad ct_state {state!r}")
         state = ct_state(*flags)[0]
     if state not in VALID_CT_STATES:
-        raise FakeTableError(f"no packet has ct_state {ct_state_str(state, state)!r}")
+        raise SimError(f"no packet has ct_state {ct_state_str(state, state)!r}")
     return state
 
 
@@ -171,7 +173,7 @@ def normalize_packet(packet: Mapping[str, Any]) -> dict[str, Any]:
     for name in pkt:
         why = _prereq_error(name, exact)
         if why:
-            raise FakeTableError(f"packet {_fmt_packet(pkt)}: {why}")
+            raise SimError(f"packet {_fmt_packet(pkt)}: {why}")
     parse_ct_state(pkt.get("ct_state", 0))
     return pkt
 
@@ -200,7 +202,7 @@ def _compile(flow: Flow) -> dict[str, tuple[int, int]]:
 
 
 def _refuse(flow: Flow, why: str) -> None:
-    raise FakeTableError(f"{flow.ofctl()}: {why}")
+    raise SimError(f"{flow.ofctl()}: {why}")
 
 
 def _overlap(a: Mapping[str, tuple[int, int]], b: Mapping[str, tuple[int, int]]) -> bool:
@@ -236,7 +238,7 @@ class FixedCt:
 
     def ct(self, packet: dict, zone: int, commit: bool, nat: Nat | None) -> CtResult:
         if zone not in self.states:
-            raise FakeTableError(f"FixedCt has no state for zone {zone} "
+            raise SimError(f"FixedCt has no state for zone {zone} "
                                  f"(only {sorted(self.states)})")
         return CtResult(self.states[zone], dict(packet))
 
@@ -281,7 +283,7 @@ def _l4(proto: int) -> str | None:
 
 def _get(pkt: Mapping[str, Any], name: str) -> Any:
     if name not in pkt:
-        raise FakeTableError(f"conntrack needs {name} in packet {_fmt_packet(pkt)}")
+        raise SimError(f"conntrack needs {name} in packet {_fmt_packet(pkt)}")
     return pkt[name]
 
 
@@ -387,10 +389,10 @@ class SimpleConntrack:
             yield key
             return
         if nat.kind not in ("src", "dst") or not nat.addr_min:
-            raise FakeTableError(f"bad NAT {nat.ofctl()}")
+            raise SimError(f"bad NAT {nat.ofctl()}")
         lo, hi = ip_address(nat.addr_min), ip_address(nat.addr_max or nat.addr_min)
         if lo.version != ip_address(key.src).version:
-            raise FakeTableError(f"{nat.ofctl()} on an IPv{ip_address(key.src).version} packet")
+            raise SimError(f"{nat.ofctl()} on an IPv{ip_address(key.src).version} packet")
         src = nat.kind == "src"
         port = key.sport if src else key.dport
         ranged = nat.port_min is not None and _l4(key.proto)
@@ -483,7 +485,7 @@ class _Entry:
     match: dict
 
 
-class FakeSwitch:
+class SimSwitch:
     """One bridge's flow tables, strict about what it accepts."""
 
     def __init__(self, tables: TableMap, conntrack: CtOracle | None = None):
@@ -525,11 +527,11 @@ class FakeSwitch:
                 if old is None:
                     self.tlv_map[msg.index] = msg
                 elif old != msg:   # OVS: NXTTMFC_ALREADY_MAPPED (and the flows would misread it)
-                    raise FakeTableError(f"tun_metadata{msg.index} is already mapped to {old.ofctl()}")
+                    raise SimError(f"tun_metadata{msg.index} is already mapped to {old.ofctl()}")
             elif isinstance(msg, PacketOut):
                 self.packet_outs.append(msg)
             else:
-                raise FakeTableError(f"not a message: {msg!r}")
+                raise SimError(f"not a message: {msg!r}")
 
     def flows(self, table: str | None = None) -> list[Flow]:
         """Installed flows, pipeline order, highest priority first."""
@@ -541,7 +543,7 @@ class FakeSwitch:
 
     def _stage(self, name: str, what: str) -> int:
         if name not in self.tables:
-            raise FakeTableError(f"{what}: table {name!r} is not a stage of the "
+            raise SimError(f"{what}: table {name!r} is not a stage of the "
                                  f"{self.tables.role} pipeline "
                                  f"({', '.join(s for s, _ in self.tables.stages)})")
         return self.tables.id(name)
@@ -632,7 +634,7 @@ class FakeSwitch:
         ``SimpleConntrack``, which remembers connections across traces)."""
         pkt = normalize_packet(packet)
         if pkt.setdefault("in_port", in_port) != in_port:
-            raise FakeTableError(f"packet says in_port={pkt['in_port']}, trace says {in_port}")
+            raise SimError(f"packet says in_port={pkt['in_port']}, trace says {in_port}")
         trace = Trace(in_port, dict(pkt))
         start = table or self.tables.stages[0][0]
         self._stage(start, "trace")
@@ -648,7 +650,7 @@ class FakeSwitch:
 
     def _run(self, stage: str, pkt: dict, tr: Trace, ct: CtOracle, depth: int) -> None:
         if depth > MAX_DEPTH:
-            raise FakeTableError(f"more than {MAX_DEPTH} tables deep at {stage} "
+            raise SimError(f"more than {MAX_DEPTH} tables deep at {stage} "
                                  f"(a resubmit or ct loop?)\n{tr}")
         flow = self._lookup(stage, pkt)
         if flow is None:
@@ -687,7 +689,7 @@ class FakeSwitch:
             self._run(a.table, pkt, tr, ct, depth + 1)
         elif isinstance(a, CheckPktLarger):
             if "pkt_len" not in pkt:
-                raise FakeTableError(f"{a.ofctl(self.tables)} needs the packet's pkt_len")
+                raise SimError(f"{a.ofctl(self.tables)} needs the packet's pkt_len")
             bit = 1 << a.ofs
             pkt[a.dst] = (_read(pkt, a.dst) & ~bit) | (bit if pkt["pkt_len"] > a.pkt_len else 0)
         elif isinstance(a, CT):
@@ -714,7 +716,7 @@ def _read(pkt: Mapping[str, Any], name: str) -> int:
         return _to_int(name, pkt[name])
     if name in ZERO_DEFAULT:
         return 0
-    raise FakeTableError(f"the packet has no {name}: {_fmt_packet(pkt)}")
+    raise SimError(f"the packet has no {name}: {_fmt_packet(pkt)}")
 
 
 def _hits(match: Mapping[str, tuple[int, int]], pkt: Mapping[str, Any]) -> bool:
