@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ct", choices=("new", "est", "rel"),
                    help="the state every conntrack lookup reports (default: simulated, so a "
                         "reply finds the connection the walk committed)")
+    p.add_argument("--ovs", action="store_true",
+                   help="also run each node's ovs-appctl ofproto/trace on the same packet (with "
+                        "the simulation's conntrack states as --ct-next) and say where the two "
+                        "part ways")
     p.add_argument("--json", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", help="the simulation's own account too")
     p = sub.add_parser("capture", help="tcpdump on an interface inside a lab namespace")
@@ -298,14 +302,17 @@ def _trace(plan: P.Plan, args: argparse.Namespace) -> int:
     from vnet64.nb import api as nbapi
     with nbapi.connect(f"unix:{plan.nb_run_dir}/nb.sock") as api:
         model = from_nb(api)
-    nodes = {}
+    nodes, daemons = {}, {}
     for n in plan.nodes:
-        ovs = OvsNode(n.name, n.ns, n.run_dir)
+        ovs = daemons[n.name] = OvsNode(n.name, n.ns, n.run_dir)
         nodes[n.name] = T.node_flows(model, n.name,
                                      ovs.ofctl("-O", "OpenFlow15", "--names", "dump-flows", "br-int"),
                                      ovs.ofctl("-O", "OpenFlow15", "show", "br-int"))
     try:
-        tracer = T.Tracer(model, nodes, ct=args.ct)
+        def ofproto_trace(node: str, flow: str, states: list[str]) -> str:
+            extra = [x for s in states for x in ("--ct-next", s)]
+            return daemons[node].appctl("ofproto/trace", "br-int", flow, *extra)
+        tracer = T.Tracer(model, nodes, ct=args.ct, ofproto_trace=ofproto_trace if args.ovs else None)
         hops = T.trace(tracer, model, args.src, args.dst, args.proto, args.port, args.sport,
                        args.src_addr, args.reply)
     except ValueError as exc:

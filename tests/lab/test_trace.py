@@ -131,3 +131,19 @@ def test_vnet64_trace_from_node_dumps_says_the_same(platform, tmp_path):
                            "trace", "--dumps", str(tmp_path), *args],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0 and "no flows of host1 were given" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_ovs_own_trace_takes_the_same_stages_where_no_nat_is_involved(platform):
+    """``--ovs``: each node's ofproto/trace of the hop's packet, with the simulation's
+    conntrack answers as --ct-next. Where conntrack NATs nothing - svc1's host, the
+    appliance, a forged packet's drop - OVS and the simulation go through the same
+    (table, priority) stages; the hop says so."""
+    lab, _ = platform
+    hops = run_trace(lab, "svc1", "fd41::3930:99:6600:a00:4", "udp", "7", "--ovs")["hops"]
+    assert [h["node"] for h in hops] == ["host2", "appliance"]
+    for h in hops:
+        assert h["ovs"]["agrees"], h["ovs"]
+        assert h["ovs"]["steps"] == [[s["stage"], s["priority"]] for s in h["steps"]]
+    assert hops[-1]["ovs"]["datapath_actions"] == ["drop"]
+    vm = run_trace(lab, "a-vm1", "10.0.0.5", "udp", "7", "--ovs")["hops"]
+    assert vm[-1]["reason"] == "vm_not_to_platform" and vm[-1]["ovs"]["agrees"], vm[-1]["ovs"]

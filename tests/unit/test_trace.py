@@ -89,3 +89,86 @@ def test_bad_names_are_errors(p):
     for src, dst in (("nobody", "a-vm1"), ("svc1", "no-such-vm")):
         with pytest.raises(ValueError):
             T.trace(tracer(p), p.model, src, dst)
+
+
+# ofproto/trace of OVS 3.1 in the lab (host2: svc1's packet; host1: a VM's, recirculated)
+OFPROTO_HOST2 = """\
+Flow: udp6,in_port=10,vlan_tci=0x0000,dl_src=02:65:0e:99:9d:89,dl_dst=02:76:36:34:00:01,ipv6_src=fd00:5e:1::10,ipv6_dst=fd41::3930:1f:6600:a00:4,ipv6_label=0x00000,nw_tos=0,nw_ecn=0,nw_ttl=64,nw_frag=no,tp_src=40000,tp_dst=7
+
+bridge("br-int")
+----------------
+ 0. in_port=10, priority 100, cookie 0x102000017bcfcd2
+    goto_table:10
+10. ipv6,in_port=10,ipv6_src=fd00:5e:1::10,ipv6_dst=fd41::/16, priority 100, cookie 0x102000017bcfcd2
+    check_pkt_larger(1456)->NXM_NX_REG0[0]
+    goto_table:14
+    14. ipv6,reg0=0x1/0x1,in_port=10, priority 120, cookie 0x108000f17bcfcd2
+            meter:2
+            CONTROLLER:65535
+    goto_table:14
+14. ipv6,in_port=10, priority 100, cookie 0x102000017bcfcd2
+    ct(commit,zone=65532)
+    output:1
+     -> output to native tunnel
+
+bridge("br-phy")
+----------------
+ 0. priority 0
+    NORMAL
+
+Final flow: unchanged
+Datapath actions: check_pkt_len(size=1456,gt(meter(1)),le(ct(commit,zone=65532),tnl_push(...),4))
+"""
+
+OFPROTO_HOST1 = """\
+bridge("br-int")
+----------------
+ 0. in_port=10, priority 100, cookie 0x1040000e1d9df31
+    goto_table:40
+40. ip,in_port=10,nw_src=10.0.0.4,nw_dst=100.100.0.1, priority 100, cookie 0x1040000e1d9df31
+    ct(table=42,zone=1,nat)
+
+Datapath actions: ct(zone=1,nat),recirc(0x1)
+
+===============================================================================
+recirc(0x1) - resume conntrack with ct_state=est|rpl|trk
+===============================================================================
+
+bridge("br-int")
+----------------
+    thaw
+        Resuming from table 42
+42. priority 0, cookie 0x108000d00000000
+    drop
+
+Datapath actions: drop
+"""
+
+
+def test_ovs_steps_follow_the_taken_branch_and_the_recirculation():
+    assert T.ovs_steps(OFPROTO_HOST2) == [(0, 100), (10, 100), (14, 100)]     # not the nested gt branch
+    assert T.ovs_steps(OFPROTO_HOST1) == [(0, 100), (40, 100), (42, 0)]
+    assert T.ovs_steps('bridge("br-int")\n----\n 1. No match.\n    drop\n') == [(1, None)]
+
+
+def test_ovs_flow_speaks_ofproto_trace():
+    pkt = {"eth_type": 0x86DD, "eth_src": "02:00:00:00:00:01", "ipv6_src": "fd00:5e:1::10",
+           "ipv6_dst": "fd41::1", "ip_proto": 17, "udp_src": 40000, "udp_dst": 7, "nw_ttl": 64,
+           "tunnel_id": 0x6464, "tun_metadata0": 0x5EC0E7A1, "tun_ipv4_src": "192.168.64.12"}
+    assert T.ovs_flow(pkt, 1) == ("in_port=1,udp6,dl_src=02:00:00:00:00:01,ipv6_src=fd00:5e:1::10,"
+                                  "ipv6_dst=fd41::1,udp_src=40000,udp_dst=7,nw_ttl=64,"
+                                  "tun_src=192.168.64.12,tun_id=0x6464,tun_metadata0=0x5ec0e7a1")
+    assert T.ovs_flow({"eth_type": 0x0800, "ip_proto": 1, "icmpv4_type": 8}, 3) == "in_port=3,icmp,icmp_type=8"
+
+
+def test_with_an_ofproto_trace_each_hop_says_whether_ovs_agrees(p):
+    calls = []
+
+    def fake_ofproto(node: str, flow: str, states: list[str]) -> str:
+        calls.append((node, flow, states))
+        return OFPROTO_HOST2 if node == "host2" else 'bridge("br-int")\n 0. No match.\n'
+    t = T.Tracer(p.model, tracer(p).nodes, ofproto_trace=fake_ofproto)
+    hops = T.trace(t, p.model, "svc1", "a-vm1", "udp", 7)
+    assert hops[0].ovs["agrees"] and calls[0][2] == ["new,trk"]         # the sim's ct answer
+    assert not hops[1].ovs["agrees"] and hops[1].ovs["differs_at"] == 0
+    assert "ofproto/trace DIFFERS from stage 1" in T.render(hops)

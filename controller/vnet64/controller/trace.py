@@ -76,13 +76,14 @@ class Hop:
     reason: str | None = None        # a drop's or punt's reason (DROP_REASONS)
     patent: str | None = None        # the patent's number of the packet this hop sends on
     sent: dict | None = None
+    ovs: dict | None = None          # with an ofproto/trace runner: what OVS's own trace says
 
     def as_dict(self) -> dict:
         return {"node": self.node, "entered": self.entered, "packet": self.packet,
                 "received": self.received, "steps": [s.__dict__ for s in self.steps],
                 "conntrack": self.cts,
                 "outcome": self.outcome, "detail": self.detail, "reason": self.reason,
-                "patent": self.patent, "sent": self.sent}
+                "patent": self.patent, "sent": self.sent, "ovs": self.ovs}
 
 
 class AssumedCt:
@@ -104,10 +105,15 @@ class Tracer:
     """Walks packets through the nodes' flows (``nodes``), with the NB's ``model`` for
     names, addresses and the translator prefix."""
 
-    def __init__(self, model: Model, nodes: dict[str, NodeFlows], ct: str | None = None):
+    def __init__(self, model: Model, nodes: dict[str, NodeFlows], ct: str | None = None,
+                 ofproto_trace: Any = None):
+        """``ofproto_trace(node, flow, ct_states)``, if given, runs ``ovs-appctl
+        ofproto/trace br-int FLOW --ct-next S ...`` on that node and returns its text: each
+        hop then says where OVS's own trace and the simulation part ways (``--ovs``)."""
         if ct is not None and ct not in CT_MODES:
             raise ValueError(f"--ct {ct!r}: one of {', '.join(CT_MODES)}")
         self.model, self.nodes, self.ct_mode = model, nodes, ct
+        self.ofproto_trace = ofproto_trace
         self.switches: dict[str, SimSwitch] = {}
         self.texts: dict[str, dict[str, str]] = {}   # node -> Flow.ofctl() -> the dump's line
         self.by_underlay = {str(n.underlay_ip): n.name for n in model.nodes}
@@ -194,6 +200,8 @@ class Tracer:
                 hop.outcome, hop.detail = "lost", f"the simulation stopped: {exc}"
                 return hops
             self._describe(hop, node, t)
+            if self.ofproto_trace is not None:
+                hop.ovs = self._compare(node, in_port, pkt, t)
             nxt = self._next(hop, node, t, reply)
             if nxt is None:
                 return hops
@@ -212,6 +220,25 @@ class Tracer:
                 step.ct = next(answers, None)
             hop.steps.append(step)
         hop.lines = list(t.lines)
+
+    def _compare(self, node: str, in_port: int, pkt: dict, t: Trace) -> dict:
+        """OVS's ofproto/trace of the same packet, with the states the simulation's
+        conntrack gave, against the simulation's stages (table and priority each)."""
+        flow = ovs_flow(pkt, in_port)
+        states = [ct_state_str(state, state).lstrip("+").replace("+", ",").replace("-", "")
+                  for _, state, _ in t.cts]
+        try:
+            text = self.ofproto_trace(node, flow, states)
+        except Exception as exc:    # noqa: BLE001 - reported, the walk goes on
+            return {"flow": flow, "error": str(exc)}
+        tables = tables_for(self.nodes[node].role)
+        theirs = [(_stage_name(tables, tid), prio) for tid, prio in ovs_steps(text)]
+        mine = [(s.stage, s.priority) for s in t.steps]
+        actions = re.findall(r"^Datapath actions: (.*)$", text, re.M)
+        return {"flow": flow, "ct_next": states, "steps": theirs, "agrees": theirs == mine,
+                "datapath_actions": actions,
+                "differs_at": next((i for i, (a, b) in enumerate(zip(theirs, mine)) if a != b),
+                                   None if len(theirs) == len(mine) else min(len(theirs), len(mine)))}
 
     def _next(self, hop: Hop, node: str, t: Trace, reply: bool) -> tuple | None:
         n = self.nodes[node]
@@ -307,6 +334,60 @@ class Tracer:
         return None
 
 
+# ---------------------------------------------------------------------------
+# OVS's own trace (--ovs)
+
+_OVS_FIELDS = {"eth_src": "dl_src", "eth_dst": "dl_dst", "ipv6_src": "ipv6_src", "ipv6_dst": "ipv6_dst",
+               "ipv4_src": "nw_src", "ipv4_dst": "nw_dst", "tcp_src": "tcp_src", "tcp_dst": "tcp_dst",
+               "udp_src": "udp_src", "udp_dst": "udp_dst", "icmpv4_type": "icmp_type",
+               "icmpv4_code": "icmp_code", "icmpv6_type": "icmp_type", "icmpv6_code": "icmp_code",
+               "nw_ttl": "nw_ttl", "tun_ipv4_src": "tun_src", "tun_ipv4_dst": "tun_dst",
+               "tunnel_id": "tun_id", "tun_metadata0": "tun_metadata0"}
+_HEX = ("tunnel_id", "tun_metadata0")
+_STEP = re.compile(r"^(\s*)(\d+)\. (?:.*?, )?priority (\d+), cookie 0x[0-9a-f]+$|^(\s*)(\d+)\. No match\.$")
+
+
+def ovs_flow(pkt: dict, in_port: int) -> str:
+    """The packet as ``ofproto/trace`` takes it (OVS's field names, protocol shorthand)."""
+    proto = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6"}.get(pkt.get("ip_proto"))
+    if pkt.get("eth_type") == ETH_IPV6:
+        head = {"tcp": "tcp6", "udp": "udp6", "icmp6": "icmp6"}.get(proto or "", "ipv6")
+    elif pkt.get("eth_type") == ETH_IPV4:
+        head = proto if proto in ("tcp", "udp", "icmp") else "ip"
+    else:
+        head = f"dl_type={pkt.get('eth_type', 0):#06x}"
+    parts = [f"in_port={in_port}", head]
+    for key, name in _OVS_FIELDS.items():
+        if key in pkt and pkt[key] is not None:
+            parts.append(f"{name}={pkt[key]:#x}" if key in _HEX else f"{name}={pkt[key]}")
+    return ",".join(parts)
+
+
+def ovs_steps(text: str) -> list[tuple[int, int | None]]:
+    """The (table, priority) of each flow ``ofproto/trace`` went through on br-int, in
+    order (priority None: no match), the resumed parts after recirculation included and
+    the other branch of a check_pkt_larger (printed nested) left out."""
+    out, on_int = [], False
+    for line in text.splitlines():
+        if line.startswith("bridge("):
+            on_int = line.startswith('bridge("br-int")')
+            continue
+        m = _STEP.match(line)
+        if not on_int or m is None:
+            continue
+        indent, table, prio = (m.group(1), m.group(2), m.group(3)) if m.group(2) else (m.group(4), m.group(5), None)
+        if len(indent) <= 2:
+            out.append((int(table), int(prio) if prio is not None else None))
+    return out
+
+
+def _stage_name(tables: Any, tid: int) -> str:
+    try:
+        return tables.name(tid)
+    except ValueError:
+        return str(tid)
+
+
 def _xlat_mac(model: Model, pkt: dict) -> str:
     """TAYGA's side of the veth: where br-int sent the packet (``to_translator``)."""
     return str(pkt.get("eth_dst", "00:00:00:00:00:00"))
@@ -324,11 +405,28 @@ def render(hops: list[Hop], verbose: bool = False) -> str:
             lines.append(f"   {'':<16} {s.flow}")
         if verbose:
             lines += [f"   | {x}" for x in h.lines]
+        if h.ovs is not None:
+            if "error" in h.ovs:
+                lines.append(f"   ovs: ofproto/trace failed: {h.ovs['error']}")
+            elif h.ovs["agrees"]:
+                lines.append("   ovs: ofproto/trace takes the same stages")
+            else:
+                at = h.ovs["differs_at"]
+                lines.append(f"   ovs: ofproto/trace DIFFERS from stage {at + 1}: OVS "
+                             f"{_stages(h.ovs['steps'][at:])}, simulation "
+                             f"{_stages([(s.stage, s.priority) for s in h.steps][at:])}")
+                lines.append(f"        (OVS's trace NATs only with the datapath's real connections; "
+                             f"ofproto/trace br-int '{h.ovs['flow']}'"
+                             + "".join(f" --ct-next {c}" for c in h.ovs["ct_next"]) + ")")
         mark = f" [{h.patent}]" if h.patent else ""
         lines.append(f"   -> {h.outcome}: {h.detail}{mark}")
         if h.sent is not None and h.outcome in ("tunnel", "delivered"):
             lines.append(f"      sent {_packet_text(h.sent)}")
     return "\n".join(lines) + "\n"
+
+
+def _stages(steps: list) -> str:
+    return " > ".join(f"{stage}" + (f"/{prio}" if prio is not None else "/miss") for stage, prio in steps) or "-"
 
 
 def _packet_text(p: dict) -> str:
