@@ -392,8 +392,7 @@ def cmd_trace(api: Any, args: argparse.Namespace) -> int:
         hops = T.trace(tracer, model, args.src, args.dst, args.proto, args.port, args.sport,
                        args.src_addr, args.reply)
     except ValueError as exc:
-        print(f"vnet64 trace: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(f"trace: {exc}") from None
     refused = {name: n.refused for name, n in nodes.items() if n.refused}
     if args.json:
         print(json.dumps({"hops": [h.as_dict() for h in hops], "not_simulated": refused},

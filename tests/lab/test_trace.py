@@ -147,3 +147,25 @@ def test_ovs_own_trace_takes_the_same_stages_where_no_nat_is_involved(platform):
     assert hops[-1]["ovs"]["datapath_actions"] == ["drop"]
     vm = run_trace(lab, "a-vm1", "10.0.0.5", "udp", "7", "--ovs")["hops"]
     assert vm[-1]["reason"] == "vm_not_to_platform" and vm[-1]["ovs"]["agrees"], vm[-1]["ovs"]
+
+
+def test_vnet64_trace_refuses_bad_input(platform, tmp_path):
+    from vnet64_lab.ovs import OvsNode
+    _, plan = platform
+    nb = f"unix:{plan.nb_run_dir}/nb.sock"
+    empty, dumps = tmp_path / "empty", tmp_path / "dumps"
+    empty.mkdir()
+    dumps.mkdir()
+    n = plan.node("host2")
+    ovs = OvsNode(n.name, n.ns, n.run_dir)
+    (dumps / "host2.txt").write_text(ovs.ofctl("-O", "OpenFlow15", "show", "br-int")
+                                     + ovs.ofctl("-O", "OpenFlow15", "--names", "dump-flows", "br-int"))
+    for args, error in ((("--dumps", str(empty), "svc1", "a-vm1"), "no <node>.txt of any NB node"),
+                        (("--dumps", str(dumps), "nobody", "a-vm1"), "no service endpoint or VM called 'nobody'"),
+                        (("--dumps", str(dumps), "svc1", "a-vm1", "sctp"), None)):
+        proc = subprocess.run([sys.executable, "-m", "vnet64.cli", "--nb", nb, "trace", *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+        if error is None:       # argparse: not a protocol it knows
+            assert proc.returncode == 2 and "invalid choice: 'sctp'" in proc.stderr, proc.stderr
+            continue
+        assert proc.returncode == 1 and f"vnet64: error: trace: {error}" in proc.stderr, proc.stderr
