@@ -567,17 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "ovs-ofctl -O OpenFlow15 --names dump-flows br-int) > <node>.txt; names and "
                     "addresses from the NB. In a lab, vnet64-lab trace reads the nodes itself."))
     tr.add_argument("--dumps", metavar="DIR", required=True, help="the nodes' <node>.txt files")
-    tr.add_argument("src", help="a service endpoint or a VM")
-    tr.add_argument("dst", help="from an endpoint: a VM (its platform IPv6) or an IPv6 address; "
-                                "from a VM: 'platform' (its Platform_IP) or an IPv4 address")
-    tr.add_argument("proto", nargs="?", default="tcp", choices=("tcp", "udp", "icmp"),
-                    help="default %(default)s")
-    tr.add_argument("port", nargs="?", type=int, default=80, help="destination port (default 80)")
-    tr.add_argument("--sport", type=int, default=40000, help="source port / echo id (default 40000)")
-    tr.add_argument("--src-addr", metavar="ADDR", help="a forged source address")
-    tr.add_argument("--reply", action="store_true", help="then trace the answer of whoever got it")
-    tr.add_argument("--ct", choices=("new", "est", "rel"),
-                    help="the state every conntrack lookup reports (default: simulated)")
+    from .controller.trace import add_arguments as trace_arguments
+    trace_arguments(tr)
     tr.set_defaults(func=_with_nb(cmd_trace))
 
     load = sub.add_parser("load", help="load a topology file (one transaction; identical objects kept)")

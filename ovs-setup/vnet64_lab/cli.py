@@ -43,6 +43,7 @@ from typing import Any
 
 from vnet64.topology import TopologyError
 from vnet64 import helptext
+from vnet64.controller.trace import add_arguments as trace_arguments
 from vnet64.node import drops
 
 from . import plan as P
@@ -180,18 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                     "stages with the flow, the owner its cookie names, conntrack's answer, and "
                     "where the packet went (the patent's packet numbers 210 ... 262); a packet "
                     "that is not forwarded ends on the flow that names why.")
-    p.add_argument("src", help="a service endpoint or a VM")
-    p.add_argument("dst", help="from an endpoint: a VM (its platform IPv6) or an IPv6 address; "
-                               "from a VM: 'platform' (its Platform_IP) or an IPv4 address")
-    p.add_argument("proto", nargs="?", default="tcp", choices=("tcp", "udp", "icmp"),
-                   help="default %(default)s")
-    p.add_argument("port", nargs="?", type=int, default=80, help="destination port (default 80)")
-    p.add_argument("--sport", type=int, default=40000, help="source port / echo id (default 40000)")
-    p.add_argument("--src-addr", metavar="ADDR", help="a forged source address")
-    p.add_argument("--reply", action="store_true", help="then trace the answer of whoever got it")
-    p.add_argument("--ct", choices=("new", "est", "rel"),
-                   help="the state every conntrack lookup reports (default: simulated, so a "
-                        "reply finds the connection the walk committed)")
+    trace_arguments(p)
     p.add_argument("--ovs", action="store_true",
                    help="also run each node's ovs-appctl ofproto/trace on the same packet (with "
                         "the simulation's conntrack states as --ct-next) and say where the two "

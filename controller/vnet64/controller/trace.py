@@ -448,6 +448,22 @@ def _packet_text(p: dict) -> str:
 PROTOS = ("tcp", "udp", "icmp")
 
 
+def add_arguments(p: Any) -> None:
+    """The packet a trace walks and how, as both ``vnet64 trace`` and ``vnet64-lab trace``
+    take them (an ``argparse`` parser)."""
+    p.add_argument("src", help="a service endpoint or a VM")
+    p.add_argument("dst", help="from an endpoint: a VM (its platform IPv6) or an IPv6 address; "
+                               "from a VM: 'platform' (its Platform_IP) or an IPv4 address")
+    p.add_argument("proto", nargs="?", default="tcp", choices=PROTOS, help="default %(default)s")
+    p.add_argument("port", nargs="?", type=int, default=80, help="destination port (default 80)")
+    p.add_argument("--sport", type=int, default=40000, help="source port / echo id (default 40000)")
+    p.add_argument("--src-addr", metavar="ADDR", help="a forged source address")
+    p.add_argument("--reply", action="store_true", help="then trace the answer of whoever got it")
+    p.add_argument("--ct", choices=CT_MODES,
+                   help="the state every conntrack lookup reports (default: simulated, so a "
+                        "reply finds the connection the walk committed)")
+
+
 @dataclass
 class Start:
     """Where a traced packet enters: node, interface, the packet, and its description."""
