@@ -99,6 +99,14 @@ def build() -> dict:
             .datasource(DS).height(8).span(6).graph_mode(BigValueGraphMode.NONE)
             .color_mode(BigValueColorMode.VALUE)
             .with_target(query("sum by (state) (vnet64_controller_switches)", "{{state}}")))
+        .with_panel(series("Last resync per switch", "vnet64_controller_resync_seconds: from a "
+                           "switch's connect to ready (its flows read back, pairs adopted).", "s",
+                           query("max by (node) (vnet64_controller_resync_seconds)", "{{node}}")))
+        .with_panel(series("NB session", "vnet64_controller_nb_connected (1: up) per controller, "
+                           "and the NB changes it applies.", "short",
+                           query("min by (scope) (vnet64_controller_nb_connected)", "{{scope}} connected"),
+                           query(f"sum by (scope) (rate(vnet64_controller_nb_updates_total[{RATE}]))",
+                                 "{{scope}} updates/s", ref="B")))
         .with_row(row("Nodes"))
         .with_panel(series("Conntrack entries per zone", "vnet64_conntrack_entries: a VNet's zone, "
                            "the IPv6 SNAT (65534) and DNAT (65533) zones, the endpoints' (65532).",

@@ -85,6 +85,10 @@ def test_the_controller_counts_what_it_does(platform):
         assert value(before, "vnet64_controller_switches", scope=scope, state="ready") >= 1
         assert value(before, "vnet64_controller_pairs", scope=scope, node="host1") >= 1
         assert value(before, "vnet64_controller_events_total", scope=scope, event="pairs_installed") >= 1
+        assert value(before, "vnet64_controller_nb_connected", scope=scope) == 1
+        assert value(before, "vnet64_controller_resync_seconds", scope=scope, node="host1") >= 0
+        assert value(before, "vnet64_controller_resyncs_total", scope=scope) >= 1
+        assert value(before, "vnet64_controller_nb_updates_total", scope=scope, kind="full") >= 1
         sent = value(before, "vnet64_controller_events_total", scope=scope,
                      event="icmp_time_exceeded_sent") or 0
         vm = vif(plan, "a-vm1")

@@ -30,8 +30,16 @@ def host(name: str, pairs: int):
 def test_switches_pairs_and_events():
     logic = NS(switches={1: host("host1", 3), 2: NS(node=NS(role="appliance", name="appliance"), pairs={})},
                stats=Counter(packet_ins=7, pairs_installed=3))
-    app = NS(settings=NS(node=None), switches={1: NS(state="ready"), 2: NS(state="resyncing")}, logic=logic)
+    ready = NS(state="ready", resync_seconds=0.25, log=NS(extra={"node": "host1"}))
+    app = NS(settings=NS(node=None), switches={1: ready, 2: NS(state="resyncing", resync_seconds=None)},
+             logic=logic, resyncs=3, nb_connected=lambda: True,
+             nb=NS(stats={"full": 1, "incremental": 4, "cond_changes": 0}))
     m = exposed(app)
+    assert m[("vnet64_controller_resync_seconds", (("node", "host1"), ("scope", "central")))] == 0.25
+    assert not any(n == "vnet64_controller_resync_seconds" and ("node", "appliance") in ls for n, ls in m)
+    assert m[("vnet64_controller_resyncs_total", (("scope", "central"),))] == 3
+    assert m[("vnet64_controller_nb_connected", (("scope", "central"),))] == 1
+    assert m[("vnet64_controller_nb_updates_total", (("kind", "incremental"), ("scope", "central")))] == 4
     assert m[("vnet64_controller_info", (("scope", "central"),))] == 1
     assert m[("vnet64_controller_switches", (("scope", "central"), ("state", "ready")))] == 1
     assert m[("vnet64_controller_switches", (("scope", "central"), ("state", "resyncing")))] == 1
@@ -41,8 +49,11 @@ def test_switches_pairs_and_events():
 
 
 def test_before_the_nb_only_info_and_switches():
-    m = exposed(NS(settings=NS(node="host1"), switches={1: NS(state="waiting")}, logic=None))
-    assert {n for n, _ in m} == {"vnet64_controller_info", "vnet64_controller_switches"}
+    m = exposed(NS(settings=NS(node="host1"), switches={1: NS(state="waiting")}, logic=None,
+                   resyncs=0, nb_connected=lambda: False, nb=None))
+    assert {n for n, _ in m} == {"vnet64_controller_info", "vnet64_controller_switches",
+                                 "vnet64_controller_resyncs_total", "vnet64_controller_nb_connected"}
+    assert m[("vnet64_controller_nb_connected", (("scope", "host1"),))] == 0
     assert m[("vnet64_controller_switches", (("scope", "host1"), ("state", "waiting")))] == 1
 
 

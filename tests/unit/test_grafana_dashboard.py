@@ -35,8 +35,10 @@ def exported() -> set[str]:
                                     tables=lambda: drops.parse_tables(TABLES, "host")))
     logic = NS(switches={1: NS(node=NS(role="host", name="host1"), pairs={1: None})},
                stats=Counter(packet_ins=1))
-    registry.register(ControllerCollector(NS(settings=NS(node="host1"), switches={1: NS(state="ready")},
-                                             logic=logic)))
+    registry.register(ControllerCollector(NS(settings=NS(node="host1"), switches={1: NS(state="ready", resync_seconds=0.1,
+                                                                    log=NS(extra={"node": "host1"}))},
+                                             logic=logic, resyncs=1, nb_connected=lambda: True,
+                                             nb=NS(stats={"full": 1}))))
     text = generate_latest(registry).decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 

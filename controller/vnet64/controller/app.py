@@ -198,6 +198,7 @@ class Switch:
     dropped: int = 0
     removed: list = field(default_factory=list)   # (cookie, reason) of flow-removeds held in resync
     resync_started: float = 0.0
+    resync_seconds: float | None = None   # how long the last resync took (connect to ready)
     ports_pending: bool = False   # an EventPortsChanged is on its way
 
 
@@ -225,6 +226,7 @@ class Vnet64App(app_manager.OSKenApp):
         self.logic: Logic | None = None
         self.nb: nbview.NbView | None = None
         self.switches: dict[int, Switch] = {}
+        self.resyncs = 0                      # resyncs finished since start (metrics)
         # over TLS: connections whose datapath id is no node's yet (or no NB yet): their
         # certificate cannot be bound to a node, so they are not served (see _bind)
         self.unbound: dict[Any, str] = {}   # datapath -> why it waits (logged once each)
@@ -396,6 +398,12 @@ class Vnet64App(app_manager.OSKenApp):
 
     # -- switches -----------------------------------------------------------
 
+    def nb_connected(self) -> bool:
+        """Whether the NB view's session is up (for the metrics; read from their thread)."""
+        view = self.nb
+        idl = view.idl if view is not None else None
+        return bool(idl is not None and idl.is_connected())
+
     def _node_name(self, dpid: int) -> str:
         """The node's name from the view's replica (every view holds every Node row)."""
         if self.nb is None:
@@ -553,11 +561,13 @@ class Vnet64App(app_manager.OSKenApp):
         else:
             msgs = list(self._call(sw, "resynced", sw.dp.id, entries, False, default=[]))
         sw.state = "ready"
+        sw.resync_seconds = time.monotonic() - sw.resync_started
+        self.resyncs += 1
         held = list(sw.pending)
         sw.pending.clear()
         removed, sw.removed = sw.removed, []
         sw.log.info("resynced in %.2fs: %d flows read%s, %d messages; %d packet-ins held%s%s",
-                    time.monotonic() - sw.resync_started, len(found),
+                    sw.resync_seconds, len(found),
                     "" if sw.complete else " (the pairs' own)", len(msgs), len(held),
                     f" ({sw.dropped} dropped)" if sw.dropped else "",
                     f", {len(removed)} flow removals held" if removed else "")

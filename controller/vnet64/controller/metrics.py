@@ -7,6 +7,12 @@
   (``waiting`` for the NB, ``unknown`` - no node of the NB -, ``resyncing`` while their
   flows are read back, ``ready`` after);
 - ``vnet64_controller_pairs{scope,node}``: the pairs a host's switch holds;
+- ``vnet64_controller_resync_seconds{scope,node}``: how long each connected switch's last
+  resync took (connect to ready: its flows read back, pairs adopted), and
+  ``vnet64_controller_resyncs_total{scope}`` how many finished since start;
+- ``vnet64_controller_nb_connected{scope}``: 1 while the NB session is up, and
+  ``vnet64_controller_nb_updates_total{scope,kind}`` the NB changes applied (``full``
+  rebuilds, ``incremental`` deltas, ``cond_changes`` of a node's conditions);
 - ``vnet64_controller_events_total{scope,event}``: what the logic counted since start -
   packet-ins, pairs set up / released / refused, connections refused at port
   exhaustion, ICMP errors the gateways sent, flow-mod errors, ... (``Logic.stats``).
@@ -47,6 +53,29 @@ class ControllerCollector(Collector):
         for state in ("waiting", "unknown", "resyncing", "ready"):
             switches.add_metric([scope, state], states.get(state, 0))
         yield switches
+        resync = GaugeMetricFamily("vnet64_controller_resync_seconds",
+                                   "the last resync of a connected switch (connect to ready)",
+                                   labels=["scope", "node"])
+        for sw in _snapshot(self.app.switches).values():
+            seconds = getattr(sw, "resync_seconds", None)
+            if seconds is not None:
+                resync.add_metric([scope, str(sw.log.extra.get("node", "?"))], seconds)
+        yield resync
+        resyncs = CounterMetricFamily("vnet64_controller_resyncs", "resyncs finished since start",
+                                      labels=["scope"])
+        resyncs.add_metric([scope], getattr(self.app, "resyncs", 0))
+        yield resyncs
+        nb = GaugeMetricFamily("vnet64_controller_nb_connected", "1 while the NB session is up",
+                               labels=["scope"])
+        nb.add_metric([scope], 1 if self.app.nb_connected() else 0)
+        yield nb
+        view = self.app.nb
+        if view is not None:
+            updates = CounterMetricFamily("vnet64_controller_nb_updates", "NB changes applied",
+                                          labels=["scope", "kind"])
+            for kind, n in sorted(_snapshot(view.stats).items()):
+                updates.add_metric([scope, kind], n)
+            yield updates
         logic = self.app.logic
         if logic is None:       # no NB model yet
             return
