@@ -133,7 +133,9 @@ class LabPki:
 
     - the NB (``nb``), every agent's NB client (``agent-<node>``) and every controller
       (``controller-<node>``, or ``controller`` in central control) are signed by the
-      controller CA; the NB and its clients trust only it;
+      controller CA; the NB and its clients trust only it; the agents and controllers
+      serve their metrics over HTTPS with the same certificates, to scrapers with one of
+      that CA (``scraper``, for the tests);
     - in central control each node's Open vSwitch (``switch-<node>``) is signed by the
       switch CA, which the controller's listener trusts (``--ca-certs``); the switches
       trust the controller CA.
@@ -439,6 +441,7 @@ class Lab:
         wanted = [("nb", "controller")]
         wanted += [(f"agent-{n.name}", "controller") for n in plan.nodes]
         wanted += [(self.controller_cert_name(c), "controller") for c in self.controllers(plan)]
+        wanted += [("scraper", "controller")]     # what scrapes the metrics (as Prometheus would)
         if self.control == "central":
             wanted += [(f"switch-{n.name}", "switch") for n in plan.nodes]
         pki.issue_many(wanted)
@@ -497,7 +500,9 @@ class Lab:
         if self.tls:
             pki, me = self.pki, f"agent-{n.name}"
             cmd += ["--nb-private-key", pki.key(me), "--nb-certificate", pki.cert(me),
-                    "--nb-ca-cert", pki.controller_ca]
+                    "--nb-ca-cert", pki.controller_ca,
+                    "--metrics-private-key", pki.key(me), "--metrics-certificate", pki.cert(me),
+                    "--metrics-ca-cert", pki.controller_ca]
             if self.control == "central":   # the switch's own certificate, for ssl: targets
                 sw = f"switch-{n.name}"
                 cmd += ["--ovs-private-key", pki.key(sw), "--ovs-certificate", pki.cert(sw),
@@ -664,7 +669,9 @@ class Lab:
         if self.tls:
             pki, me = self.pki, self.controller_cert_name(ctl)
             args += ["--vnet64-nb-private-key", pki.key(me), "--vnet64-nb-certificate",
-                     pki.cert(me), "--vnet64-nb-ca-cert", pki.controller_ca]
+                     pki.cert(me), "--vnet64-nb-ca-cert", pki.controller_ca,
+                     "--vnet64-metrics-private-key", pki.key(me), "--vnet64-metrics-certificate",
+                     pki.cert(me), "--vnet64-metrics-ca-cert", pki.controller_ca]
         if ctl.node is None:
             if self.tls:   # switches connect with certificates of the switch CA
                 args += ["--ctl-privkey", pki.key(me), "--ctl-cert", pki.cert(me),

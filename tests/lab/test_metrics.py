@@ -18,7 +18,16 @@ from vnet64_lab.traffic import A6, LINE_PORT, PLATFORM_IP, LineSession, in_ns, r
 from tests.lab.conftest import ROOT, need_lab, new_lab
 from tests.lab.traffic import frame, send_frames, vif
 
-SCRAPE = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+# a scraper: plain HTTP, or HTTPS with a client certificate (argv: url [key cert ca])
+SCRAPE = r"""
+import ssl, sys, urllib.request
+ctx = None
+if len(sys.argv) > 2:
+    ctx = ssl.create_default_context(cafile=sys.argv[4])
+    ctx.check_hostname = False          # ovs-pki certificates name no host
+    ctx.load_cert_chain(sys.argv[3], sys.argv[2])
+sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5, context=ctx).read().decode())
+"""
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +37,15 @@ def platform():
         yield lab, plan
 
 
-def scrape(plan, node: str, port: int = P.METRICS_PORT) -> dict[tuple[str, tuple], float]:
+def scrape(plan, node: str, port: int = P.METRICS_PORT, pki=None) -> dict[tuple[str, tuple], float]:
     """{(metric, sorted labels): value} of one node agent's /metrics (or, on
     ``CONTROLLER_METRICS_PORT``, its controller's), fetched from the controller's namespace
-    on the management network; ``node`` None: the central controller's."""
+    on the management network; ``node`` None: the central controller's. ``pki`` (a lab
+    over TLS's ``LabPki``): over HTTPS with the lab's ``scraper`` certificate."""
     ip = plan.controller_ip.ip if node is None else next(n for n in plan.nodes if n.name == node).management_ip.ip
-    proc = in_ns(plan.ctl_ns, sys.executable, "-c", SCRAPE, f"http://{ip}:{port}/metrics")
+    tls = [pki.key("scraper"), pki.cert("scraper"), pki.controller_ca] if pki is not None else []
+    proc = in_ns(plan.ctl_ns, sys.executable, "-c", SCRAPE,
+                 f"{'https' if pki else 'http'}://{ip}:{port}/metrics", *tls)
     assert proc.returncode == 0, proc.stderr
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(proc.stdout) for s in family.samples}

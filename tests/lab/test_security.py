@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import re
 import select
@@ -312,13 +313,30 @@ def test_a_subscribed_service_cannot_reach_other_vms_by_crafting_addresses(env, 
     assert not out["replies"], f"{addr} ({hits}) answered svc1: {out}"
     if refused_by == "appliance":
         assert wait_for(lambda: appliance_dropped(e) > dropped, 5), "the appliance did not count the drop"
-        assert addr not in flows(e.plan, "host1") + e.log_since(offset)
+        want = ("appliance", "unknown_destination")
     else:
         assert wait_for(lambda: deny_flow(e, SVC1, addr), 5), flows(e.plan, "host1", "table=20")
+        want = ("host1", "refused_pair")
+    # the trace of the same packet, from the flows the nodes hold, ends on the named drop:
+    # the appliance's route miss, or host1's hold (5 s) of the pair the controller refused
+    last = traced(e, "svc1", addr, "udp", str(UDP_PORT))[-1]
+    assert (last["node"], last["outcome"], last["reason"]) == (want[0], "dropped", want[1]), last
+    if refused_by == "appliance":
+        assert addr not in flows(e.plan, "host1") + e.log_since(offset)
+    else:
         assert f"refused pair {SVC1} -> {addr}" in e.log_since(offset)
         assert (SVC1, addr) not in pair_flows(e.plan, "host1")
     assert not e.arrived(marker), f"the crafted packet reached a VM: {e.arrived(marker)}"
     assert_nothing_crashed_and_tenants_work(e, case)
+
+
+def traced(e: Env, *args: str) -> list[dict]:
+    """``vnet64-lab trace ARGS --json`` on the module's lab: its hops."""
+    env = dict(os.environ, VNET64_LAB_PREFIX=e.lab.prefix, VNET64_LAB_RUN_DIR=str(e.lab.run_dir))
+    proc = subprocess.run([sys.executable, "-m", "vnet64_lab.cli", "trace", *args, "--json"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["hops"]
 
 
 # ---------------------------------------------------------------------------

@@ -338,3 +338,26 @@ def test_restarted_agents_and_controllers_keep_tls(platform):
         return "error" not in out and answer(out)
     got = wait_for(echoed, 30, interval=0.5)
     assert got and (got[0], got[1], got[3]) == ("b-vm1", PLATFORM_IP, "after-the-restarts"), got
+
+
+def test_metrics_are_served_over_https_to_scrapers_with_a_certificate_only(platform):
+    """Agents and controllers serve their Prometheus metrics with their own certificates
+    (``--metrics-*``, ``--vnet64-metrics-*``) and want the scraper's, signed by the
+    controller CA: the lab's ``scraper`` gets them, plain HTTP and a scraper without a
+    certificate get nothing."""
+    from tests.lab.test_metrics import SCRAPE, scrape, value
+    lab, plan, _ = platform
+    ctl = None if lab.control == "central" else "host1"
+    samples = scrape(plan, "host1", pki=lab.pki)
+    assert value(samples, "vnet64_node_info", node="host1", role="host") == 1
+    samples = scrape(plan, ctl, P.CONTROLLER_METRICS_PORT, pki=lab.pki)
+    assert value(samples, "vnet64_controller_nb_connected") == 1
+    ip = next(n for n in plan.nodes if n.name == "host1").management_ip.ip
+    plain = _in_ns(plan.ctl_ns, sys.executable, "-c", SCRAPE, f"http://{ip}:{P.METRICS_PORT}/metrics")
+    assert plain.returncode != 0 and "vnet64_node_info" not in plain.stdout
+    # a scraper that trusts the CA but shows no certificate of its own
+    no_cert = ("import ssl, sys, urllib.request\nctx = ssl.create_default_context(cafile=sys.argv[2])\n"
+               "ctx.check_hostname = False\nprint(urllib.request.urlopen(sys.argv[1], timeout=5, context=ctx).read())")
+    proc = _in_ns(plan.ctl_ns, sys.executable, "-c", no_cert, f"https://{ip}:{P.METRICS_PORT}/metrics",
+                  lab.pki.controller_ca)
+    assert proc.returncode != 0 and "vnet64_node_info" not in proc.stdout, proc.stderr[-300:]

@@ -151,6 +151,7 @@ class Settings:
                               # served as the node its certificate names; None: TCP
     nb_tls: Any = None        # vnet64.ovsdb.TlsFiles for an ssl: NB (--vnet64-nb-private-key ...)
     metrics: tuple[str, int] | None = None   # --vnet64-metrics: Prometheus on (IP, port)
+    metrics_tls: Any = None                  # ... over HTTPS with these files (TlsFiles)
 
 
 class EventNbChanged(event.EventBase):
@@ -243,8 +244,10 @@ class Vnet64App(app_manager.OSKenApp):
     def start(self) -> Any:
         if self.settings.metrics is not None:   # first: an address in use stops us before anything
             host, port = self.settings.metrics
-            self._metrics = prom.serve(ControllerCollector(self), host, port)
-            LOG.info("Prometheus metrics on %s", prom.url(host, port))
+            tls = self.settings.metrics_tls
+            self._metrics = prom.serve(ControllerCollector(self), host, port, tls)
+            LOG.info("Prometheus metrics on %s%s", prom.url(host, port, tls is not None),
+                     " (client certificates required)" if tls is not None else "")
         super().start()
         self._poster = threading.Thread(target=self._post_loop, name="vnet64-poster", daemon=True)
         self._poster.start()

@@ -171,6 +171,16 @@ def make_conf() -> cfg.ConfigOpts:
                         "and every event the logic counts (packet-ins, pairs set up and "
                         "refused, connections refused at port exhaustion, ...). [::]:PORT for "
                         "every address; default: none"),
+        cfg.StrOpt("metrics-private-key", default=os.environ.get(prom.METRICS_TLS_ENV["private_key"]),
+                   metavar="PEM",
+                   help="with --vnet64-metrics-certificate and -ca-cert: serve the metrics over "
+                        "https://, wanting a client certificate signed by that CA (Prometheus's "
+                        f"tls_config); this controller's private key (${prom.METRICS_TLS_ENV['private_key']})"),
+        cfg.StrOpt("metrics-certificate", default=os.environ.get(prom.METRICS_TLS_ENV["certificate"]),
+                   metavar="PEM", help=f"its certificate (${prom.METRICS_TLS_ENV['certificate']})"),
+        cfg.StrOpt("metrics-ca-cert", default=os.environ.get(prom.METRICS_TLS_ENV["ca_cert"]),
+                   metavar="PEM", help="the CA scrapers' certificates must be signed by "
+                                       f"(${prom.METRICS_TLS_ENV['ca_cert']})"),
         cfg.StrOpt("node", metavar="NAME",
                    help="serve only this node's switch: a controller per node, run on the node "
                         "next to its agent, as ovn-controller runs on every chassis; it "
@@ -788,6 +798,14 @@ def main(argv: list[str] | None = None) -> int:
             use_tls(conf.vnet64.nb_remote, nb_tls)     # an ssl: NB with no files: refused now
         except NbTlsError as exc:
             raise LauncherError(str(exc)) from None
+        try:
+            metrics_tls = tls_files(conf.vnet64.metrics_private_key, conf.vnet64.metrics_certificate,
+                                    conf.vnet64.metrics_ca_cert, option="--vnet64-metrics-{}")
+        except NbTlsError as exc:
+            raise LauncherError(str(exc)) from None
+        if metrics_tls is not None and metrics is None:
+            raise LauncherError("--vnet64-metrics-private-key/-certificate/-ca-cert need "
+                                "--vnet64-metrics IP:PORT")
         if node is not None:
             if conf.vnet64.logic != DEFAULT_LOGIC:
                 raise LauncherError("--vnet64-node applies to the default logic only")
@@ -807,7 +825,8 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)   # kill -USR1: every thread's stack
     settings = Settings(listen_host=conf.ofp_listen_host, listen_port=conf.ofp_tcp_listen_port,
                         nb_remote=conf.vnet64.nb_remote, logic_factory=factory, node=node,
-                        switch=switch, ofp_tls=ofp, nb_tls=nb_tls, metrics=metrics)
+                        switch=switch, ofp_tls=ofp, nb_tls=nb_tls, metrics=metrics,
+                        metrics_tls=metrics_tls)
     tune_gc()
     LOG.info("%s starting: NB %s, logic %s, serving %s", PROG, settings.nb_remote,
              conf.vnet64.logic, f"node {node} only" if node else "every node")

@@ -90,6 +90,8 @@ class Options:
     ovs_ssl: tuple[str, str, str] | None = None
     # Prometheus metrics (node/metrics.py) served on this (IP, port); None: not served
     metrics: tuple[str, int] | None = None
+    # ... over HTTPS with these files, scrapers' client certificates required; None: HTTP
+    metrics_tls: Any = None
 
 
 # ---------------------------------------------------------------------------
@@ -665,10 +667,11 @@ class Agent:
             tables=lambda: drops.parse_tables(
                 self.ofctl("-O", "OpenFlow15", "dump-tables", INTEGRATION_BRIDGE), self.facts.role))
         try:
-            self.metrics_server = prom.serve(collector, host, port)
+            self.metrics_server = prom.serve(collector, host, port, self.o.metrics_tls)
         except OSError as exc:
             raise AgentError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
-        LOG.info("Prometheus metrics on %s", prom.url(host, port))
+        LOG.info("Prometheus metrics on %s%s", prom.url(host, port, self.o.metrics_tls is not None),
+                 " (client certificates required)" if self.o.metrics_tls is not None else "")
 
     def vm_zones(self) -> list[tuple[int, str, str]]:
         """(VNet zone, IPv4, name) of the VMs this node's NB replica holds (its own)."""

@@ -53,7 +53,7 @@ from pathlib import Path
 from .. import helptext, journal
 from ..nb.api import NbError, NbTlsError, tls_files, use_tls
 from ..nb.api import connect as nb_connect
-from ..prom import listen_address
+from ..prom import METRICS_TLS_ENV, listen_address
 from ..ports import INTEGRATION_BRIDGE
 from . import drops, sessions, sh
 from .agent import DEFAULT_RUN_DIR, AgentError, Agent, Options, cleanup
@@ -260,6 +260,14 @@ def build_parser(cleanup_mode: bool) -> argparse.ArgumentParser:
                        help="serve Prometheus metrics on http://IP:PORT/metrics: conntrack "
                             "entries per zone and, on a host, Platform_IP ports in use per VM "
                             "address and port ([::]:PORT for every address; default: none)")
+        mtls = p.add_argument_group(
+            "metrics over TLS", "with all three, --metrics serves https:// and wants a client "
+                                "certificate signed by the CA (Prometheus's tls_config)")
+        for opt, key, what in (("private-key", "private_key", "this agent's private key"),
+                               ("certificate", "certificate", "its certificate"),
+                               ("ca-cert", "ca_cert", "the CA scrapers' certificates must be signed by")):
+            mtls.add_argument(f"--metrics-{opt}", default=os.environ.get(METRICS_TLS_ENV[key]),
+                              metavar="PEM", help=f"{what} (${METRICS_TLS_ENV[key]})")
     return p
 
 
@@ -292,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
             use_tls(args.nb, nb_tls)     # an ssl: NB without the files: refused now
         ovs_tls = tls_files(args.ovs_private_key, args.ovs_certificate, args.ovs_ca_cert,
                             option="--ovs-{}")
+        metrics_tls = None if cleanup_mode else tls_files(
+            args.metrics_private_key, args.metrics_certificate, args.metrics_ca_cert,
+            option="--metrics-{}")
+        if metrics_tls is not None and args.metrics is None:
+            parser.error("--metrics-private-key/-certificate/-ca-cert need --metrics IP:PORT")
     except NbTlsError as exc:
         parser.error(str(exc))
     ovs_ssl = None
@@ -304,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                        translator_netns=args.translator_netns,
                        translator_ipv4=getattr(args, "translator_ipv4", DEFAULT_IPV4),
                        run_dir=args.run_dir, nb_tls=nb_tls, ovs_ssl=ovs_ssl,
-                       metrics=getattr(args, "metrics", None))
+                       metrics=getattr(args, "metrics", None), metrics_tls=metrics_tls)
     except ValueError as exc:
         parser.error(str(exc))
     stop = threading.Event()
