@@ -91,6 +91,11 @@ def build() -> dict:
                            "ICMP errors sent, resync sweeps.", "ops",
                            query(f"sum by (event) (rate(vnet64_controller_events_total[{RATE}]))",
                                  "{{event}}")))
+        .with_panel(series("Controller errors", "vnet64_controller_errors_total: errors switches "
+                           "sent back (a refused flow-mod ...) and role-logic failures; each is "
+                           "also in the controller's log.", "ops",
+                           query(f"sum by (scope, error) (rate(vnet64_controller_errors_total[{RATE}]))",
+                                 "{{scope}} {{error}}")))
         .with_panel(series("Pairs per host", "vnet64_controller_pairs: (service endpoint, VM) pairs "
                            "set up on each customer host.", "short",
                            query("sum by (node) (vnet64_controller_pairs)", "{{node}}"), width=6))

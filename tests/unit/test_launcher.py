@@ -520,6 +520,7 @@ def test_flow_removed_port_status_and_errors(vnet64, caplog):
     [record] = caplog.records
     assert "OFPBAC_BAD_OUT_PORT" in record.getMessage() and "xid 4660" in record.getMessage()
     assert f"{DPID:016x}" in record.getMessage()
+    assert vnet64.errors == {"switch: OFPBAC_BAD_OUT_PORT": 1}    # counted (metrics), not the meter's
 
 
 def test_a_port_burst_queued_for_a_connection_that_was_replaced_is_dropped(vnet64):
@@ -674,6 +675,7 @@ def test_a_failing_logic_is_logged_with_the_switch_and_nothing_is_sent(vnet64, c
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "role logic packet_in failed" in record.getMessage()
     assert f"{DPID:016x}" in record.getMessage() and record.exc_info
+    assert vnet64.errors["logic: packet_in"] == 1
 
 
 def test_a_message_that_cannot_be_translated_is_skipped_not_the_batch(vnet64, caplog):

@@ -228,6 +228,7 @@ class Vnet64App(app_manager.OSKenApp):
         self.nb: nbview.NbView | None = None
         self.switches: dict[int, Switch] = {}
         self.resyncs = 0                      # resyncs finished since start (metrics)
+        self.errors: collections.Counter = collections.Counter()   # switch errors, logic failures (metrics)
         # over TLS: connections whose datapath id is no node's yet (or no NB yet): their
         # certificate cannot be bound to a node, so they are not served (see _bind)
         self.unbound: dict[Any, str] = {}   # datapath -> why it waits (logged once each)
@@ -686,6 +687,7 @@ class Vnet64App(app_manager.OSKenApp):
         if len(msg.data) >= 8:
             failed = f" to {ofp.ofp_msg_type_to_str(msg.data[1])} xid {int.from_bytes(msg.data[4:8], 'big')}"
         log.warning("switch error%s: %s", failed, what)
+        self.errors[f"switch: {what.split('(')[0].strip()}"] += 1
 
     # -- helpers ------------------------------------------------------------
 
@@ -695,6 +697,7 @@ class Vnet64App(app_manager.OSKenApp):
             result = getattr(self.logic, method)(*args)
         except Exception:  # noqa: BLE001  a logic bug must not take the switch's events down
             (sw.log if sw is not None else LOG).exception("role logic %s failed", method)
+            self.errors[f"logic: {method}"] += 1
             return default
         return default if result is None and default is not None else result
 

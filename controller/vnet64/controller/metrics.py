@@ -13,9 +13,12 @@
 - ``vnet64_controller_nb_connected{scope}``: 1 while the NB session is up, and
   ``vnet64_controller_nb_updates_total{scope,kind}`` the NB changes applied (``full``
   rebuilds, ``incremental`` deltas, ``cond_changes`` of a node's conditions);
+- ``vnet64_controller_errors_total{scope,error}``: errors switches sent back (``switch:
+  <code>``, e.g. a flow-mod the switch refused) and role-logic calls that failed
+  (``logic: <event>``), each also a WARNING / ERROR in the log;
 - ``vnet64_controller_events_total{scope,event}``: what the logic counted since start -
   packet-ins, pairs set up / released / refused, connections refused at port
-  exhaustion, ICMP errors the gateways sent, flow-mod errors, ... (``Logic.stats``).
+  exhaustion, ICMP errors the gateways sent, ... (``Logic.stats``).
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ class ControllerCollector(Collector):
                                labels=["scope"])
         nb.add_metric([scope], 1 if self.app.nb_connected() else 0)
         yield nb
+        errors = CounterMetricFamily("vnet64_controller_errors", "switch errors and logic failures",
+                                     labels=["scope", "error"])
+        for what, n in sorted(_snapshot(getattr(self.app, "errors", {})).items()):
+            errors.add_metric([scope, what], n)
+        yield errors
         view = self.app.nb
         if view is not None:
             updates = CounterMetricFamily("vnet64_controller_nb_updates", "NB changes applied",
