@@ -38,6 +38,7 @@ def exported() -> set[str]:
     registry.register(ControllerCollector(NS(settings=NS(node="host1"), switches={1: NS(state="ready", resync_seconds=0.1,
                                                                     log=NS(extra={"node": "host1"}))},
                                              logic=logic, resyncs=1, nb_connected=lambda: True,
+                                             errors=Counter({"switch: OFPBMC_BAD_FIELD": 1}),
                                              nb=NS(stats={"full": 1}))))
     text = generate_latest(registry).decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
