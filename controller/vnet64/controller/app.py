@@ -405,8 +405,8 @@ class Vnet64App(app_manager.OSKenApp):
     def nb_connected(self) -> bool:
         """Whether the NB view's session is up (for the metrics; read from their thread)."""
         view = self.nb
-        idl = view.idl if view is not None else None
-        return bool(idl is not None and idl.is_connected())
+        session = getattr(view.idl, "_session", None) if view is not None and view.idl is not None else None
+        return bool(session is not None and session.is_connected())   # python-ovs keeps it private
 
     def _node_name(self, dpid: int) -> str:
         """The node's name from the view's replica (every view holds every Node row)."""
