@@ -72,6 +72,13 @@ def build() -> dict:
         .with_variable(dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
         .with_row(row("NAT capacity (customer hosts)"))
         .with_panel(port_use)
+        .with_panel(series("Highest recent connection rate per VM address and port",
+                           "The highest 5-minute rate of new connections over the last hour "
+                           "(vnet64_nat_new_connections_total: connections first seen at a scrape; "
+                           "exact while scrapes are under 30 s apart).", "cps",
+                           query("max by (vm, proto, vm_ip, vm_port) (max_over_time("
+                                 "rate(vnet64_nat_new_connections_total[5m])[1h:1m]))",
+                                 "{{vm}} {{proto}} {{vm_ip}}:{{vm_port}}")))
         .with_panel(series("NAT sessions per VM", "Connections services hold to each VM "
                            "(vnet64_nat_sessions; vnet64-node sessions lists them).", "short",
                            query("sum by (vm) (vnet64_nat_sessions)", "{{vm}}")))

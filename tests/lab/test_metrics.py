@@ -62,6 +62,7 @@ def test_the_port_use_gauge_follows_held_connections(platform):
     assert value(first, "vnet64_node_info", node="host1", role="host", datapath="netdev") == 1
     labels = {"node": "host1", "vm": "a-vm1", "proto": "tcp", "vm_ip": "10.0.0.4", "vm_port": str(LINE_PORT)}
     base = value(first, "vnet64_nat_ports_in_use", **labels) or 0
+    new0 = value(first, "vnet64_nat_new_connections_total", **labels) or 0
     held = []
     try:
         for i in range(1, 4):
@@ -71,6 +72,8 @@ def test_the_port_use_gauge_follows_held_connections(platform):
             assert value(now, "vnet64_nat_ports_in_use", **labels) == base + i, now
             assert value(now, "vnet64_nat_port_use_ratio", **labels) == pytest.approx((base + i) / 64512)
             assert value(now, "vnet64_nat_sessions", node="host1", vm="a-vm1") >= base + i
+            # one new connection since the last scrape (the first one is the baseline)
+            assert value(now, "vnet64_nat_new_connections_total", **labels) == new0 + i, now
         zones = {dict(ls)["zone"] for (n, ls) in now if n == "vnet64_conntrack_entries"}
         assert {"65534", "65533"} <= zones, zones          # the IPv6 SNAT and DNAT zones
     finally:

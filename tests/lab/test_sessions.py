@@ -105,3 +105,34 @@ def test_bad_input_is_refused_before_anything_is_read(platform):
     assert proc.returncode == 2 and "no service or endpoint called 'a-vm1'" in proc.stderr, proc.stderr
     proc = sessions(plan, "--snat-ports", "5000-10")
     assert proc.returncode == 2 and "--snat-ports" in proc.stderr, proc.stderr
+    proc = sessions(plan, "--rate", "0")
+    assert proc.returncode == 2 and "--rate" in proc.stderr, proc.stderr
+
+
+def test_the_rate_counts_the_connections_opened_between_its_two_readings(platform):
+    """``--rate 4``: two connections to a-vm1 opened after its first reading (it says when,
+    on stderr) are two new ones there, and only there; one held from before is none."""
+    _, plan = platform
+    host1 = next(n for n in plan.nodes if n.name == "host1")
+    before = LineSession(plan, A6, LINE_PORT)
+    opened = []
+    try:
+        before.send("before")
+        proc = subprocess.Popen([NODE_CLI, "sessions", "--nb", NbServer(Path(plan.nb_run_dir)).remote,
+                                 "--ovs", OvsNode(host1.name, host1.ns, host1.run_dir).remote,
+                                 "--rate", "4", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        first = proc.stderr.readline()          # says so once the first reading is done
+        assert "reading conntrack again in 4 s" in first, first
+        for i in range(2):
+            opened.append(LineSession(plan, A6, LINE_PORT))
+            assert opened[-1].send(f"new-{i}")["reply"].endswith(f"new-{i}")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, first + err
+        rates = json.loads(out)["new_connections"]
+        mine = [r for r in rates if (r["vm"], r["proto"], r["vm_port"]) == ("a-vm1", "tcp", LINE_PORT)]
+        assert len(mine) == 1 and mine[0]["new"] == 2 and mine[0]["per_second"] == 0.5, rates
+        assert not [r for r in rates if r["vm"] != "a-vm1"], rates
+    finally:
+        for s in [before, *opened]:
+            s.close()

@@ -66,3 +66,23 @@ def test_a_failed_flow_read_keeps_the_rest():
     registry.register(NodeCollector("host1", "host", "netdev", lambda: DUMP, lambda: [], drops=broken))
     names = {s.name for f in text_string_to_metric_families(generate_latest(registry).decode()) for s in f.samples}
     assert "vnet64_conntrack_entries" in names and not any(n.startswith("vnet64_dropped") for n in names)
+
+
+def test_new_connections_are_counted_from_the_second_scrape_on():
+    """The first scrape is the baseline; a connection that appears by the next one counts
+    once, one that stays or goes counts nothing more (a rate(), and the highest recent
+    one with max_over_time, in Prometheus)."""
+    extra = ("tcp,orig=(src=198.18.0.1,dst=10.0.0.4,sport=40002,dport=8082),reply=(src=10.0.0.4,"
+             "dst=100.100.0.1,sport=8082,dport=1030),zone=1,timeout=86390,protoinfo=(state=ESTABLISHED)\n")
+    dumps = iter([DUMP, DUMP + extra, DUMP + extra, DUMP])
+    registry = CollectorRegistry()
+    registry.register(NodeCollector("host1", "host", "netdev", lambda: next(dumps),
+                                    lambda: [(1, "10.0.0.4", "a-vm1"), (2, "10.0.0.4", "b-vm1")]))
+    key = (("node", "host1"), ("proto", "tcp"), ("vm", "a-vm1"), ("vm_ip", "10.0.0.4"), ("vm_port", "8082"))
+
+    def new() -> float:
+        text = generate_latest(registry).decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}[
+            ("vnet64_nat_new_connections_total", key)]
+    assert [new(), new(), new(), new()] == [0, 1, 1, 1]

@@ -47,6 +47,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
@@ -126,6 +127,11 @@ def sessions_parser() -> argparse.ArgumentParser:
     p.add_argument("--snat-ports", metavar="LO-HI", default="%d-%d" % PORT_RANGE,
                    help="the Platform_IP port range the controller gives a pair "
                         "(its --vnet64-snat-ports; default %(default)s)")
+    p.add_argument("--rate", metavar="SECONDS", type=float,
+                   help="read conntrack again SECONDS later and say, per VM address, protocol "
+                        "and port, how many connections were new meanwhile and their rate "
+                        "(the sessions shown are the second reading's; the agent's metrics "
+                        "keep the rate over time: vnet64_nat_new_connections_total)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="sessions and port use as JSON")
     out.add_argument("--csv", action="store_true", help="the sessions as CSV (a header line first)")
@@ -180,6 +186,8 @@ def run_sessions(argv: list[str]) -> int:
             raise ValueError
     except ValueError:
         parser.error(f"--snat-ports {args.snat_ports!r}: expected LO-HI, 1 <= LO <= HI <= 65535")
+    if args.rate is not None and not 0 < args.rate <= 300:
+        parser.error(f"--rate {args.rate:g}: seconds between the two readings, 0 < SECONDS <= 300")
     setup_logging("WARNING", None)
     try:
         nb_tls = tls_files(args.nb_private_key, args.nb_certificate, args.nb_ca_cert)
@@ -204,13 +212,27 @@ def run_sessions(argv: list[str]) -> int:
         return 2
     vm_by = {(zones[v["vnet"]], v["ipv4"]): v["name"] for v in vms}
     endpoint_of = {str(IPv6Address(e["ipv6"])): (e["name"], s["name"]) for s in services for e in s["endpoints"]}
-    try:
+    def read() -> list:
         text = _local_agent(args.ovs).appctl("dpctl/dump-conntrack", "-s")
+        return sessions.join(sessions.parse(text), lambda zone, ip: vm_by.get((zone, ip)),
+                             lambda ip: endpoint_of.get(str(IPv6Address(ip)), ("", ""))[0] or None)
+    try:
+        found = read()
+        rates = []
+        if args.rate is not None:
+            print(f"{len(found)} session(s) now; reading conntrack again in {args.rate:g} s",
+                  file=sys.stderr, flush=True)
+            time.sleep(args.rate)
+            before, found = found, read()
+            rates = [{"vm": vm, "proto": proto, "vm_ip": ip, "vm_port": port, "new": n,
+                      "seconds": args.rate, "per_second": round(n / args.rate, 2)}
+                     for (vm, proto, ip, port), n in sorted(sessions.new_connections(before, found).items(),
+                                                            key=lambda kv: tuple(str(x) for x in kv[0]))]
     except sh.CommandError as exc:
         print(f"{PROG}: error: reading conntrack: {exc}", file=sys.stderr)
         return 1
-    found = sessions.join(sessions.parse(text), lambda zone, ip: vm_by.get((zone, ip)),
-                          lambda ip: endpoint_of.get(str(IPv6Address(ip)), ("", ""))[0] or None)
+    if args.vm:
+        rates = [r for r in rates if r["vm"] == args.vm]
     if args.vm:
         found = [s for s in found if s.vm == args.vm]
     if args.service:
@@ -218,7 +240,10 @@ def run_sessions(argv: list[str]) -> int:
                  and args.service in endpoint_of.get(str(IPv6Address(s.service_ip)), ("", ""))]
     use = sessions.port_use(found, (lo, hi))
     if args.json:
-        print(json.dumps({"sessions": [dataclasses.asdict(s) for s in found], "port_use": use}, indent=2))
+        doc = {"sessions": [dataclasses.asdict(s) for s in found], "port_use": use}
+        if args.rate is not None:
+            doc["new_connections"] = rates
+        print(json.dumps(doc, indent=2))
     elif args.csv:
         sys.stdout.write(sessions.render(found, "csv"))
     else:
@@ -227,6 +252,11 @@ def run_sessions(argv: list[str]) -> int:
         for u in use:
             print(f"{u['vm']} {u['proto']} {u['vm_ip']}:{u['vm_port']}: {u['in_use']} of {u['of']} "
                   f"Platform_IP ports in use ({u['percent']} %)")
+        for r in rates:
+            print(f"{r['vm']} {r['proto']} {r['vm_ip']}:{r['vm_port']}: {r['new']} new connection(s) "
+                  f"in {r['seconds']:g} s ({r['per_second']}/s)")
+        if args.rate is not None and not rates:
+            print(f"no new connection in {args.rate:g} s")
     return 0
 
 

@@ -10,6 +10,11 @@ IP:PORT``), read when scraped, never cached:
   range: at 1 new connections are refused (the alerting rule in
   ``deploy/prometheus/vnet64-alerts.yml`` fires above 0.8);
 - ``vnet64_nat_sessions{node,vm}``: sessions per VM (``vnet64-node sessions`` lists them);
+- ``vnet64_nat_new_connections_total{node,vm,proto,vm_ip,vm_port}``: connections to a VM
+  address and port first seen at a scrape (counted from the second scrape on): its
+  ``rate()`` is the connection rate, ``max_over_time`` of that the highest recent one.
+  Every connection is seen while Prometheus scrapes more often than every 30 s (the
+  shortest time an entry stays in conntrack: UDP's);
 - ``vnet64_dropped_packets_total{node,reason,kind,table}`` (and ``_bytes_total``): packets
   this node did not forward, per reason and stage (``table`` is ``meter N`` for a
   packet-in meter's drops), from the flows' counters (:mod:`vnet64.node.drops`, what
@@ -24,6 +29,7 @@ code as ``vnet64-node sessions`` (:mod:`vnet64.node.sessions`).
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -51,7 +57,9 @@ class NodeCollector(Collector):
         self.node, self.role, self.datapath = node, role, datapath
         self.conntrack, self.vms, self.port_range = conntrack, vms, port_range
         self.drops, self.tables = drops, tables
-
+        self._lock = threading.Lock()        # scrapes may come in parallel
+        self._known: set | None = None       # the connections of the last scrape
+        self._new: Counter = Counter()       # (vm, proto, vm_ip, vm_port) -> first seen since
     def collect(self) -> Iterator[Any]:
         info = GaugeMetricFamily("vnet64_node_info", "this node (always 1)",
                                  labels=["node", "role", "datapath"])
@@ -118,6 +126,19 @@ class NodeCollector(Collector):
             ratio.add_metric(key, u["in_use"] / u["of"])
         yield in_use
         yield ratio
+        with self._lock:
+            if self._known is not None:
+                self._new.update(sessions.new_connections(self._known, found))
+            self._known = {sessions.connection_key(s) for s in found}
+            for u in sessions.port_use(found, self.port_range):
+                self._new.setdefault((u["vm"], u["proto"], u["vm_ip"], u["vm_port"]), 0)
+            seen = sorted(self._new.items(), key=lambda kv: tuple(str(x) for x in kv[0]))
+        new = CounterMetricFamily("vnet64_nat_new_connections",
+                                  "connections to a VM address and port, first seen at a scrape",
+                                  labels=labels)
+        for (vm, proto, vm_ip, vm_port), n in seen:
+            new.add_metric([self.node, vm, proto, vm_ip, str(vm_port)], n)
+        yield new
         per_vm = GaugeMetricFamily("vnet64_nat_sessions", "NAT sessions per VM", labels=["node", "vm"])
         for vm, n in sorted(Counter(s.vm for s in found).items()):
             per_vm.add_metric([self.node, vm], n)

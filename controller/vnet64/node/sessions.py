@@ -147,6 +147,21 @@ def port_use(sessions: Iterable[Session], port_range: tuple[int, int] = PORT_RAN
             for (vm, proto, ip, port), n in sorted(used.items())]
 
 
+def connection_key(s: Session) -> tuple:
+    """What tells one connection apart: its VM address and port, and the pair's alias and
+    Platform_IP port conntrack gave it (unique in the VNet's zone)."""
+    return (s.vm, s.proto, s.vm_ip, s.vm_port, s.alias, s.platform_ip, s.platform_port)
+
+
+def new_connections(before: Iterable[Session] | set, after: Iterable[Session]) -> Counter:
+    """Per (VM, protocol, VM address, port): the connections in ``after`` that were not in
+    ``before`` (sessions, or a set of their ``connection_key``). Every connection is seen
+    if the two readings are closer than the shortest time an entry stays in conntrack
+    (30 s for UDP; a closed TCP connection keeps its entry 62 s)."""
+    known = before if isinstance(before, set) else {connection_key(s) for s in before}
+    return Counter(k[:4] for k in {connection_key(s) for s in after} - known)
+
+
 COLUMNS = ("proto", "service", "service_ip", "service_port", "platform_ip", "platform_port",
            "vm", "vm_ip", "vm_port", "state", "timeout", "alias")
 
