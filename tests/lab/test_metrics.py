@@ -104,6 +104,7 @@ def test_the_controller_counts_what_it_does(platform):
         assert value(before, "vnet64_controller_resync_seconds", scope=scope, node="host1") >= 0
         assert value(before, "vnet64_controller_resyncs_total", scope=scope) >= 1
         assert value(before, "vnet64_controller_nb_updates_total", scope=scope, kind="full") >= 1
+        assert value(before, "vnet64_controller_nb_apply_seconds", scope=scope) >= 0
         sent = value(before, "vnet64_controller_events_total", scope=scope,
                      event="icmp_time_exceeded_sent") or 0
         vm = vif(plan, "a-vm1")

@@ -33,12 +33,13 @@ def test_switches_pairs_and_events():
     ready = NS(state="ready", resync_seconds=0.25, log=NS(extra={"node": "host1"}))
     app = NS(settings=NS(node=None), switches={1: ready, 2: NS(state="resyncing", resync_seconds=None)},
              logic=logic, resyncs=3, nb_connected=lambda: True,
-             errors=Counter({"switch: OFPBMC_BAD_FIELD": 2, "logic: packet_in": 1}),
+             errors=Counter({"switch: OFPBMC_BAD_FIELD": 2, "logic: packet_in": 1}), nb_apply_seconds=0.012,
              nb=NS(stats={"full": 1, "incremental": 4, "cond_changes": 0}))
     m = exposed(app)
     assert m[("vnet64_controller_resync_seconds", (("node", "host1"), ("scope", "central")))] == 0.25
     assert not any(n == "vnet64_controller_resync_seconds" and ("node", "appliance") in ls for n, ls in m)
     assert m[("vnet64_controller_resyncs_total", (("scope", "central"),))] == 3
+    assert m[("vnet64_controller_nb_apply_seconds", (("scope", "central"),))] == 0.012
     assert m[("vnet64_controller_errors_total", (("error", "switch: OFPBMC_BAD_FIELD"), ("scope", "central")))] == 2
     assert m[("vnet64_controller_errors_total", (("error", "logic: packet_in"), ("scope", "central")))] == 1
     assert m[("vnet64_controller_nb_connected", (("scope", "central"),))] == 1

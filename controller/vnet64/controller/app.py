@@ -229,6 +229,8 @@ class Vnet64App(app_manager.OSKenApp):
         self.switches: dict[int, Switch] = {}
         self.resyncs = 0                      # resyncs finished since start (metrics)
         self.errors: collections.Counter = collections.Counter()   # switch errors, logic failures (metrics)
+        self._nb_seen_at: float | None = None   # when the replica's last change was seen
+        self.nb_apply_seconds: float | None = None   # ... until its messages were sent (metrics)
         # over TLS: connections whose datapath id is no node's yet (or no NB yet): their
         # certificate cannot be bound to a node, so they are not served (see _bind)
         self.unbound: dict[Any, str] = {}   # datapath -> why it waits (logged once each)
@@ -343,6 +345,7 @@ class Vnet64App(app_manager.OSKenApp):
     def _post_nb_changed(self) -> None:
         if not self._nb_pending:
             self._nb_pending = True
+            self._nb_seen_at = time.monotonic()
             self.send_event(self.name, EventNbChanged())
 
     def _load_model(self) -> Any:
@@ -384,6 +387,8 @@ class Vnet64App(app_manager.OSKenApp):
         for sw in list(self.switches.values()):
             if sw.state in ("waiting", "unknown"):
                 self._program(sw)
+        if self._nb_seen_at is not None:
+            self.nb_apply_seconds = time.monotonic() - self._nb_seen_at
 
     def _build_logic(self) -> bool:
         factory = self.settings.logic_factory

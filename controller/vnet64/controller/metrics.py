@@ -12,7 +12,10 @@
   ``vnet64_controller_resyncs_total{scope}`` how many finished since start;
 - ``vnet64_controller_nb_connected{scope}``: 1 while the NB session is up, and
   ``vnet64_controller_nb_updates_total{scope,kind}`` the NB changes applied (``full``
-  rebuilds, ``incremental`` deltas, ``cond_changes`` of a node's conditions);
+  rebuilds, ``incremental`` deltas, ``cond_changes`` of a node's conditions), and
+  ``vnet64_controller_nb_apply_seconds{scope}`` how long the last one took from the
+  replica's update to the flows sent (the controller's part of the NB's lag; the NB's own
+  commit is not timed);
 - ``vnet64_controller_errors_total{scope,error}``: errors switches sent back (``switch:
   <code>``, e.g. a flow-mod the switch refused) and role-logic calls that failed
   (``logic: <event>``), each also a WARNING / ERROR in the log;
@@ -72,6 +75,13 @@ class ControllerCollector(Collector):
                                labels=["scope"])
         nb.add_metric([scope], 1 if self.app.nb_connected() else 0)
         yield nb
+        apply = getattr(self.app, "nb_apply_seconds", None)
+        if apply is not None:
+            lag = GaugeMetricFamily("vnet64_controller_nb_apply_seconds",
+                                    "the last NB change: from the replica's update to the flows sent",
+                                    labels=["scope"])
+            lag.add_metric([scope], apply)
+            yield lag
         errors = CounterMetricFamily("vnet64_controller_errors", "switch errors and logic failures",
                                      labels=["scope", "error"])
         for what, n in sorted(_snapshot(getattr(self.app, "errors", {})).items()):
