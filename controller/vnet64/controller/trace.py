@@ -26,6 +26,7 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Any
 
 from .. import gateway
+from ..ports import GENEVE_PORT, XLAT_PORT
 from .flows import ETH_IPV4, ETH_IPV6, MeterMod, ct_state_str
 from .model import Model
 from .pipeline import (DROP_REASONS, ERROR_METER, PACKET_IN_METER, TOKEN_OPTION, Cookie,
@@ -264,7 +265,7 @@ class Tracer:
         port, out = t.outputs[0]
         ifname = n.ports.get(port, str(port))
         hop.sent = {k: v for k, v in out.items() if k != "in_port"}
-        if ifname == "geneve0" and "tun_ipv4_dst" in out:
+        if ifname == GENEVE_PORT and "tun_ipv4_dst" in out:
             hop.sent["tun_ipv4_src"] = n.underlay        # the sender's tunnel address
             dst = self.by_underlay.get(str(out["tun_ipv4_dst"]))
             hop.outcome = "tunnel"
@@ -280,14 +281,14 @@ class Tracer:
             inner.update({k: v for k, v in out.items() if k.startswith("tun_metadata")})
             inner.update(tun_ipv4_src=n.underlay, tun_ipv4_dst=str(out["tun_ipv4_dst"]),
                          tunnel_id=out.get("tunnel_id", 0))
-            return dst, self.port_of(dst, "geneve0"), inner, f"Geneve from {node}"
-        if ifname == "xlat0":
+            return dst, self.port_of(dst, GENEVE_PORT), inner, f"Geneve from {node}"
+        if ifname == XLAT_PORT:
             hop.outcome, hop.detail = "translator", f"to TAYGA in {node}'s translator namespace"
             back = self.translate(out)
             if back is None:
                 hop.detail += ": nothing it translates (not in the translator prefix)"
                 return None
-            return node, self.port_of(node, "xlat0"), back, "from TAYGA (translated)"
+            return node, self.port_of(node, XLAT_PORT), back, "from TAYGA (translated)"
         hop.sent = {k: v for k, v in hop.sent.items() if not k.startswith(("tun_", "tunnel_id", "ct_", "reg"))}
         who = self._vif(node, ifname)
         hop.outcome, hop.detail = "delivered", f"out of {ifname}" + (f": {who}" if who else "")
