@@ -111,6 +111,7 @@ def test_read_asks_for_the_two_cookie_filters_and_the_meters():
 
 
 def test_vnet64_node_stats_json(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "setup_logging", lambda level, log_file: None)   # no handler on capsys's stream
     monkeypatch.setattr(cli.sh, "run", lambda args, env=None, **kw: type("P", (), {
         "stdout": METERS if "meter-stats" in args else FLOWS})())
     assert cli.main(["stats", "--json", "--ovs", "unix:/nonexistent/db.sock"]) == 0

@@ -69,7 +69,8 @@ def test_https_with_a_client_certificate_and_only_with_one(pki, tmp_path):
         server.shutdown()
 
 
-def test_the_options_want_all_three_files_and_a_metrics_address(pki, capsys):
+def test_the_options_want_all_three_files_and_a_metrics_address(pki, capsys, monkeypatch):
+    monkeypatch.setattr(node_cli, "setup_logging", lambda level, log_file: None)   # none on capsys's stream
     key, cert, ca = str(pki.key("server")), str(pki.cert("server")), str(pki.ca("controller"))
     with pytest.raises(SystemExit):
         node_cli.main(["--nb", "tcp:127.0.0.1:1", "--metrics", "127.0.0.1:9", "--metrics-certificate", cert])
