@@ -2,7 +2,7 @@
 
     vnet64-node --nb REMOTE [--name NODE] [--datapath system|netdev] [--uplink IFACE]
     vnet64-node cleanup [--name NODE] [--nb REMOTE]
-    vnet64-node sessions --nb REMOTE [--vm NAME] [--service NAME] [--json | --csv]
+    vnet64-node sessions --nb REMOTE [--vm NAME] [--service NAME] [--rate SECONDS] [--json | --csv]
     vnet64-node stats [--explain] [--json]
 
 Without a subcommand the agent runs until SIGTERM/SIGINT: it reads its node's row from
