@@ -393,14 +393,7 @@ def cmd_trace(api: Any, args: argparse.Namespace) -> int:
                        args.src_addr, args.reply)
     except ValueError as exc:
         raise CliError(f"trace: {exc}") from None
-    refused = {name: n.refused for name, n in nodes.items() if n.refused}
-    if args.json:
-        print(json.dumps({"hops": [h.as_dict() for h in hops], "not_simulated": refused},
-                         indent=2, default=str))
-    else:
-        sys.stdout.write(T.render(hops))
-        for name, what in refused.items():
-            print(f"(not simulated on {name}: {len(what)} flow(s), e.g. {what[0]})", file=sys.stderr)
+    sys.stdout.write(T.report(hops, nodes, as_json=args.json))
     return 0
 
 

@@ -308,14 +308,7 @@ def _trace(plan: P.Plan, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"vnet64-lab trace: {exc}", file=sys.stderr)
         return 2
-    refused = {name: n.refused for name, n in nodes.items() if n.refused}
-    if args.json:
-        print(json.dumps({"hops": [h.as_dict() for h in hops], "not_simulated": refused},
-                         indent=2, default=str))
-        return 0
-    sys.stdout.write(T.render(hops, verbose=args.verbose))
-    for name, what in refused.items():
-        print(f"(not simulated on {name}: {len(what)} flow(s), e.g. {what[0]})", file=sys.stderr)
+    sys.stdout.write(T.report(hops, nodes, as_json=args.json, verbose=args.verbose))
     return 0
 
 

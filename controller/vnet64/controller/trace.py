@@ -20,7 +20,9 @@ FIG. 2A/2B (210 ... 262). A packet that is not forwarded ends on the flow that n
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Any
@@ -314,7 +316,8 @@ class Tracer:
         addresses through the NB's /96), as it comes back into br-int."""
         prefix = IPv6Network(self.model.translator_prefix)
         l4 = {k: v for k, v in pkt.items() if k.startswith(("tcp_", "udp_", "icmp_id"))}
-        base = {"eth_src": _xlat_mac(self.model, pkt), "eth_dst": gateway.GATEWAY_MAC,
+        # from TAYGA's side of the veth: where br-int sent the packet (to_translator)
+        base = {"eth_src": str(pkt.get("eth_dst", "00:00:00:00:00:00")), "eth_dst": gateway.GATEWAY_MAC,
                 "ip_proto": pkt.get("ip_proto"), "nw_ttl": 64, "pkt_len": pkt.get("pkt_len", 100), **l4}
         if pkt.get("eth_type") == ETH_IPV6:
             src, dst = IPv6Address(pkt["ipv6_src"]), IPv6Address(pkt["ipv6_dst"])
@@ -389,9 +392,17 @@ def _stage_name(tables: Any, tid: int) -> str:
         return str(tid)
 
 
-def _xlat_mac(model: Model, pkt: dict) -> str:
-    """TAYGA's side of the veth: where br-int sent the packet (``to_translator``)."""
-    return str(pkt.get("eth_dst", "00:00:00:00:00:00"))
+def report(hops: list[Hop], nodes: dict[str, NodeFlows], as_json: bool = False,
+           verbose: bool = False) -> str:
+    """What both trace commands print: the walk (``render``, or JSON with the flows the
+    simulation could not load); those flows are also named on stderr in text mode."""
+    refused = {name: n.refused for name, n in nodes.items() if n.refused}
+    if as_json:
+        return json.dumps({"hops": [h.as_dict() for h in hops], "not_simulated": refused},
+                          indent=2, default=str) + "\n"
+    for name, what in refused.items():
+        print(f"(not simulated on {name}: {len(what)} flow(s), e.g. {what[0]})", file=sys.stderr)
+    return render(hops, verbose)
 
 
 def render(hops: list[Hop], verbose: bool = False) -> str:
