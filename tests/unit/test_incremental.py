@@ -147,6 +147,12 @@ def subscribe(p: Pair, vm: str, service: str, on: bool) -> None:
         p.model.remove_route(v.ipv6)
 
 
+def free_ofport(p: Pair, host: str) -> int:
+    """A number no interface on ``host``'s switch has (OVS never gives two the same; after
+    an unplug, 100 + the count of ports could)."""
+    return max([99, *p.ports[host].values()]) + 1
+
+
 def move_vm(p: Pair, vm: str, host: str, port_too: bool) -> None:
     """Live migration as the NB records it: the binding, the VM's host and its route."""
     v = p.model.vm(vm)
@@ -157,7 +163,7 @@ def move_vm(p: Pair, vm: str, host: str, port_too: bool) -> None:
     if v.subscribed:
         p.model.put_route(M.Route(v.ipv6, host))
     if port_too:
-        p.ports[host].setdefault(vif_port("vm", vm), 100 + len(p.ports[host]))
+        p.ports[host].setdefault(vif_port("vm", vm), free_ofport(p, host))
 
 
 def move_endpoint(p: Pair, ep: str, host: str, port_too: bool) -> None:
@@ -167,7 +173,7 @@ def move_endpoint(p: Pair, ep: str, host: str, port_too: bool) -> None:
     p.model.put_endpoint(dataclasses.replace(e, host=host))
     p.model.put_binding(M.Binding(ep, "endpoint", host, vif_port("endpoint", ep)))
     if port_too:
-        p.ports[host].setdefault(vif_port("endpoint", ep), 100 + len(p.ports[host]))
+        p.ports[host].setdefault(vif_port("endpoint", ep), free_ofport(p, host))
 
 
 def bind_to(p: Pair, name: str, port_of: str) -> None:
