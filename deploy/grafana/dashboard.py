@@ -14,6 +14,7 @@ Import it in Grafana (Dashboards > New > Import) or provision it from a file.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -119,6 +120,16 @@ def build() -> dict:
                            query("min by (scope) (vnet64_controller_nb_connected)", "{{scope}} connected"),
                            query(f"sum by (scope) (rate(vnet64_controller_nb_updates_total[{RATE}]))",
                                  "{{scope}} updates/s", ref="B")))
+        .with_panel(series("NB propagation lag", "From an NB write's commit (Platform nb_cfg_timestamp, "
+                           "the writer's clock) to a controller's flows sent "
+                           "(vnet64_controller_nb_lag_seconds) and to a node agent's convergence "
+                           "(vnet64_node_nb_lag_seconds), for the newest change each applied. A "
+                           "reader whose nb_cfg stays below the NB's (vnet64 platform show) is "
+                           "behind.", "s",
+                           query("max by (scope) (vnet64_controller_nb_lag_seconds)", "controller {{scope}}"),
+                           query("max by (node) (vnet64_node_nb_lag_seconds)", "agent {{node}}", ref="B"),
+                           query("max(vnet64_controller_nb_cfg) - min(vnet64_controller_nb_cfg)",
+                                 "controllers' nb_cfg spread", ref="C")))
         .with_row(row("Nodes"))
         .with_panel(series("Conntrack entries per zone", "vnet64_conntrack_entries: a VNet's zone, "
                            "the IPv6 SNAT (65534) and DNAT (65533) zones, the endpoints' (65532).",
@@ -136,8 +147,12 @@ def _step(value: float | None, color: str) -> object:
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=f"Write the vnet64 Grafana dashboard to {OUT}.")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if the committed JSON is not what this builds")
+    args = parser.parse_args(argv)
     text = json.dumps(build(), indent=2, sort_keys=True) + "\n"
-    if "--check" in argv:
+    if args.check:
         if not OUT.exists() or OUT.read_text() != text:
             print(f"{OUT} is stale: run {sys.argv[0]}", file=sys.stderr)
             return 1

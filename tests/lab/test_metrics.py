@@ -119,3 +119,34 @@ def test_the_controller_counts_what_it_does(platform):
                      event="icmp_time_exceeded_sent") == sent + 1, after
     finally:
         session.close()
+
+
+def test_every_controller_and_agent_reports_the_nb_change_it_applied(platform):
+    """The NB's propagation lag: a write numbers its change (Platform nb_cfg, with its
+    commit time); every controller and node agent comes to report that number as
+    applied, with a lag between 0 and the time the test itself saw pass from before the
+    write to after the reading."""
+    import time
+
+    from vnet64 import topology
+    from vnet64.nb import api as nbapi
+    lab, plan = platform
+    readers = [(None, "vnet64_controller_nb", {"scope": "central"}, P.CONTROLLER_METRICS_PORT)] \
+        if lab.control == "central" else \
+        [(n.name, "vnet64_controller_nb", {"scope": n.name}, P.CONTROLLER_METRICS_PORT) for n in plan.nodes]
+    readers += [(n.name, "vnet64_node_nb", {"node": n.name}, P.METRICS_PORT) for n in plan.nodes]
+    with nbapi.connect(f"unix:{plan.nb_run_dir}/nb.sock") as api:
+        before = api.platform_info()["nb_cfg"]
+        t0 = time.time()
+        api.add_region(topology.Region("metrics-probe", 0x7F))     # a change no flow follows
+        cfg = api.platform_info()["nb_cfg"]
+    assert cfg == before + 1
+    for node, prefix, labels, port in readers:
+        for _ in range(100):
+            samples = scrape(plan, node, port)
+            if value(samples, f"{prefix}_cfg", **labels) == cfg:
+                break
+            time.sleep(0.05)
+        elapsed = time.time() - t0
+        assert value(samples, f"{prefix}_cfg", **labels) == cfg, (node, prefix)
+        assert 0 <= value(samples, f"{prefix}_lag_seconds", **labels) <= elapsed, (node, prefix, samples)

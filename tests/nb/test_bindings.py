@@ -1,4 +1,4 @@
-"""Port bindings and node controller targets (schema 1.4.0), against a real ovsdb-server.
+"""Port bindings and node controller targets (schema 1.4.0+), against a real ovsdb-server.
 
 A node agent binds an OVS interface to the VM or endpoint its external_ids:iface-id
 names (``bind_port``); the VM or endpoint follows its binding to that node in the same
@@ -278,7 +278,7 @@ def test_a_1_3_0_database_with_a_loaded_topology_converts_and_keeps_its_data(tmp
     try:
         version = subprocess.run(["ovsdb-client", "get-schema-version", server.remote, "VNet64_Northbound"],
                                  capture_output=True, text=True, check=True).stdout.strip()
-        assert version == current == "1.4.0"
+        assert version == current == "1.5.0"
         with nbapi.connect(server.remote) as api:
             assert api.list("subscription") == before["subscriptions"]
             assert api.list("host-mapping") == before["host_mappings"]
@@ -294,6 +294,8 @@ def test_a_1_3_0_database_with_a_loaded_topology_converts_and_keeps_its_data(tmp
             # and the new parts work on it
             assert api.bind_port("host1", "b-vm1", "vnet5", topology.default_mac("b-vm1"))["moved_from"] == "host2"
             assert api.set_node_controllers("host1", ["tcp:172.31.255.1:6653"]) is True
+            # 1.5.0's change numbers start at 0 on a converted NB: the two writes above
+            assert before["platform"]["nb_cfg"] == 0 and api.platform_info()["nb_cfg"] == 2
     finally:
         server.stop()
 

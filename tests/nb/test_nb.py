@@ -34,7 +34,8 @@ def test_load_default_topology_subscribes_both_vms_with_different_ipv6(loaded_nb
                        "fd41::3930:20:6600:a00:4": ("customer-b", "10.0.0.4", "host1")}
     info = loaded_nb.platform_info()
     assert info == {"platform_ip": "100.100.0.1", "translator_prefix": "fd64:64::/96",
-                    "region": "westeurope", "appliance": "appliance", "tunnel_token": info["tunnel_token"]}
+                    "region": "westeurope", "appliance": "appliance", "tunnel_token": info["tunnel_token"],
+                    "nb_cfg": 1, "nb_cfg_time": info["nb_cfg_time"]}
 
 
 def test_each_vnet_gets_its_own_conntrack_zone(loaded_nb):
@@ -283,13 +284,62 @@ def test_the_platform_gets_a_tunnel_token_once_and_rotating_changes_only_it(load
     assert loaded_nb.platform_info() == info
     new = loaded_nb.rotate_tunnel_token()
     assert new != token and 0 < new < 2**32
-    assert loaded_nb.platform_info() == {**info, "tunnel_token": f"{new:#010x}"}
+    after = loaded_nb.platform_info()
+    assert after == {**info, "tunnel_token": f"{new:#010x}", "nb_cfg": info["nb_cfg"] + 1,
+                     "nb_cfg_time": after["nb_cfg_time"]}
     assert M.from_nb(loaded_nb).tunnel_token == new
 
 
 def test_rotating_the_token_needs_the_platform_row(nb):
     with pytest.raises(NotFound, match="load a topology first"):
         nb.rotate_tunnel_token()
+
+
+def _nb_cfg(api) -> tuple[int, int]:
+    row = next(iter(api.tables["Platform"].rows.values()))
+    return row.nb_cfg, row.nb_cfg_timestamp
+
+
+def test_every_write_that_changes_something_is_numbered_and_timed(nb, nb_server, default_topology):
+    """Platform.nb_cfg (schema 1.5.0, OVN's nb_cfg): each write transaction that changes
+    the NB raises it by one and stamps it with the writer's clock; an idempotent rerun,
+    a refused command and a read leave it; writers in parallel never conflict on it."""
+    import time
+    t0 = time.time()
+    nb.load_topology(default_topology)
+    cfg, stamp = _nb_cfg(nb)
+    assert cfg == 1 and t0 * 1000 - 1 <= stamp <= time.time() * 1000 + 1
+    nb.load_topology(default_topology)                        # every value already there
+    nb.subscribe("a-vm1", "analytics", may_exist=True)
+    with pytest.raises(Conflict):
+        nb.subscribe("a-vm1", "analytics")
+    with pytest.raises(NotFound):
+        nb.unsubscribe("a-vm1", "nothing")
+    nb.list("vm")
+    assert _nb_cfg(nb) == (1, stamp)
+    assert nb.unsubscribe("a-vm1", "analytics") is True
+    assert _nb_cfg(nb)[0] == 2 and _nb_cfg(nb)[1] >= stamp
+    assert nb.unsubscribe("a-vm1", "analytics", if_exists=True) is False
+    assert _nb_cfg(nb)[0] == 2
+    # two clients, 20 changes each at the same time: 40 numbers, no conflict
+    other = nbapi.connect(nb_server.remote)
+    try:
+        def toggle(api, vm):
+            for _ in range(10):
+                api.unsubscribe(vm, "analytics", if_exists=True)
+                api.subscribe(vm, "analytics")
+        threads = [threading.Thread(target=toggle, args=(nb, "a-vm1")),
+                   threading.Thread(target=toggle, args=(other, "b-vm1"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # (b-vm1's first unsubscribe removes its subscription: 20 + 20 changes, a-vm1's
+        # first one none)
+        assert nbapi.wait_for(lambda: _nb_cfg(nb)[0] == 2 + 19 + 20)
+        assert _nb_cfg(other)[0] == 2 + 19 + 20
+    finally:
+        other.close()
 
 
 # ---------------------------------------------------------------------------

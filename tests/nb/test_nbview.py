@@ -99,6 +99,12 @@ def replica_caught_up(view: NbView, api: nbapi.NbApi) -> bool:
     return replica_model(view) == M.from_nb(api)
 
 
+def replica_nb_cfg(view: NbView) -> int:
+    """Platform.nb_cfg in the view's replica (not yet applied, maybe)."""
+    with view.lock:
+        return next(iter(view.idl.tables["Platform"].rows.values())).nb_cfg
+
+
 def mappings(view: NbView) -> list[str]:
     """The IPv6 addresses of the host mappings in the view's replica."""
     with view.lock:
@@ -562,6 +568,28 @@ def test_a_reconnect_rebuilds_the_model(nb_server, loaded_nb):
         view.close()
 
 
+def test_the_change_number_is_kept_beside_the_model_never_as_a_delta(nb_server, loaded_nb):
+    """Platform.nb_cfg, which every write raises: the view reports the newest it holds
+    (NbView.nb_cfg), and a change of it alone - a write to what the view does not read -
+    is an empty delta, not a platform change (that would recompute every flow)."""
+    view = NbView(nb_server.remote).connect(5)
+    try:
+        assert view.update() is None
+        first = loaded_nb.platform_info()["nb_cfg"]
+        assert view.nb_cfg[0] == first > 0
+        assert loaded_nb.set_connections(["ptcp:0:127.0.0.1"]) is True   # Connection rows: not read
+        wait(lambda: replica_nb_cfg(view) == first + 1, what="the replica")
+        assert view.update() == M.Delta()
+        assert view.nb_cfg == (first + 1, next(iter(loaded_nb.tables["Platform"].rows.values())).nb_cfg_timestamp)
+        loaded_nb.unsubscribe("a-vm1", "analytics")
+        wait(lambda: replica_nb_cfg(view) == first + 2, what="the replica")
+        delta = view.update()
+        assert delta is not None and not delta.platform and set(delta.vms) == {"a-vm1"}
+        assert view.nb_cfg[0] == first + 2 and view.stats["full"] == 1
+    finally:
+        view.close()
+
+
 @pytest.mark.parametrize("everything", [False, True], ids=["changes-since", "whole-dump"])
 def test_a_reconnect_brings_the_host_mappings_changed_meanwhile(everything):
     """A clustered NB: a reconnecting view asks for the changes since its last
@@ -612,11 +640,12 @@ def test_a_big_update_gives_the_c_heap_back(nb_server, loaded_nb, monkeypatch):
     nbview.trim_heap()                      # glibc's malloc_trim, or nothing: no error
     trims = []
     monkeypatch.setattr(nbview, "trim_heap", lambda: trims.append(1))
-    monkeypatch.setattr(nbview, "TRIM_AFTER_ROWS", 3)
+    monkeypatch.setattr(nbview, "TRIM_AFTER_ROWS", 4)
     view = NbView(nb_server.remote).connect(5)
     try:
-        assert view.update() is None and len(trims) == 1     # the default topology: > 3 rows
-        loaded_nb.unsubscribe("a-vm1", "analytics")          # the subscription and its mapping
+        assert view.update() is None and len(trims) == 1     # the default topology: > 4 rows
+        # the subscription, its mapping and the Platform row (its change number): 3 rows
+        loaded_nb.unsubscribe("a-vm1", "analytics")
         wait(lambda: replica_caught_up(view, loaded_nb), what="the replica")
         assert view.update() is not None and len(trims) == 1
     finally:

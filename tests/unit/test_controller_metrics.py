@@ -34,12 +34,14 @@ def test_switches_pairs_and_events():
     app = NS(settings=NS(node=None), switches={1: ready, 2: NS(state="resyncing", resync_seconds=None)},
              logic=logic, resyncs=3, nb_connected=lambda: True,
              errors=Counter({"switch: OFPBMC_BAD_FIELD": 2, "logic: packet_in": 1}), nb_apply_seconds=0.012,
-             nb=NS(stats={"full": 1, "incremental": 4, "cond_changes": 0}))
+             nb=NS(stats={"full": 1, "incremental": 4, "cond_changes": 0}), nb_cfg=41, nb_lag_seconds=0.03)
     m = exposed(app)
     assert m[("vnet64_controller_resync_seconds", (("node", "host1"), ("scope", "central")))] == 0.25
     assert not any(n == "vnet64_controller_resync_seconds" and ("node", "appliance") in ls for n, ls in m)
     assert m[("vnet64_controller_resyncs_total", (("scope", "central"),))] == 3
     assert m[("vnet64_controller_nb_apply_seconds", (("scope", "central"),))] == 0.012
+    assert m[("vnet64_controller_nb_cfg", (("scope", "central"),))] == 41
+    assert m[("vnet64_controller_nb_lag_seconds", (("scope", "central"),))] == 0.03
     assert m[("vnet64_controller_errors_total", (("error", "switch: OFPBMC_BAD_FIELD"), ("scope", "central")))] == 2
     assert m[("vnet64_controller_errors_total", (("error", "logic: packet_in"), ("scope", "central")))] == 1
     assert m[("vnet64_controller_nb_connected", (("scope", "central"),))] == 1
@@ -71,3 +73,15 @@ def test_listen_address(text, want):
 def test_a_bad_listen_address_says_so(text):
     with pytest.raises(ValueError, match="expected IP:PORT"):
         prom.listen_address(text)
+
+
+def test_the_nb_change_number_and_its_lag():
+    """nb_commands.applied_nb_cfg: the lag is told only when the applied number moves
+    past one applied before (the first one a reader sees was made before it was there),
+    from the change's own timestamp, never below 0 (two machines' clocks)."""
+    from vnet64.nb.commands import applied_nb_cfg
+    assert applied_nb_cfg(None, (7, 1_000_000), 1_005.0) == (7, None)      # the first: no lag
+    assert applied_nb_cfg(7, (7, 1_000_000), 1_005.0) == (7, None)         # nothing new
+    assert applied_nb_cfg(7, (9, 1_004_750), 1_005.0) == (9, 0.25)
+    assert applied_nb_cfg(9, (10, 1_005_100), 1_005.0) == (10, 0.0)        # a writer's clock ahead
+    assert applied_nb_cfg(10, (11, 0), 1_005.0) == (11, None)              # not timed

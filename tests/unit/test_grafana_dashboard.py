@@ -32,14 +32,15 @@ def exported() -> set[str]:
     registry = CollectorRegistry()
     registry.register(NodeCollector("host1", "host", "netdev", lambda: DUMP, lambda: [(1, "10.0.0.4", "a-vm1")],
                                     drops=lambda: drops.parse_flows(FLOWS) + drops.parse_meters(METERS),
-                                    tables=lambda: drops.parse_tables(TABLES, "host")))
+                                    tables=lambda: drops.parse_tables(TABLES, "host"),
+                                    nb=lambda: (3, 0.02)))
     logic = NS(switches={1: NS(node=NS(role="host", name="host1"), pairs={1: None})},
                stats=Counter(packet_ins=1))
     registry.register(ControllerCollector(NS(settings=NS(node="host1"), switches={1: NS(state="ready", resync_seconds=0.1,
                                                                     log=NS(extra={"node": "host1"}))},
                                              logic=logic, resyncs=1, nb_connected=lambda: True,
                                              errors=Counter({"switch: OFPBMC_BAD_FIELD": 1}),
-                                             nb=NS(stats={"full": 1}))))
+                                             nb=NS(stats={"full": 1}), nb_cfg=3, nb_lag_seconds=0.01)))
     text = generate_latest(registry).decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 

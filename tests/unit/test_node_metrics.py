@@ -86,3 +86,20 @@ def test_new_connections_are_counted_from_the_second_scrape_on():
                 for f in text_string_to_metric_families(text) for s in f.samples}[
             ("vnet64_nat_new_connections_total", key)]
     assert [new(), new(), new(), new()] == [0, 1, 1, 1]
+
+
+def test_the_nb_change_applied_and_its_lag():
+    """The agent's newest applied NB change number and its lag; neither before the agent
+    has applied one, no lag for the first it saw."""
+    def names_and_values(nb):
+        registry = CollectorRegistry()
+        registry.register(NodeCollector("host1", "host", "netdev", lambda: DUMP, lambda: [], nb=nb))
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(generate_latest(registry).decode()) for s in f.samples}
+    assert not any(n.startswith("vnet64_node_nb") for n, _ in names_and_values(lambda: (None, None)))
+    m = names_and_values(lambda: (12, None))
+    assert m[("vnet64_node_nb_cfg", (("node", "host1"),))] == 12
+    assert not any(n == "vnet64_node_nb_lag_seconds" for n, _ in m)
+    m = names_and_values(lambda: (13, 0.125))
+    assert m[("vnet64_node_nb_cfg", (("node", "host1"),))] == 13
+    assert m[("vnet64_node_nb_lag_seconds", (("node", "host1"),))] == 0.125

@@ -127,6 +127,7 @@ class FakeView:
         self.model = SimpleNamespace(node_by_dpid=lambda dpid: (
             SimpleNamespace(name=self.nodes[dpid]) if dpid in self.nodes else None))
         self.delta = None
+        self.nb_cfg = (0, 0)        # the newest NB change number (none here)
 
     def update(self):
         return self.delta

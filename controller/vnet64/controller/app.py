@@ -73,6 +73,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 # ovsdbapp), which imports eventlet, and a thread that imports eventlet can never be
 # joined (is_alive() stays true after it returns; measured with eventlet 0.41).
 from .. import prom
+from ..nb import commands as nb_cmd
 from . import model, nbview, ofmsg, switch_cert
 from .flows import FlowError, Message, TableMap
 from .metrics import ControllerCollector
@@ -231,6 +232,8 @@ class Vnet64App(app_manager.OSKenApp):
         self.errors: collections.Counter = collections.Counter()   # switch errors, logic failures (metrics)
         self._nb_seen_at: float | None = None   # when the replica's last change was seen
         self.nb_apply_seconds: float | None = None   # ... until its messages were sent (metrics)
+        self.nb_cfg: int | None = None          # the newest NB change number applied (Platform.nb_cfg)
+        self.nb_lag_seconds: float | None = None   # its commit (the writer's clock) to applied
         # over TLS: connections whose datapath id is no node's yet (or no NB yet): their
         # certificate cannot be bound to a node, so they are not served (see _bind)
         self.unbound: dict[Any, str] = {}   # datapath -> why it waits (logged once each)
@@ -389,6 +392,10 @@ class Vnet64App(app_manager.OSKenApp):
                 self._program(sw)
         if self._nb_seen_at is not None:
             self.nb_apply_seconds = time.monotonic() - self._nb_seen_at
+        if self.nb is not None:
+            self.nb_cfg, lag = nb_cmd.applied_nb_cfg(self.nb_cfg, self.nb.nb_cfg, time.time())
+            if lag is not None:
+                self.nb_lag_seconds = lag
 
     def _build_logic(self) -> bool:
         factory = self.settings.logic_factory

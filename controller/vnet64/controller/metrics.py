@@ -14,8 +14,12 @@
   ``vnet64_controller_nb_updates_total{scope,kind}`` the NB changes applied (``full``
   rebuilds, ``incremental`` deltas, ``cond_changes`` of a node's conditions), and
   ``vnet64_controller_nb_apply_seconds{scope}`` how long the last one took from the
-  replica's update to the flows sent (the controller's part of the NB's lag; the NB's own
-  commit is not timed);
+  replica's update to the flows sent (the controller's part of the NB's lag);
+- ``vnet64_controller_nb_cfg{scope}``: the newest NB change applied (``Platform.nb_cfg``,
+  which every write transaction raises by one: compare with ``vnet64 platform show``), and
+  ``vnet64_controller_nb_lag_seconds{scope}`` its propagation lag: from the writer's
+  commit (its ``nb_cfg_timestamp``) to this controller's flows sent (wall clocks of two
+  machines; the first change a controller sees after its start has none);
 - ``vnet64_controller_errors_total{scope,error}``: errors switches sent back (``switch:
   <code>``, e.g. a flow-mod the switch refused) and role-logic calls that failed
   (``logic: <event>``), each also a WARNING / ERROR in the log;
@@ -81,6 +85,19 @@ class ControllerCollector(Collector):
                                     "the last NB change: from the replica's update to the flows sent",
                                     labels=["scope"])
             lag.add_metric([scope], apply)
+            yield lag
+        cfg = getattr(self.app, "nb_cfg", None)
+        if cfg is not None:
+            applied = GaugeMetricFamily("vnet64_controller_nb_cfg", "the newest NB change applied "
+                                        "(Platform nb_cfg)", labels=["scope"])
+            applied.add_metric([scope], cfg)
+            yield applied
+        nb_lag = getattr(self.app, "nb_lag_seconds", None)
+        if nb_lag is not None:
+            lag = GaugeMetricFamily("vnet64_controller_nb_lag_seconds",
+                                    "the newest NB change: from its commit to the flows sent",
+                                    labels=["scope"])
+            lag.add_metric([scope], nb_lag)
             yield lag
         errors = CounterMetricFamily("vnet64_controller_errors", "switch errors and logic failures",
                                      labels=["scope", "error"])

@@ -39,7 +39,9 @@ Subscription's change re-derives its VM (old and new, from the view's own
 subscription index, so a deleted row needs no data); an Endpoint from its row,
 Service and host; a Binding from its Port_Binding and Node; a Route from its
 Host_Mapping and Node. A Node's other columns and the Platform's prefix, appliance
-and tunnel token are put as they are (``Delta.platform``). Every removal of a batch is
+and tunnel token are put as they are (``Delta.platform``); its change number
+(``nb_cfg``, every write transaction's) is kept beside the model in
+:attr:`NbView.nb_cfg`, never a delta by itself. Every removal of a batch is
 applied before its puts, so a name or address handed from one row to another in one
 transaction ends up on the new owner. The property test (tests/nb/test_nbview.py)
 checks that the model equals a fresh full build after every step.
@@ -102,7 +104,8 @@ DEFAULT_TRANSLATOR_PREFIX = IPv6Network("fd64:64::/96")
 
 # What the model reads of the NB: nothing else is replicated.
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "Platform": ("platform_ip", "translator_prefix", "appliance", "tunnel_token"),
+    "Platform": ("platform_ip", "translator_prefix", "appliance", "tunnel_token", "nb_cfg",
+                 "nb_cfg_timestamp"),
     "Node": ("name", "role", "underlay_ip", "datapath_id"),
     "Region": ("region_id",),
     "VNet": ("name", "region", "vnet_id", "snat_vip", "ct_zone"),
@@ -318,6 +321,10 @@ class NbView:
         self._svc_count: dict[uuidlib.UUID, int] = {}          # service -> such subscriptions
         self._cond_dirty = True
         self._lock = threading.Lock()          # one update() at a time
+        # The newest NB change the model holds: (Platform.nb_cfg, its writer's timestamp
+        # in ms), both 0 before the first numbered change. Not part of the model: a
+        # change of them alone is an empty delta.
+        self.nb_cfg: tuple[int, int] = (0, 0)
 
     # -- connection -----------------------------------------------------------
 
@@ -482,6 +489,8 @@ class NbView:
                               "%d bindings, %d routes", delta.platform, len(delta.nodes),
                               len(delta.vms), len(delta.endpoints), len(delta.bindings),
                               len(delta.routes))
+            if full or "Platform" in journal:
+                self.nb_cfg = self._nb_cfg()
             if self.node is not None:
                 if full:
                     self._recount_all()
@@ -607,6 +616,12 @@ class NbView:
             appliance = _v(node, "name") if node is not None else None
         return (IPv4Address(_v(row, "platform_ip")), IPv6Network(_v(row, "translator_prefix")),
                 appliance, _v(row, "tunnel_token"))
+
+    def _nb_cfg(self) -> tuple[int, int]:
+        row = next(iter(self.idl.tables["Platform"].rows.values()), None)
+        if row is None:
+            return (0, 0)
+        return (_v(row, "nb_cfg") or 0, _v(row, "nb_cfg_timestamp") or 0)
 
     def _node(self, row: Any) -> Node:
         return Node(_v(row, "name"), _v(row, "role"), IPv4Address(_v(row, "underlay_ip")),

@@ -4,7 +4,8 @@
     info = api.subscribe("a-vm1", "analytics")           # one transaction
     api.close()
 
-Every write goes through ``NbApi.run`` (one transaction, ``check_error=True``);
+Every write goes through ``NbApi.run`` (one transaction, ``check_error=True``),
+which numbers it (``Platform.nb_cfg`` and its timestamp, see ``NextCfgCommand``);
 errors come back as ``NbError`` subclasses with a message naming the object.
 Reads come from the IDL replica, which the connection keeps up to date. The
 connection is per instance (ovsdbapp's default shares one per class, which
@@ -13,6 +14,7 @@ would make a second NbApi silently talk to the first one's server).
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import time
@@ -94,6 +96,7 @@ class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
                 with self.transaction(check_error=True, log_errors=False) as txn:
                     for c in commands:
                         txn.add(c)
+                    txn.add(cmd.NextCfgCommand(self))   # numbers the change (nb_cfg), if any
                 return [c.result for c in commands]
             except NbError:
                 raise
@@ -218,7 +221,10 @@ class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
         return {"platform_ip": row.platform_ip, "translator_prefix": row.translator_prefix,
                 "region": row.region[0].name if row.region else None,
                 "appliance": row.appliance[0].name if row.appliance else None,
-                "tunnel_token": f"{row.tunnel_token[0]:#010x}" if row.tunnel_token else None}
+                "tunnel_token": f"{row.tunnel_token[0]:#010x}" if row.tunnel_token else None,
+                # the newest change's number (NextCfgCommand) and its writer's clock (UTC)
+                "nb_cfg": getattr(row, "nb_cfg", 0),
+                "nb_cfg_time": _utc(getattr(row, "nb_cfg_timestamp", 0))}
 
     def region_info(self, row: Any) -> dict:
         return {"name": row.name, "region_id": f"{row.region_id:#06x}"}
@@ -341,6 +347,12 @@ class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
 # its command line, next to $VNET64_NB (the remote): vnet64, vnet64-node, vnet64-controller.
 TLS_ENV = {"private_key": "VNET64_NB_PRIVATE_KEY", "certificate": "VNET64_NB_CERTIFICATE",
            "ca_cert": "VNET64_NB_CA_CERT"}
+
+
+def _utc(ms: int) -> str | None:
+    if not ms:
+        return None
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def tls_from_env(environ: Any = None) -> dict[str, str | None]:

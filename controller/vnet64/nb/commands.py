@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+import time
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Iterable
 
@@ -220,6 +221,65 @@ class RotateTunnelTokenCommand(_Command):
             token = new_tunnel_token()
         row.tunnel_token = [token]
         self.result = token
+
+
+class NextCfgCommand(_Command):
+    """Number the transaction's change (OVN's ``NB_Global.nb_cfg``): ``Platform.nb_cfg``
+    goes up by one (an OVSDB ``mutate``: concurrent writers never conflict on it) and
+    ``Platform.nb_cfg_timestamp`` becomes the writer's clock in milliseconds. Every
+    controller and node agent reports the newest number it has applied and how long
+    after this timestamp it did (the NB's propagation lag). Added last to every write
+    transaction by ``NbApi.run``; a transaction that changes nothing (every value it
+    writes is the one already there: an idempotent command run again) is left alone, and
+    so is an NB without platform settings, or of a schema older than 1.5.0. Result:
+    True if it numbered the transaction."""
+
+    def __init__(self, api: Any, clock: Any = None):
+        super().__init__(api)
+        self.clock = clock or time.time
+
+    def run_idl(self, txn: Any) -> None:
+        self.result = False
+        table = self.api.tables.get("Platform")
+        row = _one(table.rows.values()) if table is not None else None
+        if row is None or "nb_cfg" not in table.columns or not changes_anything(txn):
+            return
+        row.increment("nb_cfg")
+        row.nb_cfg_timestamp = int(self.clock() * 1000)
+        self.result = True
+
+
+def changes_anything(txn: Any) -> bool:
+    """Whether an IDL transaction, as built so far, changes the database: a row inserted
+    or deleted, a set or map mutated, a column given a value it does not have. (The C IDL
+    drops a transaction of equal writes itself; python-ovs sends it.) Unsure: True."""
+    rows = getattr(txn, "_txn_rows", None)
+    if rows is None:
+        return True
+    for row in rows.values():
+        data, changes = row._data, row._changes
+        if data is None or changes is None:
+            return True
+        if any(row._mutations.get(kind) for kind in ("_inserts", "_removes")):
+            return True
+        if any(data.get(column) != datum for column, datum in changes.items()):
+            return True
+    return False
+
+
+def applied_nb_cfg(previous: int | None, current: tuple[int, int],
+                   now: float) -> tuple[int, float | None]:
+    """A reader (controller, node agent) has applied the NB up to ``current``
+    (``Platform`` nb_cfg, nb_cfg_timestamp in ms), having applied ``previous`` before
+    (None: nothing yet). Returns the number now applied and the propagation lag in
+    seconds (``now``, a wall clock, minus the change's timestamp), or None where there is
+    no lag to tell: the number did not move, the change was not timed, or it is the
+    reader's first (made before the reader was there). Wall clocks of two machines:
+    as exact as NTP keeps them (never below 0)."""
+    cfg, stamp = current
+    if previous is None or cfg == previous or not stamp:
+        return cfg, None
+    return cfg, max(0.0, now - stamp / 1000)
 
 
 # ---------------------------------------------------------------------------

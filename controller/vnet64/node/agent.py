@@ -50,6 +50,7 @@ from typing import Any, Iterable
 
 from .. import prom
 from ..nb import api as nb_api
+from ..nb import commands as nb_cmd
 from ..nb.commands import vm_address
 from ..ports import INTEGRATION_BRIDGE, translator_mac
 from . import config, drops, sh
@@ -180,6 +181,8 @@ class Agent:
         self._seen = (None, None)
         self.cond_pending = False      # NB rows of new iface-ids asked for, not all in yet
         self.reported: dict | None = None
+        self.nb_cfg: int | None = None          # the newest NB change applied (Platform.nb_cfg)
+        self.nb_lag_seconds: float | None = None   # its commit to applied here (metrics)
 
     # -- connections --------------------------------------------------------
 
@@ -390,6 +393,20 @@ class Agent:
                              "topology first")
         return row.translator_prefix
 
+    def replica_nb_cfg(self) -> tuple[int, int]:
+        """The newest NB change number the replica holds, and its timestamp (ms)."""
+        with self.nb.ovsdb_connection.lock:
+            row = next(iter(self.nb.tables["Platform"].rows.values()), None)
+            return (getattr(row, "nb_cfg", 0), getattr(row, "nb_cfg_timestamp", 0)) if row else (0, 0)
+
+    def applied(self, current: tuple[int, int]) -> None:
+        """The NB up to change ``current`` (``replica_nb_cfg()`` as it was when the
+        replica was read for this round) is applied on this node - converged, ports
+        bound: note the number and its lag (metrics)."""
+        self.nb_cfg, lag = nb_cmd.applied_nb_cfg(self.nb_cfg, current, time.time())
+        if lag is not None:
+            self.nb_lag_seconds = lag
+
     def move_underlay(self, uplink: config.Uplink) -> None:
         """netdev: the underlay address moves from the uplink to br-phy's tap, where
         ovs-vswitchd's own routing and ARP find it (userspace tunnelling)."""
@@ -598,6 +615,7 @@ class Agent:
         if once:
             return 0
         self._seen = self._seqnos()
+        self.applied(self.replica_nb_cfg())
         while not stop.wait(self.o.interval):
             try:
                 self.step(uplink)
@@ -646,6 +664,7 @@ class Agent:
                 self.set_min_fragments()
             self.bind_ports()
             self._seen = self._seqnos()     # our own writes are not news
+            self.applied(self.replica_nb_cfg())
             self.report()
         elif self.cond_pending:
             self.bind_ports()
@@ -665,7 +684,8 @@ class Agent:
             lambda: self.appctl("dpctl/dump-conntrack", "-s"), self.vm_zones,
             drops=lambda: drops.read(self.ofctl, INTEGRATION_BRIDGE),
             tables=lambda: drops.parse_tables(
-                self.ofctl("-O", "OpenFlow15", "dump-tables", INTEGRATION_BRIDGE), self.facts.role))
+                self.ofctl("-O", "OpenFlow15", "dump-tables", INTEGRATION_BRIDGE), self.facts.role),
+            nb=lambda: (self.nb_cfg, self.nb_lag_seconds))
         try:
             self.metrics_server = prom.serve(collector, host, port, self.o.metrics_tls)
         except OSError as exc:

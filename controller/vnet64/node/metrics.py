@@ -20,7 +20,11 @@ IP:PORT``), read when scraped, never cached:
   packet-in meter's drops), from the flows' counters (:mod:`vnet64.node.drops`, what
   ``vnet64-node stats`` prints). A counter restarts when its flow is reinstalled;
   Prometheus's ``rate()`` and ``increase()`` handle that;
-- ``vnet64_flows{node,table}``: flows per stage of the node's pipeline.
+- ``vnet64_flows{node,table}``: flows per stage of the node's pipeline;
+- ``vnet64_node_nb_cfg{node}``: the newest NB change the agent has applied (converged,
+  ports bound; ``Platform.nb_cfg``), and ``vnet64_node_nb_lag_seconds{node}`` how long
+  after its commit (wall clocks; the agent looks every 0.2 s; none for the first change
+  it saw after its start).
 
 Names follow Faucet's style (``<project>_<thing>_<unit>``); values come from the same
 code as ``vnet64-node sessions`` (:mod:`vnet64.node.sessions`).
@@ -53,10 +57,11 @@ class NodeCollector(Collector):
                  vms: Callable[[], list[tuple[int, str, str]]],
                  port_range: tuple[int, int] = sessions.PORT_RANGE,
                  drops: Callable[[], list[drop_counts.Count]] | None = None,
-                 tables: Callable[[], dict[str, int]] | None = None):
+                 tables: Callable[[], dict[str, int]] | None = None,
+                 nb: Callable[[], tuple[int | None, float | None]] | None = None):
         self.node, self.role, self.datapath = node, role, datapath
         self.conntrack, self.vms, self.port_range = conntrack, vms, port_range
-        self.drops, self.tables = drops, tables
+        self.drops, self.tables, self.nb = drops, tables, nb
         self._lock = threading.Lock()        # scrapes may come in parallel
         self._known: set | None = None       # the connections of the last scrape
         self._new: Counter = Counter()       # (vm, proto, vm_ip, vm_port) -> first seen since
@@ -65,6 +70,18 @@ class NodeCollector(Collector):
                                  labels=["node", "role", "datapath"])
         info.add_metric([self.node, self.role, self.datapath], 1)
         yield info
+        cfg, lag = self.nb() if self.nb else (None, None)
+        if cfg is not None:
+            applied = GaugeMetricFamily("vnet64_node_nb_cfg", "the newest NB change applied "
+                                        "(Platform nb_cfg)", labels=["node"])
+            applied.add_metric([self.node], cfg)
+            yield applied
+        if lag is not None:
+            nb_lag = GaugeMetricFamily("vnet64_node_nb_lag_seconds",
+                                       "the newest NB change: from its commit to applied here",
+                                       labels=["node"])
+            nb_lag.add_metric([self.node], lag)
+            yield nb_lag
         yield from self._pipeline()
         yield from self._conntrack()
 
