@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from ipaddress import IPv6Address
 from pathlib import Path
 
@@ -24,8 +26,8 @@ from tests.unit.test_pipeline_trace import _frame
 from vnet64 import topology
 from vnet64.controller import model as M
 from vnet64.controller.flowtext import Installed, parse_dump, parse_line
-from vnet64.controller.flows import (CT, Controller, Flow, Match, Nat, Output, OFPP_IN_PORT,
-                                     SetField)
+from vnet64.controller.flows import (CT, Controller, Flow, Learn, Match, Nat, Output,
+                                     OFPP_IN_PORT, Resubmit, SetField, TableMap)
 from vnet64.controller.logic import Logic
 from vnet64.controller.pipeline import HOST_TABLES, Cookie, tables_for
 from vnet64.controller.roles.customer import deny_flow
@@ -262,3 +264,95 @@ def test_the_parsed_dumps_load_into_the_strict_fake_and_carry_svc1s_packet():
                        tun_metadata0=token), str(t)
     big = switches["host2"].trace({**packet, "pkt_len": 1500}, p[vif_port("endpoint", "svc1")])
     assert big.punts and not big.outputs, str(big)      # Packet Too Big: the check_pkt_larger bit
+
+
+# ---------------------------------------------------------------------------
+# learn, and the flows it makes
+
+# The actions as OVS 3.1 prints them: ``ovs-ofctl -O OpenFlow15 parse-flow 'table=11,ipv6,
+# actions=learn(...),resubmit(,15)'`` (dump-flows prints actions with the same code). OVS
+# leaves out priority=32768 and cookie=0, and prints ``F[]`` for ``F[]=F[]``.
+OVS_LEARN = ("learn(table=15,idle_timeout=60,priority=100,cookie=0x1234,eth_type=0x86dd,"
+             "NXM_NX_IPV6_SRC[]=NXM_NX_IPV6_DST[],NXM_NX_IPV6_DST[]=NXM_NX_IPV6_SRC[],"
+             "load:NXM_NX_TUN_IPV4_SRC[]->NXM_NX_TUN_IPV4_DST[]),resubmit(,15)")
+OVS_LEARN_DEFAULTS = ("learn(table=1,hard_timeout=9,eth_type=0x800,NXM_OF_IP_SRC[],"
+                      "NXM_NX_REG0[]=NXM_NX_REG1[],load:NXM_NX_TUN_ID[]->NXM_NX_TUN_ID[],"
+                      "load:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[])")
+# A flow learn added, as ``ovs-ofctl parse-flow`` prints its flow-mod: OpenFlow 1.5 writes
+# the load as a set_field, OpenFlow 1.3 (and 1.0) as a load of a hex number.
+LEARNED_OF15 = "set_field:172.31.1.2->tun_dst"
+LEARNED_OF13 = "load:0xac1f0102->NXM_NX_TUN_IPV4_DST[]"
+# the host stages these lines name (its own map: independent of the pipeline's other stages)
+LEARN_TABLES = TableMap("host", (("from_tunnel", 1), ("to_endpoint", 11), ("direct", 15)))
+DIRECT_LEARN = Learn("direct", 100, 0x1234, idle_timeout=60, eth_type=0x86DD,
+                     match_from=(("ipv6_src", "ipv6_dst"), ("ipv6_dst", "ipv6_src")),
+                     load_from=(("tun_ipv4_src", "tun_ipv4_dst"),))
+
+
+def test_learn_as_ovs_prints_it():
+    i = parse_line(f" cookie=0x1, duration=2s, table=11, n_packets=1, n_bytes=90, priority=115,ipv6 "
+                   f"actions={OVS_LEARN}", LEARN_TABLES)
+    assert i.error is None, i.error
+    assert i.flow.actions == (DIRECT_LEARN, Resubmit("direct"))
+    assert i.flow.actions[0].ofctl(LEARN_TABLES) == OVS_LEARN.split(",resubmit")[0].replace(
+        "table=15", "table=direct")
+    named = parse_line(" cookie=0x1, table=to_endpoint, priority=115,ipv6 actions="
+                       + OVS_LEARN.replace("table=15", "table=direct"), LEARN_TABLES)
+    assert named.flow == i.flow
+
+
+def test_learn_with_ovs_defaults_left_out():
+    i = parse_line(f" cookie=0x1, table=11, priority=115,ip actions={OVS_LEARN_DEFAULTS}", LEARN_TABLES)
+    assert i.flow.actions == (Learn("from_tunnel", 0x8000, 0, hard_timeout=9, eth_type=0x800,
+                                    match_from=(("ipv4_src", "ipv4_src"), ("reg0", "reg1")),
+                                    load_from=(("tunnel_id", "tunnel_id"), ("eth_src", "eth_dst"))),)
+    assert i.flow.actions[0].ofctl(LEARN_TABLES) == OVS_LEARN_DEFAULTS.replace("table=1,", "table=from_tunnel,")
+
+
+@pytest.mark.parametrize("actions", [LEARNED_OF15, LEARNED_OF13])
+def test_a_learned_flow_reads_as_the_simulator_learns_it(actions):
+    from vnet64.controller.sim import SimSwitch
+    sw = SimSwitch(LEARN_TABLES)
+    sw.apply(Flow("to_endpoint", 115, Match.of(eth_type=0x86DD), (DIRECT_LEARN,)))
+    t = sw.trace({"eth_type": 0x86DD, "ipv6_src": "fd41::3930:1f:6600:a00:4",
+                  "ipv6_dst": "fd00:5e:1::10", "tun_ipv4_src": "172.31.1.2"}, 1, table="to_endpoint")
+    i = parse_line(" cookie=0x1234, duration=3.1s, table=15, n_packets=4, n_bytes=360, idle_timeout=60, "
+                   "idle_age=1, priority=100,ipv6,ipv6_src=fd00:5e:1::10,ipv6_dst=fd41::3930:1f:6600:a00:4 "
+                   f"actions={actions}", LEARN_TABLES)
+    assert t.learned == [i.flow], (t.learned, i.error)
+
+
+@pytest.mark.parametrize("actions, why", [
+    ("learn(table=15,NXM_NX_IPV6_SRC[0..63])", "NXM_NX_IPV6_SRC[0..63]"),
+    ("learn(table=15,ip_proto=6)", "ip_proto"),
+    ("learn(table=15,fin_idle_timeout=5,NXM_NX_IPV6_SRC[])", "fin_idle_timeout"),
+    ("learn(table=15,load:0x1->NXM_NX_REG0[])", "0x1"),
+    ("learn(table=15,output:NXM_NX_REG0[0..15])", "output"),
+    ("learn(NXM_NX_IPV6_SRC[])", "without a table"),
+])
+def test_a_learn_the_flow_language_cannot_hold_is_an_error(actions, why):
+    i = parse_line(f" cookie=0x7, table=11, priority=5,ipv6 actions={actions}", LEARN_TABLES)
+    assert i.flow is None and why in i.error, i.error
+
+
+OVS_OFCTL = shutil.which("ovs-ofctl")
+
+
+@pytest.mark.skipif(OVS_OFCTL is None, reason="ovs-ofctl is not installed")
+@pytest.mark.parametrize("learn", [
+    DIRECT_LEARN,
+    Learn("direct", 0x8000, 0, hard_timeout=9, eth_type=0x800,
+          match_from=(("ipv4_src", "ipv4_src"), ("reg0", "reg1")),
+          load_from=(("tunnel_id", "tunnel_id"), ("eth_src", "eth_dst"))),
+])
+def test_ovs_ofctl_prints_learn_as_learn_ofctl_does(learn):
+    """The live check of the inline text above: ovs-ofctl parse-flow needs no switch."""
+    text = learn.ofctl(LEARN_TABLES).replace("table=direct", "table=15")
+    prereq = {0x86DD: "ipv6", 0x800: "ip"}[learn.eth_type]
+    out = subprocess.run([OVS_OFCTL, "-O", "OpenFlow15", "parse-flow",
+                          f"table=11,{prereq},actions={text}"],
+                         capture_output=True, text=True, check=True).stdout
+    printed = out.strip().splitlines()[-1].split(" actions=", 1)[1]
+    assert printed == text
+    i = parse_line(f" cookie=0x0, table=11, priority=1,{prereq} actions={printed}", LEARN_TABLES)
+    assert i.flow.actions == (learn,)

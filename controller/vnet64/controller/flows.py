@@ -358,7 +358,74 @@ class CheckPktLarger:
         return f"check_pkt_larger({self.pkt_len})->{self.dst}[{self.ofs}]"
 
 
-Action = Union[Output, SetField, Move, CT, Controller, Resubmit, CheckPktLarger]
+@dataclass(frozen=True, slots=True)
+class Learn:
+    """``learn(...)`` (NXAST_LEARN): add a flow to ``table`` - or refresh the one there
+    with the same match and priority - built from the packet being processed.
+
+    The learned flow matches ``eth_type`` (if given) and, for each ``(field, src)`` of
+    ``match_from``, ``field`` equal to this packet's ``src`` field (whole fields only);
+    its actions are, for each ``(src, dst)`` of ``load_from``, ``dst`` := this
+    packet's ``src`` (``load:src->dst``). It gets ``priority``, ``cookie`` and the
+    timeouts. A learned flow has no goto: reach its table with :class:`Resubmit` and go
+    on after it (what it loaded stays set)."""
+
+    table: str
+    priority: int
+    cookie: int
+    idle_timeout: int = 0
+    hard_timeout: int = 0
+    eth_type: int | None = None
+    match_from: tuple[tuple[str, str], ...] = ()
+    load_from: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        for pair in (*self.match_from, *self.load_from):
+            for name in pair:
+                if name not in FIELDS:
+                    raise FlowError(f"unknown field {name!r} in learn")
+            if FIELDS[pair[0]][0] != FIELDS[pair[1]][0]:
+                raise FlowError(f"learn: {pair[0]} and {pair[1]} differ in width")
+
+    def ofctl(self, tables: "TableMap") -> str:
+        """As ``ovs-ofctl dump-flows --names`` prints it (OVS 3.1 ``learn_format``: no
+        ``priority`` when it is the default 32768, no ``cookie`` when 0, ``F[]`` alone
+        for a field matched on its own value)."""
+        parts = [f"table={self.table}"]
+        if self.idle_timeout:
+            parts.append(f"idle_timeout={self.idle_timeout}")
+        if self.hard_timeout:
+            parts.append(f"hard_timeout={self.hard_timeout}")
+        if self.priority != 0x8000:
+            parts.append(f"priority={self.priority}")
+        if self.cookie:
+            parts.append(f"cookie={self.cookie:#x}")
+        if self.eth_type is not None:
+            parts.append(f"eth_type={self.eth_type:#x}")
+        parts += [f"{nxm_name(f)}[]" + ("" if f == src else f"={nxm_name(src)}[]")
+                  for f, src in self.match_from]
+        parts += [f"load:{nxm_name(src)}[]->{nxm_name(dst)}[]" for src, dst in self.load_from]
+        return f"learn({','.join(parts)})"
+
+
+# The NXM names ovs-ofctl prints inside learn() (ovs-fields(7)).
+NXM_NAMES = {
+    "ipv6_src": "NXM_NX_IPV6_SRC", "ipv6_dst": "NXM_NX_IPV6_DST",
+    "ipv4_src": "NXM_OF_IP_SRC", "ipv4_dst": "NXM_OF_IP_DST",
+    "tun_ipv4_src": "NXM_NX_TUN_IPV4_SRC", "tun_ipv4_dst": "NXM_NX_TUN_IPV4_DST",
+    "eth_src": "NXM_OF_ETH_SRC", "eth_dst": "NXM_OF_ETH_DST", "in_port": "NXM_OF_IN_PORT",
+    "tunnel_id": "NXM_NX_TUN_ID", **{f"reg{i}": f"NXM_NX_REG{i}" for i in range(16)},
+}
+
+
+def nxm_name(name: str) -> str:
+    try:
+        return NXM_NAMES[name]
+    except KeyError:
+        raise FlowError(f"no NXM name known for {name!r}") from None
+
+
+Action = Union[Output, SetField, Move, CT, Controller, Resubmit, CheckPktLarger, Learn]
 
 
 # ---------------------------------------------------------------------------

@@ -15,9 +15,14 @@ the controller meant. For every flow the controller emits, the parsed ``Flow`` e
   ``ct_state`` flags the ``(value, mask)`` pair ``flows.ct_state()`` makes;
 - ``CONTROLLER:N`` is a ``Controller(N)`` (the controller never outputs to
   ``OFPP_CONTROLLER`` otherwise), ``meter:N`` is ``Flow.meter``, ``goto_table:N``
-  ``Flow.goto``.
+  ``Flow.goto``;
+- ``learn(...)`` is a ``Learn`` when it says what ``Learn`` holds (whole NXM fields, an
+  ``eth_type`` constant, ``load:F[]->G[]``); a learned flow's ``load:0xac1f0102->
+  NXM_NX_TUN_IPV4_DST[]`` (OpenFlow 1.0-1.4; OpenFlow 1.5 prints ``set_field:
+  172.31.1.2->tun_dst``) is the ``SetField`` the simulator's learned flow holds.
 
-What the flow language cannot say (a masked ``set_field``, ``learn``, ``ct(exec(...))``,
+What the flow language cannot say (a masked ``set_field``, a ``learn`` with partial
+fields, constants other than ``eth_type`` or ``output:``, ``ct(exec(...))``,
 a register zone, ``resubmit(PORT)``, a partial ``load``, a port by name without a map of
 names...) is not guessed at: the line's ``Installed.flow`` is None and its ``error`` says
 what could not be read.
@@ -32,8 +37,9 @@ from typing import Any, Mapping
 
 from .flows import (CT, ETH_ARP, ETH_IPV4, ETH_IPV6, FIELDS, OFPP_CONTROLLER, OFPP_IN_PORT,
                     OFPP_LOCAL, OFPP_TABLE, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-                    CheckPktLarger, Controller, Flow, FlowError, Match, Move, Nat, Output,
-                    Resubmit, SetField, TableMap, canonical_ip, ct_state)
+                    NXM_NAMES as LEARN_NXM, CheckPktLarger, Controller, Flow, FlowError,
+                    Learn, Match, Move, Nat, Output, Resubmit, SetField, TableMap,
+                    canonical_ip, ct_state)
 
 __all__ = ["Installed", "FlowTextError", "parse_dump", "parse_line"]
 
@@ -391,7 +397,7 @@ def _action(a: str, tables: TableMap, match: Mapping[str, Any], ports: Mapping[s
         name, ofs, n_bits = _subfield(target)
         if ofs != 0 or n_bits != FIELDS[name][0]:
             raise FlowTextError(f"unknown action {a!r} (a load into part of {name})")
-        return _set_field(value, name, a)
+        return _set_field(_immediate(name, value), name, a)
     if word in ("mod_dl_src", "mod_dl_dst", "mod_nw_src", "mod_nw_dst", "mod_tp_src", "mod_tp_dst"):
         key = {"mod_dl_src": "dl_src", "mod_dl_dst": "dl_dst", "mod_nw_src": "nw_src",
                "mod_nw_dst": "nw_dst", "mod_tp_src": "tp_src", "mod_tp_dst": "tp_dst"}[word]
@@ -418,7 +424,69 @@ def _action(a: str, tables: TableMap, match: Mapping[str, Any], ports: Mapping[s
         if n_bits != 1:
             raise FlowTextError(f"{a!r}: check_pkt_larger writes one bit")
         return CheckPktLarger(int(m.group(1)), name, ofs)
+    if word == "learn" and rest.startswith("(") and rest.endswith(")"):
+        return _learn(rest[1:-1], tables, a)
     raise FlowTextError(f"unknown action {a!r}")
+
+
+def _immediate(name: str, value: str) -> str:
+    """A ``load:`` value as a match value of ``name``: OVS prints an address or a MAC
+    loaded as one hex number (``load:0xac1f0102->NXM_NX_TUN_IPV4_DST[]``)."""
+    kind = FIELDS[name][1]
+    if kind not in ("ipv4", "ipv6", "mac") or not value.lower().startswith("0x"):
+        return value
+    n = int(value, 16)
+    if kind == "ipv4":
+        return str(IPv4Address(n))
+    if kind == "ipv6":
+        return str(IPv6Address(n))
+    return ":".join(f"{n:012x}"[i:i + 2] for i in range(0, 12, 2))
+
+
+# NXM name -> field, for the fields ``Learn.ofctl()`` can print
+LEARN_FIELDS = {nxm: name for name, nxm in LEARN_NXM.items()}
+LEARN_HEAD = ("idle_timeout", "hard_timeout", "priority", "cookie")
+
+
+def _learn(args: str, tables: TableMap, action: str) -> Learn:
+    """``learn(table=T,idle_timeout=N,hard_timeout=N,priority=N,cookie=C,eth_type=E,
+    F[]=G[],F[],load:F[]->G[])`` as OVS 3.1 prints it (``learn_format``: priority left out
+    when 32768, cookie when 0; ``F[]`` alone matches F on its own value)."""
+    table, eth_type = None, None
+    head = {"idle_timeout": 0, "hard_timeout": 0, "priority": OFP_DEFAULT_PRIORITY, "cookie": 0}
+    match_from: list[tuple[str, str]] = []
+    load_from: list[tuple[str, str]] = []
+
+    def field(text: str) -> str:
+        m = re.fullmatch(r"([A-Z0-9_]+)\[\]", text)
+        if not m or m.group(1) not in LEARN_FIELDS:
+            raise FlowTextError(f"unknown action {action!r} (learn's {text!r}: only a whole "
+                                "field that Learn knows)")
+        return LEARN_FIELDS[m.group(1)]
+
+    for part in split_top(args):
+        key, eq, value = part.partition("=")
+        if key == "table" and eq:
+            table = _table(tables, value)
+        elif key in LEARN_HEAD and eq:
+            head[key] = int(value, 0)
+        elif key in ("eth_type", "dl_type") and eq:
+            eth_type = int(value, 0)
+        elif part.startswith("load:"):
+            src, arrow, dst = part[5:].partition("->")
+            if not arrow:
+                raise FlowTextError(f"bad action {action!r}")
+            load_from.append((field(src), field(dst)))
+        elif eq:
+            match_from.append((field(key), field(value)))
+        else:
+            name = field(part)
+            match_from.append((name, name))
+    if table is None:
+        raise FlowTextError(f"bad action {action!r} (learn without a table)")
+    return Learn(table, head["priority"], head["cookie"], idle_timeout=head["idle_timeout"],
+                 hard_timeout=head["hard_timeout"], eth_type=eth_type,
+                 match_from=tuple(match_from), load_from=tuple(load_from))
 
 
 def _kv(part: str) -> tuple[str, str]:

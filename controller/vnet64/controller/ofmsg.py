@@ -62,6 +62,7 @@ from .flows import (
     DeleteStrict,
     Flow,
     FlowError,
+    Learn,
     Match,
     MeterMod,
     Move,
@@ -298,6 +299,8 @@ def action(datapath: Any, tables: TableMap | None, a: flows.Action) -> Any:
         return parser.NXActionResubmitTable(table_id=_table_id(tables, a.table))
     if isinstance(a, CheckPktLarger):
         return EncodedAction(check_pkt_larger(a), a)
+    if isinstance(a, Learn):
+        return learn(datapath, tables, a)
     raise FlowError(f"not a flow-language action: {a!r}")
 
 
@@ -311,6 +314,45 @@ def check_pkt_larger(a: CheckPktLarger) -> bytes:
     dst = (NXM_NX_REG_CLASS << 16) | (int(a.dst.removeprefix("reg")) << 9) | 4
     return struct.pack("!HHIHHHI6x", ofp.OFPAT_EXPERIMENTER, 24, ofproto_common.NX_EXPERIMENTER_ID,
                        NXAST_CHECK_PKT_LARGER, a.pkt_len, a.ofs, dst)
+
+
+# flow-language field -> (os-ken's name of its NXM field, bits): what OVS puts in a learn
+# spec (NXM headers, as ``ovs-ofctl`` encodes ``NXM_NX_IPV6_SRC[]``; NXM_OF_IN_PORT is 16 bits).
+LEARN_FIELDS = {
+    "ipv6_src": ("ipv6_src_nxm", 128), "ipv6_dst": ("ipv6_dst_nxm", 128),
+    "ipv4_src": ("ipv4_src_nxm", 32), "ipv4_dst": ("ipv4_dst_nxm", 32),
+    "tun_ipv4_src": ("tun_ipv4_src", 32), "tun_ipv4_dst": ("tun_ipv4_dst", 32),
+    "eth_src": ("eth_src_nxm", 48), "eth_dst": ("eth_dst_nxm", 48),
+    "in_port": ("in_port_nxm", 16), "tunnel_id": ("tunnel_id_nxm", 64),
+    **{f"reg{i}": (f"reg{i}", 32) for i in range(16)},
+}
+
+
+def _learn_field(name: str) -> tuple[str, int]:
+    try:
+        return LEARN_FIELDS[name]
+    except KeyError:
+        raise FlowError(f"learn cannot use {name!r} (no NXM field known for it)") from None
+
+
+def learn(datapath: Any, tables: TableMap | None, a: Learn) -> Any:
+    """NXAST_LEARN with the specs in ``ovs-ofctl``'s order: the ``eth_type`` constant,
+    then a match per ``match_from`` (the learned flow's ``field`` := this packet's
+    ``src``), then a load per ``load_from``; byte for byte what OVS 3.1 encodes for
+    ``Learn.ofctl()`` (``tests/unit/test_ofmsg.py``)."""
+    parser = datapath.ofproto_parser
+    specs = []
+    if a.eth_type is not None:
+        specs.append(parser.NXFlowSpecMatch(src=a.eth_type, dst=("eth_type_nxm", 0), n_bits=16))
+    for dst, src in a.match_from:
+        (d, bits), (s, _) = _learn_field(dst), _learn_field(src)
+        specs.append(parser.NXFlowSpecMatch(src=(s, 0), dst=(d, 0), n_bits=bits))
+    for src, dst in a.load_from:
+        (s, bits), (d, _) = _learn_field(src), _learn_field(dst)
+        specs.append(parser.NXFlowSpecLoad(src=(s, 0), dst=(d, 0), n_bits=bits))
+    return parser.NXActionLearn(table_id=_table_id(tables, a.table), specs=specs,
+                                idle_timeout=a.idle_timeout, hard_timeout=a.hard_timeout,
+                                priority=a.priority, cookie=a.cookie)
 
 
 def actions(datapath: Any, tables: TableMap | None, acts: Iterable[flows.Action]) -> list:

@@ -26,7 +26,9 @@ field never matches. Two extra, packet-only fields (flows cannot match them):
 
 ``trace()`` follows OVS: the highest-priority hit per table (a miss drops); actions in
 order; ``output:N`` to the packet's own in_port is skipped (use ``OFPP_IN_PORT``);
-``resubmit`` runs a table and comes back with its changes; ``ct(table=X)`` forks: X sees
+``resubmit`` runs a table and comes back with its changes (a miss there does nothing:
+no drop); ``learn`` adds (or replaces, same table/priority/match) a flow built from the
+packet, which a later ``resubmit`` hits; ``ct(table=X)`` forks: X sees
 the packet after NAT with ``ct_state``/``ct_zone`` set (registers kept), while the rest
 of the action list goes on with the packet as it was; ``ct`` without a table goes on with
 the NATed packet. After any ``ct`` the continuing packet's ct fields are cleared
@@ -50,7 +52,8 @@ from vnet64.controller.flows import (
     CT, CT_DNAT, CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_SNAT, CT_TRK, ETH_ARP, ETH_IPV4,
     ETH_IPV6, FIELDS, OFPP_CONTROLLER, OFPP_IN_PORT, OFPP_TABLE, Batch, CheckPktLarger,
     Controller, DeleteFlows, DeleteStrict, Flow, FlowError, MeterMod, Move, Nat, Output,
-    PacketOut, Resubmit, SetField, TableMap, TlvMap, _fmt, ct_state, ct_state_str)
+    Learn, Match, PacketOut, Resubmit, SetField, TableMap, TlvMap, _fmt, ct_state,
+    ct_state_str)
 
 MAX_DEPTH = 64  # nested resubmit/ct(table=) before the simulation calls it a loop
 
@@ -430,6 +433,7 @@ class Trace:
     punts: list[tuple[str, dict]] = field(default_factory=list)
     drops: list[tuple[str, str]] = field(default_factory=list)   # (stage, "miss" | "drop")
     cts: list[tuple[int, int, dict]] = field(default_factory=list)  # (zone, state, packet)
+    learned: list[Flow] = field(default_factory=list)   # flows ``learn`` added, in order
     lines: list[str] = field(default_factory=list)
 
     @property
@@ -616,6 +620,14 @@ class SimSwitch:
             return
         elif isinstance(a, CheckPktLarger):
             writes, reads = [a.dst], [a.dst]
+        elif isinstance(a, Learn):
+            self._stage(a.table, flow.ofctl())
+            writes = [dst for _, dst in a.load_from]
+            reads = [src for _, src in (*a.match_from, *a.load_from)]
+            learned = {} if a.eth_type is None else {"eth_type": a.eth_type}
+            for name, _ in a.match_from:   # OVS: the learned match needs its prerequisites
+                if why := _prereq_error(name, learned):
+                    _refuse(flow, f"{a.ofctl(self.tables)}: the learned flow's {why}")
         else:
             _refuse(flow, f"unknown action {a!r}")
         for name in writes:
@@ -648,11 +660,16 @@ class SimSwitch:
                 best = e.flow
         return best
 
-    def _run(self, stage: str, pkt: dict, tr: Trace, ct: CtOracle, depth: int) -> None:
+    def _run(self, stage: str, pkt: dict, tr: Trace, ct: CtOracle, depth: int,
+             resubmit: bool = False) -> None:
         if depth > MAX_DEPTH:
             raise SimError(f"more than {MAX_DEPTH} tables deep at {stage} "
                                  f"(a resubmit or ct loop?)\n{tr}")
         flow = self._lookup(stage, pkt)
+        if flow is None and resubmit:   # ovs-actions(7): a resubmit that finds no flow does nothing
+            tr.steps.append(Step(stage, None, None, "resubmit miss: nothing"))
+            tr._log(depth, f"{stage}: resubmit miss: nothing")
+            return
         if flow is None:
             tr.steps.append(Step(stage, None, None, "table miss: drop"))
             tr.drops.append((stage, "miss"))
@@ -685,8 +702,13 @@ class SimSwitch:
             else:
                 tr.outputs.append((port, dict(pkt)))
                 tr._log(depth + 1, f"output {port}: {_fmt_packet(pkt)}")
-        elif isinstance(a, Resubmit):
-            self._run(a.table, pkt, tr, ct, depth + 1)
+        elif isinstance(a, Resubmit):   # same packet dict: what the table sets stays set
+            self._run(a.table, pkt, tr, ct, depth + 1, resubmit=True)
+        elif isinstance(a, Learn):
+            learned = self._learned(a, pkt)
+            self._add(learned)
+            tr.learned.append(learned)
+            tr._log(depth + 1, f"learn: {learned.ofctl()}")
         elif isinstance(a, CheckPktLarger):
             if "pkt_len" not in pkt:
                 raise SimError(f"{a.ofctl(self.tables)} needs the packet's pkt_len")
@@ -709,6 +731,15 @@ class SimSwitch:
                 pkt.update(after)
             for name in ("ct_state", "ct_zone", "ct_mark"):   # cleared: ovs-actions(7)
                 pkt.pop(name, None)
+
+
+    def _learned(self, a: Learn, pkt: Mapping[str, Any]) -> Flow:
+        """The flow ``a`` learns from ``pkt``: what OVS's learn_execute() builds."""
+        match = {} if a.eth_type is None else {"eth_type": a.eth_type}
+        match.update((dst, _from_int(dst, _read(pkt, src))) for dst, src in a.match_from)
+        acts = tuple(SetField(dst, _from_int(dst, _read(pkt, src))) for src, dst in a.load_from)
+        return Flow(a.table, a.priority, Match.of(match), acts, cookie=a.cookie,
+                    idle_timeout=a.idle_timeout, hard_timeout=a.hard_timeout)
 
 
 def _read(pkt: Mapping[str, Any], name: str) -> int:
