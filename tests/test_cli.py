@@ -75,6 +75,19 @@ def test_platform_rotate_token_prints_the_new_token_that_show_then_shows(vnet64)
     assert token in vnet64("platform")[1]
 
 
+def test_platform_direct_path_sets_shows_and_refuses_bad_input(vnet64):
+    code, _, err = vnet64("platform", "direct-path", "off")
+    assert code == 1 and "load a topology first" in err
+    assert vnet64("load", DEFAULT)[0] == 0
+    assert vnet64("platform", "direct-path", "off") == (0, "direct path off\n", "")
+    assert vnet64("platform", "direct-path", "off") == (0, "direct path off (unchanged)\n", "")
+    assert json.loads(vnet64("platform", "--json")[1])["direct_path"] == "off"
+    assert vnet64("platform", "direct-path", "default") == (0, "direct path default (on)\n", "")
+    with pytest.raises(SystemExit) as exc:       # argparse's own refusal
+        vnet64("platform", "direct-path", "maybe")
+    assert exc.value.code == 2
+
+
 def test_subscribe_prints_the_address_and_refuses_a_duplicate(vnet64):
     assert vnet64("load", DEFAULT)[0] == 0
     assert vnet64("unsubscribe", "a-vm1", "analytics") == (0, "unsubscribed a-vm1 from analytics\n", "")

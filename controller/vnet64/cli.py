@@ -378,6 +378,11 @@ def cmd_platform_show(api: Any, args: argparse.Namespace) -> None:
     _emit(args, info)
 
 
+def cmd_platform_direct_path(api: Any, args: argparse.Namespace) -> None:
+    changed = api.set_direct_path({"on": True, "off": False, "default": None}[args.state])
+    print(f"direct path {api.platform_info()['direct_path']}" + ("" if changed else " (unchanged)"))
+
+
 def cmd_platform_rotate_token(api: Any, args: argparse.Namespace) -> None:
     print(f"tunnel token {api.rotate_tunnel_token():#010x}")
 
@@ -690,7 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     reader(cnsub.add_parser("list", help="list them, with ovsdb-server's status")).set_defaults(
         func=_with_nb(cmd_connection_list))
 
-    pl = reader(sub.add_parser("platform", help="show the platform settings (or rotate its tunnel token)",
+    pl = reader(sub.add_parser("platform", help="show the platform settings (rotate its tunnel token, "
+                                                "set the direct path)",
                                description="Without an ACTION: show the platform settings."))
     pl.set_defaults(func=_with_nb(cmd_platform_show))
     plsub = pl.add_subparsers(dest="platform_cmd", metavar="ACTION")
@@ -703,6 +709,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "node within a second; until a node has its new flows, it drops what "
                     "nodes already on the new token send it (and they drop its packets).",
     ).set_defaults(func=_with_nb(cmd_platform_rotate_token))
+
+    dp = plsub.add_parser(
+        "direct-path", help="turn the direct path on or off",
+        description="The direct path: once a reply from a VM's host has reached a service "
+                    "host, that service host sends the pair's packets straight to the VM's "
+                    "host instead of through the appliance (first packets, and everything "
+                    "after a VM moves, still go through the appliance). 'default' clears the "
+                    "setting (the platform's default applies). The controllers reprogram "
+                    "every node; learned direct entries end with the setting.")
+    dp.add_argument("state", choices=("on", "off", "default"))
+    dp.set_defaults(func=_with_nb(cmd_platform_direct_path))
 
     sh = reader(sub.add_parser("show", help="show any object by name (VM, VNet, service, endpoint, node, region)"))
     sh.add_argument("name")

@@ -35,7 +35,7 @@ def test_load_default_topology_subscribes_both_vms_with_different_ipv6(loaded_nb
     info = loaded_nb.platform_info()
     assert info == {"platform_ip": "100.100.0.1", "translator_prefix": "fd64:64::/96",
                     "region": "westeurope", "appliance": "appliance", "tunnel_token": info["tunnel_token"],
-                    "nb_cfg": 1, "nb_cfg_time": info["nb_cfg_time"]}
+                    "direct_path": "default (on)", "nb_cfg": 1, "nb_cfg_time": info["nb_cfg_time"]}
 
 
 def test_each_vnet_gets_its_own_conntrack_zone(loaded_nb):
@@ -288,6 +288,26 @@ def test_the_platform_gets_a_tunnel_token_once_and_rotating_changes_only_it(load
     assert after == {**info, "tunnel_token": f"{new:#010x}", "nb_cfg": info["nb_cfg"] + 1,
                      "nb_cfg_time": after["nb_cfg_time"]}
     assert M.from_nb(loaded_nb).tunnel_token == new
+
+
+def test_the_direct_path_setting(nb, loaded_nb):
+    """On, off, back to the default; each change numbered, a repeat a no-op; the
+    controller's model reads it."""
+    from vnet64.controller import model as M
+    assert M.from_nb(loaded_nb).direct_path is M.DIRECT_PATH_DEFAULT
+    cfg = loaded_nb.platform_info()["nb_cfg"]
+    assert loaded_nb.set_direct_path(False) is True
+    assert loaded_nb.platform_info()["direct_path"] == "off" and not M.from_nb(loaded_nb).direct_path
+    assert loaded_nb.set_direct_path(False) is False
+    assert loaded_nb.set_direct_path(True) is True and loaded_nb.platform_info()["direct_path"] == "on"
+    assert loaded_nb.set_direct_path(None) is True
+    assert loaded_nb.platform_info()["direct_path"] == "default (on)"
+    assert loaded_nb.platform_info()["nb_cfg"] == cfg + 3
+
+
+def test_the_direct_path_needs_the_platform_row(nb):
+    with pytest.raises(NotFound, match="load a topology first"):
+        nb.set_direct_path(True)
 
 
 def test_rotating_the_token_needs_the_platform_row(nb):

@@ -120,8 +120,14 @@ def test_first_packet_of_a_subscribed_pair_installs_it_and_reinjects(model):
     data = frame(SVC1, A_VM1)
     msgs = logic.packet_in(d, HOST_TABLES.id("pair"), 1, data)
     flows = [m for m in msgs if isinstance(m, Flow)]
-    assert [f.table for f in flows] == ["pair", "from_translator", "vm_return"]
+    # svc1 is on host2: its host's direct packets are accepted for this pair (direct path)
+    assert [f.table for f in flows] == ["pair", "from_translator", "vm_return", "from_tunnel"]
     assert {Cookie.decode(f.cookie).feature for f in flows} == {"pair"}
+    host2 = model.node("host2").underlay_ip
+    assert flows[3].match.as_dict() == {
+        "tun_ipv4_src": str(host2), "tunnel_id": 0x6464, "eth_type": 0x86DD, "ipv6_src": str(SVC1),
+        "ipv6_dst": str(A_VM1), **({"tun_metadata0": model.tunnel_token} if model.tunnel_token else {})}
+    assert flows[3].goto == "pair"
     assert flows[0].idle_timeout > 0 and flows[0].send_flow_rem
     assert "nat(src=[fd64:64::c612:1])" in flows[0].ofctl()          # 198.18.0.1 in the /96
     assert "nat(src=100.100.0.1:1024-65535)" in flows[1].ofctl()
@@ -189,6 +195,16 @@ def test_pair_tables_are_where_a_new_pair_gets_its_flows(model):
     d = dpid(model, "host1")
     logic.switch_connected(d, HOST1_PORTS)
     msgs = logic.packet_in(d, HOST_TABLES.id("pair"), 1, frame(SVC1, A_VM1))
+    flows = [m for m in msgs if isinstance(m, Flow)]
+    assert {f.table for f in flows} == customer.PAIR_TABLES | customer.DIRECT_TABLES
+    assert len(flows) == len(customer.PAIR_TABLES | customer.DIRECT_TABLES)
+    model.set_platform(model.platform_ip, model.translator_prefix, model.appliance, model.tunnel_token,
+                       direct_path=False)
+    out = logic.nb_changed(model.take_delta())     # the pair's direct flow goes
+    pair_cookie = flows[0].cookie
+    assert DeleteFlows(pair_cookie, 0xFFFFFFFFFFFFFFFF, "from_tunnel") in out[d]
+    assert not any(isinstance(m, Flow) and m.cookie == pair_cookie for m in out[d])
+    msgs = logic.packet_in(d, HOST_TABLES.id("pair"), 1, frame(SVC1, B_VM1))
     flows = [m for m in msgs if isinstance(m, Flow)]
     assert len(flows) == len(customer.PAIR_TABLES) and {f.table for f in flows} == customer.PAIR_TABLES
 

@@ -26,10 +26,10 @@ from tests.unit.test_pipeline_trace import _frame
 from vnet64 import topology
 from vnet64.controller import model as M
 from vnet64.controller.flowtext import Installed, parse_dump, parse_line
-from vnet64.controller.flows import (CT, Controller, Flow, Learn, Match, Nat, Output,
+from vnet64.controller.flows import (CT, Controller, DeleteFlows, Flow, Learn, Match, Nat, Output,
                                      OFPP_IN_PORT, Resubmit, SetField, TableMap)
 from vnet64.controller.logic import Logic
-from vnet64.controller.pipeline import HOST_TABLES, Cookie, tables_for
+from vnet64.controller.pipeline import HOST_TABLES, PRIO_LEARN, Cookie, tables_for
 from vnet64.controller.roles.customer import deny_flow
 from vnet64.ports import vif_port
 
@@ -112,13 +112,36 @@ def test_every_line_of_the_dump_parses(node):
     assert sum(i.n_packets for i in got) > 0          # the counters are read too
 
 
+def learned(node: str) -> list[Flow]:
+    """The flows a node's switch learnt itself (the direct path's entries)."""
+    return [i.flow for i in parsed(node) if Cookie.decode(i.cookie).feature == "learned"]
+
+
 @pytest.mark.parametrize("node", NODES)
 def test_the_dump_is_exactly_what_the_controller_built(node, expected):
-    got = [i.flow for i in parsed(node)]
+    got = [i.flow for i in parsed(node) if Cookie.decode(i.cookie).feature != "learned"]
     assert len(set(got)) == len(got)
     missing = sorted(f.ofctl() for f in expected[node] - set(got))
     extra = sorted(f.ofctl() for f in set(got) - expected[node])
     assert not missing and not extra, f"\nmissing:\n" + "\n".join(missing) + "\nextra:\n" + "\n".join(extra)
+
+
+def test_what_host2_learnt_is_what_the_simulator_learns(expected):
+    """The captured exchange's answer taught host2 a direct entry (svc1, a-vm1) -> host1:
+    exactly the flow the controller's learn action makes when the simulator runs it on
+    that answer (from host1 through the tunnel)."""
+    from vnet64.controller.sim import SimSwitch
+    (entry,) = learned("host2")
+    (teach,) = [f for f in expected["host2"] if f.table == "to_endpoint" and f.priority == PRIO_LEARN]
+    (learn,) = [a for a in teach.actions if isinstance(a, Learn)]
+    host1 = str(M.from_topology(topology.load(ROOT / "topologies" / "two-tenants.yaml")).node("host1").underlay_ip)
+    sw = SimSwitch(tables_for("host"))
+    geneve = teach.match.get("in_port")
+    sw.apply([Flow("classify", 100, Match.of(in_port=geneve, eth_type=0x86DD), (learn,))])
+    answer = {"eth_type": 0x86DD, "ipv6_src": entry.match.get("ipv6_dst"),
+              "ipv6_dst": entry.match.get("ipv6_src"), "tun_ipv4_src": host1}
+    assert sw.trace(answer, geneve).learned == [entry]
+    assert entry.actions == (SetField("tun_ipv4_dst", host1),) and entry.idle_timeout == 60
 
 
 def test_the_captured_flows_cover_every_kind_of_action_and_match(expected):
@@ -171,12 +194,15 @@ MUTATIONS = [
     ("a wrong ct table", r"ct\(commit,table=21", "ct(commit,table=31"),
     ("a wrong ct zone", r"ct\(table=42,zone=1,", "ct(table=42,zone=2,"),
     ("a wrong NAT address", r"nat\(dst=fd64:64::a00:4\)", "nat(dst=fd64:64::a00:5)"),
-    ("a wrong token", r"tun_metadata0=0x4ecc600f", "tun_metadata0=0x4ecc600e"),
+    ("a wrong token", r"tun_metadata0=0x([0-9a-f]*)[0-9a-f]\b", r"tun_metadata0=0x\g<1>0"),
     ("a wrong port", r"output:10$", "output:11"),
     ("a wrong goto", r"goto_table:20$", "goto_table:21"),
     ("a wrong meter", r"meter:2,", "meter:1,"),
     ("a half move", r"move:NXM_NX_IPV6_SRC\[\]", "move:NXM_NX_IPV6_SRC[0..63]->NXM_NX_IPV6_SRC[64..127],move:NXM_NX_IPV6_SRC[]"),
     ("a lost send_flow_rem", r"send_flow_rem ", ""),
+    ("a wrong learn source", r"load:NXM_NX_TUN_IPV4_SRC\[\]", "load:NXM_NX_TUN_IPV4_DST[]"),
+    ("a wrong learn timeout", r"learn\(table=15,idle_timeout=60", "learn(table=15,idle_timeout=61"),
+    ("a lost resubmit", r",resubmit\(,15\)", ""),
 ]
 
 
@@ -259,6 +285,12 @@ def test_the_parsed_dumps_load_into_the_strict_fake_and_carry_svc1s_packet():
     packet = {"eth_src": "02:00:00:00:00:99", "eth_dst": gateway.GATEWAY_MAC, "eth_type": ETH_IPV6,
               "ipv6_src": "fd00:5e:1::10", "ipv6_dst": "fd41::3930:1f:6600:a00:4", "ip_proto": 6,
               "nw_ttl": 64, "tcp_src": 40000, "tcp_dst": 7, "pkt_len": 100}
+    # host2 learnt where a-vm1 is (the captured exchange's answer): straight to host1 ...
+    t = switches["host2"].trace(packet, p[vif_port("endpoint", "svc1")])
+    assert t.is_output(p["geneve0"], tun_ipv4_dst="192.168.64.11", tunnel_id=VNI,
+                       tun_metadata0=token), str(t)
+    # ... without that entry, through the appliance
+    switches["host2"].apply(DeleteFlows(learned("host2")[0].cookie, 2**64 - 1, "direct"))
     t = switches["host2"].trace(packet, p[vif_port("endpoint", "svc1")])
     assert t.is_output(p["geneve0"], tun_ipv4_dst="192.168.64.10", tunnel_id=VNI,
                        tun_metadata0=token), str(t)

@@ -121,18 +121,24 @@ def _hex(v4: str) -> str:
     return f"{n >> 16:x}:{n & 0xFFFF:x}"
 
 
-def round_trip(p: Platform, vm_ipv6: str, vm_port: int, sport: int):
+def round_trip(p: Platform, vm_ipv6: str, vm_port: int, sport: int, direct: bool = False):
+    """One TCP exchange svc1 -> a VM and back, hop by hop; ``direct``: host2 already
+    learnt where the VM is (an earlier answer), so the packet skips the appliance."""
     ep_mac = p.model.endpoint_by_ipv6(IPv6Address(SVC1)).mac
     # 210 -> 216: the encapsulator on host2
     t = p.sw["host2"].trace(tcp6(SVC1, vm_ipv6, sport, 80, eth_src=ep_mac,
                                  eth_dst=gateway.GATEWAY_MAC), 10)
-    assert t.is_output(GENEVE, tun_ipv4_dst=p.ip("appliance"), tunnel_id=VNI), str(t)
-    # 216 -> 234: the appliance rewrites the outer destination and hairpins
-    pkt = arrive(t.output_packet(GENEVE), tun_ipv4_src=p.ip("host2"), tunnel_id=VNI)
-    t = p.sw["appliance"].trace(pkt, GENEVE)
-    assert t.is_output(GENEVE, tun_ipv4_dst=p.ip("host1")), str(t)
-    # 234 -> decapsulated on host1 -> pair -> two IPv6 NATs -> the translator
-    pkt = arrive(t.output_packet(GENEVE), tun_ipv4_src=p.ip("appliance"), tunnel_id=VNI)
+    if direct:
+        assert t.is_output(GENEVE, tun_ipv4_dst=p.ip("host1"), tunnel_id=VNI), str(t)
+        pkt = arrive(t.output_packet(GENEVE), tun_ipv4_src=p.ip("host2"), tunnel_id=VNI)
+    else:
+        assert t.is_output(GENEVE, tun_ipv4_dst=p.ip("appliance"), tunnel_id=VNI), str(t)
+        # 216 -> 234: the appliance rewrites the outer destination and hairpins
+        pkt = arrive(t.output_packet(GENEVE), tun_ipv4_src=p.ip("host2"), tunnel_id=VNI)
+        t = p.sw["appliance"].trace(pkt, GENEVE)
+        assert t.is_output(GENEVE, tun_ipv4_dst=p.ip("host1")), str(t)
+        # 234 -> decapsulated on host1 -> pair -> two IPv6 NATs -> the translator
+        pkt = arrive(t.output_packet(GENEVE), tun_ipv4_src=p.ip("appliance"), tunnel_id=VNI)
     t = p.host1_in(pkt)
     to_xlat = t.output_packet(XLAT)
     assert to_xlat["eth_dst"] == translator_mac("host1")
@@ -173,7 +179,8 @@ def test_service_reaches_both_vms_with_the_same_ipv4_and_gets_answers(p):
 def test_second_connection_of_a_pair_needs_no_controller(p):
     round_trip(p, A6, 10, 40000)
     installed = p.logic.stats["pairs_installed"]
-    round_trip(p, A6, 10, 40001)
+    # the first one's answer taught host2 the direct path: host2 -> host1, no appliance
+    round_trip(p, A6, 10, 40001, direct=True)
     assert p.logic.stats["pairs_installed"] == installed
 
 
@@ -190,11 +197,30 @@ def test_a_vm_cannot_use_another_vms_connection(p):
     assert t.dropped and reason(t) == "vm_initiated", str(t)
 
 
-def test_forged_geneve_from_a_non_appliance_is_dropped(p):
+def test_geneve_from_a_host_is_a_reply_its_endpoints_direct_path_or_dropped(p):
+    """What host2 (a known host, not the appliance) sends host1: from svc1 (host2's own
+    endpoint) to a-vm1 with no pair on host1 yet, it is passed on to the appliance (a stale
+    direct entry, module customer ``bounce_flows``); from any other address to a platform
+    address, dropped as ``not_direct``; to anything else, it must be a reply to one of
+    host1's endpoints (``not_a_reply``)."""
     pkt = tcp6(SVC1, A6, 1, 80, tun_ipv4_src=p.ip("host2"), tunnel_id=VNI, tun_metadata0=TOKEN)
     t = p.sw["host1"].trace(pkt, GENEVE)
-    # host2 is a known host: what it sends may only be a reply to one of host1's endpoints
+    assert t.is_output(GENEVE, tun_ipv4_dst=p.ip("appliance"), tun_metadata0=TOKEN), str(t)
+    assert t.stages() == ["classify", "from_tunnel"], str(t)
+    t = p.sw["host1"].trace({**pkt, "ipv6_src": "fd00:5e:1::99"}, GENEVE)
+    assert t.dropped and not t.punts and reason(t) == "not_direct", str(t)
+    t = p.sw["host1"].trace({**pkt, "ipv6_dst": "fd00:5e:1::98"}, GENEVE)
     assert t.dropped and not t.punts and reason(t) == "not_a_reply", str(t)
+
+
+def test_a_pairs_direct_packets_are_accepted_only_from_its_endpoints_host(p):
+    round_trip(p, A6, 10, 40000)
+    pkt = tcp6(SVC1, A6, 2, 80, tun_ipv4_src=p.ip("host2"), tunnel_id=VNI, tun_metadata0=TOKEN)
+    t = p.host1_in(pkt)
+    assert t.is_output(XLAT), str(t)               # the pair's direct flow: on to the translator
+    assert "pair" in t.stages(), str(t)
+    for forged in ({**pkt, "tun_metadata0": TOKEN ^ 1}, {**pkt, "tun_ipv4_src": p.ip("appliance"), "tun_metadata0": 0}):
+        assert p.sw["host1"].trace(forged, GENEVE).dropped, forged
 
 
 def test_every_hop_into_the_fabric_carries_the_token_and_every_node_wants_it(p):

@@ -154,7 +154,7 @@ def pair_flows_on(p: Platform, node: str, vm6: str = A6) -> list[Flow]:
     tables: dict[int, set] = {}
     for f in pairs:
         tables.setdefault(Cookie.decode(f.cookie).obj, set()).add(f.table)
-    assert all(t == customer.PAIR_TABLES for t in tables.values()), f"a pair not whole: {tables}"
+    assert all(customer.pair_complete(t) for t in tables.values()), f"a pair not whole: {tables}"
     indexes = {Cookie.decode(f.cookie).obj for f in pairs
                if f.table == "pair" and f.match.get("ipv6_dst") == vm6}
     return [f for f in pairs if Cookie.decode(f.cookie).obj in indexes]

@@ -11,6 +11,8 @@ import pytest
 
 from tests.unit.test_pipeline_trace import A6, PORTS, Platform, round_trip
 from vnet64.controller import trace as T
+from vnet64.controller.flows import DeleteFlows
+from vnet64.controller.pipeline import cookie
 
 
 def tracer(p: Platform, ct: str | None = None) -> T.Tracer:
@@ -30,7 +32,13 @@ def p() -> Platform:
     return p
 
 
+def forget_direct(p: Platform) -> None:
+    """host2 forgets what the round trip taught it: svc1's packets go through the appliance."""
+    p.sw["host2"].apply(DeleteFlows(cookie("host", "learned", 0), 0xFFFF << 48, "direct"))
+
+
 def test_a_round_trip_hop_by_hop_with_the_patents_numbers(p):
+    forget_direct(p)
     hops = T.trace(tracer(p), p.model, "svc1", "a-vm1", "tcp", 80, 41000, reply=True)
     assert [(h.node, h.outcome) for h in hops] == [
         ("host2", "tunnel"), ("appliance", "tunnel"), ("host1", "translator"), ("host1", "delivered"),
@@ -50,6 +58,21 @@ def test_a_round_trip_hop_by_hop_with_the_patents_numbers(p):
     text = T.render(hops)
     for no in ("[210]", "[216]", "[234]", "[(210)]", "[248]", "[253]", "[262]", "[(258)]"):
         assert no in text
+
+
+def test_with_the_direct_path_the_service_host_sends_straight_to_the_vms_host(p):
+    """After the round trip's answer host2 knows where a-vm1 is: 210 goes host2 -> host1,
+    no appliance hop (216 and 234 are the patent's packets through the appliance)."""
+    hops = T.trace(tracer(p), p.model, "svc1", "a-vm1", "tcp", 80, 41000, reply=True)
+    assert [(h.node, h.outcome) for h in hops] == [
+        ("host2", "tunnel"), ("host1", "translator"), ("host1", "delivered"),
+        ("host1", "translator"), ("host1", "tunnel"), ("host2", "delivered")]
+    assert [h.received for h in hops] == ["210", "(210)", None, "253", None, None]
+    assert [h.patent for h in hops] == [None, None, "248", None, "262", "(258)"]
+    assert hops[0].sent["tun_ipv4_dst"] == str(p.model.node("host1").underlay_ip)
+    assert "the direct path (an entry host2 learnt)" in hops[0].detail
+    assert any(s.stage == "direct" and s.owner.startswith("learned") for s in hops[0].steps), \
+        [(s.stage, s.owner) for s in hops[0].steps]
 
 
 @pytest.mark.parametrize("src, dst, src_addr, node, stage, reason", [
@@ -108,16 +131,28 @@ bridge("br-int")
     goto_table:14
 14. ipv6,in_port=10, priority 100, cookie 0x102000017bcfcd2
     ct(commit,zone=65532)
+    drop
+     -> Sets the packet to an untracked state, and clears all the conntrack fields.
+    set_field:0x6464->tun_id
+    set_field:192.168.64.10->tun_dst
+    set_field:0xf48b0b7->tun_metadata0
+    resubmit(,15)
+    15. No match.
+            drop
     output:1
      -> output to native tunnel
+     -> tunneling to 192.168.64.10 via br-phy
+     -> tunneling from 02:eb:57:06:89:69 192.168.64.12 to 02:4c:86:12:32:36 192.168.64.10
 
 bridge("br-phy")
 ----------------
  0. priority 0
     NORMAL
+     -> forwarding to learned port
 
 Final flow: unchanged
-Datapath actions: check_pkt_len(size=1456,gt(meter(1)),le(ct(commit,zone=65532),tnl_push(...),4))
+Megaflow: recirc_id=0,eth,udp6,in_port=10,ipv6_src=fd00:5e:1::10,ipv6_dst=fd41::/16,nw_ecn=0,nw_ttl=64,nw_frag=no
+Datapath actions: check_pkt_len(size=1456,gt(meter(1),userspace(pid=0,controller(reason=1,dont_send=1,continuation=0,recirc_id=1,rule_cookie=0x108000f17bcfcd2,controller_id=0,max_len=65535))),le(ct(commit,zone=65532),tnl_push(tnl_port(1),header(size=58,type=5,eth(dst=02:4c:86:12:32:36,src=02:eb:57:06:89:69,dl_type=0x0800),ipv4(src=192.168.64.12,dst=192.168.64.10,proto=17,tos=0,ttl=64,frag=0x4000),udp(src=0,dst=6081,csum=0x0),geneve(vni=0x6464,options({class=0xffff,type=0x64,len=4,0xf48b0b7}))),out_port(5)),4))
 """
 
 OFPROTO_HOST1 = """\
@@ -146,7 +181,11 @@ Datapath actions: drop
 
 
 def test_ovs_steps_follow_the_taken_branch_and_the_recirculation():
-    assert T.ovs_steps(OFPROTO_HOST2) == [(0, 100), (10, 100), (14, 100)]     # not the nested gt branch
+    # not the nested gt branch; resubmit(,15)'s table, where nothing matched
+    assert T.ovs_steps(OFPROTO_HOST2) == [(0, 100), (10, 100), (14, 100), (15, None)]
+    learnt = OFPROTO_HOST2.replace("    15. No match.\n            drop\n",
+                                   "    15. ipv6,ipv6_src=fd00:5e:1::10, priority 100, cookie 0x10a000017bcfcd2\n")
+    assert T.ovs_steps(learnt) == [(0, 100), (10, 100), (14, 100), (15, 100)]
     assert T.ovs_steps(OFPROTO_HOST1) == [(0, 100), (40, 100), (42, 0)]
     assert T.ovs_steps('bridge("br-int")\n----\n 1. No match.\n    drop\n') == [(1, None)]
 
@@ -167,6 +206,7 @@ def test_with_an_ofproto_trace_each_hop_says_whether_ovs_agrees(p):
     def fake_ofproto(node: str, flow: str, states: list[str]) -> str:
         calls.append((node, flow, states))
         return OFPROTO_HOST2 if node == "host2" else 'bridge("br-int")\n 0. No match.\n'
+    forget_direct(p)     # as the captured text: host2 learnt nothing (resubmit(,15): no match)
     t = T.Tracer(p.model, tracer(p).nodes, ofproto_trace=fake_ofproto)
     hops = T.trace(t, p.model, "svc1", "a-vm1", "udp", 7)
     assert hops[0].ovs["agrees"] and calls[0][2] == ["new,trk"]         # the sim's ct answer

@@ -67,6 +67,7 @@ class Switch:
     pairs: dict = field(default_factory=dict)              # alias index -> (endpoint, vm) names
     pair_ports: dict = field(default_factory=dict)         # alias index -> the VM port its flows use
     pairs_of: dict = field(default_factory=dict)           # ("vm"|"endpoint", name) -> {alias index}
+    direct: dict = field(default_factory=dict)             # alias index -> its direct_flows sent
 
 
 # A proactive flow's owner: what it is derived from, so that a change of one NB object
@@ -290,7 +291,7 @@ class Logic:
         for index in sorted(seen.rules):
             # checked (the whole table was read): a pair missing some of its flows is
             # deleted whole; its next packet sets it up again (see ``swept``)
-            if checked and seen.tables[index] != customer.PAIR_TABLES:
+            if checked and not customer.pair_complete(seen.tables[index]):
                 out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
                 self.stats["incomplete_pairs_swept"] += 1
                 continue
@@ -302,6 +303,10 @@ class Logic:
             if (allowed and allowed[1].host == sw.node.name and vm_port is not None
                     and seen.vm_ports.get(index, vm_port) == vm_port and sw.allocator.adopt(pair, index)):
                 self._hold(sw, index, allowed[0].name, allowed[1].name, vm_port)
+                # its direct-path flow, if the switch holds one, is taken to be the current one
+                want = tuple(customer.direct_flows(self.model, allowed[0], allowed[1], index))
+                if bool(want) == ("from_tunnel" in seen.tables[index]):
+                    sw.direct[index] = want
                 adopted.add(index)
                 self.stats["pairs_adopted"] += 1
             else:
@@ -322,7 +327,7 @@ class Logic:
                 c = Cookie.decode(ck)
             except ValueError:
                 continue
-            if c.feature in ("pair", "deny"):
+            if c.feature in ("pair", "deny", "learned"):
                 continue
             try:
                 key = (sw.tables.name(table_id), priority, _match_of(match))
@@ -336,7 +341,7 @@ class Logic:
                 if index not in seen.rules:     # the rest of a pair whose pair flow is gone
                     out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
                     self.stats["incomplete_pairs_swept"] += 1
-            elif (seen.tables[index] != customer.PAIR_TABLES
+            elif (not customer.pair_complete(seen.tables[index])
                   or seen.vm_ports.get(index, sw.pair_ports.get(index)) != sw.pair_ports.get(index)):
                 out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
                 self._release(sw, index)
@@ -376,7 +381,9 @@ class Logic:
         owners = affected_owners(here, sw.node.role, delta, before, sw.ports)
         out = self._recompute(sw, owners)
         if sw.pairs:
-            out += self._check_pairs(sw, self._pairs_of(sw, owners))
+            indexes = self._pairs_of(sw, owners)
+            out += self._check_pairs(sw, indexes)
+            out += self._refresh_direct(sw, [i for i in indexes if i in sw.pairs])
         return out
 
     def _reconcile(self, sw: Switch) -> list[Message]:
@@ -388,7 +395,8 @@ class Logic:
         sw.ports = self._ports(node, sw.port_names, before=sw.ports)
         wanted = owned_flows(self.model, node, sw.ports, self.path_mtu)
         out = self._replace(sw, {o: wanted.get(o, []) for o in set(sw.owned) | set(wanted)})
-        return out + self._check_pairs(sw, list(sw.pairs))
+        out += self._check_pairs(sw, list(sw.pairs))
+        return out + self._refresh_direct(sw, list(sw.pairs))
 
     def _recompute(self, sw: Switch, owners: Iterable[Owner]) -> list[Message]:
         return self._replace(sw, {o: owner_flows(self.model, sw.node, sw.ports, o, self.path_mtu)
@@ -434,6 +442,23 @@ class Logic:
                 out.append(DeleteFlows(cookie("host", "pair", index), EXACT))
                 self._release(sw, index)
                 self.stats["pairs_revoked"] += 1
+        return out
+
+    def _refresh_direct(self, sw: Switch, indexes: Iterable[int]) -> list[Message]:
+        """Bring the direct-path flow of these (held) pairs to the model: it matches the
+        endpoint's host, the tunnel token and the setting, each of which may change while
+        the pair lives."""
+        out: list[Message] = []
+        for index in indexes:
+            names = sw.pairs.get(index)
+            ep, vm = (self.model.endpoint(names[0]), self.model.vm(names[1])) if names else (None, None)
+            if ep is None or vm is None:
+                continue
+            want = tuple(customer.direct_flows(self.model, ep, vm, index))
+            if sw.direct.get(index) != want:
+                out.append(DeleteFlows(cookie("host", "pair", index), EXACT, "from_tunnel"))
+                out.extend(want)
+                sw.direct[index] = want
         return out
 
     # -- packet path --------------------------------------------------------
@@ -482,6 +507,7 @@ class Logic:
         self._hold(sw, index, ep.name, vm.name, sw.ports.vif("vm", vm.name))
         flows = customer.pair_flows(self.model, sw.ports, ep, vm, index, sw.allocator.alias(index),
                                     port_range=self.snat_ports)
+        sw.direct[index] = tuple(f for f in flows if f.table in customer.DIRECT_TABLES)
         return [*flows, PacketOut(data, in_port, (Resubmit("pair"),))]
 
     def _refuse_no_port(self, sw: Switch, data: bytes) -> list[Message]:
@@ -587,6 +613,7 @@ class Logic:
 
     def _release(self, sw: Switch, index: int) -> None:
         sw.allocator.release(index)
+        sw.direct.pop(index, None)
         names = sw.pairs.pop(index, None)
         sw.pair_ports.pop(index, None)
         if names is not None:

@@ -101,7 +101,10 @@ class Delta:
                 + len(self.routes))
 
 
-_PLATFORM = ("platform_ip", "translator_prefix", "appliance", "tunnel_token")
+_PLATFORM = ("platform_ip", "translator_prefix", "appliance", "tunnel_token", "direct_path")
+# The direct path (NB Platform.direct_path; unset: this default): a service host sends a
+# pair's packets straight to the VM's host once a reply from there taught it where it is
+DIRECT_PATH_DEFAULT = True
 
 
 class Model:
@@ -117,13 +120,15 @@ class Model:
     def __init__(self, platform_ip: IPv4Address, translator_prefix: IPv6Network,
                  appliance: str | None, nodes: Iterable[Node] = (), vms: Iterable[VM] = (),
                  endpoints: Iterable[Endpoint] = (), tunnel_token: int | None = None,
-                 bindings: Iterable[Binding] = (), routes: Iterable[Route] | None = None):
+                 bindings: Iterable[Binding] = (), routes: Iterable[Route] | None = None,
+                 direct_path: bool = DIRECT_PATH_DEFAULT):
         """``routes``: the host mappings; None: one per subscribed VM of ``vms`` (what the
         NB keeps)."""
         self.platform_ip = platform_ip
         self.translator_prefix = translator_prefix
         self.appliance = appliance
         self.tunnel_token = tunnel_token   # the Geneve option every node sends and expects
+        self.direct_path = direct_path
         self._nodes: dict[str, Node] = {}
         self._dpid: dict[int, Node] = {}
         self._vms: dict[str, VM] = {}
@@ -257,7 +262,7 @@ class Model:
         """An independent model with the same contents and no pending changes."""
         return Model(self.platform_ip, self.translator_prefix, self.appliance, self._nodes.values(),
                      self._vms.values(), self._eps.values(), self.tunnel_token,
-                     self._bindings.values(), self._routes.values())
+                     self._bindings.values(), self._routes.values(), self.direct_path)
 
     # -- changes --------------------------------------------------------------
 
@@ -267,10 +272,12 @@ class Model:
         return delta
 
     def set_platform(self, platform_ip: IPv4Address, translator_prefix: IPv6Network,
-                     appliance: str | None, tunnel_token: int | None) -> None:
-        new = (platform_ip, translator_prefix, appliance, tunnel_token)
+                     appliance: str | None, tunnel_token: int | None,
+                     direct_path: bool = DIRECT_PATH_DEFAULT) -> None:
+        new = (platform_ip, translator_prefix, appliance, tunnel_token, direct_path)
         if new != tuple(getattr(self, a) for a in _PLATFORM):
-            (self.platform_ip, self.translator_prefix, self.appliance, self.tunnel_token) = new
+            (self.platform_ip, self.translator_prefix, self.appliance, self.tunnel_token,
+             self.direct_path) = new
             self._delta.platform = True
 
     def put_node(self, node: Node) -> None:
@@ -422,10 +429,18 @@ def from_nb(api: Any) -> Model:
         translator_prefix=IPv6Network(platform.translator_prefix) if platform else IPv6Network("fd64:64::/96"),
         appliance=platform.appliance[0].name if platform and platform.appliance else None,
         tunnel_token=(platform.tunnel_token[0] if platform and platform.tunnel_token else None),
+        direct_path=direct_path_of(platform),
         nodes=tuple(sorted(nodes, key=lambda n: n.name)),
         vms=tuple(sorted(vms, key=lambda v: v.name)),
         endpoints=tuple(sorted(endpoints, key=lambda e: e.name)),
         bindings=tuple(sorted(bindings, key=lambda b: b.logical_port)))
+
+
+def direct_path_of(platform_row: Any) -> bool:
+    """An NB Platform row's direct-path setting (unset, or an NB older than 1.5.0:
+    ``DIRECT_PATH_DEFAULT``)."""
+    value = getattr(platform_row, "direct_path", None) if platform_row is not None else None
+    return value[0] if value else DIRECT_PATH_DEFAULT
 
 
 def from_topology(topo: Any, tunnel_token: int | None = None,

@@ -95,7 +95,7 @@ from .. import address, gateway
 from ..nb.api import NbUnavailable, unavailable, use_tls
 from ..nb.server import SCHEMA_PATH
 from ..ovsdb import CondIdl, TlsFiles, quick_reconnect, set_conditions
-from .model import VM, Binding, Delta, Endpoint, Model, Node, Route
+from .model import DIRECT_PATH_DEFAULT, VM, Binding, Delta, Endpoint, Model, Node, Route
 
 LOG = logging.getLogger("vnet64.controller.nb")
 
@@ -104,8 +104,8 @@ DEFAULT_TRANSLATOR_PREFIX = IPv6Network("fd64:64::/96")
 
 # What the model reads of the NB: nothing else is replicated.
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "Platform": ("platform_ip", "translator_prefix", "appliance", "tunnel_token", "nb_cfg",
-                 "nb_cfg_timestamp"),
+    "Platform": ("platform_ip", "translator_prefix", "appliance", "tunnel_token", "direct_path",
+                 "nb_cfg", "nb_cfg_timestamp"),
     "Node": ("name", "role", "underlay_ip", "datapath_id"),
     "Region": ("region_id",),
     "VNet": ("name", "region", "vnet_id", "snat_vip", "ct_zone"),
@@ -608,14 +608,15 @@ class NbView:
     def _platform(self) -> tuple:
         row = next(iter(self.idl.tables["Platform"].rows.values()), None)
         if row is None:
-            return DEFAULT_PLATFORM_IP, DEFAULT_TRANSLATOR_PREFIX, None, None
+            return DEFAULT_PLATFORM_IP, DEFAULT_TRANSLATOR_PREFIX, None, None, DIRECT_PATH_DEFAULT
         appliance = None
         ref = _v(row, "appliance")
         if ref is not None:
             node = self.idl.tables["Node"].rows.get(ref)
             appliance = _v(node, "name") if node is not None else None
+        direct = _v(row, "direct_path")
         return (IPv4Address(_v(row, "platform_ip")), IPv6Network(_v(row, "translator_prefix")),
-                appliance, _v(row, "tunnel_token"))
+                appliance, _v(row, "tunnel_token"), DIRECT_PATH_DEFAULT if direct is None else direct)
 
     def _nb_cfg(self) -> tuple[int, int]:
         row = next(iter(self.idl.tables["Platform"].rows.values()), None)

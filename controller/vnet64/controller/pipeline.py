@@ -63,6 +63,7 @@ HOST_TABLES = TableMap("host", (
     ("nd_reply", 12),
     ("nd_tll", 13),
     ("to_appliance", 14),
+    ("direct", 15),
     ("pair", 20),
     ("v6_dnat", 21),
     ("from_translator", 30),
@@ -80,6 +81,12 @@ APPLIANCE_TABLES = TableMap("appliance", (
     ("from_tunnel", 1),
     ("route", 2),
 ))
+
+
+# Stages reached only by ``resubmit`` (and back): a miss there does nothing - the packet
+# goes on where it came from - so they have no miss flow. ``direct`` holds only what the
+# switch learned (service module, ``direct_learn``).
+RESUBMIT_STAGES = frozenset({"direct"})
 
 
 def tables_for(role: str) -> TableMap:
@@ -107,6 +114,13 @@ PRIO_TOO_BIG = 120     # to_appliance: larger than the path MTU -> Packet Too Bi
 PRIO_HOP_LIMIT = 130   # from_endpoint / from_vm: hop limit or TTL 0/1 -> Time Exceeded (punt)
 PRIO_UNPARSED = 140    # from_endpoint: headers OVS could not parse (no hop limit seen): drop
 PRIO_DENY = 200        # short-lived drops of refused pairs
+# The direct path (``direct_path``): in a customer host's from_tunnel, above the peers'
+# reply flows (PRIO_MATCH, tun_src only)
+PRIO_NOT_DIRECT = 101  # from a host to a platform address, not allowed: drop
+PRIO_BOUNCE = 105      # ... from an endpoint of that host, no pair here: on to the appliance
+PRIO_DIRECT = 110      # ... from the endpoint's host, a pair here: accepted (per pair)
+PRIO_LEARN = 115       # to_endpoint: a reply that came through the tunnel teaches ``direct``
+DIRECT_IDLE_TIMEOUT = 60   # s a learned direct entry lives without traffic (< a pair's 300)
 
 # ---------------------------------------------------------------------------
 # Conntrack zones of the controller (VNet zones 1..65279 come from the NB)
@@ -187,6 +201,8 @@ ERROR_METER = 2         # the gateways' ICMP errors, bounced routing headers, re
 # with all its packets, so a drop flow behind it would count each packet twice, and the
 # Packet Too Big punt counts every packet checked (drops.NOT_COUNTED_HERE).
 TOO_BIG_REG, TOO_BIG_BIT = "reg0", 0
+# to_endpoint: the appliance's underlay address, for a local reply's direct_learn
+DIRECT_REG = "reg6"
 
 # ---------------------------------------------------------------------------
 # Cookies
@@ -203,6 +219,8 @@ FEATURES = {
     "deny": 0x06,        # a refused pair, dropped for a while without punting
     "route": 0x07,       # appliance: a subscribed VM's host mapping
     "drop": 0x08,        # a packet not forwarded, for a named reason (DROP_REASONS)
+    "direct": 0x09,      # the direct path: a host passing direct traffic on to the appliance
+    "learned": 0x0A,     # a flow the switch learned itself (a service host's direct entry)
 }
 FEATURE_NAMES = {v: k for k, v in FEATURES.items()}
 
@@ -309,6 +327,9 @@ DROP_REASONS: dict[str, tuple[int, str, str]] = {
     "translator_multicast": (20, DROP, "IPv6 multicast from the translator namespace itself "
                                        "(router solicitations, MLD reports when its link comes "
                                        "up): nothing to translate"),
+    "not_direct": (21, DROP, "Geneve from a host straight to a platform address that is not "
+                             "from one of that host's service endpoints (forged, or the "
+                             "endpoint moved): only the appliance may send those"),
     "refused_pair": (19, DROP, "a service's first packet to a VM it may not reach (no "
                                "subscription): the controller refused the pair, which is then "
                                "dropped on the host for a while"),

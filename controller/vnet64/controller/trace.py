@@ -209,7 +209,8 @@ class Tracer:
             if nxt is None:
                 return hops
             node, in_port, pkt, entered = nxt
-            patent = "(210)" if hop.patent == "234" else None   # decapsulated on the VM's host
+            # decapsulated on the VM's host: what the appliance, or the direct path, brought
+            patent = "(210)" if hop.patent == "234" or self._direct(hops[-1].node, node, reply) else None
         hops[-1].detail += f" (stopped after {MAX_HOPS} hops)"
         return hops
 
@@ -273,6 +274,8 @@ class Tracer:
             hop.outcome = "tunnel"
             hop.detail = f"Geneve {n.underlay} -> {out['tun_ipv4_dst']} ({dst or 'no node of the platform'})"
             hop.patent = self._patent_tunnel(node, dst, reply)
+            if self._direct(node, dst, reply):
+                hop.detail += f" - the direct path (an entry {node} learnt): no appliance"
             if dst is None:
                 return None
             if dst not in self.nodes:
@@ -296,6 +299,11 @@ class Tracer:
         hop.outcome, hop.detail = "delivered", f"out of {ifname}" + (f": {who}" if who else "")
         hop.patent = ("(258)" if reply else "248") if who else None
         return None
+
+    def _direct(self, node: str, dst: str | None, reply: bool) -> bool:
+        """A service's packet from its host straight to a VM's host (the direct path)."""
+        return (not reply and dst is not None and dst in self.nodes and node != dst
+                and self.nodes[node].role == "host" and self.nodes[dst].role == "host")
 
     def _patent_tunnel(self, node: str, dst: str | None, reply: bool) -> str | None:
         role = self.nodes[node].role
@@ -348,6 +356,7 @@ _OVS_FIELDS = {"eth_src": "dl_src", "eth_dst": "dl_dst", "ipv6_src": "ipv6_src",
                "nw_ttl": "nw_ttl", "tun_ipv4_src": "tun_src", "tun_ipv4_dst": "tun_dst",
                "tunnel_id": "tun_id", "tun_metadata0": "tun_metadata0"}
 _HEX = ("tunnel_id", "tun_metadata0")
+_RESUBMIT = re.compile(r"^ {4}resubmit\(,(\d+)\)$")
 _STEP = re.compile(r"^(\s*)(\d+)\. (?:.*?, )?priority (\d+), cookie 0x[0-9a-f]+$|^(\s*)(\d+)\. No match\.$")
 
 
@@ -369,19 +378,26 @@ def ovs_flow(pkt: dict, in_port: int) -> str:
 
 def ovs_steps(text: str) -> list[tuple[int, int | None]]:
     """The (table, priority) of each flow ``ofproto/trace`` went through on br-int, in
-    order (priority None: no match), the resumed parts after recirculation included and
-    the other branch of a check_pkt_larger (printed nested) left out."""
-    out, on_int = [], False
+    order (priority None: no match), the resumed parts after recirculation and a
+    resubmit's table included, the other branch of a check_pkt_larger (printed nested)
+    left out."""
+    out, on_int, resubmit = [], False, None
     for line in text.splitlines():
         if line.startswith("bridge("):
             on_int = line.startswith('bridge("br-int")')
+            continue
+        r = _RESUBMIT.match(line)
+        if r is not None:
+            resubmit = int(r.group(1))
             continue
         m = _STEP.match(line)
         if not on_int or m is None:
             continue
         indent, table, prio = (m.group(1), m.group(2), m.group(3)) if m.group(2) else (m.group(4), m.group(5), None)
-        if len(indent) <= 2:
+        # a resubmit's table is printed nested too, right after its resubmit(,N)
+        if len(indent) <= 2 or int(table) == resubmit:
             out.append((int(table), int(prio) if prio is not None else None))
+        resubmit = None
     return out
 
 

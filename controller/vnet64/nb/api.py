@@ -163,6 +163,10 @@ class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
         """A new tunnel token for the platform; returns it."""
         return self.run(cmd.RotateTunnelTokenCommand(self))[0]
 
+    def set_direct_path(self, enabled: bool | None) -> bool:
+        """The direct path on, off, or (None) the default; True if that changed it."""
+        return self.run(cmd.SetDirectPathCommand(self, enabled))[0]
+
     def set_connections(self, targets: Iterable[str], inactivity_probe: int | None = None) -> bool:
         """The NB server's client remotes besides its unix socket (True if changed)."""
         return self.run(cmd.SetConnectionsCommand(self, targets, inactivity_probe))[0]
@@ -222,6 +226,7 @@ class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
                 "region": row.region[0].name if row.region else None,
                 "appliance": row.appliance[0].name if row.appliance else None,
                 "tunnel_token": f"{row.tunnel_token[0]:#010x}" if row.tunnel_token else None,
+                "direct_path": _direct_path(row),
                 # the newest change's number (NextCfgCommand) and its writer's clock (UTC)
                 "nb_cfg": getattr(row, "nb_cfg", 0),
                 "nb_cfg_time": _utc(getattr(row, "nb_cfg_timestamp", 0))}
@@ -347,6 +352,14 @@ class NbApi(OwnConnection, ovs_idl.Backend, ovsdbapp_api.API):
 # its command line, next to $VNET64_NB (the remote): vnet64, vnet64-node, vnet64-controller.
 TLS_ENV = {"private_key": "VNET64_NB_PRIVATE_KEY", "certificate": "VNET64_NB_CERTIFICATE",
            "ca_cert": "VNET64_NB_CA_CERT"}
+
+
+def _direct_path(row: Any) -> str:
+    from ..controller.model import DIRECT_PATH_DEFAULT
+    value = getattr(row, "direct_path", [])
+    if value:
+        return "on" if value[0] else "off"
+    return f"default ({'on' if DIRECT_PATH_DEFAULT else 'off'})"
 
 
 def _utc(ms: int) -> str | None:

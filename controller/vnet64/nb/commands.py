@@ -203,6 +203,24 @@ class SetPlatformCommand(_Command):
         self.result = row.uuid
 
 
+class SetDirectPathCommand(_Command):
+    """Turn the direct path on (True), off (False), or back to the default (None); result:
+    whether the setting changed."""
+
+    def __init__(self, api: Any, enabled: bool | None):
+        super().__init__(api)
+        self.enabled = enabled
+
+    def run_idl(self, txn: Any) -> None:
+        row = _one(self.api.tables["Platform"].rows.values())
+        if row is None:
+            raise NotFound("the NB has no platform settings yet (load a topology first)")
+        wanted = [] if self.enabled is None else [self.enabled]
+        self.result = list(row.direct_path) != wanted
+        if self.result:
+            row.direct_path = wanted
+
+
 def new_tunnel_token() -> int:
     """A fresh tunnel token: 32 random bits, never 0 (pipeline.TOKEN_OPTION)."""
     return secrets.randbelow(0xFFFFFFFF) + 1

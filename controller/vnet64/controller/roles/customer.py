@@ -74,9 +74,9 @@ from ..flows import (CT, ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, Controller, 
                      Match, Move, Nat, Output, SetField, ct_state, flow)
 from ..inet import checksum, ethernet, icmp6_packet
 from ..model import VM, Endpoint, Model, Node
-from ..pipeline import (ERROR_METER, PACKET_IN_METER, PRIO_DEFAULT, PRIO_DENY, PRIO_HOP_LIMIT,
-                        PRIO_MATCH, PRIO_MISS, PRIO_SPECIFIC, VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, cookie,
-                        drop_cookie, token_actions, token_match)
+from ..pipeline import (ERROR_METER, PACKET_IN_METER, PRIO_BOUNCE, PRIO_DEFAULT, PRIO_DENY,
+                        PRIO_DIRECT, PRIO_HOP_LIMIT, PRIO_MATCH, PRIO_MISS, PRIO_SPECIFIC, VNI,
+                        ZONE_V6_DNAT, ZONE_V6_SNAT, cookie, drop_cookie, token_actions, token_match)
 from . import Ports, service
 
 MULTICAST6 = IPv6Network("ff00::/8")
@@ -296,7 +296,44 @@ def to_service_flow(model: Model, node: Node, ports: Ports, ep: Endpoint) -> lis
     if ep.host == node.name:
         return [flow("to_service", PRIO_MATCH, m, [service.to_endpoint()], cookie=c)]
     actions = to_host(model, ports, ep.host)
-    return [flow("to_service", PRIO_MATCH, m, actions, cookie=c)] if actions else []
+    return [flow("to_service", PRIO_MATCH, m, actions, cookie=c), *bounce_flows(model, ports, ep)] \
+        if actions else []
+
+
+def _from_endpoint_host(model: Model, ep: Endpoint) -> dict | None:
+    """The match of Geneve straight from endpoint ``ep``'s host, from its address to the
+    platform (with the token); None if that host is unknown."""
+    host = model.node(ep.host)
+    if host is None:
+        return None
+    return {"tun_ipv4_src": host.underlay_ip, "tunnel_id": VNI, "eth_type": ETH_IPV6,
+            "ipv6_src": ep.ipv6, **token_match(model.tunnel_token)}
+
+
+def bounce_flows(model: Model, ports: Ports, ep: Endpoint) -> list[Flow]:
+    """Direct path: what endpoint ``ep``'s host sends straight here to a platform address
+    that no pair here takes (its learned entry is stale: the pair idled out, the VM
+    moved, this switch restarted) goes on to the appliance, which routes it to the VM's
+    host now - the next reply from there corrects the service host's entry."""
+    appliance = model.appliance_node()
+    m = _from_endpoint_host(model, ep)
+    if not model.direct_path or appliance is None or m is None or ports.geneve is None:
+        return []
+    return [flow("from_tunnel", PRIO_BOUNCE, {**m, "ipv6_dst": service.STEERING},
+                 [SetField("tun_ipv4_dst", appliance.underlay_ip), *token_actions(model.tunnel_token),
+                  Output(OFPP_IN_PORT)], cookie=cookie("host", "direct", ep.name))]
+
+
+def direct_flows(model: Model, ep: Endpoint, vm: VM, index: int) -> list[Flow]:
+    """Direct path: the pair's packets straight from its endpoint's host (not through the
+    appliance) are accepted - only from that host, with the token, from that endpoint to
+    that VM. None for an endpoint on the VM's own host (its packets go through the
+    appliance) or with the direct path off."""
+    m = _from_endpoint_host(model, ep)
+    if not model.direct_path or ep.host == vm.host or m is None:
+        return []
+    return [flow("from_tunnel", PRIO_DIRECT, {**m, "ipv6_dst": vm.ipv6}, goto="pair",
+                 cookie=cookie("host", "pair", index))]
 
 
 def to_host(model: Model, ports: Ports, host: str) -> list:
@@ -321,6 +358,12 @@ def host_flows(model: Model, node: Node, ports: Ports, xlat_mac: str) -> list[Fl
 
 
 PAIR_TABLES = frozenset({"pair", "from_translator", "vm_return"})   # where pair_flows() puts them
+DIRECT_TABLES = frozenset({"from_tunnel"})      # ... and direct_flows(), if any
+
+
+def pair_complete(tables: set | frozenset) -> bool:
+    """Whether the tables holding a pair's flows are those of a whole pair."""
+    return PAIR_TABLES <= tables <= PAIR_TABLES | DIRECT_TABLES
 
 
 def pair_flows(model: Model, ports: Ports, ep: Endpoint, vm: VM, index: int, alias: IPv4Address,
@@ -342,6 +385,7 @@ def pair_flows(model: Model, ports: Ports, ep: Endpoint, vm: VM, index: int, ali
         flow("vm_return", PRIO_MATCH,
              {"in_port": port, "eth_type": ETH_IPV4, "ipv4_dst": alias, "ct_state": CT_REPLY_OR_RELATED},
              goto="to_translator", cookie=c),
+        *direct_flows(model, ep, vm, index),
     ]
 
 

@@ -40,13 +40,13 @@ import struct
 
 from ... import address, gateway
 from ..flows import (CT, ETH_IPV6, OFPP_IN_PORT, PROTO_ICMPV6, CheckPktLarger, Controller, Flow,
-                     Match, Move, Output, SetField, ct_state, flow)
+                     Learn, Match, Move, Output, Resubmit, SetField, ct_state, flow)
 from ..inet import ethernet, icmp6_packet
 from ..model import Endpoint, Model, Node
-from ..pipeline import (ERROR_METER, NA_FLAGS_RSO, PRIO_HOP_LIMIT, PRIO_MATCH, PRIO_SPECIFIC,
-                        PRIO_TOO_BIG, PRIO_UNPARSED, TOO_BIG_BIT, TOO_BIG_REG, VNI,
-                        PRIO_DEFAULT, PRIO_MISS, ZONE_ENDPOINTS, cookie, drop_cookie, token_actions,
-                        token_match)
+from ..pipeline import (DIRECT_IDLE_TIMEOUT, ERROR_METER, NA_FLAGS_RSO, PRIO_DEFAULT, PRIO_HOP_LIMIT,
+                        PRIO_LEARN, PRIO_MATCH, PRIO_MISS, PRIO_NOT_DIRECT, PRIO_SPECIFIC, PRIO_TOO_BIG,
+                        PRIO_UNPARSED, TOO_BIG_BIT, TOO_BIG_REG, VNI, ZONE_ENDPOINTS, DIRECT_REG, cookie,
+                        drop_cookie, token_actions, token_match)
 from . import Ports
 
 STEERING = address.STEERING_PREFIX
@@ -113,15 +113,39 @@ def one_endpoint_flows(model: Model, ports: Ports, ep: Endpoint, path_mtu: int |
                          SetField("tunnel_id", VNI),
                          SetField("tun_ipv4_dst", appliance.underlay_ip),
                          *token_actions(model.tunnel_token),
+                         # direct path: a learned entry for (endpoint, VM) overrides tun_dst
+                         *([Resubmit("direct")] if model.direct_path else []),
                          Output(ports.geneve)], cookie=c))
+    deliver = [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", ep.mac), Output(port)]
+    reply = {"eth_type": ETH_IPV6, "ipv6_dst": ep.ipv6, "ipv6_src": STEERING, "ct_state": CT_REPLY}
+    direct = model.direct_path and appliance is not None and ports.geneve is not None
+    # a reply from a VM on this host (it came through the translator, not the tunnel):
+    # (endpoint, VM) goes through the appliance, whatever a stale entry said (direct_learn)
+    local = [SetField(DIRECT_REG, int(appliance.underlay_ip)), direct_learn(ep.name, DIRECT_REG)] \
+        if direct else []
+    out.append(flow("to_endpoint", PRIO_SPECIFIC, reply, [*local, *deliver], cookie=c))
     # +rel may come with any other flag, so it cannot share a priority with +rpl
-    for prio, state in ((PRIO_SPECIFIC, CT_REPLY), (PRIO_MATCH, CT_RELATED)):
-        out.append(flow("to_endpoint", prio,
-                        {"eth_type": ETH_IPV6, "ipv6_dst": ep.ipv6, "ipv6_src": STEERING,
-                         "ct_state": state},
-                        [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", ep.mac),
-                         Output(port)], cookie=c))
+    out.append(flow("to_endpoint", PRIO_MATCH, {**reply, "ct_state": CT_RELATED}, deliver, cookie=c))
+    if direct:
+        # a reply through the tunnel comes straight from the VM's host, which holds the
+        # pair: from now on (endpoint, VM) goes there directly
+        out.append(flow("to_endpoint", PRIO_LEARN, {**reply, "in_port": ports.geneve},
+                        [direct_learn(ep.name, "tun_ipv4_src"), *deliver], cookie=c))
     return out
+
+
+def direct_learn(endpoint: str, host_from: str) -> Learn:
+    """The direct path's learning, on a reply to ``endpoint``: a flow in ``direct`` for
+    (the endpoint's address, the VM's platform address) that sets the tunnel destination
+    to the value of ``host_from`` - the reply's tunnel source (the VM's host, which holds
+    the pair), or the appliance's address for a VM on this host. Every reply refreshes it
+    (a moved VM's new host takes over with its first answer); it ends
+    ``DIRECT_IDLE_TIMEOUT`` after the last packet to the VM, before the pair on the VM's
+    host idles out (``customer.PAIR_IDLE_TIMEOUT``)."""
+    return Learn("direct", PRIO_MATCH, cookie("host", "learned", endpoint),
+                 idle_timeout=DIRECT_IDLE_TIMEOUT, eth_type=ETH_IPV6,
+                 match_from=(("ipv6_src", "ipv6_dst"), ("ipv6_dst", "ipv6_src")),
+                 load_from=((host_from, "tun_ipv4_dst"),))
 
 
 def to_endpoint() -> CT:
@@ -157,19 +181,26 @@ def miss_flows() -> list[Flow]:
         flow("nd_reply", PRIO_MISS, {}, [], cookie=drop_cookie("host", "no_flow")),
         flow("nd_tll", PRIO_MISS, {}, [], cookie=drop_cookie("host", "no_flow")),
         flow("to_appliance", PRIO_MISS, {}, [], cookie=drop_cookie("host", "no_flow")),
+        # no miss in ``direct`` (pipeline.RESUBMIT_STAGES): none learned, nothing changes
     ]
 
 
 def peer_flows(model: Model, node: Node) -> list[Flow]:
-    """Accept return traffic from every other known host (outer source check)."""
+    """Accept return traffic from every other known host (outer source check). With the
+    direct path, what such a host sends to a platform address is dropped here unless a
+    flow above lets it through (``customer.direct_flows``: a pair's, or an endpoint's on
+    to the appliance)."""
     out = []
     for peer in model.hosts():
         if peer.name == node.name:
             continue
-        out.append(flow("from_tunnel", PRIO_MATCH,
-                        Match.of(tun_ipv4_src=peer.underlay_ip, tunnel_id=VNI, eth_type=ETH_IPV6,
-                                 **token_match(model.tunnel_token)),
-                        [to_endpoint()], cookie=cookie("host", "peer", peer.name)))
+        m = Match.of(tun_ipv4_src=peer.underlay_ip, tunnel_id=VNI, eth_type=ETH_IPV6,
+                     **token_match(model.tunnel_token))
+        out.append(flow("from_tunnel", PRIO_MATCH, m, [to_endpoint()],
+                        cookie=cookie("host", "peer", peer.name)))
+        if model.direct_path:
+            out.append(flow("from_tunnel", PRIO_NOT_DIRECT, {**m.as_dict(), "ipv6_dst": STEERING}, [],
+                            cookie=drop_cookie("host", "not_direct", peer.name)))
     return out
 
 
