@@ -1,27 +1,30 @@
 #!/usr/bin/env python3
 """Data path: service -> customer VM throughput and request/response latency.
 
-Compares, in one run and alternating between them (a, b1, b2, c, a-direct, a,
+Compares, in one run and alternating between them (a, b1, b2, c, a-appliance, a,
 b1, ...; each run starts one path later), the paths a service endpoint (IPv6) can take to a customer VM:
 
-- ``a``   vnet64: svc1 -> a-vm1's platform IPv6 on ``topologies/two-tenants.yaml``
-  in the lab (prefix ``v64q-``, run dir ``/run/vnet64-lab-q``, with NB and
-  controller): host2 -> Geneve -> appliance -> host1 (conntrack in 3 zones,
-  TAYGA) -> a-vm1 (IPv4), replies host1 -> host2 directly;
+- ``a``   vnet64 as shipped (the direct path on, the default): svc1 -> a-vm1's platform
+  IPv6 on ``topologies/two-tenants.yaml`` in the lab (prefix ``v64q-``, run dir
+  ``/run/vnet64-lab-q``, with NB and controller): a pair's first packets host2 ->
+  Geneve -> appliance -> host1, the rest host2 -> host1 directly (host2 learned where
+  a-vm1 is from the first answer); at host1 conntrack in 3 zones, TAYGA -> a-vm1
+  (IPv4); replies host1 -> host2 directly;
 - ``b1``  plain OVS Geneve, service host -> customer host, IPv6 end to end, no
   translation, no conntrack: the datapath's own ceiling;
 - ``b2``  the same plain IPv6 Geneve forwarding through an appliance hop (service
-  host -> appliance -> customer host, replies direct: the hops of ``a``):
-  isolates the cost of translation;
+  host -> appliance -> customer host, replies direct: the hops of the patent's path,
+  ``a-appliance``): isolates the cost of translation;
 - ``c``   the workaround vnet64 replaces: a jumpbox "VM" in the customer VNet, on
   the customer host, reached over plain Geneve (like ``b1``) on its IPv6 side,
   doing NAT64 with TAYGA (the service's IPv6 -> an address of TAYGA's dynamic
   pool, ``<jumpbox /96>::<VM IPv4>`` -> the VM's IPv4) and kernel NAT44 (nftables
   masquerade to its own VNet address), then through the customer host's OVS to
   the VM (IPv4);
-- ``a-direct`` (what-if, not the design): ``a`` with two hand-installed flows
-  (cookie 0x7e5700d1) that make host2 encapsulate straight to host1 and host1
-  accept it, skipping the appliance hop; installed for that measurement only.
+- ``a-appliance`` vnet64 with the direct path off (``NbApi.set_direct_path(False)``,
+  the NB platform setting, for this path's measurements only; set back to the default
+  after each): every packet host2 -> appliance -> host1, the patent's path; replies
+  host1 -> host2. ``a`` / ``a-appliance`` is the direct path's gain.
 
 ``b1``, ``b2`` and ``c`` run on three separate ovs-vswitchd (netdev) instances
 in the benchmark's own namespaces (``<prefix>dp-*``), built like the lab's
@@ -38,7 +41,7 @@ echo server in the namespaces; p50/p99), CPU of every ovs-vswitchd, TAYGA and
 iperf3 (from /proc) per Gbit/s, and OVS's own counters
 (``dpif-netdev/pmd-stats-show``) of each node. Needs root.
 
-    .venv/bin/python benchmarks/datapath.py                # full run, ~5 min
+    .venv/bin/python benchmarks/datapath.py                # full run, ~5-8 min
     .venv/bin/python benchmarks/datapath.py --quick        # CI smoke: every path once, briefly
 
 Saves benchmarks/results/datapath.md and .json (``--out``). ``--quick`` saves
@@ -70,7 +73,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import (CpuMeter, cpu_ticks, report_end, med, note, rng, start_run,  # noqa: E402
                     thread_ticks, yes_no)
 from vnet64 import helptext  # noqa: E402
-from vnet64.controller.pipeline import ZONE_ENDPOINTS, tables_for  # noqa: E402
+from vnet64.controller.pipeline import HOST_TABLES  # noqa: E402
+from vnet64.nb import api as nbapi  # noqa: E402
 from vnet64.node import translator  # noqa: E402
 from vnet64_lab import Lab, sh  # noqa: E402
 from vnet64_lab.ovs import OvsNode, terminate  # noqa: E402
@@ -80,9 +84,10 @@ PREFIX = "v64q-"
 RUN_DIR = "/run/vnet64-lab-q"
 TOPOLOGY = ROOT / "topologies" / "two-tenants.yaml"
 IPERF_PORT, ECHO_PORT = 5201, 7007
-AIM_B2, AIM_C = 0.9, 1.5
-PROTOTYPE = {"b1": 0.45, "b2": 0.75}        # DESIGN.md §4b, single-stream TCP
-WHATIF_COOKIE = "0x7e5700d1"
+# issue 21's aims: throughput a/c, a/b2, a/b1 (4 streams and 1 stream)
+AIM_C, AIM_B2, AIM_B1 = 1.2, 1.0, 0.8
+# a/b1 before the direct path (benchmarks/results/datapath.md at be25537), 4 streams / 1 stream
+B1_BEFORE = {"multi": 0.40, "single": 0.36}
 
 UNDERLAY_MTU, V6_MTU, V4_MTU = 1500, 1442, 1422
 GW_MAC = "02:00:00:00:00:01"                 # the virtual gateway MAC of the plain paths
@@ -104,10 +109,11 @@ DP_PORTS = {"p-svc": ("s", "svc", "eth0", "02:00:00:98:00:10", 10, V6_MTU),
             "p-vm4": ("c", "vm4", "eth0", "02:00:00:0a:00:04", 13, V4_MTU)}
 
 # Userspace processes a packet passes through, forward + back, by construction of each
-# path (each is a wake-up and a socket crossing): a: host2, appliance, host1, TAYGA,
-# host1 / host1, TAYGA, host1, host2; b1: s, c / c, s; b2: s, ap, c / c, s; c: s, c,
-# TAYGA, c / c, TAYGA, c, s; a-direct: a without the appliance.
-HOPS = {"a": (5, 4), "b1": (2, 2), "b2": (3, 2), "c": (4, 4), "a-direct": (4, 4)}
+# path (each is a wake-up and a socket crossing): a (a pair's packets after its first
+# answer): host2, host1, TAYGA, host1 / host1, TAYGA, host1, host2; a-appliance: host2,
+# appliance, host1, TAYGA, host1 / the same as a; b1: s, c / c, s; b2: s, ap, c / c, s;
+# c: s, c, TAYGA, c / c, TAYGA, c, s.
+HOPS = {"a": (4, 4), "b1": (2, 2), "b2": (3, 2), "c": (4, 4), "a-appliance": (5, 4)}
 # CPU columns by role, to compare the paths component by component
 ROLES = {"service host OVS": ("ovs-vswitchd host2", "ovs-vswitchd s"),
          "appliance OVS": ("ovs-vswitchd appliance", "ovs-vswitchd ap"),
@@ -199,6 +205,25 @@ except OSError as exc:
 print(json.dumps(out))
 """
 
+# One UDP transaction (a-appliance's after(): host2 learns a-vm1's host from its answer);
+# prints "ok" once answered, up to 3 tries.
+ONE_UDP = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(1.0)
+s.connect((sys.argv[1], int(sys.argv[2])))
+for _ in range(3):
+    s.send(b"warm-up")
+    try:
+        s.recv(2048)
+        print("ok")
+        break
+    except socket.timeout:
+        pass
+else:
+    print("no answer")
+"""
+
 
 def comm(pid: int) -> str:
     try:
@@ -256,13 +281,14 @@ class Path_:
     """One way from a client namespace to a server: what to run and what to meter."""
 
     def __init__(self, name: str, label: str, client_ns: str, server_ns: str, target: str,
-                 ovs: dict[str, OvsNode], tayga: dict[str, int], whatif: bool = False,
+                 ovs: dict[str, OvsNode], tayga: dict[str, int],
                  tuns: dict[str, tuple[str, str]] | None = None):
         self.name, self.label = name, label
         self.client_ns, self.server_ns, self.target = client_ns, server_ns, target
-        self.ovs, self.tayga, self.whatif = ovs, tayga, whatif
+        self.ovs, self.tayga = ovs, tayga
         self.tuns = tuns or {}        # TAYGA's tun per translator: (namespace, device)
-        self.before = self.after = lambda: None   # what-if flows in / out
+        # around each of the path's measurements (a-appliance: the direct path off / back on)
+        self.before = self.after = lambda: None
 
     def procs(self, server_pid: int) -> dict[str, list[int]]:
         out = {f"ovs-vswitchd {k}": [n.pid("ovs-vswitchd") or 0] for k, n in self.ovs.items()}
@@ -560,11 +586,17 @@ class Bench:
         self.plain = PlainPaths(args.prefix, self.dp_dir)
         self.servers = Servers()
         self.paths: list[Path_] = []
+        self.nb: nbapi.NbApi | None = None     # the lab's NB, one connection for the run
+        self.switch_s: list[float] = []          # each direct path switch, NB write to flows
 
     def cleanup(self) -> None:
         """Everything this benchmark (or an interrupted earlier run) created, by pid/pidfile."""
         with contextlib.suppress(Exception):
             self.servers.stop()
+        if self.nb is not None:
+            with contextlib.suppress(Exception):
+                self.nb.close()
+            self.nb = None
         if self.dp_dir.exists():
             # the plain paths' daemons by their pidfiles (TAYGA's under jump/)
             pid = sh.read_pid(self.dp_dir / "jump" / "tayga.pid")
@@ -595,8 +627,8 @@ class Bench:
         p, n = self.plain.ep_ns, self.plain.nodes
         xl1 = (plan.translator("host1").ns, "nat64")
         jtun = (p["jump"], "nat64")
-        a = Path_("a", "vnet64 (svc1 -> a-vm1 platform IPv6)", svc1, avm1, A6, lab_ovs,
-                  {"host1": tayga1}, tuns={"host1": xl1})
+        a = Path_("a", "vnet64 as shipped, direct path on (svc1 -> a-vm1 platform IPv6)",
+                  svc1, avm1, A6, lab_ovs, {"host1": tayga1}, tuns={"host1": xl1})
         self.paths = [
             a,
             Path_("b1", "plain IPv6 Geneve, host to host", p["svc"], p["vm6"], VM6_DIRECT,
@@ -607,11 +639,11 @@ class Bench:
                   {"s": n["s"], "c": n["c"]}, {"jumpbox": self.plain.tayga_pid},
                   tuns={"jumpbox": jtun}),
         ]
-        if not self.args.no_what_if:
-            w = Path_("a-direct", "what-if: vnet64 skipping the appliance (hand-installed flows)",
-                      svc1, avm1, A6, lab_ovs, {"host1": tayga1}, whatif=True,
-                      tuns={"host1": xl1})
-            w.before, w.after = self.whatif_in, self.whatif_out
+        if not self.args.no_appliance_path:
+            self.nb = nbapi.connect(f"unix:{plan.nb_run_dir}/nb.sock")
+            w = Path_("a-appliance", "vnet64, direct path off (every packet via the appliance)",
+                      svc1, avm1, A6, lab_ovs, {"host1": tayga1}, tuns={"host1": xl1})
+            w.before, w.after = self.direct_path_off, self.direct_path_back
             self.paths.append(w)
         self.servers.start(avm1, "0.0.0.0", ["0.0.0.0"])
         self.servers.start(p["vm6"], "::", [VM6_DIRECT, VM6_VIA_AP])
@@ -627,24 +659,69 @@ class Bench:
                 raise RuntimeError(f"path {path.name}: no answer (tcp {r}, udp {u})")
         note("every path answers (TCP and UDP)")
 
-    def whatif_in(self) -> None:
-        plan = self.plan
-        host = {t: i for t, i in tables_for("host").stages}
-        h1 = str(plan.node("host1").underlay_ip.ip)
-        h2 = str(plan.node("host2").underlay_ip.ip)
-        self.lab_ovs["host2"].ofctl("-O", "OpenFlow15", "add-flow", "br-int", (
-            f"cookie={WHATIF_COOKIE},table={host['from_endpoint']},priority=150,ipv6,"
-            f"in_port=s-svc1,ipv6_src={SVC1},ipv6_dst={A6},"
-            f"actions=ct(commit,zone={ZONE_ENDPOINTS}),"   # as the encapsulator does: replies pass
-            f"set_field:{VNI}->tun_id,set_field:{h1}->tun_dst,output:geneve0"))
-        self.lab_ovs["host1"].ofctl("-O", "OpenFlow15", "add-flow", "br-int", (
-            f"cookie={WHATIF_COOKIE},table={host['from_tunnel']},priority=150,ipv6,"
-            f"tun_id={VNI},tun_src={h2},ipv6_dst={A6},actions=goto_table:{host['pair']}"))
+    def to_appliance_resubmits(self) -> bool:
+        """Whether host2's ``to_appliance`` flows go on to ``direct`` (the direct path on)."""
+        text = self.lab_ovs["host2"].ofctl("-O", "OpenFlow15", "dump-flows", "br-int",
+                                           f"table={HOST_TABLES.id('to_appliance')}")
+        return any("resubmit" in line for line in text.splitlines() if "cookie=" in line)
 
-    def whatif_out(self) -> None:
-        for node in ("host1", "host2"):
-            self.lab_ovs[node].ofctl("-O", "OpenFlow15", "del-flows", "br-int",
-                                     f"cookie={WHATIF_COOKIE}/-1", check=False)
+    def learned_a_vm1(self) -> bool:
+        """Whether host2 holds a learned ``direct`` entry sending a-vm1's address to host1."""
+        h1 = str(self.plan.node("host1").underlay_ip.ip)
+        text = self.lab_ovs["host2"].ofctl("-O", "OpenFlow15", "dump-flows", "br-int",
+                                           f"table={HOST_TABLES.id('direct')}")
+        return any(f"ipv6_dst={A6}" in line and f"{h1}->tun_dst" in line
+                   for line in text.splitlines())
+
+    def host1_takes_svc1_direct(self) -> bool:
+        """Whether host1 accepts svc1's pair with a-vm1 straight from host2 (its
+        ``from_tunnel`` flow for that pair, the direct path on)."""
+        text = self.lab_ovs["host1"].ofctl("-O", "OpenFlow15", "dump-flows", "br-int",
+                                           f"table={HOST_TABLES.id('from_tunnel')}")
+        return any(f"ipv6_src={SVC1}" in line and f"ipv6_dst={A6}" in line
+                   for line in text.splitlines())
+
+    def host1_no_svc1_direct(self) -> bool:
+        """Whether host1 holds no direct path flow from svc1 (no pair's, no pass-on)."""
+        text = self.lab_ovs["host1"].ofctl("-O", "OpenFlow15", "dump-flows", "br-int",
+                                           f"table={HOST_TABLES.id('from_tunnel')}")
+        return not any(f"ipv6_src={SVC1}" in line for line in text.splitlines())
+
+    def direct_path_off(self) -> None:
+        """a-appliance's before(): the NB's direct path off; wait until host2's controller
+        took ``resubmit(,direct)`` out of ``to_appliance``, host1's its direct flows for
+        svc1, and their datapaths follow."""
+        t0 = time.monotonic()
+        self.nb.set_direct_path(False)
+        if not wait_for(lambda: not self.to_appliance_resubmits()
+                        and self.host1_no_svc1_direct(), 15):
+            raise RuntimeError("direct path off: host2's to_appliance flows still resubmit "
+                               "to direct, or host1 still takes svc1 direct, after 15 s")
+        for node in ("host2", "host1"):
+            self.lab_ovs[node].appctl("revalidator/wait")
+        self.switch_s.append(time.monotonic() - t0)
+
+    def direct_path_back(self) -> None:
+        """a-appliance's after(): the direct path back to the default (on); wait for the
+        resubmit, then one transaction so host2 learns a-vm1's host again before ``a``."""
+        t0 = time.monotonic()
+        self.nb.set_direct_path(None)
+        if not wait_for(self.to_appliance_resubmits, 15):
+            raise RuntimeError("direct path back on: host2's to_appliance flows do not "
+                               "resubmit to direct after 15 s")
+        proc = sh.in_ns(self.paths[0].client_ns, [sys.executable, "-c", ONE_UDP, A6,
+                                                  str(ECHO_PORT)], check=False, timeout=10)
+        if proc.stdout.strip() != "ok":
+            raise RuntimeError(f"direct path back on: a-vm1 did not answer the warm-up "
+                               f"transaction: {proc.stdout.strip()} {proc.stderr[-300:]}")
+        if not wait_for(self.learned_a_vm1, 5):
+            raise RuntimeError("direct path back on: host2 learned no direct entry for a-vm1")
+        if not wait_for(self.host1_takes_svc1_direct, 10):
+            raise RuntimeError("direct path back on: host1 does not take svc1 -> a-vm1 "
+                               "straight from host2 after 10 s")
+        for node in ("host2", "host1"):
+            self.lab_ovs[node].appctl("revalidator/wait")
+        self.switch_s.append(time.monotonic() - t0)
 
     def run_once(self, i: int) -> dict:
         """Every measurement on every path; run ``i`` starts with path ``i`` (rotated), so
@@ -754,11 +831,20 @@ def summarise(runs: list[dict], names: list[str]) -> dict:
         s["latency_us"][n] = {f"{proto}_{q}": med([r[n][proto].get(f"{q}_us") or float("nan")
                                                    for r in runs])
                               for proto in ("tcp", "udp") for q in ("p50", "p99")}
-    for den in ("b1", "b2", "c"):
-        for kind in ("multi", "single"):
-            s["ratios"][f"a/{den} {kind}"] = med(ratio_list(runs, "a", den, kind))
-            if "a-direct" in names:
-                s["ratios"][f"a-direct/{den} {kind}"] = med(ratio_list(runs, "a-direct", den, kind))
+    nums = ["a"] + (["a-appliance"] if "a-appliance" in names else [])
+    dens = ["b1", "b2", "c"] + (["a-appliance"] if "a-appliance" in names else [])
+    for num in nums:
+        for den in dens:
+            if den == num:
+                continue
+            for kind in ("multi", "single"):
+                s["ratios"][f"{num}/{den} {kind}"] = med(ratio_list(runs, num, den, kind))
+            for proto in ("tcp", "udp"):
+                s["ratios"][f"{num}/{den} {proto}_p50"] = med(
+                    lat_ratio(runs, num, den, proto, "p50_us"))
+    s["cpu_per_100mbit_total"] = {
+        n: med([r[n]["multi"]["cpu_per_100mbit"].get("total", float("nan")) for r in runs])
+        for n in names}
     return s
 
 
@@ -795,19 +881,24 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
         "",
         machine_line(args, started),
         "",
-        ("Paths (DESIGN.md §4b; `benchmarks/datapath.py --help`): **a** vnet64 on "
-         "`topologies/two-tenants.yaml` (svc1 on host2 -> Geneve -> appliance -> host1: "
-         "conntrack NAT in two IPv6 zones, TAYGA, conntrack SNAT to Platform_IP in the VNet's "
-         "zone -> a-vm1, IPv4; replies host1 -> host2 directly), with the real controller; "
+        ("Paths (DESIGN.md §4b; `benchmarks/datapath.py --help`): **a** vnet64 as shipped, "
+         "on `topologies/two-tenants.yaml` with the real controller, the direct path on (the "
+         "default): a pair's first packets svc1 on host2 -> Geneve -> appliance -> host1, "
+         "the rest host2 -> host1 directly (host2 learned from the first answer where a-vm1 "
+         "is); at host1 conntrack NAT in two IPv6 zones, TAYGA, conntrack SNAT to "
+         "Platform_IP in the VNet's zone -> a-vm1, IPv4; replies host1 -> host2 directly; "
          "**b1** plain IPv6 Geneve host to host (2 ovs-vswitchd, no translation, no conntrack); "
          "**b2** plain IPv6 Geneve through an appliance hop (service host -> appliance -> "
-         "customer host, replies direct: a's hops, no translation, no conntrack); **c** a "
+         "customer host, replies direct: a-appliance's hops, no translation, no conntrack); "
+         "**c** a "
          "jumpbox namespace in the customer VNet on the customer host, reached like b1, doing "
          "NAT64 with TAYGA (dynamic pool for the service's address) + kernel NAT44 (nftables "
          "masquerade) and sending IPv4 through the customer host's OVS to the VM"
-         + ("; **a-direct** (what-if, not the design) a with two hand-installed flows that "
-            "make host2 encapsulate straight to host1, skipping the appliance." if "a-direct"
-            in names else ".")
+         + ("; **a-appliance** vnet64 with the direct path off (NB `Platform.direct_path` "
+            "false, set for this path's measurements only and back to the default after "
+            "each, with one transaction so host2 learns a-vm1's host again before a): every "
+            "packet host2 -> appliance -> host1, the patent's path; replies host1 -> host2. "
+            "a / a-appliance is the direct path's gain." if "a-appliance" in names else ".")
          + f" MTUs: underlay {UNDERLAY_MTU}, IPv6 endpoints / br-int / jumpbox IPv6 side "
          f"{V6_MTU}, IPv4 VMs / jumpbox VNet side {V4_MTU} (as the lab's); every OVS is "
          "netdev (userspace), no Geneve options, TX checksum offload off on the veths, "
@@ -818,30 +909,44 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
          f"{args.lat_seconds:g} s (Python client and echo server in the namespaces, one TCP "
          "connection with TCP_NODELAY / one connected UDP socket), round-trip p50 / p99."),
         "",
-        "## Aims (issue 6)",
+        "## Aims (issue 21)",
         "",
         "| measure | value | aim | met |",
         "|---|---|---|---|",
     ]
-    b2m, b2s = ratio_list(runs, "a", "b2", "multi"), ratio_list(runs, "a", "b2", "single")
-    cm, cs = ratio_list(runs, "a", "c", "multi"), ratio_list(runs, "a", "c", "single")
-    p50a = med([r["a"]["tcp"].get("p50_us") or float("nan") for r in runs])
-    p50c = med([r["c"]["tcp"].get("p50_us") or float("nan") for r in runs])
-    u50a = med([r["a"]["udp"].get("p50_us") or float("nan") for r in runs])
-    u50c = med([r["c"]["udp"].get("p50_us") or float("nan") for r in runs])
+
+    def p50(n: str, proto: str) -> float:
+        return med([r[n][proto].get("p50_us") or float("nan") for r in runs])
+
+    def cpu100(n: str) -> float:
+        return med([r[n]["multi"]["cpu_per_100mbit"].get("total", float("nan")) for r in runs])
+    for den, aim in (("c", AIM_C), ("b2", AIM_B2), ("b1", AIM_B1)):
+        for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
+            rs = ratio_list(runs, "a", den, kind)
+            if den == "b1":
+                title += f" (before the direct path {B1_BEFORE[kind]:.2f})"
+            lines.append(f"| throughput a/{den}, {title} | {rng(rs, '.2f')} | >= {aim} | "
+                         f"{yes_no(bool(rs) and med(rs) >= aim)} |")
+        if den == "c":
+            for proto in ("tcp", "udp"):
+                pa, pc = p50("a", proto), p50("c", proto)
+                lines.append(f"| {proto.upper()} transaction p50, a vs c (us) | {pa:.0f} vs "
+                             f"{pc:.0f} | a below c | {yes_no(pa < pc)} |")
+    ca, cc = cpu100("a"), cpu100("c")
+    lines.append(f"| CPU per 100 Mbit/s, {S} streams, all processes, a vs c (% of a core) | "
+                 f"{ca:.0f} vs {cc:.0f} | a <= c | {yes_no(ca <= cc)} |")
+    if "a-appliance" in names:
+        for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
+            lines.append(f"| gain of the direct path: throughput a/a-appliance, {title} | "
+                         f"{rng(ratio_list(runs, 'a', 'a-appliance', kind), '.2f')} | - | - |")
+        for proto in ("tcp", "udp"):
+            lines.append(
+                f"| gain of the direct path: {proto.upper()} transaction p50, a / a-appliance "
+                f"| {rng(lat_ratio(runs, 'a', 'a-appliance', proto, 'p50_us'), '.2f')} "
+                f"({p50('a', proto):.0f} vs {p50('a-appliance', proto):.0f} us) | - | - |")
+        lines.append(f"| gain of the direct path: CPU per 100 Mbit/s, {S} streams, "
+                     f"a vs a-appliance | {ca:.0f} vs {cpu100('a-appliance'):.0f} | - | - |")
     lines += [
-        f"| throughput a/b2, {S} streams | {rng(b2m, '.2f')} | >= {AIM_B2} | {yes_no(med(b2m) >= AIM_B2)} |",
-        f"| throughput a/b2, 1 stream | {rng(b2s, '.2f')} | >= {AIM_B2} | {yes_no(med(b2s) >= AIM_B2)} |",
-        f"| throughput a/c, {S} streams | {rng(cm, '.2f')} | >= {AIM_C} | {yes_no(med(cm) >= AIM_C)} |",
-        f"| throughput a/c, 1 stream | {rng(cs, '.2f')} | >= {AIM_C} | {yes_no(med(cs) >= AIM_C)} |",
-        (f"| TCP transaction p50, a vs c (us) | {p50a:.0f} vs {p50c:.0f} | a below c | "
-         f"{yes_no(p50a < p50c)} |"),
-        (f"| UDP transaction p50, a vs c (us) | {u50a:.0f} vs {u50c:.0f} | a below c | "
-         f"{yes_no(u50a < u50c)} |"),
-        (f"| throughput a/b1, 1 stream (reported; prototype ≈{PROTOTYPE['b1']}) | "
-         f"{rng(ratio_list(runs, 'a', 'b1', 'single'), '.2f')} | - | - |"),
-        (f"| throughput a/b1, {S} streams (reported) | "
-         f"{rng(ratio_list(runs, 'a', 'b1', 'multi'), '.2f')} | - | - |"),
         "",
         "## Throughput and latency per path",
         "",
@@ -874,8 +979,9 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
               ("| ratio | throughput, {S} streams | throughput, 1 stream | CPU per bit, den / num, "
                "{S} streams | TCP p50 | UDP p50 |").replace("{S}", str(S)),
               "|---|---|---|---|---|---|"]
-    for num in ["a"] + (["a-direct"] if "a-direct" in names else []):
-        for den in ("b1", "b2", "c"):
+    for num in ["a"] + (["a-appliance"] if "a-appliance" in names else []):
+        for den in ("b1", "b2", "c") + (("a-appliance",) if num == "a" and "a-appliance"
+                                        in names else ()):
             lines.append(
                 f"| {num}/{den} | {rng(ratio_list(runs, num, den, 'multi'), '.2f')} | "
                 f"{rng(ratio_list(runs, num, den, 'single'), '.2f')} | "
@@ -974,8 +1080,9 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
     return "\n".join(lines) + "\n"
 
 
-def findings(runs: list[dict], names: list[str]) -> list[str]:
-    """Observations computed from the measurements: what saturated, where packets died."""
+def findings(runs: list[dict], names: list[str], switch_s: list[float] = ()) -> list[str]:
+    """Observations computed from the measurements: what saturated, where packets died,
+    what the direct path changed (``switch_s``: each switch of it, NB write to flows)."""
     out = []
     busy = [r[n][k].get("machine", {}).get("busy", float("nan"))
             for r in runs for n in names for k in ("multi", "single")]
@@ -987,12 +1094,23 @@ def findings(runs: list[dict], names: list[str]) -> list[str]:
                   else "the cores were not saturated."))
     if "a" in names:
         ra = role_cpu(runs, "a")
-        for den in ("b2", "c"):
+        for den in ("b2", "c") + (("a-appliance",) if "a-appliance" in names else ()):
             rd = role_cpu(runs, den)
             diff = ", ".join(f"{k} {ra.get(k, 0) - rd.get(k, 0):+.0f}" for k in ROLES
                              if k in ra or k in rd)
             out.append(f"- a minus {den}, % of a core per 100 Mbit/s by role (multi-stream "
                        f"run): {diff}.")
+        for n in [x for x in ("a", "a-appliance") if x in names]:
+            pm = [r[n][k]["pmd"] for r in runs for k in ("multi", "single")]
+            ap = [p.get("appliance", {}).get("packets", 0) for p in pm]
+            h1 = [p.get("host1", {}).get("packets", 0) for p in pm]
+            out.append(f"- {n}: packets the appliance's OVS read per throughput test, median "
+                       f"{med(ap):.0f} (max {max(ap):.0f}), against host1's {med(h1):.0f}.")
+    if switch_s:
+        out.append(f"- Switching the direct path (NB write until host2's flows show it; back on "
+                   f"also one answered transaction and the learned entry): median "
+                   f"{med(list(switch_s)):.2f} s, max {max(switch_s):.2f} s, "
+                   f"{len(switch_s)} switches.")
     for n in names:
         cpu = {k: med([r[n]["multi"]["cpu"].get(k, float("nan")) for r in runs])
                for k in runs[0][n]["multi"]["cpu"] if k != "total"}
@@ -1028,7 +1146,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true",
                         help="leave everything up after the runs (to explore; the next run "
                              "or `vnet64-lab down` with the same prefix removes it)")
-    parser.add_argument("--no-what-if", action="store_true", help="skip the a-direct what-if")
+    parser.add_argument("--no-appliance-path", action="store_true",
+                        help="skip a-appliance (vnet64 with the direct path off)")
     parser.add_argument("--prefix", default=os.environ.get("VNET64_BENCH_PREFIX", PREFIX),
                         help=f"namespace prefix (default {PREFIX}; env VNET64_BENCH_PREFIX)")
     parser.add_argument("--run-dir", default=os.environ.get("VNET64_BENCH_RUN_DIR", RUN_DIR),
@@ -1073,12 +1192,12 @@ def main() -> int:
         bench.cleanup()
     names = [p.name for p in bench.paths]
     args.load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    args.findings = findings(runs, names)
+    args.findings = findings(runs, names, bench.switch_s)
     table = report(args, bench, runs, jump, started)
     print(table)
     result = {"machine": machine_line(args, started), "args": {
         k: v for k, v in vars(args).items() if k in ("runs", "seconds", "lat_seconds", "streams",
-                                                     "quick", "prefix", "no_what_if")},
+                                                     "quick", "prefix", "no_appliance_path")},
         "paths": {p.name: p.label for p in bench.paths}, "summary": summarise(runs, names),
         "runs": runs, "jumpbox": jump,
         "mtu": {"underlay": UNDERLAY_MTU, "ipv6": V6_MTU, "ipv4": V4_MTU}}
