@@ -209,8 +209,10 @@ def print_log_tail(path: Path, lines: int = 40) -> None:
     print("\n".join(errors + ["..."] + text.splitlines()[-lines:]), file=sys.stderr)
 
 
-def flow_count(node: OvsNode, table: str | None = None) -> int:
-    args = ["-O", "OpenFlow15", "dump-aggregate", "br-int"] + ([f"table={table}"] if table else [])
+def flow_count(node: OvsNode, table: str | None = None, cookie: str | None = None) -> int:
+    """Flows of br-int (in ``table``; with ``cookie`` "VALUE/MASK", only those)."""
+    spec = ",".join(([f"table={table}"] if table else []) + ([f"cookie={cookie}"] if cookie else []))
+    args = ["-O", "OpenFlow15", "dump-aggregate", "br-int"] + ([spec] if spec else [])
     out = node.ofctl(*args)
     m = re.search(r"flow_count=(\d+)", out)
     return int(m.group(1)) if m else -1

@@ -343,9 +343,11 @@ class Growth:
             expected["host1"] += HOST_FLOWS_PER_VM * p
             # the return path to the service's endpoint: a host whose controller reads only
             # its own VMs' services gets it with its first subscribed VM (a central
-            # controller has it from the start); the stage's miss flow is always there
+            # controller has it from the start); the stage's miss flow is always there.
+            # With it comes the direct path's flow for that endpoint (from_tunnel: what its
+            # host sends straight here with no pair, on to the appliance)
             if p:
-                expected["host1"] += ENDPOINTS + 1 - before["host1 to_service"]
+                expected["host1"] += 2 * (ENDPOINTS + 1 - before["host1 to_service"])
             expected["host1 v6_dnat"] += p
             judged = ("appliance route", "host1 v6_dnat", "appliance", "host1", "host2")
             procs = {"controller": self.controller_pids,

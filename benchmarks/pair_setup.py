@@ -110,7 +110,7 @@ from common import (CpuMeter, control_text, controller_logs_text, controller_pid
                     yes_no)
 from vnet64 import helptext  # noqa: E402
 from vnet64 import topology
-from vnet64.controller.pipeline import CT_TIMEOUTS
+from vnet64.controller.pipeline import CT_TIMEOUTS, cookie
 from vnet64.nb import api as nbapi
 from vnet64_lab import Lab, sh
 from vnet64.node.ovsdb import SyncCtTimeouts
@@ -678,7 +678,9 @@ class Bench:
         out = {"appliance": flow_count(self.nodes["appliance"])}
         for h in self.hosts:
             out[f"{h} v6_dnat"] = flow_count(self.nodes[h], "v6_dnat")
-            out[f"{h} from_tunnel"] = flow_count(self.nodes[h], "from_tunnel")
+            # not the pairs' own (the direct path's, one per pair whose endpoint is elsewhere)
+            out[f"{h} from_tunnel"] = flow_count(self.nodes[h], "from_tunnel") - flow_count(
+                self.nodes[h], "from_tunnel", f"{cookie('host', 'pair', 0):#x}/{0xFFFF << 48:#x}")
         return out
 
     def pair_flows(self) -> int:

@@ -34,8 +34,8 @@ For each size N (a baseline with no ``pairbench`` pair first, then each of
    sweep). That is the resync time. The log's own timestamps split it:
    process start -> NB model built -> switches connected -> resynced;
 5. checks: the connection still answers on the same Platform_IP port; host1's
-   pair flows are exactly those recorded (same cookie per pair, 3 flows per
-   cookie: adopted, not re-allocated, not duplicated); the stale flow is gone
+   pair flows are exactly those recorded (same cookie per pair, 4 flows per
+   cookie with the direct path: adopted, not re-allocated, not duplicated); the stale flow is gone
    (swept); then ``--new-pairs`` new pairs are set up and must get aliases no
    existing pair has (no duplicate allocation); the controller log has no
    ERROR/Traceback.
@@ -90,6 +90,9 @@ AIM_PAIRS, AIM_SECONDS = 10_000, 2.0
 PAIR_MASK = 0xFFFF000000000000
 PAIR_COOKIE = cookie("host", "pair", 0)
 STALE_INDEX = 0x1F000                       # far above what the allocator hands out here
+# a pair's flows on host1: pair, SNAT, return rule, and the direct path's (its endpoint is
+# on host2)
+FLOWS_PER_PAIR = 4
 STRANGER = "fd00:5e:1::99"                  # no endpoint has this address
 _PAIR_FLOW = re.compile(r"cookie=(0x[0-9a-f]+).*ipv6_src=([0-9a-f:]+),ipv6_dst=([0-9a-f:]+)"
                         r".*nat\(src=([0-9a-f:.]+)\)")
@@ -361,7 +364,7 @@ class Resync(Bench):
         all_cookies = self.pair_cookies()
         r["new_pairs"] = len(final) - len(after)
         r["no_duplicate"] = (len(set(aliases)) == len(aliases) == len(set(cks))
-                             and sorted(all_cookies) == sorted(cks * 3)
+                             and sorted(all_cookies) == sorted(cks * FLOWS_PER_PAIR)
                              and all(final[k] == v for k, v in before.items()))
         text = controller_logs_text(self.lab)
         r["log_error_lines"] = log_errors(text)

@@ -86,8 +86,10 @@ def test_growth_quick_programs_every_subscription(tmp_path):
         assert a["host1 v6_dnat"] == b["host1 v6_dnat"] + ports, (n, b, a)
         # + the return path to the service's endpoint, which a controller reading only
         # host1's rows gets with host1's first subscribed VM (besides the stage's miss flow)
+        # and, for the direct path, the flow passing on what that endpoint's host sends
+        # straight to host1 with no pair there (from_tunnel)
         assert a["host1 to_service"] == 2, (n, b, a)
-        assert a["host1"] == b["host1"] + per_vm * ports + 2 - b["host1 to_service"], (n, b, a)
+        assert a["host1"] == b["host1"] + per_vm * ports + 2 * (2 - b["host1 to_service"]), (n, b, a)
         assert a["host2"] == b["host2"], (n, b, a)
         assert r["complete"]
         assert r["log_errors"] == 0, "\n".join(r["log_error_lines"])
@@ -104,7 +106,7 @@ def test_resync_quick_keeps_the_connection_and_every_pair(tmp_path):
         assert r["connection_ok"], r.get("connection_error")
         assert r["pairs_before"] == n + 1 and r["pairs_after"] == n + 1, r
         assert r["pairs_kept"] and r["flows_kept"], "a pair was re-allocated or lost its flows"
-        assert r["flows_per_pair"] == 3
+        assert r["flows_per_pair"] == 4       # + the direct path's (svc1 is on host2)
         assert r["stale_swept"], "the stale pair flow survived the resync"
         assert r["new_pairs"] == 20 and r["no_duplicate"], "duplicate allocation after the resync"
         # --kill host1 (the default): host1's controller restarted, or the central one

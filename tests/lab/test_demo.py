@@ -31,7 +31,9 @@ TOPOLOGY = ROOT / "topologies" / "two-tenants.yaml"
 APPLIANCE, HOST1, HOST2 = "192.168.64.10", "192.168.64.11", "192.168.64.12"
 VMS = {"a-vm1": A6, "b-vm1": B6}
 HOPS = ["210", "216", "234", "(210)", "248", "253", "258", "262", "(258)"]
-ROW = re.compile(r"^   (\(?\d{3}\)?)\s{2,}.*?\s{2,}((?:outer )?IPv[46] .*|\(nothing captured\))$")
+ROW = re.compile(r"^   (\(?\d{3}\)?)\s{2,}.*?\s{2,}((?:outer )?IPv[46] .*|\(nothing captured\)|"
+                 r"\(skipped: the direct path\))$")
+FORWARD = re.compile(r"^   svc1's packets to \S+: (\d+) through the appliance, (\d+) direct", re.M)
 INNER = re.compile(r"^\s+inner (IPv[46] .*)$")
 HEADER = re.compile(r"IPv[46] (\S+) > (\S+)  (\S+)(?: (\d+) > (\d+))?")
 
@@ -63,12 +65,17 @@ def exchanges(out: str) -> dict[tuple[str, str], dict]:
                 last = r.group(1)
                 text = r.group(2)
                 assert text != "(nothing captured)", f"{m.group(1)} {m.group(2)}: {line}"
+                if text.startswith("(skipped"):
+                    rows[last] = {"skipped": text}
+                    continue
                 rows[last] = ({"outer": header(text)} if text.startswith("outer")
                               else {"inner": header(text)})
             elif (i := INNER.match(line)) and last:
                 rows[last]["inner"] = header(i.group(1))
+        fwd = FORWARD.search(block)
         found[(m.group(1), m.group(2))] = {"ok": m.group(4) == "OK", "via": m.group(3),
-                                           "rows": rows, "text": block}
+                                           "rows": rows, "text": block,
+                                           "forward": (int(fwd.group(1)), int(fwd.group(2))) if fwd else None}
     return found
 
 
@@ -105,6 +112,11 @@ def test_every_exchange_is_ok_with_every_hop_captured(demo_run):
         assert ex["ok"], ex["text"]
         assert ex["via"] == VMS[vm]
         assert list(ex["rows"]) == HOPS, ex["text"]
+    # the direct path: after each VM's first (TCP) exchange, its later ones skip the appliance
+    for vm in VMS:
+        assert found[("tcp", vm)]["forward"][0] >= 1, found[("tcp", vm)]["text"]
+        later = [found[(k, vm)]["forward"] for k in ("udp", "ping")]
+        assert sum(d for _, d in later) >= 1, [found[(k, vm)]["text"] for k in ("udp", "ping")]
     summary = proc.stdout.split("== summary", 1)[1]
     assert summary.count(" OK\n") == 6 and "FAILED" not in summary
 
@@ -121,10 +133,23 @@ def test_each_hop_has_the_patents_addresses(demo_run, kind, vm):
     def addrs(row: dict) -> dict:
         return {"src": row["src"], "dst": row["dst"]}
 
-    for no in ("210", "216", "234", "(210)"):          # the service's IPv6 packet, untouched
+    ex = exchanges(proc.stdout)[(kind, vm)]
+    via, direct = ex["forward"]
+    if kind == "tcp":
+        # each VM's first exchange: its pair's first packet (the SYN) through the appliance,
+        # the patent's path; its answer teaches host2 the direct path for the rest
+        assert via >= 1 and addrs(rows["216"]["outer"]) == {"src": HOST2, "dst": APPLIANCE}
+        assert rows["234"]["outer"]["dst"] == HOST1        # rewritten from the host mapping
+        hops_in = ("210", "216", "234", "(210)")
+    elif "skipped" in rows["234"]:
+        # later exchanges of a pair: straight from host2 to host1, no appliance hop
+        assert via == 0 and direct >= 1 and addrs(rows["216"]["outer"]) == {"src": HOST2, "dst": HOST1}
+        hops_in = ("210", "216", "(210)")
+    else:       # host2's datapath had not yet taken up what it learnt: the appliance
+        assert via >= 1 and addrs(rows["216"]["outer"]) == {"src": HOST2, "dst": APPLIANCE}
+        hops_in = ("210", "216", "234", "(210)")
+    for no in hops_in:                                # the service's IPv6 packet, untouched
         assert addrs(rows[no]["inner"]) == forward, (no, rows[no])
-    assert addrs(rows["216"]["outer"]) == {"src": HOST2, "dst": APPLIANCE}
-    assert rows["234"]["outer"]["dst"] == HOST1        # rewritten from the host mapping
     assert addrs(rows["248"]["inner"]) == {"src": PLATFORM_IP, "dst": "10.0.0.4"}
     assert addrs(rows["253"]["inner"]) == {"src": "10.0.0.4", "dst": PLATFORM_IP}
     for no in ("258", "262", "(258)"):                 # both IPv6 addresses rebuilt

@@ -85,9 +85,14 @@ def test_svc1s_packet_through_host2s_parsed_flows_reaches_the_geneve_port(switch
     packet = {"eth_src": "02:00:00:00:00:99", "eth_dst": gateway.GATEWAY_MAC, "eth_type": ETH_IPV6,
               "ipv6_src": SVC1, "ipv6_dst": A6, "ip_proto": 6, "nw_ttl": 64,
               "tcp_src": 40000, "tcp_dst": LINE_PORT, "pkt_len": 100}
+    # the session's answer taught host2 the direct path (a learnt flow in the dump)
+    host1 = str(plan.node("host1").underlay_ip.ip)
     t = switches["host2"].trace(packet, svc1)
-    assert t.is_output(geneve, tun_ipv4_dst=appliance, tunnel_id=VNI, tun_metadata0=token,
+    assert t.is_output(geneve, tun_ipv4_dst=host1, tunnel_id=VNI, tun_metadata0=token,
                        ipv6_dst=A6), str(t)
+    # another VM's platform address, which host2 learnt nothing for: the appliance
+    t = switches["host2"].trace({**packet, "ipv6_dst": str(IPv6Address(A6) + 0x100)}, svc1)
+    assert t.is_output(geneve, tun_ipv4_dst=appliance, tunnel_id=VNI, tun_metadata0=token), str(t)
     # ... and its spoofed twin does not, nor one with hop limit 1 (punted to the gateway)
     spoofed = switches["host2"].trace({**packet, "ipv6_src": str(IPv6Address(SVC1) + 1)}, svc1)
     assert spoofed.dropped, str(spoofed)

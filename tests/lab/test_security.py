@@ -511,19 +511,25 @@ def test_forged_geneve_from_a_node_that_is_not_the_appliance_or_a_host_is_droppe
     (as if it had learnt it), so that what drops them is the outer source check: to
     host1 (table-miss in ``from_tunnel``), to the appliance (its counted ``from_tunnel``
     drop flow), a forged return to host2 (table-miss in ``from_tunnel``), and - claiming
-    host2's address - a known host trying to bypass the appliance (host1 takes a host's
-    packets as return traffic for its own endpoints only: table-miss in
-    ``to_endpoint``); a wrong VNI is a table-miss in ``classify``."""
+    host2's address - a known host trying to bypass the appliance for an address that is
+    none of its endpoints (host1 takes a host's packets to a platform address only on the
+    direct path of a pair of that host's own endpoint: counted as ``not_direct``); a wrong
+    VNI is a table-miss in ``classify``. (What claims host2's address *and* carries the
+    token and one of host2's endpoints as source is host2's for the platform, as what
+    claims the appliance's with the token is the appliance's: the token is the secret.)"""
     e = env
     assert answer(client(e.plan, "udp", A6, UDP_PORT, "pair-exists"))[0] == "a-vm1"
     before = {n: table_counts(e.plan, n) for n in ("host1", "host2")}
     appliance_drop = flow_packets(e.plan, "appliance", "priority=0", "table=1")
+    not_direct = drop_counts(e.plan, "host1").get("not_direct", 0)
     token = int(tunnel_token(e.plan), 16)
+    not_an_endpoint = Ether(src="02:00:00:00:00:01", dst=GW) / IPv6(src="fd00:5e:1::99", dst=A6) \
+        / UDP(sport=45001, dport=UDP_PORT) / b"rogue-bypass"
     forged = [
         rogue.geneve("host1", _fwd_inner("rogue-to-host1"), token=token),
         rogue.geneve("appliance", _fwd_inner("rogue-via-appliance"), token=token),
         rogue.geneve("host2", _ret_inner("rogue-return"), token=token),
-        rogue.geneve("host1", _fwd_inner("rogue-bypass"), src=e.underlay("host2"), token=token),
+        rogue.geneve("host1", not_an_endpoint, src=e.underlay("host2"), token=token),
         rogue.geneve("host1", _fwd_inner("rogue-vni"), src=e.underlay("appliance"), vni=0x1234,
                       token=token),
     ]
@@ -532,13 +538,15 @@ def test_forged_geneve_from_a_node_that_is_not_the_appliance_or_a_host_is_droppe
 
         def all_dropped() -> bool:
             h1, h2 = table_counts(e.plan, "host1"), table_counts(e.plan, "host2")
-            return (misses(before["host1"], h1, FROM_TUNNEL) >= 1 and misses(before["host1"], h1, TO_ENDPOINT) >= 1
+            return (misses(before["host1"], h1, FROM_TUNNEL) >= 1
+                    and drop_counts(e.plan, "host1").get("not_direct", 0) > not_direct
                     and misses(before["host1"], h1, CLASSIFY) >= 1 and misses(before["host2"], h2, FROM_TUNNEL) >= 1
                     and flow_packets(e.plan, "appliance", "priority=0", "table=1") > appliance_drop)
         dropped = wait_for(all_dropped, 5)
         got = svc.packets() + xlat.packets()
-    assert dropped, {n: {t: misses(before[n], table_counts(e.plan, n), t)
-                         for t in (CLASSIFY, FROM_TUNNEL, TO_ENDPOINT)} for n in before}
+    assert dropped, ({n: {t: misses(before[n], table_counts(e.plan, n), t)
+                          for t in (CLASSIFY, FROM_TUNNEL, TO_ENDPOINT)} for n in before},
+                     drop_counts(e.plan, "host1"))
     assert not carrying(got, "rogue-"), "a forged Geneve packet got through"
     assert not e.arrived("rogue-"), e.arrived("rogue-")
     assert_nothing_crashed_and_tenants_work(e, "rogue")

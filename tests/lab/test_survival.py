@@ -263,9 +263,10 @@ def test_restart_rebuilds_allocations_from_the_switches_and_sweeps_stale_flows(r
     assert a_cookie != b_cookie and a_alias != b_alias, f"duplicate allocation: {pairs}"
     print(f"pair aliases: a-vm1 {a_alias} (kept), b-vm1 {b_alias} (new)")
 
-    # no leak: one set of pair flows (pair + SNAT + return rule) per live pair, nothing else
+    # no leak: one set of pair flows (pair + SNAT + return rule + the direct path's: svc1 is
+    # on host2) per live pair, nothing else
     per_cookie = cookies(plan, "host1", *PAIR_FEATURE)
-    assert sorted(per_cookie) == sorted([a_cookie] * 3 + [b_cookie] * 3), \
+    assert sorted(per_cookie) == sorted([a_cookie] * 4 + [b_cookie] * 4), \
         flows(plan, "host1", f"cookie={PAIR_FEATURE[0]:#x}/{PAIR_FEATURE[1]:#x}")
     assert not cookies(plan, "host2", *PAIR_FEATURE)
     assert_clean_log(lab)
@@ -303,7 +304,7 @@ def test_a_restarted_switch_gets_its_pipeline_back(run):
     assert set(pairs) == {(SVC1, A6), (SVC1, B6)}, pairs
     assert pairs[(SVC1, A6)][1] != pairs[(SVC1, B6)][1], f"duplicate allocation: {pairs}"
     assert sorted(cookies(plan, "host1", *PAIR_FEATURE)) == sorted(
-        [c for c, _ in pairs.values()] * 3)
+        [c for c, _ in pairs.values()] * 4)      # each pair's four flows (with the direct path's)
     # the other switches were not disturbed
     assert not re.search(r"\[(host2|appliance) [0-9a-f]+\] (dis)?connected", log_since(lab, marks))
     assert_clean_log(lab)

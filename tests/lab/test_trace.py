@@ -40,25 +40,50 @@ def underlay(plan, node: str) -> str:
     return str(plan.node(node).underlay_ip.ip)
 
 
-def test_the_trace_matches_a_real_exchange_hop_by_hop(platform, tmp_path):
-    lab, plan = platform
-    fabric = [Pcap(plan.fabric_ns, plan.node(n).fabric_if, tmp_path) for n in ("host2", "appliance", "host1")]
+def forget_direct(plan) -> None:
+    """host2 forgets what answers taught it (the direct path's learnt entries), and its
+    datapath with it: svc1's next packet to a VM goes through the appliance."""
+    from vnet64.controller.pipeline import HOST_TABLES
+    from vnet64_lab.ovs import OvsNode
+    n = plan.node("host2")
+    ovs = OvsNode(n.name, n.ns, n.run_dir)
+    ovs.ofctl("-O", "OpenFlow15", "del-flows", "br-int", f"table={HOST_TABLES.id('direct')}")
+    ovs.appctl("revalidator/wait")
+
+
+def captured(plan, tmp_path, marker: str) -> tuple[int, set, set, set]:
+    """One datagram svc1 -> a-vm1 carrying ``marker``, captured on the fabric legs of host2,
+    the appliance and host1 and on a-vm1's link: (svc1's port, the Geneve packets as
+    (outer src, outer dst, inner src, inner dst, sport, dport), the fabric legs that saw
+    it, what a-vm1 got and sent)."""
+    legs = ("host2", "appliance", "host1")
+    fabric = [Pcap(plan.fabric_ns, plan.node(n).fabric_if, tmp_path) for n in legs]
     at_vm = Pcap(vif(plan, "a-vm1").ns, "eth0", tmp_path)
     try:
-        sent = udp_many(plan, "svc1", [A6], "trace-me", port=UDP_PORT)
+        sent = udp_many(plan, "svc1", [A6], marker, port=UDP_PORT)
         assert sent["replies"], "svc1 got no answer from a-vm1"
-        sport = sent["local"]
         for cap in (*fabric, at_vm):
-            cap.wait(lambda p: len(carrying(p, "trace-me")) >= 2, 3)
+            cap.wait(lambda p: len(carrying(p, marker)) >= 2, 3)
     finally:
         for cap in (*fabric, at_vm):
             cap.stop()
-    geneve = [decap(p) for cap in fabric for p in carrying(cap.packets(), "trace-me")]
+    geneve = [decap(p) for cap in fabric for p in carrying(cap.packets(), marker)]
     real = {(str(o.src), str(o.dst), norm(i[IPv6].src), norm(i[IPv6].dst), i[UDP].sport, i[UDP].dport)
             for o, _, i in geneve if o is not None}
+    seen_on = {n for n, cap in zip(legs, fabric) if carrying(cap.packets(), marker)}
     vm = {(p[IP].src, p[IP].dst, p[UDP].dport if p[IP].dst == "10.0.0.4" else p[UDP].sport)
-          for p in carrying(at_vm.packets(), "trace-me") if p.haslayer(IP)}
+          for p in carrying(at_vm.packets(), marker) if p.haslayer(IP)}
+    return sent["local"], real, seen_on, vm
 
+
+def test_the_trace_matches_a_real_exchange_hop_by_hop(platform, tmp_path):
+    """A pair's first packet, through the appliance (the patent's path): host2 has learnt
+    nothing before it, and the trace walks the flows as they were then (its answer's
+    lesson forgotten again)."""
+    lab, plan = platform
+    forget_direct(plan)
+    sport, real, _, vm = captured(plan, tmp_path, "trace-me")
+    forget_direct(plan)
     hops = run_trace(lab, "svc1", "a-vm1", "udp", str(UDP_PORT), "--sport", str(sport), "--reply")["hops"]
     by_no = {h["patent"]: h for h in hops if h["patent"]}
     assert list(by_no) == ["216", "234", "248", "262", "(258)"], [h["patent"] for h in hops]
@@ -82,6 +107,32 @@ def test_the_trace_matches_a_real_exchange_hop_by_hop(platform, tmp_path):
     owners = [s["owner"] for h in hops for s in h["steps"]]
     assert "pair 1: svc1 -> a-vm1" in owners or any(o.endswith(": svc1 -> a-vm1") for o in owners), owners
     assert f"route {A6} -> host1" in owners
+
+
+def test_the_trace_of_a_later_packet_goes_direct_as_the_real_one_does(platform, tmp_path):
+    """Once an answer has taught host2 the direct path, svc1's packet goes host2 -> host1:
+    so on the fabric (the appliance's leg sees nothing of it), and so in the trace, whose
+    first hop names the learnt entry."""
+    lab, plan = platform
+    assert udp_many(plan, "svc1", [A6], "teach", port=UDP_PORT)["replies"]
+    from vnet64_lab.ovs import OvsNode
+    n = plan.node("host2")
+    OvsNode(n.name, n.ns, n.run_dir).appctl("revalidator/wait")
+    sport, real, seen_on, _ = captured(plan, tmp_path, "direct-me")
+    h2, h1 = underlay(plan, "host2"), underlay(plan, "host1")
+    assert seen_on == {"host2", "host1"}, seen_on
+    hops = run_trace(lab, "svc1", "a-vm1", "udp", str(UDP_PORT), "--sport", str(sport), "--reply")["hops"]
+    assert [(h["node"], h["outcome"]) for h in hops] == [
+        ("host2", "tunnel"), ("host1", "translator"), ("host1", "delivered"),
+        ("host1", "translator"), ("host1", "tunnel"), ("host2", "delivered")], hops
+    assert [h["patent"] for h in hops] == [None, None, "248", None, "262", "(258)"]
+    for hop, outer, inner in ((hops[0], (h2, h1), (SVC1, A6, sport, UDP_PORT)),
+                              (hops[4], (h1, h2), (A6, SVC1, UDP_PORT, sport))):
+        s = hop["sent"]
+        simulated = (s["tun_ipv4_src"], s["tun_ipv4_dst"], norm(s["ipv6_src"]), norm(s["ipv6_dst"]),
+                     s["udp_src"], s["udp_dst"])
+        assert simulated == (*outer, *inner) and simulated in real, (simulated, real)
+    assert any(st["stage"] == "direct" and st["owner"].startswith("learned") for st in hops[0]["steps"])
 
 
 @pytest.mark.parametrize("args, node, reason", [

@@ -364,3 +364,50 @@ def test_a_tlv_map_not_ours_is_named():
     assert tlv_map_problem([TOKEN_OPTION, TlvMap(3, 0x0102, 1, 8)]) is None
     assert "tun_metadata0 is mapped to {class=0x102,type=0x1,len=8}" in tlv_map_problem([TlvMap(0, 0x0102, 1, 8)])
     assert "not mapped" in tlv_map_problem([])
+
+
+def direct_msgs(msgs: list, index: int) -> list:
+    """The messages of ``msgs`` that touch pair ``index``'s direct-path flow."""
+    c = cookie("host", "pair", index)
+    return [m for m in msgs if (isinstance(m, DeleteFlows) and m.cookie == c and m.table == "from_tunnel")
+            or (isinstance(m, Flow) and m.cookie == c and m.table == "from_tunnel")]
+
+
+def test_a_pairs_direct_flow_follows_the_token_and_its_endpoints_host(model):
+    """The direct path's per-pair flow matches the endpoint's host and the tunnel token:
+    a rotated token or a moved endpoint replaces it (and only it), and an endpoint on the
+    VM's own host has none."""
+    logic = Logic(lambda: model)
+    d = dpid(model, "host1")
+    logic.switch_connected(d, HOST1_PORTS)
+    flows = [m for m in logic.packet_in(d, HOST_TABLES.id("pair"), 1, frame(SVC1, A_VM1)) if isinstance(m, Flow)]
+    index = Cookie.decode(flows[0].cookie).obj
+    assert len(direct_msgs(flows, index)) == 1
+    model.set_platform(model.platform_ip, model.translator_prefix, model.appliance, 0x1234ABCD)
+    out = logic.nb_changed(model.take_delta())[d]
+    delete, add = direct_msgs(out, index)
+    assert isinstance(delete, DeleteFlows) and add.match.get("tun_metadata0") == 0x1234ABCD
+    assert add.goto == "pair" and add.match.get("tun_ipv4_src") == str(model.node("host2").underlay_ip)
+    assert not direct_msgs(logic.nb_changed(model.take_delta()).get(d, []), index)   # nothing new
+    ep = model.endpoint("svc1")
+    model.put_endpoint(dataclasses.replace(ep, host="host1"))    # now on the VM's own host
+    out = logic.nb_changed(model.take_delta())[d]
+    assert [type(m) for m in direct_msgs(out, index)] == [DeleteFlows]     # gone, none instead
+    assert index in logic.switches[d].pairs                                # the pair itself stays
+
+
+def test_resync_takes_an_adopted_pairs_direct_flow_as_current(model):
+    """A pair read back with its direct-path flow is adopted whole and nothing is resent;
+    one read back without it (the switch had it from before the direct path) gets it."""
+    logic = Logic(lambda: model)
+    d = dpid(model, "host1")
+    logic.switch_connected(d, HOST1_PORTS)
+    direct = (cookie("host", "pair", 7), HOST_TABLES.id("from_tunnel"), 110,
+              {"eth_type": 0x86DD, "ipv6_src": str(SVC1), "ipv6_dst": str(A_VM1)})
+    msgs = logic.resynced(d, [*pair_found(7, SVC1, A_VM1, 10), direct, *pair_found(8, SVC1, B_VM1, 11)])
+    assert not [m for m in msgs if isinstance(m, DeleteFlows)], msgs
+    assert set(logic.switches[d].pairs) == {7, 8}
+    model.set_platform(model.platform_ip, model.translator_prefix, model.appliance, model.tunnel_token)
+    out = logic.nb_changed(None).get(d, [])          # a full reconcile
+    assert not direct_msgs(out, 7)
+    assert [type(m) for m in direct_msgs(out, 8)] == [DeleteFlows, Flow]

@@ -9,11 +9,16 @@ Host pipeline (table ids in brackets)::
 
   classify [0] ── in_port=geneve0 ──► from_tunnel [1]   (every flow there also wants the token)
      │                                 ├ tun_src=appliance, dst=local VM's platform IPv6 ─► pair [20]
-     │                                 └ tun_src=a known host ─► ct(endpoint zone) ─► to_endpoint [11]
-     │                                   (delivered only as a reply or related to what it sent)
+     │                                 ├ tun_src=a known host ─► ct(endpoint zone) ─► to_endpoint [11]
+     │                                 │ (delivered only as a reply or related to what it sent;
+     │                                 │  a reply through the tunnel learns the direct path)
+     │                                 └ direct path: tun_src=an endpoint's host, from it, to a VM
+     │                                   of a pair here ─► pair [20]; no pair: on to the appliance;
+     │                                   from another address to fd41::/16: dropped (not_direct)
      ├ in_port=<endpoint> ─► from_endpoint [10]: NS for fe80::1 ─► nd_reply [12] ─► nd_tll [13]
      │                                        dst in fd41::/16 ─► to_appliance [14]: ct(commit,
-     │                                          endpoint zone), Geneve to the appliance
+     │                                          endpoint zone), Geneve to the appliance - or, once
+     │                                          learnt (resubmit to direct [15]), to the VM's host
      │                                        (hop limit <= 1 here, > path MTU in to_appliance ─►
      │                                         meter ─► controller: the gateway's ICMPv6 Time
      │                                         Exceeded / Packet Too Big)
@@ -97,8 +102,10 @@ def tables_for(role: str) -> TableMap:
 # turns on OVS's prefix tracking for them (Flow_Table "prefixes"), so a flood of random
 # destinations under fd41::/16 shares megaflows instead of one upcall per address
 # (measured on the appliance: ~50k upcalls per 3 s flood without, a handful with).
+# ``direct``: its learnt entries match exact addresses; without the trie each destination of
+# such a flood would un-wildcard the whole ipv6_dst on the service host.
 TABLE_PREFIXES = {
-    "host": {"from_tunnel": ["ipv6_dst"], "from_endpoint": ["ipv6_dst"]},
+    "host": {"from_tunnel": ["ipv6_dst"], "from_endpoint": ["ipv6_dst"], "direct": ["ipv6_dst"]},
     "appliance": {"route": ["ipv6_dst"]},
 }
 

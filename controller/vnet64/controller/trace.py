@@ -309,7 +309,7 @@ class Tracer:
         role = self.nodes[node].role
         if role == "appliance":
             return "234"
-        if dst is not None and self.nodes[dst].role == "appliance":
+        if dst is not None and dst in self.nodes and self.nodes[dst].role == "appliance":
             return "216"
         return "262" if reply else None   # (its inner packet: 258, the return translation's)
 
