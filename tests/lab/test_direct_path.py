@@ -16,11 +16,10 @@ from ipaddress import IPv4Address
 
 import pytest
 from scapy.layers.inet6 import IPv6
-from vnet64_lab import Lab
 from vnet64_lab.traffic import (A6, B6, SVC1, UDP_PORT, answer, client, flow_lines, in_ns, ns_of,
                                 ovs_node, running_platform, wait_for)
 
-from tests.lab.conftest import ROOT, need_lab
+from tests.lab.conftest import ROOT, need_lab, new_lab
 from tests.lab.test_vm_move import PORTS, attach, detach
 from tests.lab.traffic import Pcap, Rogue, carrying, decap, drop_counts, norm, tunnel_token
 from vnet64.controller.pipeline import HOST_TABLES
@@ -47,9 +46,8 @@ print(json.dumps({"local": s.getsockname()[1], "answers": answers}))
 @pytest.fixture(scope="module")
 def platform():
     need_lab()
-    # test_vm_move's attach/detach keep b-vm1's port name in its module's PORTS: same lab
-    # layout (two-tenants), its own prefix and run directory
-    lab = Lab("v64d-", "/run/vnet64-lab-d")
+    # (test_vm_move's attach/detach, used here, keep b-vm1's port name in PORTS)
+    lab = new_lab("r")
     with running_platform(lab, ROOT / "topologies" / "two-tenants.yaml") as up:
         yield up
 
@@ -69,6 +67,14 @@ def exchange(plan, addr: str, marker: str, n: int) -> dict:
     proc = in_ns(ns_of(plan, "svc1"), sys.executable, "-c", EXCHANGE, addr, str(UDP_PORT), marker, str(n))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def unanswered(plan, out: dict, marker: str) -> str:
+    """Which datagrams of an exchange got no answer, and what every node did not forward
+    (for an assertion's message)."""
+    lost = [f"{marker}-{i}" for i, a in enumerate(out["answers"]) if not a]
+    return f"no answer to {lost}; not forwarded: " + "; ".join(
+        f"{n.name} {drop_counts(plan, n.name)}" for n in plan.nodes)
 
 
 def forward_legs(plan, caps: dict[str, Pcap], marker: str, vm6: str) -> list[tuple[str, str, str]]:
@@ -112,7 +118,7 @@ def test_a_pairs_later_packets_bypass_the_appliance(platform, tmp_path):
         assert wait_for(lambda: learned(plan, "host2", A6), 5), "host2 learnt nothing"
         settled(plan, "host2")
         later = exchange(plan, A6, "later", 9)
-        assert all(a and a.startswith("a-vm1 ") for a in later["answers"]), later
+        assert all(a and a.startswith("a-vm1 ") for a in later["answers"]), unanswered(plan, later, "later")
         for cap in caps.values():
             cap.wait(lambda p: len(carrying(p, "later-8")) >= 1, 3)
     finally:
