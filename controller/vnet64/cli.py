@@ -716,8 +716,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "host, that service host sends the pair's packets straight to the VM's "
                     "host instead of through the appliance (first packets, and everything "
                     "after a VM moves, still go through the appliance). 'default' clears the "
-                    "setting (the platform's default applies). The controllers reprogram "
-                    "every node; learned direct entries end with the setting.")
+                    "setting (the platform's default, on, applies). The controllers reprogram "
+                    "every node; turned off, what the service hosts learnt is no longer used "
+                    "(and idles out).")
     dp.add_argument("state", choices=("on", "off", "default"))
     dp.set_defaults(func=_with_nb(cmd_platform_direct_path))
 

@@ -355,11 +355,10 @@ TLS_ENV = {"private_key": "VNET64_NB_PRIVATE_KEY", "certificate": "VNET64_NB_CER
 
 
 def _direct_path(row: Any) -> str:
-    from ..controller.model import DIRECT_PATH_DEFAULT
     value = getattr(row, "direct_path", [])
     if value:
         return "on" if value[0] else "off"
-    return f"default ({'on' if DIRECT_PATH_DEFAULT else 'off'})"
+    return f"default ({'on' if cmd.DIRECT_PATH_DEFAULT else 'off'})"
 
 
 def _utc(ms: int) -> str | None:

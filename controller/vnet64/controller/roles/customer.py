@@ -4,6 +4,10 @@ Stages owned: ``from_tunnel`` (forward traffic), ``pair``, ``v6_dnat``,
 ``to_translator``, ``from_translator``, ``v6_unsnat``, ``to_service``,
 ``to_vm``, ``from_vm``, ``arp_reply``, ``vm_return``.
 
+With the direct path, step 1 also takes, per pair, what the pair's endpoint's host sends
+straight here (:func:`direct_flows`), and passes on to the appliance what such a host
+sends for no pair here (:func:`bounce_flows`).
+
 Forward (service -> VM), per DESIGN §4b:
  1. from the tunnel, outer source = the appliance with the tunnel token, inner
     destination = the platform IPv6 of a local subscribed VM -> ``pair``;

@@ -1,8 +1,13 @@
 """Encapsulator: a host's service endpoints (IPv6 only) reaching platform addresses.
 
-Stages owned: ``from_endpoint``, ``to_appliance``, ``nd_reply``, ``nd_tll``,
+Stages owned: ``from_endpoint``, ``to_appliance``, ``direct``, ``nd_reply``, ``nd_tll``,
 ``to_endpoint``, and in ``from_tunnel`` the flows that accept return traffic from known
 hosts.
+
+- The direct path (``Model.direct_path``, on by default): ``to_appliance`` resubmits to
+  ``direct`` before it sends, and a flow there - learnt by ``to_endpoint`` from a reply
+  (:func:`direct_learn`) - sends a pair's packets straight to the VM's host instead of
+  the appliance.
 
 - From an endpoint's port, IPv6 from that endpoint's own address to the
   steering prefix fd41::/16 is encapsulated (Geneve, VNI, tunnel token) towards
@@ -187,9 +192,9 @@ def miss_flows() -> list[Flow]:
 
 def peer_flows(model: Model, node: Node) -> list[Flow]:
     """Accept return traffic from every other known host (outer source check). With the
-    direct path, what such a host sends to a platform address is dropped here unless a
-    flow above lets it through (``customer.direct_flows``: a pair's, or an endpoint's on
-    to the appliance)."""
+    direct path, what such a host sends to a platform address is dropped here
+    (``not_direct``) unless a flow above takes it: a pair's (``customer.direct_flows``),
+    or one of that host's endpoints' on to the appliance (``customer.bounce_flows``)."""
     out = []
     for peer in model.hosts():
         if peer.name == node.name:
