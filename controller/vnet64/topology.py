@@ -32,6 +32,9 @@ NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 ROLES = ("host", "appliance")
 DEFAULT_PLATFORM_IP = "100.100.0.1"
+# The direct path (NB Platform.direct_path) where the NB does not set it: on, because it wins
+# (benchmarks/results/datapath.md: a / a-appliance)
+DIRECT_PATH_DEFAULT = True
 DEFAULT_TRANSLATOR_PREFIX = "fd64:64::/96"
 DPID_BASE = 0x564E << 48  # "VN": datapath id = DPID_BASE | underlay IPv4, unless given
 

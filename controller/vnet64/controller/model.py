@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Callable, Iterable
 
 from .. import address, gateway
-from ..nb.commands import DIRECT_PATH_DEFAULT
+from ..topology import DIRECT_PATH_DEFAULT
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,7 @@ class Delta:
 
 
 _PLATFORM = ("platform_ip", "translator_prefix", "appliance", "tunnel_token", "direct_path")
-# The direct path (NB Platform.direct_path; unset: nb.commands.DIRECT_PATH_DEFAULT): a
+# The direct path (NB Platform.direct_path; unset: topology.DIRECT_PATH_DEFAULT): a
 # service host sends a pair's packets straight to the VM's host once a reply from there
 # taught it where it is
 

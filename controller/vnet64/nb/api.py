@@ -358,7 +358,7 @@ def _direct_path(row: Any) -> str:
     value = getattr(row, "direct_path", [])
     if value:
         return "on" if value[0] else "off"
-    return f"default ({'on' if cmd.DIRECT_PATH_DEFAULT else 'off'})"
+    return f"default ({'on' if topology.DIRECT_PATH_DEFAULT else 'off'})"
 
 
 def _utc(ms: int) -> str | None:

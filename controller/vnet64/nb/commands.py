@@ -203,11 +203,6 @@ class SetPlatformCommand(_Command):
         self.result = row.uuid
 
 
-# The direct path (Platform.direct_path) where the NB does not set it: on, because it wins
-# (benchmarks/results/datapath.md: a / a-appliance)
-DIRECT_PATH_DEFAULT = True
-
-
 class SetDirectPathCommand(_Command):
     """Turn the direct path on (True), off (False), or back to the default (None); result:
     whether the setting changed."""
