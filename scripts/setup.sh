@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 
 # systemd: its systemd-analyze checks deploy/systemd/'s units in the unit tests (a container
 # image may lack it; installing it does not make it PID 1).
+# clang, libbpf-dev and bpftool: the node agent's BPF translator engine (--translator-engine
+# bpf: built per host with clang, its counters read with bpftool), which the suite runs too.
 APT_PACKAGES=(openvswitch-switch openvswitch-common tayga tcpdump iproute2 ethtool iputils-ping iperf3 nftables
-              python3 python3-venv python3-pip systemd)
+              python3 python3-venv python3-pip systemd clang libbpf-dev bpftool)
 VENV=${VENV:-.venv}
 
 missing=()

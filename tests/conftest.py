@@ -4,6 +4,9 @@
 the suite brings up runs its controllers - one per node, or one central controller. It is
 put in the environment, so the labs that benchmarks and demos started by the tests bring
 up follow it too.
+
+``--translator-engine tayga|bpf`` (else ``$VNET64_TRANSLATOR_ENGINE``, else ``tayga``): the
+engine every lab host's translator runs, put in the environment the same way.
 """
 
 from __future__ import annotations
@@ -21,22 +24,30 @@ from vnet64.nb.server import NbServer
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TOPOLOGY = ROOT / "topologies" / "two-tenants.yaml"
 LAB_CONTROL_ENV = "VNET64_LAB_CONTROL"   # vnet64_lab.lab.CONTROL_ENV
+ENGINE_ENV = "VNET64_TRANSLATOR_ENGINE"  # vnet64.node.translator.ENGINE_ENV
 
 
 def pytest_addoption(parser):
     parser.addoption("--lab-control", choices=("node", "central"),
                      help="lab tests: a controller per node (default, also "
                           f"${LAB_CONTROL_ENV}) or one central controller")
+    parser.addoption("--translator-engine", choices=("tayga", "bpf"),
+                     help="lab tests: the hosts' translator engine (default tayga, also "
+                          f"${ENGINE_ENV})")
 
 
 def pytest_configure(config):
     mode = config.getoption("--lab-control")
     if mode:
         os.environ[LAB_CONTROL_ENV] = mode
+    engine = config.getoption("--translator-engine")
+    if engine:
+        os.environ[ENGINE_ENV] = engine
 
 
 def pytest_report_header(config):
-    return f"lab control: {os.environ.get(LAB_CONTROL_ENV) or 'node'}"
+    return (f"lab control: {os.environ.get(LAB_CONTROL_ENV) or 'node'}, translator engine: "
+            f"{os.environ.get(ENGINE_ENV) or 'tayga'}")
 
 
 def _need_ovsdb() -> None:

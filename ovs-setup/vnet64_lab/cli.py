@@ -1,6 +1,6 @@
 """``vnet64-lab``: build, inspect and remove an OVS lab of a topology.
 
-    vnet64-lab up [TOPOLOGY] [--control node|central] [--tls]
+    vnet64-lab up [TOPOLOGY] [--control node|central] [--tls] [--translator-engine tayga|bpf]
                                         build it (default topologies/two-tenants.yaml)
     vnet64-lab down                     remove everything the lab made
     vnet64-lab status [--json]          processes, bridges, controllers, VM addresses
@@ -19,6 +19,8 @@ connected to br-int's management socket (``br-int.mgmt``), as a deployment runs 
 ``--tls`` (also ``$VNET64_LAB_TLS=1``): the platform over TLS, with certificates made by
 ``ovs-pki`` in ``<run dir>/pki``: the NB listens with pssl: only, agents and controllers
 reach it over ssl:, and a central controller takes switches over ssl: only.
+``--translator-engine bpf`` (also ``$VNET64_TRANSLATOR_ENGINE=bpf``): every host's agent runs
+vnet64's tc-BPF translator in front of TAYGA (``vnet64-node --translator-engine``).
 TARGET is a node, VM or service-endpoint name, or ``kind:name`` with kind one of
 node, vm, endpoint, xlat (a host's translator), or ``ctl`` / ``fabric``.
 Options before the subcommand: ``--prefix`` (namespace prefix, env
@@ -43,6 +45,7 @@ from typing import Any
 
 from vnet64.topology import TopologyError
 from vnet64 import helptext
+from vnet64.node.translator import ENGINES
 from vnet64.controller.trace import add_arguments as trace_arguments
 from vnet64.node import drops
 
@@ -153,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="run the platform over TLS (also $VNET64_LAB_TLS=1): certificates made "
                         "with ovs-pki in RUN_DIR/pki, the NB on pssl: only, agents and "
                         "controllers over ssl:, a central controller's switches over ssl:")
+    p.add_argument("--translator-engine", choices=ENGINES,
+                   help="the hosts' translators: tayga (default, also "
+                        "$VNET64_TRANSLATOR_ENGINE) or bpf, vnet64's tc-BPF fast path in "
+                        "front of TAYGA (vnet64-node --translator-engine)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("down", help="remove everything the lab made")
     p.add_argument("--json", action="store_true")
@@ -217,7 +224,8 @@ def _exec(path: str, argv: list[str], env: dict | None = None) -> Any:
 def _run(args: argparse.Namespace) -> int:
     try:
         lab = Lab(args.prefix, args.run_dir, control=getattr(args, "control", None),
-                  tls=getattr(args, "tls", None))
+                  tls=getattr(args, "tls", None),
+                  translator_engine=getattr(args, "translator_engine", None))
         if args.cmd == "up":
             result = lab.up(args.topology)
             if args.json:

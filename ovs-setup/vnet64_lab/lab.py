@@ -23,6 +23,10 @@ in ``state.json`` for as long as the lab is up):
   management network; ``<run>/ctl/controller.{log,pid}``; every ``Node.controllers``
   is ``tcp:<ctl ip>:6653``.
 
+Translator engine (``Lab(translator_engine=...)``, else ``$VNET64_TRANSLATOR_ENGINE``, else
+``tayga``; kept in ``state.json`` too): what every host's agent is started with
+(``--translator-engine``): ``tayga`` alone, or ``bpf``, the tc-BPF fast path in front of it.
+
 TLS (``Lab(tls=True)``, else ``$VNET64_LAB_TLS``; off by default; kept in ``state.json``
 too): ``up`` makes a PKI with ``ovs-pki`` in ``<run>/pki`` (:class:`LabPki`), the NB
 listens with ``pssl:`` only, every agent and controller reaches it over ``ssl:`` with a
@@ -82,6 +86,7 @@ from vnet64.nb.server import LAB_RUN_DIR, NbServer
 from vnet64.topology import TopologyError
 
 from vnet64.node.agent import STATUS_FILE as AGENT_STATUS_FILE
+from vnet64.node.translator import DEFAULT_ENGINE, ENGINE_ENV, ENGINES
 
 from . import plan as P
 from . import settings as lab_settings
@@ -217,7 +222,8 @@ class Controller:
 
 class Lab:
     def __init__(self, prefix: str | None = None, run_dir: str | Path | None = None,
-                 control: str | None = None, tls: bool | None = None):
+                 control: str | None = None, tls: bool | None = None,
+                 translator_engine: str | None = None):
         """``control``: how the next ``up`` runs the controllers, ``node`` or
         ``central`` (default ``$VNET64_LAB_CONTROL``, else ``node``). ``tls``: whether
         the next ``up`` runs the platform over TLS (default ``$VNET64_LAB_TLS``, else
@@ -228,6 +234,10 @@ class Lab:
         self.wanted_control = check_control(control or os.environ.get(CONTROL_ENV)
                                             or DEFAULT_CONTROL)
         self.wanted_tls = env_tls() if tls is None else bool(tls)
+        engine = translator_engine or os.environ.get(ENGINE_ENV) or DEFAULT_ENGINE
+        if engine not in ENGINES:
+            raise LabError(f"translator engine {engine!r}: not one of {', '.join(ENGINES)}")
+        self.wanted_engine = engine
 
     @property
     def control(self) -> str:
@@ -246,6 +256,14 @@ class Lab:
         if state:
             return bool(state.get("tls", False))
         return self.wanted_tls
+
+    @property
+    def translator_engine(self) -> str:
+        """The hosts' translator engine in the lab that is up, else what ``up`` will use."""
+        state = self.state()
+        if state:
+            return state.get("translator_engine", DEFAULT_ENGINE)
+        return self.wanted_engine
 
     @property
     def pki(self) -> LabPki:
@@ -329,6 +347,11 @@ class Lab:
                 have = "over TLS" if state.get("tls") else "without TLS"
                 raise LabError(f"a lab {have} is up under {self.run_dir}; run `vnet64-lab down` "
                                f"first (or ask for it {have})")
+            if state.get("translator_engine", DEFAULT_ENGINE) != self.wanted_engine:
+                have = state.get("translator_engine", DEFAULT_ENGINE)
+                raise LabError(f"a lab whose hosts translate with {have} is up under "
+                               f"{self.run_dir}; run `vnet64-lab down` first (or ask for "
+                               f"--translator-engine {have})")
             if state.get("sha256") == digest:
                 problems = self.health()
                 if not problems:
@@ -345,7 +368,8 @@ class Lab:
         shutil.copyfile(topology_path, self.run_dir / TOPOLOGY_COPY)
         self._write_state(phase="building", topology=str(topology_path), sha256=digest,
                           vswitchd=vswitchd, prefix=self.prefix, started=time.time(),
-                          control=self.wanted_control, tls=self.wanted_tls)
+                          control=self.wanted_control, tls=self.wanted_tls,
+                          translator_engine=self.wanted_engine)
         with ThreadPoolExecutor(max_workers=1) as pki_pool:
             # ovs-pki (CA keys, a key per daemon) while the networks are made
             pki_future = pki_pool.submit(self._make_pki, plan) if self.tls else None
@@ -378,7 +402,7 @@ class Lab:
                           controller=controller)
         return {"already_up": False, "topology": str(topology_path), "seconds": timings.total,
                 "steps": timings.steps, "controller": controller, "control": self.control,
-                "tls": self.tls}
+                "tls": self.tls, "translator_engine": self.translator_engine}
 
     def _namespaces(self, plan: P.Plan) -> None:
         existing = set(sh.netns_list())
@@ -487,9 +511,11 @@ class Lab:
         pid = sh.read_pid(self.agent_dir(node) / "agent.pid")
         return pid if pid and sh.proc_alive(pid, AGENT) else None
 
-    def agent_command(self, plan: P.Plan, n: P.NodePlan) -> list[str]:
+    def agent_command(self, plan: P.Plan, n: P.NodePlan,
+                      translator_engine: str | None = None) -> list[str]:
         """``vnet64-node`` as a host runs it, in the node's network namespace only
-        (nsenter: the namespaces it creates are everyone's, as on a host)."""
+        (nsenter: the namespaces it creates are everyone's, as on a host).
+        ``translator_engine``: a host's engine other than the lab's."""
         d = self.agent_dir(n.name)
         cmd = [str(Path(sys.executable).with_name(AGENT)), "--nb", self.nb_remote(plan),
                "--name", n.name, "--datapath", "netdev", "--uplink", P.UNDERLAY_IF,
@@ -509,17 +535,19 @@ class Lab:
                         "--ovs-ca-cert", pki.controller_ca]
         if n.role == "host":
             t = plan.translator(n.name)
-            cmd += ["--translator-netns", t.ns, "--translator-ipv4", str(t.ipv4)]
+            cmd += ["--translator-netns", t.ns, "--translator-ipv4", str(t.ipv4),
+                    "--translator-engine", translator_engine or self.translator_engine]
         return [sh.tool("nsenter"), f"--net=/run/netns/{n.ns}", "--", *cmd]
 
-    def _agent(self, plan: P.Plan, n: P.NodePlan, wait: bool = True) -> int:
+    def _agent(self, plan: P.Plan, n: P.NodePlan, wait: bool = True,
+               translator_engine: str | None = None) -> int:
         """Start the node's agent (its pidfile in its run directory); wait until it says
         the node is up."""
         d = self.agent_dir(n.name)
         d.mkdir(parents=True, exist_ok=True)
         (d / AGENT_STATUS_FILE).unlink(missing_ok=True)
         with open(d / "agent.log", "ab") as log:
-            proc = subprocess.Popen(self.agent_command(plan, n), stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(self.agent_command(plan, n, translator_engine), stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         (d / "agent.pid").write_text(f"{proc.pid}\n")
         if wait:
@@ -536,14 +564,19 @@ class Lab:
                 raise LabError(f"{exc}; its log ends: {tail()}") from None
         return proc.pid
 
-    def restart_agent(self, node: str, wait: bool = True) -> int:
+    def restart_agent(self, node: str, wait: bool = True,
+                      translator_engine: str | None = None) -> int:
         """Start a node's agent again exactly as ``up`` does (one still running is stopped
-        first, by its pidfile)."""
+        first, by its pidfile); ``translator_engine``: this host's, instead of the lab's
+        (as an operator switches one host; the next restart without it switches back)."""
+        if translator_engine is not None and translator_engine not in ENGINES:
+            raise LabError(f"translator engine {translator_engine!r}: not one of "
+                           f"{', '.join(ENGINES)}")
         plan = self.plan()
         pid = self.agent_pid(node)
         if pid:
             terminate(pid, AGENT)
-        return self._agent(plan, plan.node(node), wait=wait)
+        return self._agent(plan, plan.node(node), wait=wait, translator_engine=translator_engine)
 
     def _attach(self, plan: P.Plan, n: P.NodePlan) -> None:
         """What a hypervisor does for each VM (and service endpoint) of the node: a veth

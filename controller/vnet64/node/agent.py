@@ -59,7 +59,7 @@ from .ovsdb import (DeleteBridge, EnsureBridge, EnsurePort, NodeOvsdb, SetSsl, S
                     SyncCtTimeouts, bridge_of_datapath_id, connect, default_remote, get,
                     interfaces_with_iface_id, port_errors, ssl_files)
 from .metrics import NodeCollector
-from .translator import DEFAULT_IPV4, DEFAULT_NETNS, Translator
+from .translator import DEFAULT_ENGINE, DEFAULT_IPV4, DEFAULT_NETNS, Translator
 
 LOG = logging.getLogger("vnet64.node")
 DEFAULT_RUN_DIR = "/run/vnet64-node"
@@ -83,6 +83,7 @@ class Options:
     uplink: str | None = None
     translator_netns: str = DEFAULT_NETNS
     translator_ipv4: IPv4Address = DEFAULT_IPV4
+    translator_engine: str = DEFAULT_ENGINE      # translator.ENGINES
     run_dir: Path = Path(DEFAULT_RUN_DIR)
     interval: float = 0.2
     nb_tls: Any = None          # vnet64.ovsdb.TlsFiles for an ssl: NB (--nb-private-key ...)
@@ -352,7 +353,8 @@ class Agent:
             # the translator's veth must exist before it becomes a port
             self.translator = self.translator or Translator(
                 facts.name, self.o.translator_netns, self.o.run_dir / "translator",
-                translator_mac(facts.name), mtu, dp.veth_tx_offload_off)
+                translator_mac(facts.name), mtu, dp.veth_tx_offload_off,
+                self.o.translator_engine)
             settings = (self.platform_prefix(), self.o.translator_ipv4)
             if full or settings != self.translator_settings:
                 changed = self.translator.ensure(*settings)
@@ -685,7 +687,9 @@ class Agent:
             drops=lambda: drops.read(self.ofctl, INTEGRATION_BRIDGE),
             tables=lambda: drops.parse_tables(
                 self.ofctl("-O", "OpenFlow15", "dump-tables", INTEGRATION_BRIDGE), self.facts.role),
-            nb=lambda: (self.nb_cfg, self.nb_lag_seconds))
+            nb=lambda: (self.nb_cfg, self.nb_lag_seconds),
+            translator=lambda: (self.translator.bpf_stats() if self.translator is not None
+                                and self.translator.engine == "bpf" else None))
         try:
             self.metrics_server = prom.serve(collector, host, port, self.o.metrics_tls)
         except OSError as exc:

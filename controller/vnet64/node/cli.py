@@ -60,7 +60,7 @@ from . import drops, sessions, sh
 from .agent import DEFAULT_RUN_DIR, AgentError, Agent, Options, cleanup
 from .datapath import choose
 from .sessions import PORT_RANGE
-from .translator import DEFAULT_IPV4, DEFAULT_NETNS
+from .translator import DEFAULT_ENGINE, DEFAULT_IPV4, DEFAULT_NETNS, ENGINE_ENV, ENGINES, default_engine
 
 PROG = "vnet64-node"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -284,6 +284,13 @@ def build_parser(cleanup_mode: bool) -> argparse.ArgumentParser:
         p.add_argument("--translator-ipv4", type=IPv4Address, default=DEFAULT_IPV4,
                        help="TAYGA's own IPv4, the source of its ICMPv4 errors "
                             "(default %(default)s)")
+        p.add_argument("--translator-engine", choices=ENGINES, default=None,
+                       help="a host's translator: tayga translates every packet; bpf "
+                            "translates unfragmented TCP, UDP and echo in the kernel "
+                            "(tc-BPF on the translator's veth, built with clang: Debian's "
+                            "clang and libbpf-dev) and hands the rest (ICMP errors, "
+                            "fragments, options) to TAYGA (default $%s, else %s)"
+                            % (ENGINE_ENV, DEFAULT_ENGINE))
         p.add_argument("--once", action="store_true",
                        help="bring the node up, bind its ports and exit")
         p.add_argument("--metrics", metavar="IP:PORT", type=metrics_address,
@@ -346,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                        ovs=args.ovs, uplink=getattr(args, "uplink", None),
                        translator_netns=args.translator_netns,
                        translator_ipv4=getattr(args, "translator_ipv4", DEFAULT_IPV4),
+                       translator_engine=(getattr(args, "translator_engine", None)
+                                          or default_engine()),
                        run_dir=args.run_dir, nb_tls=nb_tls, ovs_ssl=ovs_ssl,
                        metrics=getattr(args, "metrics", None), metrics_tls=metrics_tls)
     except ValueError as exc:

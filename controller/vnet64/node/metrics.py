@@ -58,10 +58,12 @@ class NodeCollector(Collector):
                  port_range: tuple[int, int] = sessions.PORT_RANGE,
                  drops: Callable[[], list[drop_counts.Count]] | None = None,
                  tables: Callable[[], dict[str, int]] | None = None,
-                 nb: Callable[[], tuple[int | None, float | None]] | None = None):
+                 nb: Callable[[], tuple[int | None, float | None]] | None = None,
+                 translator: Callable[[], dict[str, int] | None] | None = None):
         self.node, self.role, self.datapath = node, role, datapath
         self.conntrack, self.vms, self.port_range = conntrack, vms, port_range
         self.drops, self.tables, self.nb = drops, tables, nb
+        self.translator = translator
         self._lock = threading.Lock()        # scrapes may come in parallel
         self._known: set | None = None       # the connections of the last scrape
         self._new: Counter = Counter()       # (vm, proto, vm_ip, vm_port) -> first seen since
@@ -82,8 +84,26 @@ class NodeCollector(Collector):
                                        labels=["node"])
             nb_lag.add_metric([self.node], lag)
             yield nb_lag
+        yield from self._translator()
         yield from self._pipeline()
         yield from self._conntrack()
+
+    def _translator(self) -> Iterator[Any]:
+        """The BPF translator's packets (engine bpf only: TAYGA counts nothing)."""
+        try:
+            stats = self.translator() if self.translator else None
+        except Exception as exc:    # noqa: BLE001 - a scrape reports what it can
+            LOG.warning("metrics: the BPF translator's counters not read: %s", exc)
+            return
+        if stats is None:
+            return
+        packets = CounterMetricFamily(
+            "vnet64_node_translator_bpf_packets",
+            "packets the BPF translator translated (6to4, 4to6) or handed on to TAYGA "
+            "(to_tayga: ICMP errors, fragments, options, ...)", labels=["node", "path"])
+        for path, n in stats.items():
+            packets.add_metric([self.node, path], n)
+        yield packets
 
     def _pipeline(self) -> Iterator[Any]:
         try:

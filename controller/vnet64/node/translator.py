@@ -8,17 +8,30 @@ TAYGA itself is vnet64's patched build when installed (:func:`tayga_binary`).
 Everything is written so that doing it again changes nothing: a restarted agent
 re-applies it while packets flow.
 
-The text generators (:func:`tayga_conf`, :func:`nft_ruleset`, :func:`routes`) are pure;
-:class:`Translator` runs them (``ip``, ``nft``, ``tayga``) and supervises TAYGA.
+Engines (``--translator-engine``, per host): ``tayga`` translates every packet in TAYGA;
+``bpf`` adds vnet64's tc-BPF translator (``xlat_bpf.c``) at the ingress of ``ovs0``: it
+translates a connection's bulk (unfragmented TCP, UDP with a checksum, echo) in the
+kernel and sends it straight back to br-int, and hands everything else (ICMP errors,
+fragments, options, ...) on to TAYGA, which runs as before. The agent builds it for the
+host's settings (``clang -target bpf``, :func:`bpf_defines`) and attaches it with ``tc``.
+
+The text generators (:func:`tayga_conf`, :func:`nft_ruleset`, :func:`routes`,
+:func:`bpf_defines`) are pure; :class:`Translator` runs them (``ip``, ``nft``, ``tayga``,
+``clang``, ``tc``) and supervises TAYGA.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import platform
+import re
+import struct
+import sysconfig
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Network
 from pathlib import Path
 
 from .. import gateway
@@ -54,6 +67,69 @@ SYSCTLS = {"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1,
 PATCHED_TAYGA = "/usr/local/libexec/vnet64/tayga"
 WITHOUT_PATCHES = ("sets DF on every IPv6->IPv4 packet, drops IPv4 UDP without a checksum and "
                    "takes 3 off every TTL / hop limit (docs/lab.md \"The translator engine\")")
+
+
+ENGINES = ("tayga", "bpf")
+DEFAULT_ENGINE = "tayga"
+ENGINE_ENV = "VNET64_TRANSLATOR_ENGINE"       # the agent's --translator-engine default
+BPF_SOURCE = Path(__file__).with_name("xlat_bpf.c")
+BPF_PROGRAM = "vnet64_xlat"                    # its function's name, as tc and bpftool show it
+BPF_PREF = 64                                  # the tc filter's priority and handle on ovs0
+BPF_STATS = ("6to4", "4to6", "to_tayga")       # xlat_bpf.c's xlat_stats, in its order
+
+
+def default_engine() -> str:
+    """``$VNET64_TRANSLATOR_ENGINE`` if set (checked), else ``tayga``."""
+    engine = os.environ.get(ENGINE_ENV) or DEFAULT_ENGINE
+    if engine not in ENGINES:
+        raise ValueError(f"{ENGINE_ENV}={engine}: not a translator engine "
+                         f"({', '.join(ENGINES)})")
+    return engine
+
+
+def bpf_defines(prefix: str | IPv6Network, ipv4: IPv4Address | str, mtu: int) -> list[str]:
+    """The compiler's ``-D`` options that build ``xlat_bpf.c`` for one host: the /96
+    translator prefix's three words, TAYGA's own IPv4 (left to TAYGA) and the MTU."""
+    net = IPv6Network(prefix)
+    if net.prefixlen != 96:
+        raise ValueError(f"the BPF translator takes a /96 prefix (RFC 6052), not {net}")
+    words = struct.unpack("!4I", net.network_address.packed)[:3]
+    return ([f"-DXLAT_PREFIX{i}={w:#010x}" for i, w in enumerate(words)]
+            + [f"-DXLAT_IPV4={int(IPv4Address(ipv4)):#010x}", f"-DXLAT_MTU={int(mtu)}"])
+
+
+def bpf_object_name(source: bytes, defines: list[str]) -> str:
+    """The object's file name: it names what it was built from, so a changed source or
+    setting is a new file (and ``tc filter show``, which prints it, tells which runs)."""
+    digest = hashlib.sha256(source + "\0".join(defines).encode()).hexdigest()[:12]
+    return f"xlat-{digest}.o"
+
+
+def bpf_compile_command(clang: str, source: Path, obj: Path, defines: list[str]) -> list[str]:
+    """clang for the BPF target, with the multiarch include directory the kernel's
+    uapi headers need (``asm/types.h``)."""
+    multiarch = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
+    include = [f"-I/usr/include/{multiarch}"]
+    return [clang, "-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3", *include,
+            *defines, "-c", str(source), "-o", str(obj)]
+
+
+def parse_bpf_stats(dump: list[dict]) -> dict[str, int]:
+    """``bpftool -j map dump`` of ``xlat_stats`` (per CPU) -> packets per :data:`BPF_STATS`
+    name, summed over CPUs (the formatted values when bpftool has the BTF, else the raw
+    little-endian bytes)."""
+    out = dict.fromkeys(BPF_STATS, 0)
+    for entry in dump:
+        if "formatted" in entry:
+            key = entry["formatted"]["key"]
+            values = [v["value"] for v in entry["formatted"]["values"]]
+        else:
+            key = int.from_bytes(bytes(int(b, 16) for b in entry["key"]), "little")
+            values = [int.from_bytes(bytes(int(b, 16) for b in v["value"]), "little")
+                      for v in entry["values"]]
+        if 0 <= key < len(BPF_STATS):
+            out[BPF_STATS[key]] = sum(values)
+    return out
 
 
 def tayga_binary() -> tuple[str, bool]:
@@ -206,12 +282,16 @@ def routes() -> dict[str, list[str]]:
 
 class Translator:
     """The translator of one host: ``ensure()`` brings it up (or checks it), ``check()``
-    restarts TAYGA if it died, ``remove()`` takes it all away."""
+    restarts TAYGA if it died, ``remove()`` takes it all away. ``engine``: ``tayga``, or
+    ``bpf`` for the tc-BPF fast path in front of TAYGA (module doc)."""
 
     def __init__(self, host: str, netns: str, run_dir: Path, mac: str, mtu: int,
-                 tx_offload_off: bool):
+                 tx_offload_off: bool, engine: str = DEFAULT_ENGINE):
+        if engine not in ENGINES:
+            raise ValueError(f"translator engine {engine!r}: not one of {', '.join(ENGINES)}")
         self.host, self.netns, self.run_dir = host, netns, Path(run_dir)
         self.mac, self.mtu, self.tx_offload_off = mac, mtu, tx_offload_off
+        self.engine = engine
         self._warned = False
 
     @property
@@ -288,6 +368,76 @@ class Translator:
         if not pid:
             self.start_tayga()
             changed.append("TAYGA started")
+        changed += self.ensure_engine(prefix, ipv4)
+        return changed
+
+    def _tc(self, *args: str, check: bool = True):
+        return sh.run([sh.tool("tc"), "-n", self.netns, *args], check=check)
+
+    def bpf_attached(self) -> str | None:
+        """The object file (its name) of the BPF translator on ``ovs0``, None if none."""
+        out = self._tc("filter", "show", "dev", NS_IF, "ingress", "pref", str(BPF_PREF),
+                       check=False).stdout
+        found = re.search(r"\b(xlat-[0-9a-f]{12}\.o):\[tc\]", out)
+        return found.group(1) if found else None
+
+    def bpf_stats(self) -> dict[str, int] | None:
+        """What the attached BPF translator did (:func:`parse_bpf_stats`), read with
+        bpftool through the program tc shows on ``ovs0``; None when none is attached."""
+        out = self._tc("filter", "show", "dev", NS_IF, "ingress", "pref", str(BPF_PREF),
+                       check=False).stdout
+        found = re.search(rf"\bid (\d+) name {BPF_PROGRAM}\b", out)
+        if not found:
+            return None
+        bpftool = sh.tool("bpftool")
+        prog = json.loads(sh.run([bpftool, "-j", "prog", "show", "id", found.group(1)]).stdout)
+        for map_id in prog.get("map_ids", []):
+            shown = json.loads(sh.run([bpftool, "-j", "map", "show", "id", str(map_id)]).stdout)
+            if shown.get("name") == "xlat_stats":
+                return parse_bpf_stats(json.loads(
+                    sh.run([bpftool, "-j", "map", "dump", "id", str(map_id)]).stdout))
+        return None
+
+    def bpf_object(self, prefix: str, ipv4: IPv4Address | str) -> tuple[Path, bool]:
+        """The BPF translator built for these settings, in the run directory (built now
+        if missing: True); older builds are removed."""
+        defines = bpf_defines(prefix, ipv4, self.mtu)
+        obj = self.run_dir / bpf_object_name(BPF_SOURCE.read_bytes(), defines)
+        if obj.exists():
+            return obj, False
+        try:
+            clang = sh.tool("clang")
+        except sh.CommandError:
+            raise sh.CommandError("the BPF translator engine needs clang and libbpf's headers "
+                                  "(Debian: apt-get install clang libbpf-dev)") from None
+        tmp = obj.with_suffix(".tmp")
+        sh.run(bpf_compile_command(clang, BPF_SOURCE, tmp, defines))
+        tmp.rename(obj)
+        for old in self.run_dir.glob("xlat-*.o"):
+            if old != obj:
+                old.unlink(missing_ok=True)
+        return obj, True
+
+    def ensure_engine(self, prefix: str, ipv4: IPv4Address | str) -> list[str]:
+        """Attach the BPF translator to ``ovs0`` (engine ``bpf``: built for these
+        settings, replaced when they change) or take it off (``tayga``); what changed."""
+        attached = self.bpf_attached()
+        if self.engine != "bpf":
+            if attached is None:
+                return []
+            self._tc("filter", "del", "dev", NS_IF, "ingress", "pref", str(BPF_PREF))
+            LOG.info("%s: BPF translator taken off %s: TAYGA translates everything", self.host,
+                     NS_IF)
+            return ["BPF translator removed"]
+        obj, built = self.bpf_object(prefix, ipv4)
+        changed = [f"BPF translator built ({obj.name})"] if built else []
+        if attached != obj.name:
+            self._tc("qdisc", "replace", "dev", NS_IF, "clsact")
+            self._tc("filter", "replace", "dev", NS_IF, "ingress", "pref", str(BPF_PREF),
+                     "handle", "1", "bpf", "direct-action", "obj", str(obj), "sec", "tc")
+            LOG.info("%s: BPF translator %s attached to %s (TAYGA takes what it hands on)",
+                     self.host, obj.name, NS_IF)
+            changed.append(f"BPF translator attached to {NS_IF}")
         return changed
 
     def binary(self) -> str:
