@@ -6,8 +6,9 @@
  * engine"), only the packets that make up a connection's bulk:
  *   IPv6 -> IPv4: no extension header, TCP, UDP or ICMPv6 echo request / reply, both
  *                 addresses inside the translator prefix (/96, RFC 6052);
- *   IPv4 -> IPv6: no options, not a fragment, DF set, a valid header checksum, TCP,
- *                 UDP with a checksum, or ICMP echo request / reply;
+ *   IPv4 -> IPv6: no options, not a fragment, DF set or a payload that fits 1280
+ *                 bytes of IPv6 (TAYGA's "lazy" rule: no Fragment header then), a valid
+ *                 header checksum, TCP, UDP with a checksum, or ICMP echo request / reply;
  * with a hop limit / TTL of at least 2 on both sides, embedded IPv4 addresses TAYGA would
  * map (not 127/8, 169.254/16, 224/3, nor TAYGA's own address), and a result that fits
  * the translator's MTU. It sends the translated packet straight back out of ovs0 to
@@ -15,8 +16,8 @@
  *
  * Everything else (ICMP errors, fragments, options and extension headers - among them
  * the routing headers the namespace's nftables bounce - UDP without a checksum, DF
- * clear, what is too big, addresses TAYGA refuses, hop limits that expire) goes on
- * unchanged into the namespace and TAYGA, which answers as before.
+ * clear above 1280 bytes of IPv6, what is too big, addresses TAYGA refuses, hop limits
+ * that expire) goes on unchanged into the namespace and TAYGA, which answers as before.
  *
  * Fields, as vnet64's TAYGA build sets them: traffic class <-> TOS, flow label 0, one
  * router hop across (TTL = hop limit - 1 and back), IPv4 DF clear up to 1260 bytes and
@@ -42,6 +43,7 @@
 #endif
 
 #define DF_MIN_LEN 1260         /* RFC 7915 5.1: DF clear up to this IPv4 length */
+#define IPV6_MIN_MTU 1280       /* TAYGA's ipv6-offlink-mtu: DF clear and larger: fragments */
 #define ETH_LEN 14
 #define IP4_LEN 20
 #define IP6_LEN 40
@@ -221,7 +223,9 @@ static __always_inline int four_to_six(struct __sk_buff *skb, struct ethhdr *eth
 
 	if (ip4->ihl != 5 || ip4->ttl < 2 || tot <= IP4_LEN || ETH_LEN + tot != skb->len ||
 	    tot + IP6_LEN - IP4_LEN > XLAT_MTU ||
-	    (ip4->frag_off & bpf_htons(IP4_FRAG)) || !(ip4->frag_off & bpf_htons(IP4_DF)) ||
+	    (ip4->frag_off & bpf_htons(IP4_FRAG)) ||
+	    (!(ip4->frag_off & bpf_htons(IP4_DF)) &&
+	     plen + IP6_LEN > (XLAT_MTU < IPV6_MIN_MTU ? XLAT_MTU : IPV6_MIN_MTU)) ||
 	    fold(bpf_csum_diff(0, 0, (__be32 *)ip4, IP4_LEN, 0)) != 0 ||
 	    !mappable(ip4->saddr) || !mappable(ip4->daddr))
 		return to_tayga();
