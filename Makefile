@@ -10,6 +10,13 @@ DEMO_ARGS ?=
 # second time with one central controller, so both modes stay tested (empty: skip that).
 # VNET64_LAB_CONTROL=central make test runs the whole suite with the central one.
 CENTRAL_TESTS ?= tests/lab/test_acceptance.py tests/lab/test_survival.py
+# ... and these once more with every host's translator on the BPF engine
+# (--translator-engine bpf: the tc-BPF fast path in front of TAYGA), so both engines stay
+# tested: the translated path's suites, acceptance and security (empty: skip that).
+BPF_TESTS ?= tests/lab/test_acceptance.py tests/lab/test_security.py \
+	tests/lab/test_translator_engine.py tests/lab/test_icmp6_errors.py \
+	tests/lab/test_fragments.py tests/lab/test_tcp_icmp_errors.py tests/lab/test_echo_ids.py \
+	tests/lab/test_datapath_edges.py
 
 .PHONY: setup test unit lab demo bench bench-lab lock clean
 
@@ -23,6 +30,10 @@ test: setup
 	if [ -n "$(strip $(CENTRAL_TESTS))" ]; then \
 	    echo "$(PY) -m pytest -ra --lab-control central $(CENTRAL_TESTS)"; \
 	    $(PY) -m pytest -ra --lab-control central $(CENTRAL_TESTS) || status=$$?; \
+	fi; \
+	if [ -n "$(strip $(BPF_TESTS))" ]; then \
+	    echo "$(PY) -m pytest -ra --translator-engine bpf $(BPF_TESTS)"; \
+	    $(PY) -m pytest -ra --translator-engine bpf $(BPF_TESTS) || status=$$?; \
 	fi; \
 	exit $$status
 
