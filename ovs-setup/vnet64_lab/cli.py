@@ -110,8 +110,9 @@ def _print_status(st: dict) -> None:
             print(f"    ovsdb: {n['ovsdb_error']}")
     print()
     for t in st["translators"]:
+        bpf = f"  BPF {t['bpf']}" if t.get("bpf") else ""
         print(f"translator of {t['host']}: ns {t['namespace']}  "
-              f"TAYGA {'pid ' + str(t['tayga']) if t['tayga'] else 'DOWN'}")
+              f"TAYGA {'pid ' + str(t['tayga']) if t['tayga'] else 'DOWN'}{bpf}")
     for v in st["vifs"]:
         got = v["addresses"]
         mark = "" if got is not None and sorted(got) == sorted(v["expected"]) else \

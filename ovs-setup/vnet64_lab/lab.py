@@ -86,7 +86,7 @@ from vnet64.nb.server import LAB_RUN_DIR, NbServer
 from vnet64.topology import TopologyError
 
 from vnet64.node.agent import STATUS_FILE as AGENT_STATUS_FILE
-from vnet64.node.translator import DEFAULT_ENGINE, ENGINE_ENV, ENGINES
+from vnet64.node.translator import DEFAULT_ENGINE, ENGINE_ENV, ENGINES, bpf_attached
 
 from . import plan as P
 from . import settings as lab_settings
@@ -847,6 +847,8 @@ class Lab:
             pid = sh.read_pid(Path(t.run_dir) / "tayga.pid")
             if not (pid and sh.proc_alive(pid, "tayga")):
                 problems.append(f"{t.host}: TAYGA not running")
+            if self.translator_engine == "bpf" and not bpf_attached(t.ns):
+                problems.append(f"{t.host}: no BPF translator on {t.ns}'s ovs0")
         if not NbServer(Path(plan.nb_run_dir)).pid():
             problems.append("NB ovsdb-server not running")
         return problems
@@ -884,7 +886,8 @@ class Lab:
         for t in plan.translators:
             pid = sh.read_pid(Path(t.run_dir) / "tayga.pid")
             translators.append({"host": t.host, "namespace": t.ns,
-                                "tayga": pid if pid and sh.proc_alive(pid, "tayga") else None})
+                                "tayga": pid if pid and sh.proc_alive(pid, "tayga") else None,
+                                "bpf": bpf_attached(t.ns) if t.ns in have else None})
         running = {c.name: c.pid() for c in ctls}
         if not controller_installed():
             controller = "not installed"
@@ -904,6 +907,7 @@ class Lab:
                        "remotes": [NbServer(Path(plan.nb_run_dir)).remote, self.nb_remote(plan)]},
                 "control": control,
                 "tls": {"pki": str(self.pki.pki.dir)} if self.tls else None,
+                "translator_engine": self.translator_engine,
                 "controller": {"state": controller, "target": self.controller_target(plan),
                                "pids": running,
                                "logs": {c.name: str(c.log) for c in ctls}},

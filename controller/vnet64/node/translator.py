@@ -132,6 +132,15 @@ def parse_bpf_stats(dump: list[dict]) -> dict[str, int]:
     return out
 
 
+def bpf_attached(netns: str) -> str | None:
+    """The object file (its name) of the BPF translator on ``netns``'s ``ovs0``, None if
+    none is attached (or there is no such namespace)."""
+    out = sh.run([sh.tool("tc"), "-n", netns, "filter", "show", "dev", NS_IF, "ingress",
+                  "pref", str(BPF_PREF)], check=False).stdout
+    found = re.search(r"\b(xlat-[0-9a-f]{12}\.o):\[tc\]", out)
+    return found.group(1) if found else None
+
+
 def tayga_binary() -> tuple[str, bool]:
     """The TAYGA a translator runs, and whether it is vnet64's patched build: the binary
     ``$VNET64_TAYGA`` names (an error if it is not executable), else the patched build,
@@ -376,10 +385,7 @@ class Translator:
 
     def bpf_attached(self) -> str | None:
         """The object file (its name) of the BPF translator on ``ovs0``, None if none."""
-        out = self._tc("filter", "show", "dev", NS_IF, "ingress", "pref", str(BPF_PREF),
-                       check=False).stdout
-        found = re.search(r"\b(xlat-[0-9a-f]{12}\.o):\[tc\]", out)
-        return found.group(1) if found else None
+        return bpf_attached(self.netns)
 
     def bpf_stats(self) -> dict[str, int] | None:
         """What the attached BPF translator did (:func:`parse_bpf_stats`), read with
