@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Data path: service -> customer VM throughput and request/response latency.
 
-Compares, in one run and alternating between them (a, b1, b2, c, a-appliance, a,
-b1, ...; each run starts one path later), the paths a service endpoint (IPv6) can take to a customer VM:
+Compares, in one run and alternating between them (a, b1, b2, c, a-appliance, a-bpf,
+a-bpf-appliance, a, b1, ...; each run starts one path later), the paths a service
+endpoint (IPv6) can take to a customer VM:
 
 - ``a``   vnet64 as shipped (the direct path on, the default): svc1 -> a-vm1's platform
   IPv6 on ``topologies/two-tenants.yaml`` in the lab (prefix ``v64q-``, run dir
@@ -25,6 +26,20 @@ b1, ...; each run starts one path later), the paths a service endpoint (IPv6) ca
   the NB platform setting, for this path's measurements only; set back to the default
   after each): every packet host2 -> appliance -> host1, the patent's path; replies
   host1 -> host2. ``a`` / ``a-appliance`` is the direct path's gain.
+- ``a-bpf`` vnet64 as ``a`` (direct path on) but host1's translator engine ``bpf``
+  (issue 21's lever 3): host1's agent restarted with ``--translator-engine bpf`` for
+  this path's measurements only (``Lab.restart_agent``; back to the lab's engine after
+  each), so a tc-BPF program at the ingress of the translator namespace's ``ovs0``
+  translates unfragmented TCP/UDP/echo in the kernel and sends it straight back to
+  br-int; TAYGA gets only the rest. The program's counters (6to4, 4to6, to_tayga) are
+  read around each measurement: it must have translated at least every transaction /
+  every TCP segment of the goodput. ``a-bpf`` / ``a`` is the lever's gain. Its work runs
+  in softirq: the report gives CPU per 100 Mbit/s from the whole machine's busy time
+  too, not only from the processes' sum.
+- ``a-bpf-appliance`` both switches at once (direct path off, host1's engine bpf): the
+  BPF translator on the patent's path; ``a-bpf-appliance`` / ``a-appliance`` is the
+  lever's gain there, and ``a-bpf-appliance`` / ``b2`` (the same hops, no translation)
+  what translation still costs.
 
 ``b1``, ``b2`` and ``c`` run on three separate ovs-vswitchd (netdev) instances
 in the benchmark's own namespaces (``<prefix>dp-*``), built like the lab's
@@ -39,9 +54,11 @@ and with one stream (``--seconds`` each), TCP and UDP request/response latency
 (64-byte transactions one at a time for ``--lat-seconds``, a Python client and
 echo server in the namespaces; p50/p99), CPU of every ovs-vswitchd, TAYGA and
 iperf3 (from /proc) per Gbit/s, and OVS's own counters
-(``dpif-netdev/pmd-stats-show``) of each node. Needs root.
+(``dpif-netdev/pmd-stats-show``) of each node; the whole machine's busy and softirq
+time and the ksoftirqd threads' CPU (kernel work no metered process may be charged
+with). Needs root.
 
-    .venv/bin/python benchmarks/datapath.py                # full run, ~5-8 min
+    .venv/bin/python benchmarks/datapath.py                # full run, ~8-10 min
     .venv/bin/python benchmarks/datapath.py --quick        # CI smoke: every path once, briefly
 
 Saves benchmarks/results/datapath.md and .json (``--out``). ``--quick`` saves
@@ -52,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import json
 import os
 import platform
@@ -64,6 +82,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "controller"))
@@ -112,8 +131,17 @@ DP_PORTS = {"p-svc": ("s", "svc", "eth0", "02:00:00:98:00:10", 10, V6_MTU),
 # path (each is a wake-up and a socket crossing): a (a pair's packets after its first
 # answer): host2, host1, TAYGA, host1 / host1, TAYGA, host1, host2; a-appliance: host2,
 # appliance, host1, TAYGA, host1 / the same as a; b1: s, c / c, s; b2: s, ap, c / c, s;
-# c: s, c, TAYGA, c / c, TAYGA, c, s.
-HOPS = {"a": (4, 4), "b1": (2, 2), "b2": (3, 2), "c": (4, 4), "a-appliance": (5, 4)}
+# c: s, c, TAYGA, c / c, TAYGA, c, s; a-bpf: host2, host1, host1 / host1, host1, host2 (the
+# BPF translator runs in the kernel, in softirq, between host1's two passes);
+# a-bpf-appliance: host2, appliance, host1, host1 / host1, host1, host2.
+HOPS = {"a": (4, 4), "b1": (2, 2), "b2": (3, 2), "c": (4, 4), "a-appliance": (5, 4),
+        "a-bpf": (3, 3), "a-bpf-appliance": (4, 3)}
+# the paths whose throughput, latency and CPU are held against issue 21's aims
+AIMED = ("a", "a-bpf")
+# the paths on which host1's translator engine is bpf (its counters are checked)
+BPF_PATHS = ("a-bpf", "a-bpf-appliance")
+# TCP payload per segment on every path (IPv4 side 1422 - 40, IPv6 side 1442 - 60)
+MSS = V4_MTU - 40
 # CPU columns by role, to compare the paths component by component
 ROLES = {"service host OVS": ("ovs-vswitchd host2", "ovs-vswitchd s"),
          "appliance OVS": ("ovs-vswitchd appliance", "ovs-vswitchd ap"),
@@ -206,7 +234,8 @@ print(json.dumps(out))
 """
 
 # One UDP transaction (a-appliance's after(): host2 learns a-vm1's host from its answer);
-# prints "ok" once answered, up to 3 tries.
+# prints "ok" once answered, up to 3 tries. With a third argument "tcp", a TCP echo too
+# (a-bpf's before/after: the translator answers both after the agent's restart).
 ONE_UDP = r"""
 import socket, sys
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -222,6 +251,11 @@ for _ in range(3):
         pass
 else:
     print("no answer")
+    sys.exit()
+if sys.argv[3:] == ["tcp"]:
+    t = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+    t.sendall(b"warm-up")
+    print("ok" if t.recv(2048) else "tcp: no answer")
 """
 
 
@@ -287,8 +321,19 @@ class Path_:
         self.client_ns, self.server_ns, self.target = client_ns, server_ns, target
         self.ovs, self.tayga = ovs, tayga
         self.tuns = tuns or {}        # TAYGA's tun per translator: (namespace, device)
-        # around each of the path's measurements (a-appliance: the direct path off / back on)
+        # around each of the path's measurements (a-appliance: the direct path off / back on;
+        # a-bpf: host1's translator engine bpf / back)
         self.before = self.after = lambda: None
+        # a-bpf: the BPF translator's counters (translator.BPF_STATS), read around each
+        self.bpf: Callable[[], dict[str, int] | None] | None = None
+
+    def bpf_delta(self, b0: dict[str, int] | None) -> dict[str, int] | None:
+        if self.bpf is None:
+            return None
+        b1 = self.bpf()
+        if b0 is None or b1 is None:
+            return {"error": "no BPF translator attached"}
+        return {k: b1.get(k, 0) - b0.get(k, 0) for k in b1}
 
     def procs(self, server_pid: int) -> dict[str, list[int]]:
         out = {f"ovs-vswitchd {k}": [n.pid("ovs-vswitchd") or 0] for k, n in self.ovs.items()}
@@ -306,6 +351,7 @@ class Path_:
         # iperf3's JSON to a file, not a pipe: it writes it all at the end, and a long run
         # with many streams outgrows a pipe's buffer while we only poll the process
         out_file = tempfile.TemporaryFile("w+")
+        b0 = self.bpf() if self.bpf else None
         m0 = machine_ticks()
         meter.start()
         proc = subprocess.Popen(
@@ -326,9 +372,10 @@ class Path_:
         out_file.close()
         cpu = meter.stop()
         m1 = machine_ticks()
+        bpf = self.bpf_delta(b0)
         cpu.pop("generator", None)
         machine = {k: 100.0 * (m1[k] - m0[k]) / CpuMeter.HZ / meter.dt
-                   for k in ("busy", "softirq", "steal")}
+                   for k in ("busy", "softirq", "steal", "ksoftirqd")}
         cpu["iperf3 client"] = 100.0 * (client_t1 - client_t0) / CpuMeter.HZ / meter.dt
         cpu["total"] = sum(cpu.values())
         try:
@@ -336,7 +383,7 @@ class Path_:
         except json.JSONDecodeError:
             data = {"error": out_text[-500:]}
         if "error" in data or "end" not in data:
-            return {"gbps": 0.0, "error": str(data.get("error"))[:300], "cpu": cpu}
+            return {"gbps": 0.0, "error": str(data.get("error"))[:300], "cpu": cpu, "bpf": bpf}
         end = data["end"]
         recv = end.get("sum_received", {})
         sent = end.get("sum_sent", {})
@@ -361,18 +408,36 @@ class Path_:
             tuns[k] = {f: t1.get(f, 0) - tun0[k].get(f, 0) for f in t1}
         # CPU per 100 Mbit/s: % of one core per 0.1 Gbit/s of goodput
         per100 = {k: (v / (gbps * 10) if gbps > 0 else float("nan")) for k, v in cpu.items()}
-        return {"gbps": gbps, "gbit": gbit, "retransmits": sent.get("retransmits", 0),
-                "elapsed": meter.dt, "cpu": cpu, "cpu_per_100mbit": per100,
-                "ovs_threads": threads, "pmd": pmd, "tun": tuns, "machine": machine}
+        out = {"gbps": gbps, "gbit": gbit, "retransmits": sent.get("retransmits", 0),
+               "elapsed": meter.dt, "cpu": cpu, "cpu_per_100mbit": per100,
+               "ovs_threads": threads, "pmd": pmd, "tun": tuns, "machine": machine,
+               "machine_per_100mbit": {k: (v / (gbps * 10) if gbps > 0 else float("nan"))
+                                       for k, v in machine.items()}}
+        if bpf is not None:
+            # the program translated at least every segment of the goodput (server -> client
+            # acks, 4to6, are fewer: delayed ACKs, one per two segments or more)
+            out["bpf"] = bpf
+            out["bpf_min_6to4"] = int(recv.get("bytes", 0) // MSS)
+            out["bpf_ok"] = ("error" not in bpf and bpf.get("6to4", 0) >= out["bpf_min_6to4"]
+                             and bpf.get("4to6", 0) > 0)
+        return out
 
     def rr(self, proto: str, seconds: float) -> dict:
+        b0 = self.bpf() if self.bpf else None
         proc = sh.in_ns(self.client_ns, [sys.executable, "-c", RR_CLIENT, proto, self.target,
                                          str(ECHO_PORT), f"{seconds:g}"],
                         check=False, timeout=seconds + 30)
         try:
-            return json.loads(proc.stdout)
+            out = json.loads(proc.stdout)
         except json.JSONDecodeError:
-            return {"n": 0, "error": (proc.stderr or proc.stdout)[-300:]}
+            out = {"n": 0, "error": (proc.stderr or proc.stdout)[-300:]}
+        bpf = self.bpf_delta(b0)
+        if bpf is not None:
+            # every counted transaction is a packet each way (a TCP one may carry more)
+            out["bpf"] = bpf
+            out["bpf_ok"] = ("error" not in bpf and bpf.get("6to4", 0) >= out.get("n", 0)
+                             and bpf.get("4to6", 0) >= out.get("n", 0))
+        return out
 
 
 def port_rx(node: OvsNode) -> dict[str, int]:
@@ -395,7 +460,16 @@ def machine_ticks() -> dict[str, int]:
     f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     # user nice system idle iowait irq softirq steal
     return {"busy": f[0] + f[1] + f[2] + f[5] + f[6], "softirq": f[6], "steal": f[7],
-            "total": sum(f[:8])}
+            "total": sum(f[:8]), "ksoftirqd": sum(cpu_ticks(p) for p in ksoftirqd_pids())}
+
+
+def ksoftirqd_pids() -> list[int]:
+    """The kernel's softirq threads (softirq work the interrupted context did not finish)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and comm(int(d.name)).startswith("ksoftirqd/"):
+            out.append(int(d.name))
+    return out
 
 
 def link_stats(ns: str, dev: str) -> dict[str, int]:
@@ -588,6 +662,9 @@ class Bench:
         self.paths: list[Path_] = []
         self.nb: nbapi.NbApi | None = None     # the lab's NB, one connection for the run
         self.switch_s: list[float] = []          # each direct path switch, NB write to flows
+        self.engine_s: list[float] = []          # each translator engine switch of host1
+        self.bpf_objects: list[str] = []         # the BPF translator objects a-bpf ran
+        self.xl1: translator.Translator | None = None   # host1's, to read (tc, bpftool)
 
     def cleanup(self) -> None:
         """Everything this benchmark (or an interrupted earlier run) created, by pid/pidfile."""
@@ -622,13 +699,18 @@ class Bench:
              f"{time.monotonic() - t0:.1f}s")
         lab_ovs = {n.name: OvsNode(n.name, n.ns, n.run_dir) for n in plan.nodes}
         self.lab_ovs = lab_ovs
-        tayga1 = sh.read_pid(Path(plan.translator("host1").run_dir) / "tayga.pid") or 0
+        t1 = plan.translator("host1")
+        # only read: whether the BPF translator is on ovs0, and its counters
+        self.xl1 = translator.Translator("host1", t1.ns, Path(t1.run_dir), t1.mac, t1.mtu,
+                                         True, engine="bpf")
+        # one dict for every vnet64 path: an agent restart that restarted TAYGA updates it
+        self.tayga1 = {"host1": sh.read_pid(Path(t1.run_dir) / "tayga.pid") or 0}
         svc1, avm1 = ns_of(plan, "svc1"), ns_of(plan, "a-vm1")
         p, n = self.plain.ep_ns, self.plain.nodes
         xl1 = (plan.translator("host1").ns, "nat64")
         jtun = (p["jump"], "nat64")
         a = Path_("a", "vnet64 as shipped, direct path on (svc1 -> a-vm1 platform IPv6)",
-                  svc1, avm1, A6, lab_ovs, {"host1": tayga1}, tuns={"host1": xl1})
+                  svc1, avm1, A6, lab_ovs, self.tayga1, tuns={"host1": xl1})
         self.paths = [
             a,
             Path_("b1", "plain IPv6 Geneve, host to host", p["svc"], p["vm6"], VM6_DIRECT,
@@ -642,9 +724,33 @@ class Bench:
         if not self.args.no_appliance_path:
             self.nb = nbapi.connect(f"unix:{plan.nb_run_dir}/nb.sock")
             w = Path_("a-appliance", "vnet64, direct path off (every packet via the appliance)",
-                      svc1, avm1, A6, lab_ovs, {"host1": tayga1}, tuns={"host1": xl1})
+                      svc1, avm1, A6, lab_ovs, self.tayga1, tuns={"host1": xl1})
             w.before, w.after = self.direct_path_off, self.direct_path_back
             self.paths.append(w)
+        if not self.args.no_bpf_path:
+            if self.lab.translator_engine != "tayga":
+                raise RuntimeError(f"the lab's translator engine is {self.lab.translator_engine}"
+                                   ": a-bpf compares engine bpf with tayga (path a); run with "
+                                   "VNET64_TRANSLATOR_ENGINE=tayga or --no-bpf-path")
+            x = Path_("a-bpf", "vnet64, direct path on, host1's translator engine bpf "
+                      "(tc-BPF in front of TAYGA)", svc1, avm1, A6, lab_ovs, self.tayga1,
+                      tuns={"host1": xl1})
+            x.before, x.after, x.bpf = self.engine_bpf, self.engine_back, self.xl1.bpf_stats
+            self.paths.append(x)
+            if not self.args.no_appliance_path:
+                y = Path_("a-bpf-appliance", "vnet64, direct path off and host1's translator "
+                          "engine bpf", svc1, avm1, A6, lab_ovs, self.tayga1, tuns={"host1": xl1})
+                y.bpf = self.xl1.bpf_stats
+
+                def before() -> None:
+                    self.engine_bpf()
+                    self.direct_path_off()
+
+                def after() -> None:
+                    self.direct_path_back()
+                    self.engine_back()
+                y.before, y.after = before, after
+                self.paths.append(y)
         self.servers.start(avm1, "0.0.0.0", ["0.0.0.0"])
         self.servers.start(p["vm6"], "::", [VM6_DIRECT, VM6_VIA_AP])
         self.servers.start(p["vm4"], "0.0.0.0", ["0.0.0.0"])
@@ -723,6 +829,45 @@ class Bench:
             self.lab_ovs[node].appctl("revalidator/wait")
         self.switch_s.append(time.monotonic() - t0)
 
+    def restart_host1(self, engine: str) -> None:
+        """Restart host1's agent with translator ``engine``, wait until the BPF translator
+        is on ``ovs0`` (``bpf``) or off (the lab's ``tayga``), a-vm1 answers a UDP and a TCP
+        transaction, and the direct path holds (host2's learned entry, host1's flow)."""
+        t0 = time.monotonic()
+        self.lab.restart_agent("host1", wait=True, translator_engine=engine)
+        want = engine == "bpf"
+        if not wait_for(lambda: (self.xl1.bpf_attached() is not None) == want, 30):
+            raise RuntimeError(f"host1's agent restarted with engine {engine}: the BPF "
+                               f"translator is {'not ' if want else 'still '}attached to "
+                               "ovs0 after 30 s")
+        if want and (obj := self.xl1.bpf_attached()) not in self.bpf_objects:
+            self.bpf_objects.append(obj)
+        proc = sh.in_ns(self.paths[0].client_ns, [sys.executable, "-c", ONE_UDP, A6,
+                                                  str(ECHO_PORT), "tcp"], check=False, timeout=15)
+        if proc.stdout.strip().splitlines() != ["ok", "ok"]:
+            raise RuntimeError(f"host1's agent restarted with engine {engine}: a-vm1 did not "
+                               f"answer: {proc.stdout.strip()} {proc.stderr[-300:]}")
+        if not wait_for(lambda: self.learned_a_vm1() and self.host1_takes_svc1_direct(), 10):
+            raise RuntimeError(f"host1's agent restarted with engine {engine}: the direct "
+                               "path is not back after 10 s")
+        for node in ("host2", "host1"):
+            self.lab_ovs[node].appctl("revalidator/wait")
+        # the agent leaves TAYGA running when its configuration is the same; if not, meter
+        # the new one
+        pid = sh.read_pid(Path(self.plan.translator("host1").run_dir) / "tayga.pid") or 0
+        if pid != self.tayga1["host1"]:
+            note(f"host1's TAYGA is now pid {pid} (was {self.tayga1['host1']})")
+            self.tayga1["host1"] = pid
+        self.engine_s.append(time.monotonic() - t0)
+
+    def engine_bpf(self) -> None:
+        """a-bpf's before(): host1's translator engine bpf."""
+        self.restart_host1("bpf")
+
+    def engine_back(self) -> None:
+        """a-bpf's after(): host1's translator engine back to the lab's (tayga)."""
+        self.restart_host1(self.lab.translator_engine)
+
     def run_once(self, i: int) -> dict:
         """Every measurement on every path; run ``i`` starts with path ``i`` (rotated), so
         no path is always the first after a switch of test kind."""
@@ -744,9 +889,10 @@ class Bench:
                 mach = r.get("machine", {})
                 note(f"{p.name:8} iperf3 -P {streams}: {r['gbps'] * 1000:.0f} Mbit/s "
                      f"(machine busy {mach.get('busy', 0):.0f}% of {os.cpu_count() * 100}%, "
-                     f"softirq {mach.get('softirq', 0):.0f}%) "
+                     f"softirq {mach.get('softirq', 0):.0f}%, ksoftirqd "
+                     f"{mach.get('ksoftirqd', 0):.0f}%) "
                      f"(retransmits {r.get('retransmits', '-')}; CPU %: {cpu}; lost before "
-                     f"OVS read them: {lost})"
+                     f"OVS read them: {lost})" + bpf_note(r)
                      + (f" ERROR {r['error']}" if r.get("error") else ""))
                 time.sleep(a.pause)
         for proto in ("tcp", "udp"):
@@ -759,9 +905,17 @@ class Bench:
                 out[p.name][proto] = r
                 note(f"{p.name:8} {proto} 64-byte transactions: {r.get('n', 0)} "
                      f"(lost {r.get('lost', '-')}), p50 {r.get('p50_us') or float('nan'):.0f} us, "
-                     f"p99 {r.get('p99_us') or float('nan'):.0f} us"
+                     f"p99 {r.get('p99_us') or float('nan'):.0f} us" + bpf_note(r)
                      + (f" ERROR {r['error']}" if r.get("error") else ""))
         return out
+
+    @staticmethod
+    def bpf_problems(runs: list[dict], n: str) -> list[str]:
+        """Every measurement of path ``n`` (engine bpf) in which the BPF translator did not
+        translate the path's traffic."""
+        return [f"run {i + 1} {k}: {r[n][k].get('bpf')}" for i, r in enumerate(runs)
+                if n in r for k in ("multi", "single", "tcp", "udp")
+                if not r[n][k].get("bpf_ok")]
 
     def jumpbox_resources(self) -> dict:
         j = self.plain.ep_ns["jump"]
@@ -774,6 +928,15 @@ class Bench:
                                for k, n in {**{f"lab {k}": v for k, v in self.lab_ovs.items()},
                                             **{f"plain {k}": v for k, v in self.plain.nodes.items()}
                                             }.items()}}
+
+
+def bpf_note(r: dict) -> str:
+    """The BPF translator's counters in a run log line (a-bpf)."""
+    b = r.get("bpf")
+    if b is None:
+        return ""
+    return (" (BPF translator: " + ", ".join(f"{k} {v}" for k, v in b.items())
+            + ("" if r.get("bpf_ok") else " - NOT the path's traffic") + ")")
 
 
 # ---------------------------------------------------------------------------
@@ -831,21 +994,59 @@ def summarise(runs: list[dict], names: list[str]) -> dict:
         s["latency_us"][n] = {f"{proto}_{q}": med([r[n][proto].get(f"{q}_us") or float("nan")
                                                    for r in runs])
                               for proto in ("tcp", "udp") for q in ("p50", "p99")}
-    nums = ["a"] + (["a-appliance"] if "a-appliance" in names else [])
-    dens = ["b1", "b2", "c"] + (["a-appliance"] if "a-appliance" in names else [])
-    for num in nums:
-        for den in dens:
-            if den == num:
-                continue
-            for kind in ("multi", "single"):
-                s["ratios"][f"{num}/{den} {kind}"] = med(ratio_list(runs, num, den, kind))
-            for proto in ("tcp", "udp"):
-                s["ratios"][f"{num}/{den} {proto}_p50"] = med(
-                    lat_ratio(runs, num, den, proto, "p50_us"))
+    for num, den in ratio_pairs(names):
+        for kind in ("multi", "single"):
+            s["ratios"][f"{num}/{den} {kind}"] = med(ratio_list(runs, num, den, kind))
+        for proto in ("tcp", "udp"):
+            s["ratios"][f"{num}/{den} {proto}_p50"] = med(
+                lat_ratio(runs, num, den, proto, "p50_us"))
     s["cpu_per_100mbit_total"] = {
         n: med([r[n]["multi"]["cpu_per_100mbit"].get("total", float("nan")) for r in runs])
         for n in names}
+    s["machine_per_100mbit"] = {
+        n: {k: med([r[n]["multi"].get("machine_per_100mbit", {}).get(k, float("nan"))
+                    for r in runs]) for k in ("busy", "softirq", "ksoftirqd")} for n in names}
+    s["bpf"] = {}
+    for n in [x for x in BPF_PATHS if x in names]:
+        s["bpf"][n] = {kind: {k: med([r[n][kind].get("bpf", {}).get(k, float("nan"))
+                                      for r in runs]) for k in translator.BPF_STATS}
+                       for kind in ("multi", "single", "tcp", "udp")}
+        s["bpf"][n]["every_measurement_translated"] = not Bench.bpf_problems(runs, n)
     return s
+
+
+def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """The ratios the report and the summary give: each vnet64 path against b1, b2 and c;
+    a against a-appliance (the direct path), a-bpf against a and a-bpf-appliance against
+    a-appliance (the BPF translator)."""
+    out = []
+    for num in ("a", "a-bpf", "a-appliance", "a-bpf-appliance"):
+        if num not in names:
+            continue
+        dens = ["b1", "b2", "c"] + {"a": ["a-appliance"], "a-bpf": ["a"],
+                                    "a-bpf-appliance": ["a-appliance"]}.get(num, [])
+        out += [(num, d) for d in dens if d in names]
+    return out
+
+
+def softirq_accounting() -> str:
+    """How this kernel charges softirq time (the BPF translator's, the veths'), in words."""
+    config = ""
+    with contextlib.suppress(OSError):
+        config = gzip.decompress(Path("/proc/config.gz").read_bytes()).decode()
+    if not config:
+        with contextlib.suppress(OSError):
+            config = Path(f"/boot/config-{platform.release()}").read_text()
+    if "CONFIG_IRQ_TIME_ACCOUNTING=y" in config:
+        return ("This kernel accounts softirq time precisely (CONFIG_IRQ_TIME_ACCOUNTING): "
+                "it is charged to no process, so the processes' sum leaves it out.")
+    if "# CONFIG_IRQ_TIME_ACCOUNTING is not set" in config:
+        return ("This kernel samples CPU time per tick without CONFIG_IRQ_TIME_ACCOUNTING: "
+                "a tick that lands in softirq is charged to the task it interrupted (often "
+                "the ovs-vswitchd whose send ran the softirq, but also ksoftirqd, the idle "
+                "task or another lab's process), so the processes' sum holds an unknown "
+                "part of the softirq work; only the machine's busy time holds all of it.")
+    return "How this kernel charges softirq time is unknown (no kernel config found)."
 
 
 def machine_line(args, started: datetime) -> str:
@@ -857,6 +1058,14 @@ def machine_line(args, started: datetime) -> str:
     binary, patched = translator.tayga_binary()
     tayga += (f" + vnet64 patch ({binary}; the jumpbox's: the system's)" if patched
               else f" (path a: {binary})")
+    if getattr(args, "bpf_objects", None):
+        src = translator.BPF_SOURCE.relative_to(ROOT)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--",
+                                str(src)], check=False).returncode != 0
+        tayga += (f", a-bpf's BPF translator {', '.join(args.bpf_objects)} (clang "
+                  + sh.run([sh.tool("clang"), "--version"], check=False).stdout.split("\n")[0]
+                  + f"; {src} " + ("modified in the work tree since that commit"
+                                   if dirty else "as committed") + ")")
     return (f"{started:%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, kernel "
             f"{platform.release()}, Python {platform.python_version()}, {ovs_version}, "
             f"{iperf_version}, {tayga}, commit {args.commit}. Shared, noisy machine (load average "
@@ -898,7 +1107,19 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
             "false, set for this path's measurements only and back to the default after "
             "each, with one transaction so host2 learns a-vm1's host again before a): every "
             "packet host2 -> appliance -> host1, the patent's path; replies host1 -> host2. "
-            "a / a-appliance is the direct path's gain." if "a-appliance" in names else ".")
+            "a / a-appliance is the direct path's gain." if "a-appliance" in names else "")
+         + ("; **a-bpf** vnet64 as a (direct path on) but host1's translator engine `bpf` "
+            "(issue 21's lever 3: host1's agent restarted with `--translator-engine bpf` for "
+            "this path's measurements only and back to `tayga` after each, waiting for the "
+            "tc filter on ovs0 and an answered UDP and TCP transaction): a tc-BPF program at "
+            "the ingress of the translator namespace's ovs0 translates unfragmented TCP/UDP/"
+            "echo in the kernel and hands only the rest to TAYGA. a-bpf / a is the lever's "
+            "gain; its program's counters are read around every measurement"
+            if "a-bpf" in names else "")
+         + ("; **a-bpf-appliance** both at once (direct path off, host1's engine bpf): "
+            "a-bpf-appliance / a-appliance is the lever's gain on the patent's path, "
+            "a-bpf-appliance / b2 (the same hops, no translation) what translation still "
+            "costs there." if "a-bpf-appliance" in names else ".")
          + f" MTUs: underlay {UNDERLAY_MTU}, IPv6 endpoints / br-int / jumpbox IPv6 side "
          f"{V6_MTU}, IPv4 VMs / jumpbox VNet side {V4_MTU} (as the lab's); every OVS is "
          "netdev (userspace), no Geneve options, TX checksum offload off on the veths, "
@@ -920,21 +1141,36 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
 
     def cpu100(n: str) -> float:
         return med([r[n]["multi"]["cpu_per_100mbit"].get("total", float("nan")) for r in runs])
+    def mach100(n: str, key: str = "busy") -> float:
+        return med([r[n]["multi"].get("machine_per_100mbit", {}).get(key, float("nan"))
+                    for r in runs])
+    aimed = [n for n in AIMED if n in names]
     for den, aim in (("c", AIM_C), ("b2", AIM_B2), ("b1", AIM_B1)):
         for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
-            rs = ratio_list(runs, "a", den, kind)
-            if den == "b1":
-                title += f" (before the direct path {B1_BEFORE[kind]:.2f})"
-            lines.append(f"| throughput a/{den}, {title} | {rng(rs, '.2f')} | >= {aim} | "
-                         f"{yes_no(bool(rs) and med(rs) >= aim)} |")
+            for num in aimed:
+                rs = ratio_list(runs, num, den, kind)
+                t = title + (f" (a before the direct path {B1_BEFORE[kind]:.2f})"
+                             if den == "b1" and num == "a" else "")
+                lines.append(f"| throughput {num}/{den}, {t} | {rng(rs, '.2f')} | >= {aim} | "
+                             f"{yes_no(bool(rs) and med(rs) >= aim)} |")
         if den == "c":
             for proto in ("tcp", "udp"):
-                pa, pc = p50("a", proto), p50("c", proto)
-                lines.append(f"| {proto.upper()} transaction p50, a vs c (us) | {pa:.0f} vs "
-                             f"{pc:.0f} | a below c | {yes_no(pa < pc)} |")
-    ca, cc = cpu100("a"), cpu100("c")
-    lines.append(f"| CPU per 100 Mbit/s, {S} streams, all processes, a vs c (% of a core) | "
-                 f"{ca:.0f} vs {cc:.0f} | a <= c | {yes_no(ca <= cc)} |")
+                for num in aimed:
+                    pa, pc = p50(num, proto), p50("c", proto)
+                    lines.append(f"| {proto.upper()} transaction p50, {num} vs c (us) | "
+                                 f"{pa:.0f} vs {pc:.0f} | {num} below c | {yes_no(pa < pc)} |")
+    cc = cpu100("c")
+    for num in aimed:
+        ca = cpu100(num)
+        lines.append(f"| CPU per 100 Mbit/s, {S} streams, sum of the path's processes, {num} "
+                     f"vs c (% of a core) | {ca:.0f} vs {cc:.0f} | {num} <= c | "
+                     f"{yes_no(ca <= cc)} |")
+    for num in aimed:
+        ma, mc = mach100(num), mach100("c")
+        lines.append(f"| CPU per 100 Mbit/s, {S} streams, whole machine busy (softirq "
+                     f"included; other labs too), {num} vs c (% of a core) | {ma:.0f} vs "
+                     f"{mc:.0f} | {num} <= c | {yes_no(ma <= mc)} |")
+    ca = cpu100("a")
     if "a-appliance" in names:
         for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
             lines.append(f"| gain of the direct path: throughput a/a-appliance, {title} | "
@@ -946,6 +1182,49 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
                 f"({p50('a', proto):.0f} vs {p50('a-appliance', proto):.0f} us) | - | - |")
         lines.append(f"| gain of the direct path: CPU per 100 Mbit/s, {S} streams, "
                      f"a vs a-appliance | {ca:.0f} vs {cpu100('a-appliance'):.0f} | - | - |")
+    if "a-bpf" in names:
+        lever = "lever 3 (BPF translator) alone"
+        for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
+            lines.append(f"| {lever}: throughput a-bpf/a, {title} | "
+                         f"{rng(ratio_list(runs, 'a-bpf', 'a', kind), '.2f')} | - | - |")
+        for proto in ("tcp", "udp"):
+            lines.append(
+                f"| {lever}: {proto.upper()} transaction p50, a-bpf / a "
+                f"| {rng(lat_ratio(runs, 'a-bpf', 'a', proto, 'p50_us'), '.2f')} "
+                f"({p50('a-bpf', proto):.0f} vs {p50('a', proto):.0f} us) | - | - |")
+        lines.append(f"| {lever}: CPU per 100 Mbit/s, {S} streams, a-bpf vs a: sum of the "
+                     f"processes; whole machine busy; softirq (% of a core) | "
+                     f"{cpu100('a-bpf'):.0f} vs {ca:.0f}; {mach100('a-bpf'):.0f} vs "
+                     f"{mach100('a'):.0f}; {mach100('a-bpf', 'softirq'):.0f} vs "
+                     f"{mach100('a', 'softirq'):.0f} | - | - |")
+    if "a-bpf-appliance" in names:
+        lever = "lever 3 with the direct path off"
+        for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
+            for den in ("a-appliance", "b2"):
+                lines.append(f"| {lever}: throughput a-bpf-appliance/{den}, {title} | "
+                             f"{rng(ratio_list(runs, 'a-bpf-appliance', den, kind), '.2f')} "
+                             "| - | - |")
+        for proto in ("tcp", "udp"):
+            lr = lat_ratio(runs, "a-bpf-appliance", "a-appliance", proto, "p50_us")
+            lines.append(
+                f"| {lever}: {proto.upper()} transaction p50, a-bpf-appliance / a-appliance "
+                f"| {rng(lr, '.2f')} "
+                f"({p50('a-bpf-appliance', proto):.0f} vs {p50('a-appliance', proto):.0f} us) "
+                "| - | - |")
+    for n in [x for x in BPF_PATHS if x in names]:
+        bad = bench.bpf_problems(runs, n)
+
+        def cnt(k: str, n=n) -> float:
+            return med([r[n]["multi"].get("bpf", {}).get(k, float("nan")) for r in runs])
+        tun = med([r[n]["multi"].get("tun", {}).get("host1", {}).get("tx_packets",
+                                                                       float("nan"))
+                   for r in runs])
+        lines.append(f"| {n}: the BPF translator translated the path's traffic (6to4 >= "
+                     f"the goodput's segments, 4to6 > 0; per transaction test 6to4 and 4to6 "
+                     f">= transactions) | {S}-stream test, median: 6to4 {cnt('6to4'):.0f}, "
+                     f"4to6 {cnt('4to6'):.0f}, to TAYGA {cnt('to_tayga'):.0f}; TAYGA's tun "
+                     f"got {tun:.0f} | every measurement | {yes_no(not bad)}"
+                     + (f" ({len(bad)} failed: {'; '.join(bad)})" if bad else "") + " |")
     lines += [
         "",
         "## Throughput and latency per path",
@@ -979,15 +1258,13 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
               ("| ratio | throughput, {S} streams | throughput, 1 stream | CPU per bit, den / num, "
                "{S} streams | TCP p50 | UDP p50 |").replace("{S}", str(S)),
               "|---|---|---|---|---|---|"]
-    for num in ["a"] + (["a-appliance"] if "a-appliance" in names else []):
-        for den in ("b1", "b2", "c") + (("a-appliance",) if num == "a" and "a-appliance"
-                                        in names else ()):
-            lines.append(
-                f"| {num}/{den} | {rng(ratio_list(runs, num, den, 'multi'), '.2f')} | "
-                f"{rng(ratio_list(runs, num, den, 'single'), '.2f')} | "
-                f"{rng(cpu_ratio(runs, num, den, 'multi'), '.2f')} | "
-                f"{rng(lat_ratio(runs, num, den, 'tcp', 'p50_us'), '.2f')} | "
-                f"{rng(lat_ratio(runs, num, den, 'udp', 'p50_us'), '.2f')} |")
+    for num, den in ratio_pairs(names):
+        lines.append(
+            f"| {num}/{den} | {rng(ratio_list(runs, num, den, 'multi'), '.2f')} | "
+            f"{rng(ratio_list(runs, num, den, 'single'), '.2f')} | "
+            f"{rng(cpu_ratio(runs, num, den, 'multi'), '.2f')} | "
+            f"{rng(lat_ratio(runs, num, den, 'tcp', 'p50_us'), '.2f')} | "
+            f"{rng(lat_ratio(runs, num, den, 'udp', 'p50_us'), '.2f')} |")
     # CPU by role
     lines += ["", (f"CPU per 100 Mbit/s by role, {S} streams (% of one core per 100 Mbit/s of "
                    "goodput, median over runs; a role a path does not have is `-`):"), "",
@@ -997,6 +1274,22 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
         total = med([r[n]["multi"]["cpu_per_100mbit"].get("total", float("nan")) for r in runs])
         lines.append(f"| {n} | " + " | ".join(f"{rc[k]:.0f}" if k in rc else "-" for k in ROLES)
                      + f" | {total:.0f} |")
+    # CPU: the processes' sum against the whole machine (softirq work, e.g. a-bpf's program)
+    lines += ["", (f"CPU per 100 Mbit/s, {S} streams, counted two ways (% of one core per 100 "
+                   "Mbit/s, median over runs): the sum of the path's metered processes (the "
+                   "tables above and below), and the whole machine's busy time (every process "
+                   "and the kernel's softirq, so the BPF translator's work too; other labs' "
+                   "load as well, so an upper bound), with its softirq share and the "
+                   "ksoftirqd threads (softirq work deferred to them, charged to no metered "
+                   "process). " + softirq_accounting()), "",
+              "| path | sum of processes | machine busy | of which softirq | ksoftirqd | "
+              "machine busy - processes |", "|---|---|---|---|---|---|"]
+    for n in names:
+        proc100 = med([r[n]["multi"]["cpu_per_100mbit"].get("total", float("nan"))
+                       for r in runs])
+        m = {k: mach100(n, k) for k in ("busy", "softirq", "ksoftirqd")}
+        lines.append(f"| {n} | {proc100:.0f} | {m['busy']:.0f} | {m['softirq']:.0f} | "
+                     f"{m['ksoftirqd']:.1f} | {m['busy'] - proc100:.0f} |")
     # CPU
     for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
         keys: list[str] = []
@@ -1080,7 +1373,8 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
     return "\n".join(lines) + "\n"
 
 
-def findings(runs: list[dict], names: list[str], switch_s: list[float] = ()) -> list[str]:
+def findings(runs: list[dict], names: list[str], switch_s: list[float] = (),
+             engine_s: list[float] = ()) -> list[str]:
     """Observations computed from the measurements: what saturated, where packets died,
     what the direct path changed (``switch_s``: each switch of it, NB write to flows)."""
     out = []
@@ -1100,12 +1394,48 @@ def findings(runs: list[dict], names: list[str], switch_s: list[float] = ()) -> 
                              if k in ra or k in rd)
             out.append(f"- a minus {den}, % of a core per 100 Mbit/s by role (multi-stream "
                        f"run): {diff}.")
-        for n in [x for x in ("a", "a-appliance") if x in names]:
+        for n in [x for x in ("a", "a-appliance", "a-bpf", "a-bpf-appliance") if x in names]:
             pm = [r[n][k]["pmd"] for r in runs for k in ("multi", "single")]
             ap = [p.get("appliance", {}).get("packets", 0) for p in pm]
             h1 = [p.get("host1", {}).get("packets", 0) for p in pm]
             out.append(f"- {n}: packets the appliance's OVS read per throughput test, median "
                        f"{med(ap):.0f} (max {max(ap):.0f}), against host1's {med(h1):.0f}.")
+    if "a-bpf" in names:
+        ra, rb = role_cpu(runs, "a"), role_cpu(runs, "a-bpf")
+        diff = ", ".join(f"{k} {rb.get(k, 0) - ra.get(k, 0):+.0f}" for k in ROLES
+                         if k in ra or k in rb)
+        mb = {n: med([r[n]["multi"].get("machine_per_100mbit", {}).get("busy", float("nan"))
+                      for r in runs]) for n in ("a", "a-bpf")}
+        out.append(f"- a-bpf minus a, % of a core per 100 Mbit/s by role (multi-stream run): "
+                   f"{diff}; whole machine busy per 100 Mbit/s {mb['a-bpf'] - mb['a']:+.0f} "
+                   f"({mb['a-bpf']:.0f} vs {mb['a']:.0f}).")
+    for n in [x for x in BPF_PATHS if x in names]:
+        for kind in ("multi", "single", "tcp", "udp"):
+            b = [r[n][kind].get("bpf", {}) for r in runs]
+            tun = [r[n][kind].get("tun", {}).get("host1", {}).get("tx_packets")
+                   for r in runs]
+            what = ({"multi": "multi-stream throughput test", "single": "1-stream throughput "
+                     "test"}.get(kind) or f"{kind.upper()} transaction test")
+            need = ([r[n][kind].get("bpf_min_6to4", 0) for r in runs]
+                    if kind in ("multi", "single") else
+                    [r[n][kind].get("n", 0) for r in runs])
+            out.append(
+                f"- {n}, BPF translator per {what} (median): "
+                + ", ".join(f"{k} {med([x.get(k, float('nan')) for x in b]):.0f}"
+                            for k in translator.BPF_STATS)
+                + (f"; at least {med(need):.0f} needed ("
+                   + ("the goodput's bytes / MSS" if kind in ("multi", "single")
+                      else "transactions") + ")")
+                + (f"; TAYGA's tun got {med([t for t in tun if t is not None]):.0f}"
+                   if any(t is not None for t in tun) else "")
+                + f"; translated the path's traffic in "
+                f"{sum(bool(r[n][kind].get('bpf_ok')) for r in runs)} of {len(runs)} "
+                "runs.")
+    if engine_s:
+        out.append(f"- Switching host1's translator engine (agent restart until the tc filter "
+                   f"is on / off, a UDP and a TCP transaction answer and the direct path "
+                   f"holds): median {med(list(engine_s)):.2f} s, max {max(engine_s):.2f} s, "
+                   f"{len(engine_s)} switches.")
     if switch_s:
         out.append(f"- Switching the direct path (NB write until host2's flows show it; back on "
                    f"also one answered transaction and the learned entry): median "
@@ -1148,6 +1478,10 @@ def main() -> int:
                              "or `vnet64-lab down` with the same prefix removes it)")
     parser.add_argument("--no-appliance-path", action="store_true",
                         help="skip a-appliance (vnet64 with the direct path off)")
+    parser.add_argument("--no-bpf-path", action="store_true",
+                        help="skip a-bpf (vnet64 with host1's translator engine bpf) and "
+                             "a-bpf-appliance (also the direct path off; skipped with "
+                             "--no-appliance-path too)")
     parser.add_argument("--prefix", default=os.environ.get("VNET64_BENCH_PREFIX", PREFIX),
                         help=f"namespace prefix (default {PREFIX}; env VNET64_BENCH_PREFIX)")
     parser.add_argument("--run-dir", default=os.environ.get("VNET64_BENCH_RUN_DIR", RUN_DIR),
@@ -1192,14 +1526,16 @@ def main() -> int:
         bench.cleanup()
     names = [p.name for p in bench.paths]
     args.load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    args.findings = findings(runs, names, bench.switch_s)
+    args.findings = findings(runs, names, bench.switch_s, bench.engine_s)
+    args.bpf_objects = bench.bpf_objects
     table = report(args, bench, runs, jump, started)
     print(table)
     result = {"machine": machine_line(args, started), "args": {
         k: v for k, v in vars(args).items() if k in ("runs", "seconds", "lat_seconds", "streams",
-                                                     "quick", "prefix", "no_appliance_path")},
+                                                     "quick", "prefix", "no_appliance_path",
+                                                     "no_bpf_path")},
         "paths": {p.name: p.label for p in bench.paths}, "summary": summarise(runs, names),
-        "runs": runs, "jumpbox": jump,
+        "runs": runs, "jumpbox": jump, "bpf_objects": bench.bpf_objects,
         "mtu": {"underlay": UNDERLAY_MTU, "ipv6": V6_MTU, "ipv4": V4_MTU}}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

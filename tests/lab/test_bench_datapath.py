@@ -2,16 +2,20 @@
 
 Runs ``datapath.py --quick`` (one run, ~1 s per test) with its own prefix
 ``v64j-`` and run dir ``/run/vnet64-lab-j`` and reads its JSON. Asserts only that
-the script exits 0, that every path (vnet64 with the direct path on and off,
-plain Geneve host to host, through the appliance hop, the jumpbox) carried
-iperf3 traffic in both throughput tests and answered TCP and UDP transactions,
-that the direct path took vnet64's traffic past the appliance only when on,
-and that it left no namespace behind - never a timing threshold.
+the script exits 0, that every path (vnet64 with the direct path on and off, each
+also with host1's translator engine bpf, plain Geneve host to host, through the
+appliance hop, the jumpbox) carried iperf3 traffic in both throughput tests and
+answered TCP and UDP transactions, that the direct path took vnet64's traffic past
+the appliance only when on, that on the bpf paths the BPF program translated that
+traffic (its counters grew by at least the segments / transactions; TAYGA got none
+of it), and that it left no namespace behind - never a timing threshold. Without
+clang or bpftool the bpf paths are skipped (``--no-bpf-path``).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -21,23 +25,27 @@ from tests.lab.conftest import ROOT, need_lab
 
 PREFIX, RUN_DIR = "v64j-", "/run/vnet64-lab-j"
 PATHS = {"a", "b1", "b2", "c", "a-appliance"}
+BPF_PATHS = {"a-bpf", "a-bpf-appliance"}
 
 
 def test_datapath_benchmark_quick_moves_data_on_every_path(tmp_path):
     need_lab()
     sh.tool("iperf3")
     sh.tool("nft")
+    bpf = all(shutil.which(t) for t in ("clang", "bpftool"))
+    paths = PATHS | (BPF_PATHS if bpf else set())
     out = tmp_path / "datapath.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "datapath.py"), "--quick",
-         "--prefix", PREFIX, "--run-dir", RUN_DIR, "--json", str(out)],
-        capture_output=True, text=True, timeout=170, cwd=ROOT)
+         "--prefix", PREFIX, "--run-dir", RUN_DIR, "--json", str(out)]
+        + ([] if bpf else ["--no-bpf-path"]),
+        capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "## Throughput and latency per path" in proc.stdout
     result = json.loads(out.read_text())
-    assert set(result["paths"]) == PATHS
+    assert set(result["paths"]) == paths
     (run,) = result["runs"]
-    for name in PATHS:
+    for name in paths:
         for kind in ("multi", "single"):
             r = run[name][kind]
             assert not r.get("error"), (name, kind, r)
@@ -52,5 +60,14 @@ def test_datapath_benchmark_quick_moves_data_on_every_path(tmp_path):
     direct = run["a"]["multi"]["pmd"]
     assert direct["appliance"]["packets"] < direct["host1"]["packets"] / 100, direct
     assert run["a-appliance"]["multi"]["pmd"]["appliance"]["packets"] > 0
+    # engine bpf: the BPF program translated every measurement's traffic, not TAYGA
+    for name in paths & BPF_PATHS:
+        for kind in ("multi", "single", "tcp", "udp"):
+            r = run[name][kind]
+            assert r["bpf_ok"], (name, kind, r.get("bpf"))
+        multi = run[name]["multi"]
+        assert multi["tun"]["host1"]["tx_packets"] < multi["bpf"]["6to4"] / 100, multi["tun"]
+    if bpf:
+        assert run["a-bpf-appliance"]["multi"]["pmd"]["appliance"]["packets"] > 0
     # everything it created is gone
     assert not [ns for ns in sh.netns_list() if ns.startswith(PREFIX)]
