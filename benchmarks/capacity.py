@@ -535,7 +535,7 @@ class Bench:
         self.ns_of = {v.name: v.ns for v in self.plan.vifs}
         self.endpoints = [self.ns_of[f"e{i}"] for i in range(self.args.endpoints)]
         self.vm6 = {v.name: str(self.topo.platform_address(v.name).ipv6) for v in self.topo.vms}
-        sh.wait_for(lambda: flow_count(self.nodes["host1"], "v6_dnat") >= 3     # 2 VMs + the miss
+        sh.wait_for(lambda: flow_count(self.nodes["host1"], "v6_dnat") >= 4     # 2 VMs, miss, invalid
                     and flow_count(self.nodes["appliance"]) >= 2, 60, "the controller's flows")
         if self.args.snat_ports != DEFAULT_PORTS:
             # the controller that sets host1's pairs up: its own, or the central one

@@ -641,9 +641,9 @@ class Bench:
         self.api = nbapi.connect(f"unix:{self.plan.nb_run_dir}/nb.sock")
         self._find_controllers((self.lab.state() or {}).get("controller", ""))
         # programmed: every VM steered on its host and the appliance, pair miss flows present
-        # (each host's v6_dnat also holds the stage's miss flow)
+        # (each host's v6_dnat also holds the stage's miss flow and its invalid drop)
         n_vm = len(self.topo.vms)
-        sh.wait_for(lambda: sum(flow_count(self.nodes[h], "v6_dnat") for h in self.hosts) >= n_vm + len(self.hosts)
+        sh.wait_for(lambda: sum(flow_count(self.nodes[h], "v6_dnat") for h in self.hosts) >= n_vm + 2 * len(self.hosts)
              and all(flow_count(self.nodes[h], "pair") >= 1 for h in self.hosts)
              and flow_count(self.nodes["appliance"]) >= n_vm, 60, "the controller's flows")
         self.base_counts = self.counts()
@@ -715,10 +715,10 @@ class Bench:
         self.api.run(*[self.api.db_set("Subscription", r.uuid, ("state", "suspended")) for r in subs])
 
         def revoked() -> bool:
-            # left: the miss flows (one per stage), and on host1 tv's v6_dnat and the
-            # tcpbench pair if installed
+            # left: the miss flows (one per stage; v6_dnat also drops what the SNAT zone
+            # found invalid), and on host1 tv's v6_dnat and the tcpbench pair if installed
             return all(flow_count(self.nodes[h], "pair") <= self.base_pair[h] + (h == "host1")
-                       and flow_count(self.nodes[h], "v6_dnat") <= 1 + (h == "host1")
+                       and flow_count(self.nodes[h], "v6_dnat") <= 2 + (h == "host1")
                        for h in self.hosts)
         sh.wait_for(revoked, 120, "pairs revoked")
         self.api.run(*[self.api.db_set("Subscription", r.uuid, ("state", "active")) for r in subs])

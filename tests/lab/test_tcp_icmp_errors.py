@@ -66,4 +66,6 @@ def test_a_vms_icmp_error_about_tcp_reaches_the_service(tmp_path):
         del fresh[TCP].chksum
         assert again[TCP].chksum == IPv6(bytes(fresh))[TCP].chksum, "quoted TCP checksum"
         # ... and not by way of the controller
-        assert not any("CONTROLLER" in line for line in _t.flows(plan, "host1", "table=v6_unsnat").splitlines())
+        assert not any("CONTROLLER" in line for line in _t.flows(plan, "host1", "table=to_service").splitlines())
+        assert [line for line in _t.flows(plan, "host1", "table=from_translator").splitlines()
+                if "CONTROLLER" in line and "ipv6" in line and "ipv6_src=" not in line] == []

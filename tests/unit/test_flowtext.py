@@ -188,7 +188,7 @@ MUTATIONS = [
     ("a wrong NAT kind", r"nat\(src=fd64", "nat(dst=fd64"),
     ("a lost ct flag", r"ct_state=-inv\+trk\b", "ct_state=+trk"),
     ("a flipped ct flag", r"ct_state=\+rpl-inv", "ct_state=-rpl-inv"),
-    ("a lost ct commit", r"ct\(commit,table=50", "ct(table=50"),
+    ("a lost ct commit", r"ct\(commit,zone=65533", "ct(zone=65533"),
     ("a swapped move", r"move:NXM_OF_ARP_SPA\[\]->NXM_OF_ARP_TPA\[\]", "move:NXM_OF_ARP_TPA[]->NXM_OF_ARP_SPA[]"),
     ("a wrong check_pkt_larger bit", r"->NXM_NX_REG0\[0\]", "->NXM_NX_REG0[1]"),
     ("a wrong ct table", r"ct\(commit,table=21", "ct(commit,table=31"),

@@ -19,7 +19,7 @@ from vnet64 import gateway, topology
 from vnet64.controller import model as M
 from vnet64.controller.flows import ETH_ARP, ETH_IPV4, ETH_IPV6, Flow, PacketOut, Resubmit
 from vnet64.controller.logic import Logic
-from vnet64.controller.pipeline import VNI, Cookie, tables_for
+from vnet64.controller.pipeline import VNI, ZONE_V6_DNAT, ZONE_V6_SNAT, Cookie, tables_for
 from vnet64.ports import GENEVE_PORT, XLAT_PORT, translator_mac, vif_port
 
 GENEVE, XLAT = 1, 2
@@ -140,6 +140,9 @@ def round_trip(p: Platform, vm_ipv6: str, vm_port: int, sport: int, direct: bool
         # 234 -> decapsulated on host1 -> pair -> two IPv6 NATs -> the translator
         pkt = arrive(t.output_packet(GENEVE), tun_ipv4_src=p.ip("appliance"), tunnel_id=VNI)
     t = p.host1_in(pkt)
+    # both IPv6 NATs, then out to the translator: one recirculation between them, none
+    # after the second (issue 21, lever 2: the DNAT's ct has no table)
+    assert t.stages()[-2:] == ["pair", "v6_dnat"] and "to_translator" not in t.stages(), str(t)
     to_xlat = t.output_packet(XLAT)
     assert to_xlat["eth_dst"] == translator_mac("host1")
     assert to_xlat["ipv6_dst"] == PREFIX + "a00:4"
@@ -159,6 +162,8 @@ def round_trip(p: Platform, vm_ipv6: str, vm_port: int, sport: int, direct: bool
     assert back["tcp_dst"] == sport
     # TAYGA -> 258: undo both IPv6 NATs -> 262: straight to host2, not to the appliance
     t = p.sw["host1"].trace(tayga_4to6(arrive(back), eth_src=translator_mac("host1")), XLAT)
+    assert t.stages() == ["classify", "from_translator", "to_service"], str(t)   # one pass fewer
+    assert [zone for zone, _, _ in t.cts] == [ZONE_V6_DNAT, ZONE_V6_SNAT], str(t)
     assert t.is_output(GENEVE, tun_ipv4_dst=p.ip("host2"), ipv6_src=vm_ipv6, ipv6_dst=SVC1,
                        tcp_src=80, tcp_dst=sport), str(t)
     # decapsulated on host2 and delivered to svc1

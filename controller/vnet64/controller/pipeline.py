@@ -23,14 +23,15 @@ Host pipeline (table ids in brackets)::
      │                                         meter ─► controller: the gateway's ICMPv6 Time
      │                                         Exceeded / Packet Too Big)
      ├ in_port=xlat0 ─► from_translator [30]: IPv4 from a pair alias ─► ct(VNet zone, SNAT) ─► to_vm [33]
-     │                                       IPv6 back from TAYGA ─► ct(v6 DNAT zone) ─► v6_unsnat [31]
-     │                                                    ─► ct(v6 SNAT zone) ─► to_service [32]
+     │                                       IPv6 back from TAYGA ─► ct(v6 DNAT zone), then in the
+     │                                         same pass ct(v6 SNAT zone) ─► to_service [32]
      └ in_port=<vm> ─► from_vm [40]: ARP for the gateway ─► arp_reply [41]
                                     IPv4 to Platform_IP ─► ct(VNet zone) ─► vm_return [42] ─► to_translator [50]
                                     (TTL 0 or 1 ─► meter ─► controller: the VM's gateway's Time Exceeded)
   pair [20]: (service IPv6, VM platform IPv6) ─► ct(v6 SNAT zone, src=<xlat /96>::<alias>) ─► v6_dnat [21]
              miss ─► meter ─► controller (first packet of a new pair)
-  v6_dnat [21]: ─► ct(v6 DNAT zone, dst=<xlat /96>::<VM IPv4>) ─► to_translator [50] ─► xlat0
+  v6_dnat [21]: valid in the SNAT zone ─► ct(v6 DNAT zone, dst=<xlat /96>::<VM IPv4>), then in
+                the same pass ─► xlat0
 
   <endpoint>, <vm>: the interface bound to it on this node in the NB (Port_Binding, found by
   the node agent through external_ids:iface-id; ``roles.Ports``), whatever it is called.
@@ -72,7 +73,6 @@ HOST_TABLES = TableMap("host", (
     ("pair", 20),
     ("v6_dnat", 21),
     ("from_translator", 30),
-    ("v6_unsnat", 31),
     ("to_service", 32),
     ("to_vm", 33),
     ("from_vm", 40),

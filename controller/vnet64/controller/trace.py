@@ -324,7 +324,7 @@ class Tracer:
         addresses through the NB's /96), as it comes back into br-int."""
         prefix = IPv6Network(self.model.translator_prefix)
         l4 = {k: v for k, v in pkt.items() if k.startswith(("tcp_", "udp_", "icmp_id"))}
-        # from TAYGA's side of the veth: where br-int sent the packet (to_translator)
+        # from TAYGA's side of the veth: where br-int sent the packet (v6_dnat, to_translator)
         base = {"eth_src": str(pkt.get("eth_dst", "00:00:00:00:00:00")), "eth_dst": gateway.GATEWAY_MAC,
                 "ip_proto": pkt.get("ip_proto"), "nw_ttl": 64, "pkt_len": pkt.get("pkt_len", 100), **l4}
         if pkt.get("eth_type") == ETH_IPV6:

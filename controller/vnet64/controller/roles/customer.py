@@ -1,8 +1,8 @@
 """Decapsulator, stateful translator and return path: a host's customer VMs.
 
 Stages owned: ``from_tunnel`` (forward traffic), ``pair``, ``v6_dnat``,
-``to_translator``, ``from_translator``, ``v6_unsnat``, ``to_service``,
-``to_vm``, ``from_vm``, ``arp_reply``, ``vm_return``.
+``to_translator``, ``from_translator``, ``to_service``, ``to_vm``, ``from_vm``,
+``arp_reply``, ``vm_return``.
 
 With the direct path, step 1 also takes, per pair, what the pair's endpoint's host sends
 straight here (:func:`direct_flows`), and passes on to the appliance what such a host
@@ -14,7 +14,10 @@ Forward (service -> VM), per DESIGN §4b:
  2. ``pair``: (service IPv6, VM IPv6) identifies a pair. Its flow (installed
     by the controller on the pair's first packet) SNATs the source to
     ``<xlat /96>::<alias>`` in the v6 SNAT zone; a miss is metered and punted;
- 3. ``v6_dnat``: DNAT the destination to ``<xlat /96>::<VM IPv4>``; out to TAYGA;
+ 3. ``v6_dnat``: DNAT the destination to ``<xlat /96>::<VM IPv4>`` and out to TAYGA in
+    the same pass (the ``ct`` has no ``table``: the datapath NATs the packet in place and
+    goes on; the SNAT zone's answer, recirculated into this stage, already said the
+    packet is valid - one recirculation fewer, issue 21's lever 2);
  4. TAYGA returns IPv4 alias -> VM IPv4; ``from_translator`` (per pair) SNATs to
     Platform_IP (or the SNAT VIP) in the VM's VNet zone, ports chosen by
     conntrack from the pair's port range;
@@ -26,8 +29,10 @@ Return (VM -> service):
  7. ``vm_return`` (per pair): only replies (+est/+rel, never +new) from this
     VM's port to one of this VM's pairs' aliases go on to TAYGA;
  8. TAYGA returns IPv6; un-DNAT then un-SNAT rebuild (VM platform IPv6 ->
-    service IPv6); ``to_service`` encapsulates it straight to the endpoint's
-    host (not via the appliance), with the tunnel token.
+    service IPv6), both in one pass (``from_translator``: the DNAT zone's ``ct`` without
+    ``table``, then the SNAT zone's, recirculated); ``to_service`` encapsulates it
+    straight to the endpoint's host (not via the appliance), with the tunnel token, if
+    the SNAT zone says it is a reply (or related).
 
 Pairs and aliases: every pair on a host owns one alias from ``ALIAS_POOL``; the
 alias is what tells TAYGA's IPv4 output apart per pair (hence per VNet and VM,
@@ -74,6 +79,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from ... import gateway
+from ...ports import translator_mac
 from ..flows import (CT, ETH_ARP, ETH_IPV4, ETH_IPV6, OFPP_IN_PORT, Controller, Flow,
                      Match, Move, Nat, Output, SetField, ct_state, flow)
 from ..inet import checksum, ethernet, icmp6_packet
@@ -94,6 +100,7 @@ CT_SNATTED = ct_state("+trk", "+snat", "-inv")
 CT_RELATED = service.CT_RELATED
 CT_NOT_SNATTED = ct_state("+trk", "+new", "-snat", "-rel", "-inv")   # NAT found no port
 CT_TRACKED_OK = ct_state("+trk", "-inv")
+CT_INVALID = ct_state("+trk", "+inv")
 
 
 # ---------------------------------------------------------------------------
@@ -188,7 +195,7 @@ def base_flows(model: Model, ports: Ports, xlat_mac: str) -> list[Flow]:
         # every stage's miss, counted under its reason (pipeline.DROP_REASONS)
         *(flow(table, PRIO_MISS, {}, [], cookie=drop_cookie("host", reason)) for table, reason in (
             ("classify", "unknown_port"), ("from_tunnel", "untrusted_tunnel"),
-            ("v6_dnat", "no_flow"), ("from_translator", "no_flow"), ("v6_unsnat", "no_flow"),
+            ("v6_dnat", "no_flow"), ("from_translator", "no_flow"),
             ("to_service", "no_return_path"), ("to_vm", "conntrack_invalid"),
             ("from_vm", "vm_not_to_platform"), ("arp_reply", "no_flow"),
             ("vm_return", "vm_initiated"), ("to_translator", "conntrack_invalid"))),
@@ -201,9 +208,9 @@ def base_flows(model: Model, ports: Ports, xlat_mac: str) -> list[Flow]:
               SetField("arp_sha", gateway.GATEWAY_MAC), Move("arp_tpa", "reg2", 32),
               Move("arp_spa", "arp_tpa", 32), Move("reg2", "arp_spa", 32),
               Output(OFPP_IN_PORT)], cookie=c),
-        # IPv6 back from TAYGA: undo the DNAT, then the SNAT (zones in reverse order)
-        flow("v6_unsnat", PRIO_DEFAULT, {"eth_type": ETH_IPV6},
-             [CT(zone=ZONE_V6_SNAT, table="to_service", nat=Nat())], cookie=c),
+        # what the v6 SNAT zone found invalid goes no further (module doc, step 3)
+        flow("v6_dnat", PRIO_DEFAULT, {"eth_type": ETH_IPV6, "ct_state": CT_INVALID}, [],
+             cookie=drop_cookie("host", "conntrack_invalid")),
     ]
     if ports.geneve is not None:
         out.append(flow("classify", PRIO_MATCH, {"in_port": ports.geneve, "tunnel_id": VNI},
@@ -217,8 +224,11 @@ def base_flows(model: Model, ports: Ports, xlat_mac: str) -> list[Flow]:
     if ports.xlat is not None:
         out += [
             flow("classify", PRIO_MATCH, {"in_port": ports.xlat}, goto="from_translator", cookie=c),
+            # IPv6 back from TAYGA: undo the DNAT, then the SNAT (zones in reverse order),
+            # in one pass: the first ct has no table (the packet is NATed in place)
             flow("from_translator", PRIO_DEFAULT, {"eth_type": ETH_IPV6},
-                 [CT(zone=ZONE_V6_DNAT, table="v6_unsnat", nat=Nat())], cookie=c),
+                 [CT(zone=ZONE_V6_DNAT, nat=Nat()),
+                  CT(zone=ZONE_V6_SNAT, table="to_service", nat=Nat())], cookie=c),
             # IPv6 *from* a pair's alias is no translation (TAYGA's sources are VMs'
             # addresses): it is what the translator namespace bounced, a routing header
             # with Segments Left != 0; the controller answers it (module doc)
@@ -231,10 +241,18 @@ def base_flows(model: Model, ports: Ports, xlat_mac: str) -> list[Flow]:
             flow("from_translator", PRIO_DEFAULT, {"eth_type": ETH_IPV4}, [],
                  cookie=drop_cookie("host", "no_pair")),
             flow("to_translator", PRIO_MATCH, {"ct_state": CT_TRACKED_OK},
-                 [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", xlat_mac),
-                  Output(ports.xlat)], cookie=c),
+                 to_translator(ports, xlat_mac), cookie=c),
         ]
     return out
+
+
+def to_translator(ports: Ports, xlat_mac: str) -> list:
+    """Out to the translator (TAYGA, or the BPF engine in front of it); [] without its
+    port."""
+    if ports.xlat is None:
+        return []
+    return [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", xlat_mac),
+            Output(ports.xlat)]
 
 
 def vm_flows(model: Model, node: Node, ports: Ports, vm: VM) -> list[Flow]:
@@ -260,9 +278,10 @@ def vm_flows(model: Model, node: Node, ports: Ports, vm: VM) -> list[Flow]:
         # doc, "Hop limits"); nw_ttl cannot be masked, so one flow per value
         *(flow("from_vm", PRIO_HOP_LIMIT, {**to_platform, "nw_ttl": ttl}, [Controller()],
                meter=ERROR_METER, cookie=drop_cookie("host", "ttl_exceeded", vm.name)) for ttl in (0, 1)),
-        flow("v6_dnat", PRIO_MATCH, {"eth_type": ETH_IPV6, "ipv6_dst": vm.ipv6},
-             [CT(zone=ZONE_V6_DNAT, commit=True, table="to_translator",
-                 nat=Nat("dst", str(model.translated(vm.ipv4))))], cookie=c),
+        flow("v6_dnat", PRIO_MATCH, {"eth_type": ETH_IPV6, "ipv6_dst": vm.ipv6,
+                                     "ct_state": CT_TRACKED_OK},
+             [CT(zone=ZONE_V6_DNAT, commit=True, nat=Nat("dst", str(model.translated(vm.ipv4)))),
+              *to_translator(ports, translator_mac(node.name))], cookie=c),
         flow("to_vm", PRIO_SPECIFIC,
              {"eth_type": ETH_IPV4, "ct_zone": vm.zone, "ipv4_dst": vm.ipv4, "ct_state": CT_SNATTED},
              [SetField("eth_src", gateway.GATEWAY_MAC), SetField("eth_dst", vm.mac), Output(port)],
