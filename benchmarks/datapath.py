@@ -2,7 +2,8 @@
 """Data path: service -> customer VM throughput and request/response latency.
 
 Compares, in one run and alternating between them (a, b1, b2, c, a-appliance, a-bpf,
-a-bpf-appliance, a, b1, ...; each run starts one path later), the paths a service
+a-bpf-appliance, a-recirc, a-bpf-recirc, a, b1, ...; each run starts one path later), the
+paths a service
 endpoint (IPv6) can take to a customer VM:
 
 - ``a``   vnet64 as shipped (the direct path on, the default): svc1 -> a-vm1's platform
@@ -40,6 +41,19 @@ endpoint (IPv6) can take to a customer VM:
   BPF translator on the patent's path; ``a-bpf-appliance`` / ``a-appliance`` is the
   lever's gain there, and ``a-bpf-appliance`` / ``b2`` (the same hops, no translation)
   what translation still costs.
+- ``a-recirc`` vnet64 as ``a`` but host1's translation stage as it was before issue 21's
+  lever 2 (commit fb46a2b took one OVS recirculation out each way): test flows of their
+  own cookie (``RECIRC_COOKIE``), added on host1 before each of this path's measurements
+  and removed after it, route the translated traffic through the old, longer pipeline (in
+  ``v6_dnat`` a copy of each per-VM flow whose DNAT ``ct`` recirculates to
+  ``to_translator``; back, ``from_translator`` un-DNATs and recirculates to table 31,
+  which un-SNATs and recirculates to ``to_service``). Their packet counters are read around
+  each measurement (the traffic must have taken them) and their presence at its end (the
+  controller reconciles a switch's flows only when it connects, and leaves cookies it did
+  not write alone). ``a`` / ``a-recirc`` is lever 2 alone.
+- ``a-bpf-recirc`` ``a-bpf`` with the same test flows: ``a-bpf`` / ``a-bpf-recirc`` is
+  lever 2 alone with the BPF translator; ``a-bpf`` is all three levers at once (the
+  direct path, lever 2, lever 3), held against ``c``, ``b2`` and ``b1``.
 
 ``b1``, ``b2`` and ``c`` run on three separate ovs-vswitchd (netdev) instances
 in the benchmark's own namespaces (``<prefix>dp-*``), built like the lab's
@@ -58,7 +72,7 @@ iperf3 (from /proc) per Gbit/s, and OVS's own counters
 time and the ksoftirqd threads' CPU (kernel work no metered process may be charged
 with). Needs root.
 
-    .venv/bin/python benchmarks/datapath.py                # full run, ~8-10 min
+    .venv/bin/python benchmarks/datapath.py                # full run, ~12-14 min
     .venv/bin/python benchmarks/datapath.py --quick        # CI smoke: every path once, briefly
 
 Saves benchmarks/results/datapath.md and .json (``--out``). ``--quick`` saves
@@ -92,7 +106,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import (CpuMeter, cpu_ticks, report_end, med, note, rng, start_run,  # noqa: E402
                     thread_ticks, yes_no)
 from vnet64 import helptext  # noqa: E402
-from vnet64.controller.pipeline import HOST_TABLES  # noqa: E402
+from vnet64.controller.pipeline import HOST_TABLES, ZONE_V6_DNAT, ZONE_V6_SNAT  # noqa: E402
 from vnet64.nb import api as nbapi  # noqa: E402
 from vnet64.node import translator  # noqa: E402
 from vnet64_lab import Lab, sh  # noqa: E402
@@ -135,11 +149,25 @@ DP_PORTS = {"p-svc": ("s", "svc", "eth0", "02:00:00:98:00:10", 10, V6_MTU),
 # BPF translator runs in the kernel, in softirq, between host1's two passes);
 # a-bpf-appliance: host2, appliance, host1, host1 / host1, host1, host2.
 HOPS = {"a": (4, 4), "b1": (2, 2), "b2": (3, 2), "c": (4, 4), "a-appliance": (5, 4),
-        "a-bpf": (3, 3), "a-bpf-appliance": (4, 3)}
+        "a-bpf": (3, 3), "a-bpf-appliance": (4, 3), "a-recirc": (4, 4), "a-bpf-recirc": (3, 3)}
 # the paths whose throughput, latency and CPU are held against issue 21's aims
 AIMED = ("a", "a-bpf")
 # the paths on which host1's translator engine is bpf (its counters are checked)
-BPF_PATHS = ("a-bpf", "a-bpf-appliance")
+BPF_PATHS = ("a-bpf", "a-bpf-appliance", "a-bpf-recirc")
+# The what-if of issue 21's lever 2 (commit fb46a2b: one OVS recirculation fewer each way on
+# the customer host): a-recirc / a-bpf-recirc are a / a-bpf with host1's translation stage
+# put back as it was before, by test flows of their own cookie, added for their
+# measurements only (before()) and removed after each (after()): in v6_dnat, a copy of
+# each per-VM flow at RECIRC_PRIO whose DNAT recirculates to to_translator (which outputs
+# what is +trk-inv) instead of going on to xlat0 in the same pass; in from_translator, IPv6
+# back from the translator un-DNATs and recirculates to table RECIRC_TABLE (below the
+# stage's alias-source and multicast flows, above its catch-all), which un-SNATs and
+# recirculates to to_service, as the stage's one flow did in one pass since.
+RECIRC_PATHS = {"a-recirc": "a", "a-bpf-recirc": "a-bpf"}    # what-if -> its path as shipped
+RECIRC_COOKIE = "0x7e57002100000000"
+RECIRC_PRIO, RECIRC_FROM_XLAT_PRIO, RECIRC_TABLE = 150, 50, 31
+# the test flows' packets per table (v6_dnat: forward; from_translator and table 31: back)
+RECIRC_COUNTERS = ("v6_dnat", "from_translator", "t31")
 # TCP payload per segment on every path (IPv4 side 1422 - 40, IPv6 side 1442 - 60)
 MSS = V4_MTU - 40
 # CPU columns by role, to compare the paths component by component
@@ -326,6 +354,19 @@ class Path_:
         self.before = self.after = lambda: None
         # a-bpf: the BPF translator's counters (translator.BPF_STATS), read around each
         self.bpf: Callable[[], dict[str, int] | None] | None = None
+        # a-recirc: the test flows' packet counters per table and how many are in place
+        # (Bench.recirc_counters), read around each
+        self.testflows: Callable[[], dict[str, int]] | None = None
+
+    def testflows_delta(self, t0: dict[str, int] | None) -> dict[str, int] | None:
+        """The test flows' packets during a measurement, and how many of them were still in
+        place at its end (``flows``; ``expected``: how many before() added)."""
+        if self.testflows is None:
+            return None
+        t1 = self.testflows()
+        out = {k: t1.get(k, 0) - (t0 or {}).get(k, 0) for k in RECIRC_COUNTERS}
+        out["flows"], out["expected"] = t1.get("flows", 0), t1.get("expected", 0)
+        return out
 
     def bpf_delta(self, b0: dict[str, int] | None) -> dict[str, int] | None:
         if self.bpf is None:
@@ -352,6 +393,7 @@ class Path_:
         # with many streams outgrows a pipe's buffer while we only poll the process
         out_file = tempfile.TemporaryFile("w+")
         b0 = self.bpf() if self.bpf else None
+        f0 = self.testflows() if self.testflows else None
         m0 = machine_ticks()
         meter.start()
         proc = subprocess.Popen(
@@ -373,6 +415,7 @@ class Path_:
         cpu = meter.stop()
         m1 = machine_ticks()
         bpf = self.bpf_delta(b0)
+        tf = self.testflows_delta(f0)
         cpu.pop("generator", None)
         machine = {k: 100.0 * (m1[k] - m0[k]) / CpuMeter.HZ / meter.dt
                    for k in ("busy", "softirq", "steal", "ksoftirqd")}
@@ -383,7 +426,8 @@ class Path_:
         except json.JSONDecodeError:
             data = {"error": out_text[-500:]}
         if "error" in data or "end" not in data:
-            return {"gbps": 0.0, "error": str(data.get("error"))[:300], "cpu": cpu, "bpf": bpf}
+            return {"gbps": 0.0, "error": str(data.get("error"))[:300], "cpu": cpu, "bpf": bpf,
+                    "testflows": tf}
         end = data["end"]
         recv = end.get("sum_received", {})
         sent = end.get("sum_sent", {})
@@ -420,10 +464,17 @@ class Path_:
             out["bpf_min_6to4"] = int(recv.get("bytes", 0) // MSS)
             out["bpf_ok"] = ("error" not in bpf and bpf.get("6to4", 0) >= out["bpf_min_6to4"]
                              and bpf.get("4to6", 0) > 0)
+        if tf is not None:
+            # every forward segment took the old v6_dnat flow, and the acks the old return
+            out["testflows"] = tf
+            out["testflows_ok"] = (tf["flows"] == tf["expected"] > 0
+                                   and tf["v6_dnat"] >= int(recv.get("bytes", 0) // MSS)
+                                   and tf["from_translator"] > 0 and tf["t31"] > 0)
         return out
 
     def rr(self, proto: str, seconds: float) -> dict:
         b0 = self.bpf() if self.bpf else None
+        f0 = self.testflows() if self.testflows else None
         proc = sh.in_ns(self.client_ns, [sys.executable, "-c", RR_CLIENT, proto, self.target,
                                          str(ECHO_PORT), f"{seconds:g}"],
                         check=False, timeout=seconds + 30)
@@ -437,6 +488,11 @@ class Path_:
             out["bpf"] = bpf
             out["bpf_ok"] = ("error" not in bpf and bpf.get("6to4", 0) >= out.get("n", 0)
                              and bpf.get("4to6", 0) >= out.get("n", 0))
+        tf = self.testflows_delta(f0)
+        if tf is not None:
+            out["testflows"] = tf
+            out["testflows_ok"] = (tf["flows"] == tf["expected"] > 0
+                                   and all(tf[k] >= out.get("n", 0) > 0 for k in RECIRC_COUNTERS))
         return out
 
 
@@ -665,6 +721,9 @@ class Bench:
         self.engine_s: list[float] = []          # each translator engine switch of host1
         self.bpf_objects: list[str] = []         # the BPF translator objects a-bpf ran
         self.xl1: translator.Translator | None = None   # host1's, to read (tc, bpftool)
+        self.recirc_expected = 0                 # test flows a-recirc's before() added
+        self.recirc_checks: list[str] = []       # what a-recirc's first before() verified
+        self.recirc_removed = 0                  # after()s that left no test flow behind
 
     def cleanup(self) -> None:
         """Everything this benchmark (or an interrupted earlier run) created, by pid/pidfile."""
@@ -751,6 +810,29 @@ class Bench:
                     self.engine_back()
                 y.before, y.after = before, after
                 self.paths.append(y)
+        if not self.args.no_recirc_path:
+            r = Path_("a-recirc", "vnet64 as a, host1's translation stage as before lever 2 "
+                      "(one recirculation more each way; test flows)", svc1, avm1, A6, lab_ovs,
+                      self.tayga1, tuns={"host1": xl1})
+            r.before, r.after, r.testflows = self.recirc_on, self.recirc_off, self.recirc_counters
+            self.paths.append(r)
+            if not self.args.no_bpf_path:
+                rb = Path_("a-bpf-recirc", "vnet64 as a-bpf, host1's translation stage as "
+                           "before lever 2 (test flows)", svc1, avm1, A6, lab_ovs, self.tayga1,
+                           tuns={"host1": xl1})
+                rb.bpf, rb.testflows = self.xl1.bpf_stats, self.recirc_counters
+
+                def before_rb() -> None:
+                    self.engine_bpf()
+                    self.recirc_on()
+
+                def after_rb() -> None:
+                    try:
+                        self.recirc_off()
+                    finally:
+                        self.engine_back()
+                rb.before, rb.after = before_rb, after_rb
+                self.paths.append(rb)
         self.servers.start(avm1, "0.0.0.0", ["0.0.0.0"])
         self.servers.start(p["vm6"], "::", [VM6_DIRECT, VM6_VIA_AP])
         self.servers.start(p["vm4"], "0.0.0.0", ["0.0.0.0"])
@@ -860,6 +942,93 @@ class Bench:
             self.tayga1["host1"] = pid
         self.engine_s.append(time.monotonic() - t0)
 
+    def host1_flows(self, *filters: str) -> str:
+        return self.lab_ovs["host1"].ofctl("-O", "OpenFlow15", "dump-flows", "br-int", *filters)
+
+    def recirc_flows(self) -> list[str]:
+        """The old translation stage's test flows for host1 (``add-flows`` lines), from the
+        controller's current v6_dnat flows: a copy of each per-VM DNAT flow whose ``ct``
+        recirculates to to_translator, and the two-pass return (module constants)."""
+        t = HOST_TABLES.id
+        text = self.host1_flows(f"table={t('v6_dnat')}")
+        out = []
+        for line in text.splitlines():
+            if RECIRC_COOKIE in line:
+                continue
+            m = re.search(r"\bpriority=100,(ct_state=-inv\+trk,ipv6,ipv6_dst=\S+) "
+                          r"actions=ct\(commit,(zone=\d+,nat\(dst=[^)]+\))\),", line)
+            if m:
+                out.append(f"cookie={RECIRC_COOKIE},table={t('v6_dnat')},priority={RECIRC_PRIO},"
+                           f"{m.group(1)},actions=ct(commit,table={t('to_translator')},"
+                           f"{m.group(2)})")
+        if not any(f"ipv6_dst={A6}," in f for f in out):
+            raise RuntimeError(f"a-recirc: host1's v6_dnat holds no per-VM DNAT flow for a-vm1 "
+                               f"as lever 2 left it (priority 100, ct(commit,zone=..,nat(dst=..)) "
+                               f"then out to the translator):\n{text[-2000:]}")
+        out += [f"cookie={RECIRC_COOKIE},table={t('from_translator')},"
+                f"priority={RECIRC_FROM_XLAT_PRIO},ipv6,actions=ct(table={RECIRC_TABLE},"
+                f"zone={ZONE_V6_DNAT},nat)",
+                f"cookie={RECIRC_COOKIE},table={RECIRC_TABLE},priority=10,ipv6,"
+                f"actions=ct(table={t('to_service')},zone={ZONE_V6_SNAT},nat)"]
+        return out
+
+    def recirc_counters(self) -> dict[str, int]:
+        """The test flows' packets per table (after a revalidator round, so that the
+        datapath's flows pushed their stats) and how many are in place."""
+        self.lab_ovs["host1"].appctl("revalidator/wait")
+        t = HOST_TABLES.id
+        key = {t("v6_dnat"): "v6_dnat", t("from_translator"): "from_translator",
+               RECIRC_TABLE: "t31"}
+        out = {k: 0 for k in RECIRC_COUNTERS}
+        out["flows"], out["expected"] = 0, self.recirc_expected
+        for line in self.host1_flows(f"cookie={RECIRC_COOKIE}/-1").splitlines():
+            m = re.search(r"\btable=(\d+), n_packets=(\d+)", line)
+            if m:
+                out["flows"] += 1
+                k = key.get(int(m.group(1)), "other")
+                out[k] = out.get(k, 0) + int(m.group(2))
+        return out
+
+    def recirc_on(self) -> None:
+        """a-recirc's before(): the old translation stage on host1 (test flows); check that
+        they are in place, that table 50 still outputs what is +trk-inv, and that a-vm1
+        answers a UDP and a TCP transaction through them."""
+        lines = self.recirc_flows()
+        sh.run([sh.tool("ovs-ofctl"), "-O", "OpenFlow15", "add-flows", "br-int", "-"],
+               env=self.lab_ovs["host1"].env(), input="\n".join(lines) + "\n")
+        self.recirc_expected = len(lines)
+        c = self.recirc_counters()       # also waits for the revalidators
+        if c["flows"] != len(lines) or c.get("other"):
+            raise RuntimeError(f"a-recirc: {c['flows']} of host1's {len(lines)} test flows "
+                               f"in place after add-flows ({c})")
+        t50 = self.host1_flows(f"table={HOST_TABLES.id('to_translator')}")
+        if not any("ct_state=-inv+trk" in x and "output:" in x for x in t50.splitlines()):
+            raise RuntimeError(f"a-recirc: host1's to_translator does not output what is "
+                               f"+trk-inv:\n{t50}")
+        if not self.recirc_checks:
+            proc = sh.in_ns(self.paths[0].client_ns, [sys.executable, "-c", ONE_UDP, A6,
+                                                      str(ECHO_PORT), "tcp"],
+                            check=False, timeout=15)
+            c2 = self.recirc_counters()
+            if (proc.stdout.strip().splitlines() != ["ok", "ok"]
+                    or not all(c2[k] > c[k] for k in RECIRC_COUNTERS)):
+                raise RuntimeError(f"a-recirc: a UDP and a TCP transaction through host1's "
+                                   f"test flows: {proc.stdout.strip()} {proc.stderr[-300:]}; "
+                                   f"their counters {c} -> {c2}")
+            self.recirc_checks.append(
+                f"{len(lines)} test flows in place ({len(lines) - 2} v6_dnat copies); a UDP and "
+                f"a TCP transaction took them (packets per table {c} -> {c2})")
+
+    def recirc_off(self) -> None:
+        """a-recirc's after(): the test flows out; check that none is left."""
+        self.lab_ovs["host1"].ofctl("-O", "OpenFlow15", "del-flows", "br-int",
+                                    f"cookie={RECIRC_COOKIE}/-1")
+        left = self.recirc_counters()["flows"]     # also waits for the revalidators
+        if left:
+            raise RuntimeError(f"a-recirc: {left} test flows left on host1 after del-flows")
+        self.recirc_expected = 0
+        self.recirc_removed += 1
+
     def engine_bpf(self) -> None:
         """a-bpf's before(): host1's translator engine bpf."""
         self.restart_host1("bpf")
@@ -892,7 +1061,9 @@ class Bench:
                      f"softirq {mach.get('softirq', 0):.0f}%, ksoftirqd "
                      f"{mach.get('ksoftirqd', 0):.0f}%) "
                      f"(retransmits {r.get('retransmits', '-')}; CPU %: {cpu}; lost before "
-                     f"OVS read them: {lost})" + bpf_note(r)
+                     f"OVS read them: {lost}; host1 datapath passes per packet "
+                     f"{r.get('pmd', {}).get('host1', {}).get('passes', float('nan')):.2f})"
+                     + bpf_note(r) + testflows_note(r)
                      + (f" ERROR {r['error']}" if r.get("error") else ""))
                 time.sleep(a.pause)
         for proto in ("tcp", "udp"):
@@ -906,8 +1077,17 @@ class Bench:
                 note(f"{p.name:8} {proto} 64-byte transactions: {r.get('n', 0)} "
                      f"(lost {r.get('lost', '-')}), p50 {r.get('p50_us') or float('nan'):.0f} us, "
                      f"p99 {r.get('p99_us') or float('nan'):.0f} us" + bpf_note(r)
+                     + testflows_note(r)
                      + (f" ERROR {r['error']}" if r.get("error") else ""))
         return out
+
+    @staticmethod
+    def testflows_problems(runs: list[dict], n: str) -> list[str]:
+        """Every measurement of what-if ``n`` (a-recirc) whose traffic did not take the test
+        flows, or at whose end they were not all in place."""
+        return [f"run {i + 1} {k}: {r[n][k].get('testflows')}" for i, r in enumerate(runs)
+                if n in r for k in ("multi", "single", "tcp", "udp")
+                if not r[n][k].get("testflows_ok")]
 
     @staticmethod
     def bpf_problems(runs: list[dict], n: str) -> list[str]:
@@ -928,6 +1108,16 @@ class Bench:
                                for k, n in {**{f"lab {k}": v for k, v in self.lab_ovs.items()},
                                             **{f"plain {k}": v for k, v in self.plain.nodes.items()}
                                             }.items()}}
+
+
+def testflows_note(r: dict) -> str:
+    """The old translation stage's test flows in a run log line (a-recirc)."""
+    t = r.get("testflows")
+    if t is None:
+        return ""
+    return (" (test flows: " + ", ".join(f"{k} {v}" for k, v in t.items())
+            + ("" if r.get("testflows_ok") else " - NOT the path's traffic or not in place")
+            + ")")
 
 
 def bpf_note(r: dict) -> str:
@@ -1012,18 +1202,30 @@ def summarise(runs: list[dict], names: list[str]) -> dict:
                                       for r in runs]) for k in translator.BPF_STATS}
                        for kind in ("multi", "single", "tcp", "udp")}
         s["bpf"][n]["every_measurement_translated"] = not Bench.bpf_problems(runs, n)
+    s["host1_passes_per_packet"] = {
+        n: {k: med([r[n][k].get("pmd", {}).get("host1", {}).get("passes", float("nan"))
+                    for r in runs]) for k in ("multi", "single")}
+        for n in names if "host1" in runs[0][n]["multi"].get("pmd", {})}
+    s["testflows"] = {}
+    for n in [x for x in RECIRC_PATHS if x in names]:
+        s["testflows"][n] = {kind: {k: med([r[n][kind].get("testflows", {}).get(k, float("nan"))
+                                            for r in runs]) for k in RECIRC_COUNTERS}
+                             for kind in ("multi", "single", "tcp", "udp")}
+        s["testflows"][n]["every_measurement_took_them"] = not Bench.testflows_problems(runs, n)
     return s
 
 
 def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
     """The ratios the report and the summary give: each vnet64 path against b1, b2 and c;
     a against a-appliance (the direct path), a-bpf against a and a-bpf-appliance against
-    a-appliance (the BPF translator)."""
+    a-appliance (the BPF translator), a against a-recirc and a-bpf against a-bpf-recirc
+    (lever 2, one recirculation fewer each way), a-bpf against a-recirc (levers 2 and 3)."""
     out = []
-    for num in ("a", "a-bpf", "a-appliance", "a-bpf-appliance"):
+    for num in ("a", "a-bpf", "a-appliance", "a-bpf-appliance", "a-recirc", "a-bpf-recirc"):
         if num not in names:
             continue
-        dens = ["b1", "b2", "c"] + {"a": ["a-appliance"], "a-bpf": ["a"],
+        dens = ["b1", "b2", "c"] + {"a": ["a-appliance", "a-recirc"],
+                                    "a-bpf": ["a", "a-bpf-recirc", "a-recirc"],
                                     "a-bpf-appliance": ["a-appliance"]}.get(num, [])
         out += [(num, d) for d in dens if d in names]
     return out
@@ -1119,7 +1321,24 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
          + ("; **a-bpf-appliance** both at once (direct path off, host1's engine bpf): "
             "a-bpf-appliance / a-appliance is the lever's gain on the patent's path, "
             "a-bpf-appliance / b2 (the same hops, no translation) what translation still "
-            "costs there." if "a-bpf-appliance" in names else ".")
+            "costs there" if "a-bpf-appliance" in names else "")
+         + ("; **a-recirc** vnet64 as a, but host1's translation stage as before issue 21's "
+            "lever 2 (commit fb46a2b), for this path's measurements only: test flows of "
+            f"their own cookie ({RECIRC_COOKIE}), added before each measurement and removed "
+            "after it, put back one OVS recirculation each way - in v6_dnat a copy of each "
+            f"per-VM flow at priority {RECIRC_PRIO} whose DNAT `ct` recirculates to "
+            "to_translator (table 50, which outputs what is +trk-inv) instead of going on to "
+            "xlat0 in the same pass; in from_translator, IPv6 back from the translator "
+            f"(priority {RECIRC_FROM_XLAT_PRIO}, below the stage's alias-source and "
+            f"multicast flows) un-DNATs and recirculates to table {RECIRC_TABLE}, which "
+            "un-SNATs and recirculates to to_service. Their packet counters are read around "
+            "every measurement and their presence checked at its end. a / a-recirc is lever "
+            "2 alone" if "a-recirc" in names else "")
+         + ("; **a-bpf-recirc** a-bpf with the same test flows: a-bpf / a-bpf-recirc is "
+            "lever 2 alone with the BPF translator. **a-bpf** is all three levers at once "
+            "(the direct path, lever 2, the BPF translator): its rows against c, b2, b1"
+            if "a-bpf-recirc" in names else "")
+         + "."
          + f" MTUs: underlay {UNDERLAY_MTU}, IPv6 endpoints / br-int / jumpbox IPv6 side "
          f"{V6_MTU}, IPv4 VMs / jumpbox VNet side {V4_MTU} (as the lab's); every OVS is "
          "netdev (userspace), no Geneve options, TX checksum offload off on the veths, "
@@ -1182,6 +1401,43 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
                 f"({p50('a', proto):.0f} vs {p50('a-appliance', proto):.0f} us) | - | - |")
         lines.append(f"| gain of the direct path: CPU per 100 Mbit/s, {S} streams, "
                      f"a vs a-appliance | {ca:.0f} vs {cpu100('a-appliance'):.0f} | - | - |")
+    def passes(n: str, kind: str = "multi") -> float:
+        return med([r[n][kind].get("pmd", {}).get("host1", {}).get("passes", float("nan"))
+                    for r in runs])
+    for num, den in [(n, w) for w, n in RECIRC_PATHS.items() if n in names and w in names]:
+        lever = ("lever 2 (one recirculation fewer each way) alone"
+                 + (", with the BPF translator" if num == "a-bpf" else ""))
+        for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
+            lines.append(f"| {lever}: throughput {num}/{den}, {title} | "
+                         f"{rng(ratio_list(runs, num, den, kind), '.2f')} | - | - |")
+        for proto in ("tcp", "udp"):
+            lines.append(
+                f"| {lever}: {proto.upper()} transaction p50, {num} / {den} "
+                f"| {rng(lat_ratio(runs, num, den, proto, 'p50_us'), '.2f')} "
+                f"({p50(num, proto):.0f} vs {p50(den, proto):.0f} us) | - | - |")
+        lines.append(f"| {lever}: CPU per 100 Mbit/s, {S} streams, {num} vs {den}: sum of the "
+                     f"processes; whole machine busy; host1's OVS (% of a core) | "
+                     f"{cpu100(num):.0f} vs {cpu100(den):.0f}; {mach100(num):.0f} vs "
+                     f"{mach100(den):.0f}; {role_cpu(runs, num).get('customer host OVS', 0):.0f}"
+                     f" vs {role_cpu(runs, den).get('customer host OVS', 0):.0f} | - | - |")
+        lines.append(f"| {lever}: host1's datapath passes per packet (pmd-stats), {S} streams; "
+                     f"1 stream, {num} vs {den} | {passes(num):.2f} vs {passes(den):.2f}; "
+                     f"{passes(num, 'single'):.2f} vs {passes(den, 'single'):.2f} | "
+                     f"{num} below {den} | {yes_no(passes(num) < passes(den))} |")
+    if "a-bpf" in names and "a-recirc" in names:
+        lever = "levers 2 and 3 together"
+        for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
+            lines.append(f"| {lever}: throughput a-bpf/a-recirc, {title} | "
+                         f"{rng(ratio_list(runs, 'a-bpf', 'a-recirc', kind), '.2f')} | - | - |")
+        for proto in ("tcp", "udp"):
+            lines.append(
+                f"| {lever}: {proto.upper()} transaction p50, a-bpf / a-recirc "
+                f"| {rng(lat_ratio(runs, 'a-bpf', 'a-recirc', proto, 'p50_us'), '.2f')} "
+                f"({p50('a-bpf', proto):.0f} vs {p50('a-recirc', proto):.0f} us) | - | - |")
+        lines.append(f"| {lever}: CPU per 100 Mbit/s, {S} streams, a-bpf vs a-recirc: sum of "
+                     f"the processes; whole machine busy (% of a core) | "
+                     f"{cpu100('a-bpf'):.0f} vs {cpu100('a-recirc'):.0f}; "
+                     f"{mach100('a-bpf'):.0f} vs {mach100('a-recirc'):.0f} | - | - |")
     if "a-bpf" in names:
         lever = "lever 3 (BPF translator) alone"
         for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
@@ -1224,6 +1480,20 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
                      f">= transactions) | {S}-stream test, median: 6to4 {cnt('6to4'):.0f}, "
                      f"4to6 {cnt('4to6'):.0f}, to TAYGA {cnt('to_tayga'):.0f}; TAYGA's tun "
                      f"got {tun:.0f} | every measurement | {yes_no(not bad)}"
+                     + (f" ({len(bad)} failed: {'; '.join(bad)})" if bad else "") + " |")
+    for n in [x for x in RECIRC_PATHS if x in names]:
+        bad = bench.testflows_problems(runs, n)
+
+        def tcnt(k: str, n=n) -> float:
+            return med([r[n]["multi"].get("testflows", {}).get(k, float("nan")) for r in runs])
+        lines.append(f"| {n}: the path's traffic took host1's test flows (v6_dnat copies >= the "
+                     f"goodput's segments, from_translator and table {RECIRC_TABLE} > 0; per "
+                     "transaction test each >= transactions), all in place at the end of "
+                     "each measurement, none left after it | "
+                     f"{S}-stream test, median packets: v6_dnat {tcnt('v6_dnat'):.0f}, "
+                     f"from_translator {tcnt('from_translator'):.0f}, table {RECIRC_TABLE} "
+                     f"{tcnt('t31'):.0f}; {bench.recirc_removed} removals checked | "
+                     f"every measurement | {yes_no(not bad)}"
                      + (f" ({len(bad)} failed: {'; '.join(bad)})" if bad else "") + " |")
     lines += [
         "",
@@ -1374,7 +1644,8 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
 
 
 def findings(runs: list[dict], names: list[str], switch_s: list[float] = (),
-             engine_s: list[float] = ()) -> list[str]:
+             engine_s: list[float] = (), recirc_checks: list[str] = (),
+             recirc_removed: int = 0) -> list[str]:
     """Observations computed from the measurements: what saturated, where packets died,
     what the direct path changed (``switch_s``: each switch of it, NB write to flows)."""
     out = []
@@ -1394,7 +1665,8 @@ def findings(runs: list[dict], names: list[str], switch_s: list[float] = (),
                              if k in ra or k in rd)
             out.append(f"- a minus {den}, % of a core per 100 Mbit/s by role (multi-stream "
                        f"run): {diff}.")
-        for n in [x for x in ("a", "a-appliance", "a-bpf", "a-bpf-appliance") if x in names]:
+        for n in [x for x in ("a", "a-appliance", "a-bpf", "a-bpf-appliance", "a-recirc",
+                              "a-bpf-recirc") if x in names]:
             pm = [r[n][k]["pmd"] for r in runs for k in ("multi", "single")]
             ap = [p.get("appliance", {}).get("packets", 0) for p in pm]
             h1 = [p.get("host1", {}).get("packets", 0) for p in pm]
@@ -1409,6 +1681,33 @@ def findings(runs: list[dict], names: list[str], switch_s: list[float] = (),
         out.append(f"- a-bpf minus a, % of a core per 100 Mbit/s by role (multi-stream run): "
                    f"{diff}; whole machine busy per 100 Mbit/s {mb['a-bpf'] - mb['a']:+.0f} "
                    f"({mb['a-bpf']:.0f} vs {mb['a']:.0f}).")
+    for w, n in [(w, n) for w, n in RECIRC_PATHS.items() if w in names and n in names]:
+        rw, rn = role_cpu(runs, w), role_cpu(runs, n)
+        diff = ", ".join(f"{k} {rn.get(k, 0) - rw.get(k, 0):+.0f}" for k in ROLES
+                         if k in rn or k in rw)
+        pw = [r[w]["multi"]["pmd"].get("host1", {}).get("passes", float("nan")) for r in runs]
+        pn = [r[n]["multi"]["pmd"].get("host1", {}).get("passes", float("nan")) for r in runs]
+        out.append(f"- {n} minus {w} (lever 2), % of a core per 100 Mbit/s by role "
+                   f"(multi-stream run): {diff}; host1's datapath passes per packet "
+                   f"{med(pn):.2f} vs {med(pw):.2f} (per run: "
+                   + ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(pn, pw)) + ").")
+    for n in [x for x in RECIRC_PATHS if x in names]:
+        for kind in ("multi", "single", "tcp", "udp"):
+            t = [r[n][kind].get("testflows", {}) for r in runs]
+            what = ({"multi": "multi-stream throughput test", "single": "1-stream throughput "
+                     "test"}.get(kind) or f"{kind.upper()} transaction test")
+            out.append(
+                f"- {n}, host1's test flows per {what} (median packets): "
+                + ", ".join(f"{k} {med([x.get(k, float('nan')) for x in t]):.0f}"
+                            for k in RECIRC_COUNTERS)
+                + f"; in place at the end: {min((x.get('flows', 0) for x in t), default=0)} "
+                f"of {max((x.get('expected', 0) for x in t), default=0)} (fewest); took the "
+                f"path's traffic in {sum(bool(r[n][kind].get('testflows_ok')) for r in runs)} "
+                f"of {len(runs)} runs.")
+    if "a-recirc" in names:
+        out.append(f"- The test flows (a-recirc, a-bpf-recirc): "
+                   + ("; ".join(recirc_checks) or "not checked")
+                   + f"; {recirc_removed} removals, each checked (none left).")
     for n in [x for x in BPF_PATHS if x in names]:
         for kind in ("multi", "single", "tcp", "udp"):
             b = [r[n][kind].get("bpf", {}) for r in runs]
@@ -1482,6 +1781,9 @@ def main() -> int:
                         help="skip a-bpf (vnet64 with host1's translator engine bpf) and "
                              "a-bpf-appliance (also the direct path off; skipped with "
                              "--no-appliance-path too)")
+    parser.add_argument("--no-recirc-path", action="store_true",
+                        help="skip a-recirc and a-bpf-recirc (a and a-bpf with host1's "
+                             "translation stage as before issue 21's lever 2: test flows)")
     parser.add_argument("--prefix", default=os.environ.get("VNET64_BENCH_PREFIX", PREFIX),
                         help=f"namespace prefix (default {PREFIX}; env VNET64_BENCH_PREFIX)")
     parser.add_argument("--run-dir", default=os.environ.get("VNET64_BENCH_RUN_DIR", RUN_DIR),
@@ -1526,16 +1828,19 @@ def main() -> int:
         bench.cleanup()
     names = [p.name for p in bench.paths]
     args.load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    args.findings = findings(runs, names, bench.switch_s, bench.engine_s)
+    args.findings = findings(runs, names, bench.switch_s, bench.engine_s,
+                             bench.recirc_checks, bench.recirc_removed)
     args.bpf_objects = bench.bpf_objects
     table = report(args, bench, runs, jump, started)
     print(table)
     result = {"machine": machine_line(args, started), "args": {
         k: v for k, v in vars(args).items() if k in ("runs", "seconds", "lat_seconds", "streams",
                                                      "quick", "prefix", "no_appliance_path",
-                                                     "no_bpf_path")},
+                                                     "no_bpf_path", "no_recirc_path")},
         "paths": {p.name: p.label for p in bench.paths}, "summary": summarise(runs, names),
         "runs": runs, "jumpbox": jump, "bpf_objects": bench.bpf_objects,
+        "recirc_checks": {"first_before": bench.recirc_checks,
+                          "after_removed_all": bench.recirc_removed},
         "mtu": {"underlay": UNDERLAY_MTU, "ipv6": V6_MTU, "ipv4": V4_MTU}}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
