@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,117 @@ def test_a_host_switched_to_tayga_and_back(platform):
     tun0 = tun_packets(plan, "host1")
     exchange(plan, "back", 3)
     assert tun_packets(plan, "host1")[1] == tun0[1]
+
+
+# -- the program alone, field by field: a veth between two namespaces of the test's own,
+# the program at one end's ingress, scapy at the other end (no OVS, no TAYGA: what it
+# hands on simply goes nowhere)
+
+PROGRAM_NS = ("v64kb-send", "v64kb-xlat")
+
+
+@pytest.fixture
+def program(tmp_path):
+    need_lab()
+    for tool in ("clang", "bpftool"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is not installed (apt-get install clang libbpf-dev bpftool)")
+    from vnet64.node.translator import Translator
+    obj, _ = Translator("t", PROGRAM_NS[1], tmp_path, "02:00:00:00:00:02", 1442, False,
+                        "bpf").bpf_object("fd64:64::/96", "192.0.0.1")
+    ip = sh.tool("ip")
+
+    def cleanup() -> None:
+        for ns in PROGRAM_NS:
+            sh.run([ip, "netns", "del", ns], check=False)
+    cleanup()
+    try:
+        for ns in PROGRAM_NS:
+            sh.run([ip, "netns", "add", ns])
+        sh.run([ip, "-n", PROGRAM_NS[0], "link", "add", "eth0", "mtu", "1442", "type", "veth",
+                "peer", "name", "ovs0", "mtu", "1442", "netns", PROGRAM_NS[1]])
+        for ns, dev in zip(PROGRAM_NS, ("eth0", "ovs0"), strict=True):
+            sh.run([ip, "-n", ns, "link", "set", dev, "up"])
+        tc = [sh.tool("tc"), "-n", PROGRAM_NS[1]]
+        sh.run([*tc, "qdisc", "add", "dev", "ovs0", "clsact"])
+        sh.run([*tc, "filter", "add", "dev", "ovs0", "ingress", "bpf", "direct-action", "obj",
+                str(obj), "sec", "tc"])
+        yield PROGRAM_NS[0]
+    finally:
+        cleanup()
+
+
+EXCHANGE = r"""
+import socket, sys
+from scapy.all import Ether, raw
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind(("eth0", 0)); s.settimeout(0.3)
+for frame in sys.stdin.read().split():
+    s.send(bytes.fromhex(frame))
+    got = ""
+    try:
+        while True:
+            data, addr = s.recvfrom(4000)
+            # what comes back to the sender's MAC (not the namespaces' own MLD and RS)
+            if addr[2] != socket.PACKET_OUTGOING and data[:6] == bytes.fromhex(frame[12:24]):
+                got = data.hex(); break
+    except socket.timeout:
+        pass
+    print(got or "-")
+"""
+
+
+def test_the_program_alone_translates_field_by_field_and_leaves_the_rest(program):
+    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP
+    from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
+    from scapy.layers.l2 import Ether
+
+    def x(v4: str) -> str:
+        return f"fd64:64::{v4}"
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    translated = [   # (sent, what scapy says the translation is, sans Identification)
+        (eth / IPv6(src=x("198.18.0.1"), dst=x("10.0.0.4"), hlim=64, tc=0x28)
+         / TCP(sport=40000, dport=80, flags="S", seq=7) / (b"t" * 10),
+         IP(src="198.18.0.1", dst="10.0.0.4", ttl=63, tos=0x28, flags=0)
+         / TCP(sport=40000, dport=80, flags="S", seq=7) / (b"t" * 10)),
+        (eth / IPv6(src=x("198.18.0.1"), dst=x("10.0.0.4"), hlim=9) / UDP(sport=5, dport=53)
+         / (b"u" * 1300),
+         IP(src="198.18.0.1", dst="10.0.0.4", ttl=8, flags="DF") / UDP(sport=5, dport=53)
+         / (b"u" * 1300)),
+        (eth / IPv6(src=x("198.18.0.1"), dst=x("10.0.0.4"), hlim=2) / ICMPv6EchoRequest(id=3, seq=4, data=b"e"),
+         IP(src="198.18.0.1", dst="10.0.0.4", ttl=1) / ICMP(type=8, id=3, seq=4) / b"e"),
+        (eth / IP(src="10.0.0.4", dst="198.18.0.1", ttl=64, tos=0x10, flags="DF")
+         / TCP(sport=80, dport=40000, flags="SA") / (b"r" * 33),
+         IPv6(src=x("10.0.0.4"), dst=x("198.18.0.1"), hlim=63, tc=0x10)
+         / TCP(sport=80, dport=40000, flags="SA") / (b"r" * 33)),
+        (eth / IP(src="10.0.0.4", dst="198.18.0.1", ttl=64) / ICMP(type=0, id=3, seq=4) / b"e",
+         IPv6(src=x("10.0.0.4"), dst=x("198.18.0.1"), hlim=63) / ICMPv6EchoReply(id=3, seq=4, data=b"e")),
+    ]
+    handed_on = [    # none of these is the program's: nothing comes back
+        eth / IPv6(src=x("198.18.0.1"), dst=x("10.0.0.4"), hlim=1) / UDP(sport=5, dport=53) / b"ttl",
+        eth / IPv6(src=x("198.18.0.1"), dst=x("10.0.0.4")) / IPv6ExtHdrFragment(id=1) / UDP() / b"f",
+        eth / IPv6(src="fd00:5e:1::10", dst=x("10.0.0.4")) / UDP(sport=5, dport=53) / b"pfx",
+        eth / IPv6(src=x("198.18.0.1"), dst=x("192.0.0.1")) / UDP(sport=5, dport=53) / b"tayga",
+        eth / IP(src="10.0.0.4", dst="198.18.0.1", flags="DF") / UDP(sport=53, dport=5, chksum=0) / b"z",
+        eth / IP(src="10.0.0.4", dst="198.18.0.1") / UDP(sport=53, dport=5) / (b"big" * 430),
+        eth / IP(src="10.0.0.4", dst="198.18.0.1", flags="MF") / UDP(sport=53, dport=5) / b"frag",
+        eth / IP(src="10.0.0.4", dst="198.18.0.1", flags="DF") / ICMP(type=3, code=3) / b"err",
+        eth / IP(src="10.0.0.4", dst="198.18.0.1", flags="DF", options=[IPOption_NOP()] * 4) / UDP() / b"o",
+    ]
+    frames = [bytes(sent) for sent, _ in translated] + [bytes(f) for f in handed_on]
+    proc = sh.run([sh.tool("ip"), "netns", "exec", program, sys.executable, "-c", EXCHANGE],
+                  input=" ".join(f.hex() for f in frames))
+    got = proc.stdout.split()
+    assert len(got) == len(frames), proc.stderr
+    for (sent, want), answer in zip(translated, got[:len(translated)], strict=True):
+        assert answer != "-", f"not translated: {sent.summary()}"
+        frame = Ether(bytes.fromhex(answer))
+        assert (frame.src, frame.dst) == (sent.dst, sent.src), frame.summary()   # back to br-int
+        if IP in want:
+            ip4 = frame[IP]
+            assert ip4.id != 0, ip4.summary()
+            want[IP].id = ip4.id
+        assert bytes(frame.payload) == bytes(want), \
+            f"{sent.summary()}:\n got  {frame.payload!r}\n want {want!r}"
+    for sent, answer in zip(handed_on, got[len(translated):], strict=True):
+        assert answer == "-", f"translated what TAYGA should have: {sent.summary()}"

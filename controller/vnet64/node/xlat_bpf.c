@@ -134,16 +134,78 @@ static __always_inline __u16 next_ident(void)
 	return id ? id : 1;
 }
 
+/* The checksum's offset of what the program translates: TCP, UDP with a checksum (TAYGA
+ * computes the one IPv6 needs, or drops an IPv6 datagram without), echo (``icmp``: the
+ * version's ICMP protocol, ``request`` / ``reply`` its types); -1: for TAYGA. */
+static __always_inline int csum_offset(struct __sk_buff *skb, __u32 l4, __u8 proto, __u8 icmp,
+				       const __u8 *l4p, void *end, __u8 request, __u8 reply)
+{
+	__u16 check;
+
+	if (proto == IPPROTO_TCP)
+		return l4 + TCP_CSUM_OFF;
+	if (proto == IPPROTO_UDP)
+		return bpf_skb_load_bytes(skb, l4 + UDP_CSUM_OFF, &check, 2) || check == 0 ?
+		       -1 : l4 + UDP_CSUM_OFF;
+	if (proto == icmp && (void *)(l4p + 4) <= end && l4p[1] == 0 &&
+	    (l4p[0] == request || l4p[0] == reply))
+		return l4 + ICMP_CSUM_OFF;
+	return -1;
+}
+
+/* TCP and UDP: the pseudo-header's addresses change from ``from`` to ``to``. */
+static __always_inline int addr_csum(struct __sk_buff *skb, int csum_off, __u8 proto,
+				     __be32 *from, __u32 from_size, __be32 *to, __u32 to_size)
+{
+	__s64 diff = bpf_csum_diff(from, from_size, to, to_size, 0);
+
+	return bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR |
+				   (proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0));
+}
+
+/* Echo: ICMPv6's checksum covers a pseudo-header, ICMP's does not - take it out (to IPv4)
+ * or add it (to IPv6) - and the type changes (written at ``l4``). */
+static __always_inline int echo_csum(struct __sk_buff *skb, __u32 l4, int csum_off,
+				     struct pseudo6 *ph, int to_v6, __u8 type, __u8 new_type)
+{
+	__s64 diff = to_v6 ? bpf_csum_diff(0, 0, (__be32 *)ph, sizeof(*ph), 0)
+			   : bpf_csum_diff((__be32 *)ph, sizeof(*ph), 0, 0, 0);
+
+	return bpf_l4_csum_replace(skb, csum_off, 0, diff, 0) ||
+	       bpf_l4_csum_replace(skb, csum_off, bpf_htons(type << 8), bpf_htons(new_type << 8), 2) ||
+	       bpf_skb_store_bytes(skb, l4, &new_type, 1, 0);
+}
+
+/* The new family's headers in place of the old (the L4 header and payload stay), and
+ * straight back out of the veth it came from, to br-int. */
+static __always_inline int emit(struct __sk_buff *skb, struct ethhdr *eth, void *l3,
+				__u32 l3_len, __u32 stat)
+{
+	if (bpf_skb_change_proto(skb, eth->h_proto, 0) ||
+	    bpf_skb_store_bytes(skb, 0, eth, sizeof(*eth), 0) ||
+	    bpf_skb_store_bytes(skb, ETH_LEN, l3, l3_len, 0))
+		return TC_ACT_SHOT;
+	count(stat);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+static __always_inline void swap_macs(struct ethhdr *out, const struct ethhdr *in, __u16 proto)
+{
+	__builtin_memcpy(out->h_dest, in->h_source, ETH_ALEN);
+	__builtin_memcpy(out->h_source, in->h_dest, ETH_ALEN);
+	out->h_proto = bpf_htons(proto);
+}
+
 static __always_inline int six_to_four(struct __sk_buff *skb, struct ethhdr *eth,
 				       struct ipv6hdr *ip6, void *end)
 {
 	struct ethhdr eth4;
 	struct iphdr ip4 = {};
 	struct v6addrs addrs;
-	__u32 l4 = ETH_LEN + IP6_LEN, csum_off;
+	__u32 l4 = ETH_LEN + IP6_LEN;
 	__u16 plen = bpf_ntohs(ip6->payload_len);
 	__u8 nh = ip6->nexthdr, *l4p = (void *)(ip6 + 1);
-	__s64 diff;
+	int csum_off;
 
 	if (ip6->hop_limit < 2 || plen == 0 || ETH_LEN + IP6_LEN + plen != skb->len)
 		return to_tayga();
@@ -152,17 +214,9 @@ static __always_inline int six_to_four(struct __sk_buff *skb, struct ethhdr *eth
 	if (!in_prefix(addrs.src) || !in_prefix(addrs.dst) || !mappable(addrs.src[3]) ||
 	    !mappable(addrs.dst[3]))
 		return to_tayga();
-	if (nh == IPPROTO_TCP) {
-		csum_off = l4 + TCP_CSUM_OFF;
-	} else if (nh == IPPROTO_UDP) {
-		csum_off = l4 + UDP_CSUM_OFF;
-	} else if (nh == IPPROTO_ICMPV6) {
-		if ((void *)(l4p + 4) > end || l4p[1] != 0 || (l4p[0] != 128 && l4p[0] != 129))
-			return to_tayga();
-		csum_off = l4 + ICMP_CSUM_OFF;
-	} else {
+	csum_off = csum_offset(skb, l4, nh, IPPROTO_ICMPV6, l4p, end, 128, 129);
+	if (csum_off < 0)
 		return to_tayga();
-	}
 
 	ip4.version = 4;
 	ip4.ihl = 5;
@@ -175,38 +229,19 @@ static __always_inline int six_to_four(struct __sk_buff *skb, struct ethhdr *eth
 	ip4.saddr = addrs.src[3];
 	ip4.daddr = addrs.dst[3];
 	ip4.check = fold(bpf_csum_diff(0, 0, (__be32 *)&ip4, sizeof(ip4), 0));
-	__builtin_memcpy(eth4.h_dest, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth4.h_source, eth->h_dest, ETH_ALEN);
-	eth4.h_proto = bpf_htons(ETH_P_IP);
+	swap_macs(&eth4, eth, ETH_P_IP);
 
 	if (nh == IPPROTO_ICMPV6) {
-		/* ICMP has no pseudo-header: take ICMPv6's out; then the type */
 		struct pseudo6 ph = {.a = addrs, .len = bpf_htonl(plen), .nh = bpf_htonl(IPPROTO_ICMPV6)};
-		__u8 type6 = l4p[0], type4 = type6 == 128 ? 8 : 0;
+		__u8 type = l4p[0];
 
-		diff = bpf_csum_diff((__be32 *)&ph, sizeof(ph), 0, 0, 0);
-		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, 0) ||
-		    bpf_l4_csum_replace(skb, csum_off, bpf_htons(type6 << 8), bpf_htons(type4 << 8), 2) ||
-		    bpf_skb_store_bytes(skb, l4, &type4, 1, 0))
+		if (echo_csum(skb, l4, csum_off, &ph, 0, type, type == 128 ? 8 : 0))
 			return TC_ACT_SHOT;
-	} else {
-		__u16 check;
-
-		if (nh == IPPROTO_UDP) {
-			if (bpf_skb_load_bytes(skb, csum_off, &check, 2) || check == 0)
-				return to_tayga();   /* IPv6 UDP must have one: TAYGA drops it */
-		}
-		diff = bpf_csum_diff((__be32 *)&addrs, sizeof(addrs), (__be32 *)&ip4.saddr, 8, 0);
-		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR |
-					(nh == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0)))
-			return TC_ACT_SHOT;
-	}
-	if (bpf_skb_change_proto(skb, bpf_htons(ETH_P_IP), 0) ||
-	    bpf_skb_store_bytes(skb, 0, &eth4, sizeof(eth4), 0) ||
-	    bpf_skb_store_bytes(skb, ETH_LEN, &ip4, sizeof(ip4), 0))
+	} else if (addr_csum(skb, csum_off, nh, (__be32 *)&addrs, sizeof(addrs),
+			     (__be32 *)&ip4.saddr, 8)) {
 		return TC_ACT_SHOT;
-	count(STAT_6TO4);
-	return bpf_redirect(skb->ifindex, 0);
+	}
+	return emit(skb, &eth4, &ip4, sizeof(ip4), STAT_6TO4);
 }
 
 static __always_inline int four_to_six(struct __sk_buff *skb, struct ethhdr *eth,
@@ -216,10 +251,10 @@ static __always_inline int four_to_six(struct __sk_buff *skb, struct ethhdr *eth
 	struct ipv6hdr ip6 = {};
 	struct v6addrs addrs;
 	__be32 v4addrs[2];
-	__u32 l4 = ETH_LEN + IP4_LEN, csum_off;
+	__u32 l4 = ETH_LEN + IP4_LEN;
 	__u16 tot = bpf_ntohs(ip4->tot_len), plen = tot - IP4_LEN;
 	__u8 proto = ip4->protocol, *l4p = (void *)(ip4 + 1);
-	__s64 diff;
+	int csum_off;
 
 	if (ip4->ihl != 5 || ip4->ttl < 2 || tot <= IP4_LEN || ETH_LEN + tot != skb->len ||
 	    tot + IP6_LEN - IP4_LEN > XLAT_MTU ||
@@ -229,17 +264,9 @@ static __always_inline int four_to_six(struct __sk_buff *skb, struct ethhdr *eth
 	    fold(bpf_csum_diff(0, 0, (__be32 *)ip4, IP4_LEN, 0)) != 0 ||
 	    !mappable(ip4->saddr) || !mappable(ip4->daddr))
 		return to_tayga();
-	if (proto == IPPROTO_TCP) {
-		csum_off = l4 + TCP_CSUM_OFF;
-	} else if (proto == IPPROTO_UDP) {
-		csum_off = l4 + UDP_CSUM_OFF;
-	} else if (proto == IPPROTO_ICMP) {
-		if ((void *)(l4p + 4) > end || l4p[1] != 0 || (l4p[0] != 8 && l4p[0] != 0))
-			return to_tayga();
-		csum_off = l4 + ICMP_CSUM_OFF;
-	} else {
+	csum_off = csum_offset(skb, l4, proto, IPPROTO_ICMP, l4p, end, 8, 0);
+	if (csum_off < 0)
 		return to_tayga();
-	}
 
 	v4addrs[0] = ip4->saddr;
 	v4addrs[1] = ip4->daddr;
@@ -254,38 +281,19 @@ static __always_inline int four_to_six(struct __sk_buff *skb, struct ethhdr *eth
 	ip6.hop_limit = ip4->ttl - 1;
 	__builtin_memcpy(&ip6.saddr, addrs.src, 16);
 	__builtin_memcpy(&ip6.daddr, addrs.dst, 16);
-	__builtin_memcpy(eth6.h_dest, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth6.h_source, eth->h_dest, ETH_ALEN);
-	eth6.h_proto = bpf_htons(ETH_P_IPV6);
+	swap_macs(&eth6, eth, ETH_P_IPV6);
 
 	if (proto == IPPROTO_ICMP) {
-		/* ICMPv6's checksum covers a pseudo-header: add it; then the type */
 		struct pseudo6 ph = {.a = addrs, .len = bpf_htonl(plen), .nh = bpf_htonl(IPPROTO_ICMPV6)};
-		__u8 type4 = l4p[0], type6 = type4 == 8 ? 128 : 129;
+		__u8 type = l4p[0];
 
-		diff = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
-		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, 0) ||
-		    bpf_l4_csum_replace(skb, csum_off, bpf_htons(type4 << 8), bpf_htons(type6 << 8), 2) ||
-		    bpf_skb_store_bytes(skb, l4, &type6, 1, 0))
+		if (echo_csum(skb, l4, csum_off, &ph, 1, type, type == 8 ? 128 : 129))
 			return TC_ACT_SHOT;
-	} else {
-		__u16 check;
-
-		if (proto == IPPROTO_UDP) {
-			if (bpf_skb_load_bytes(skb, csum_off, &check, 2) || check == 0)
-				return to_tayga();   /* TAYGA computes the checksum IPv6 requires */
-		}
-		diff = bpf_csum_diff(v4addrs, sizeof(v4addrs), (__be32 *)&addrs, sizeof(addrs), 0);
-		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR |
-					(proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0)))
-			return TC_ACT_SHOT;
-	}
-	if (bpf_skb_change_proto(skb, bpf_htons(ETH_P_IPV6), 0) ||
-	    bpf_skb_store_bytes(skb, 0, &eth6, sizeof(eth6), 0) ||
-	    bpf_skb_store_bytes(skb, ETH_LEN, &ip6, sizeof(ip6), 0))
+	} else if (addr_csum(skb, csum_off, proto, v4addrs, sizeof(v4addrs), (__be32 *)&addrs,
+			     sizeof(addrs))) {
 		return TC_ACT_SHOT;
-	count(STAT_4TO6);
-	return bpf_redirect(skb->ifindex, 0);
+	}
+	return emit(skb, &eth6, &ip6, sizeof(ip6), STAT_4TO6);
 }
 
 SEC("tc")
