@@ -39,9 +39,9 @@ PREFIX, RUN_DIR = "v64y-", "/run/vnet64-lab-y"
 IPERF_PORT = 5201
 
 
-def perf_lines(data: Path, *args: str) -> list[str]:
+def perf_lines(data: Path, *args: str, limit: str = "0.5") -> list[str]:
     out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
-                          "--percent-limit", "0.5", *args], capture_output=True, text=True,
+                          "--percent-limit", limit, *args], capture_output=True, text=True,
                          timeout=300).stdout
     return [line for line in out.splitlines() if line.strip() and not line.startswith("#")]
 
@@ -68,9 +68,18 @@ def profile(engine: str, seconds: float, workdir: Path) -> dict:
         mbit = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
         pid = host1.pid("ovs-vswitchd")
         by_comm = perf_lines(data, "--sort", "comm,pid")
-        host1_syms = perf_lines(data, "--pid", str(pid), "--sort", "dso,sym", "-g", "none")
+        # (perf report --pid leaves the process's kernel samples out: sort by pid instead)
+        mine = f"{pid}:"
+
+        def of_host1(*sort: str, limit: str = "0.5") -> list[str]:
+            rows = perf_lines(data, "--comm", "ovs-vswitchd", "--sort", ",".join(("pid", *sort)),
+                              "-g", "none", limit=limit)
+            return [" ".join(line.split()[:1] + line.split()[2:]) for line in rows
+                    if len(line.split()) > 2 and line.split()[1].startswith(mine)]
+        host1_syms = of_host1("dso", "sym")
+        host1_dsos = of_host1("dso", limit="0")
     return {"engine": engine, "mbit": mbit, "by_comm": by_comm, "host1": host1_syms,
-            "host1_pid": pid}
+            "host1_dsos": host1_dsos, "host1_pid": pid}
 
 
 def main() -> int:
@@ -79,6 +88,7 @@ def main() -> int:
                         help="the hosts' translator engine (repeat; default: tayga, then bpf)")
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--top", type=int, default=25, help="host1's symbols shown")
+    parser.add_argument("--keep", metavar="DIR", help="keep perf's data files in DIR")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
                         "datapath_profile.txt")
     args = parser.parse_args()
@@ -92,6 +102,7 @@ def main() -> int:
              f"direct path on), {started:%Y-%m-%d %H:%M} UTC, commit {commit}; "
              f"`benchmarks/datapath_profile.py`. Shared 2-core machine: shares, not times.", ""]
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = args.keep or tmp
         for engine in args.engine or ["tayga", "bpf"]:
             r = profile(engine, args.seconds, Path(tmp))
             comms = Counter()
@@ -102,8 +113,12 @@ def main() -> int:
             lines += [f"== engine {engine}: {r['mbit']:.0f} Mbit/s", "",
                       "samples per command (% of all, 2 CPUs):"]
             lines += [f"  {pct:5.1f}%  {comm}" for comm, pct in comms.most_common(12)]
-            lines += ["", f"host1's ovs-vswitchd (pid {r['host1_pid']}), self time by symbol "
-                          "(% of all samples):"]
+            lines += ["", f"host1's ovs-vswitchd (pid {r['host1_pid']}), self time by binary "
+                          "(% of all samples; [kernel.kallsyms]: its system calls, "
+                          "AF_PACKET, the veths, and the softirq work - the BPF program's too - "
+                          "that ran while it was on the CPU):"]
+            lines += ["  " + " ".join(line.split()) for line in r["host1_dsos"][:8]]
+            lines += ["", "... and by symbol (% of all samples):"]
             lines += ["  " + " ".join(line.split()) for line in r["host1"][:args.top]]
             lines.append("")
     text = "\n".join(lines) + "\n"
