@@ -60,7 +60,8 @@ from . import drops, sessions, sh
 from .agent import DEFAULT_RUN_DIR, AgentError, Agent, Options, cleanup
 from .datapath import choose
 from .sessions import PORT_RANGE
-from .translator import DEFAULT_ENGINE, DEFAULT_IPV4, DEFAULT_NETNS, ENGINE_ENV, ENGINES, default_engine
+from .translator import (DEFAULT_ENGINE, DEFAULT_IPV4, DEFAULT_NETNS, ENGINE_ENV, ENGINES,
+                         default_engine)
 
 PROG = "vnet64-node"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
