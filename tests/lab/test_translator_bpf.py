@@ -30,7 +30,7 @@ from vnet64_lab.traffic import A6, TCP_PORT, UDP_PORT, answer, client, ping, run
 from tests.lab.conftest import ROOT, TEST_RUN_DIR, need_lab
 from tests.lab.test_metrics import scrape, value
 
-PREFIX = "v64k-"
+PREFIX = "v64v-"   # (v64k- is test_bench_growth's)
 METRIC = "vnet64_node_translator_bpf_packets_total"
 
 
@@ -40,7 +40,7 @@ def platform():
     for tool in ("clang", "bpftool"):
         if not shutil.which(tool):
             pytest.fail(f"{tool} is not installed (apt-get install clang libbpf-dev bpftool)")
-    lab = Lab(PREFIX, f"{TEST_RUN_DIR}k", translator_engine="bpf")
+    lab = Lab(PREFIX, f"{TEST_RUN_DIR}v", translator_engine="bpf")
     with running_platform(lab, ROOT / "topologies" / "two-tenants.yaml") as (lab, plan):
         yield lab, plan
 
@@ -134,7 +134,7 @@ def test_a_host_switched_to_tayga_and_back(platform):
 # the program at one end's ingress, scapy at the other end (no OVS, no TAYGA: what it
 # hands on simply goes nowhere)
 
-PROGRAM_NS = ("v64kb-send", "v64kb-xlat")
+PROGRAM_NS = ("v64vb-send", "v64vb-xlat")
 
 
 @pytest.fixture
