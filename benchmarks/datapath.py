@@ -1390,15 +1390,18 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
                      f"included; other labs too), {num} vs c (% of a core) | {ma:.0f} vs "
                      f"{mc:.0f} | {num} <= c | {yes_no(ma <= mc)} |")
     ca = cpu100("a")
+
+    def gain_rows(lever: str, num: str, den: str) -> list[str]:
+        """A lever's throughput (4 and 1 streams) and transaction p50 rows, num / den."""
+        out = [f"| {lever}: throughput {num}/{den}, {title} | "
+               f"{rng(ratio_list(runs, num, den, kind), '.2f')} | - | - |"
+               for kind, title in (("multi", f"{S} streams"), ("single", "1 stream"))]
+        return out + [f"| {lever}: {proto.upper()} transaction p50, {num} / {den} "
+                      f"| {rng(lat_ratio(runs, num, den, proto, 'p50_us'), '.2f')} "
+                      f"({p50(num, proto):.0f} vs {p50(den, proto):.0f} us) | - | - |"
+                      for proto in ("tcp", "udp")]
     if "a-appliance" in names:
-        for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
-            lines.append(f"| gain of the direct path: throughput a/a-appliance, {title} | "
-                         f"{rng(ratio_list(runs, 'a', 'a-appliance', kind), '.2f')} | - | - |")
-        for proto in ("tcp", "udp"):
-            lines.append(
-                f"| gain of the direct path: {proto.upper()} transaction p50, a / a-appliance "
-                f"| {rng(lat_ratio(runs, 'a', 'a-appliance', proto, 'p50_us'), '.2f')} "
-                f"({p50('a', proto):.0f} vs {p50('a-appliance', proto):.0f} us) | - | - |")
+        lines += gain_rows("gain of the direct path", "a", "a-appliance")
         lines.append(f"| gain of the direct path: CPU per 100 Mbit/s, {S} streams, "
                      f"a vs a-appliance | {ca:.0f} vs {cpu100('a-appliance'):.0f} | - | - |")
     def passes(n: str, kind: str = "multi") -> float:
@@ -1407,14 +1410,7 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
     for num, den in [(n, w) for w, n in RECIRC_PATHS.items() if n in names and w in names]:
         lever = ("lever 2 (one recirculation fewer each way) alone"
                  + (", with the BPF translator" if num == "a-bpf" else ""))
-        for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
-            lines.append(f"| {lever}: throughput {num}/{den}, {title} | "
-                         f"{rng(ratio_list(runs, num, den, kind), '.2f')} | - | - |")
-        for proto in ("tcp", "udp"):
-            lines.append(
-                f"| {lever}: {proto.upper()} transaction p50, {num} / {den} "
-                f"| {rng(lat_ratio(runs, num, den, proto, 'p50_us'), '.2f')} "
-                f"({p50(num, proto):.0f} vs {p50(den, proto):.0f} us) | - | - |")
+        lines += gain_rows(lever, num, den)
         lines.append(f"| {lever}: CPU per 100 Mbit/s, {S} streams, {num} vs {den}: sum of the "
                      f"processes; whole machine busy; host1's OVS (% of a core) | "
                      f"{cpu100(num):.0f} vs {cpu100(den):.0f}; {mach100(num):.0f} vs "
@@ -1426,28 +1422,14 @@ def report(args, bench: Bench, runs: list[dict], jump: dict, started: datetime) 
                      f"{num} below {den} | {yes_no(passes(num) < passes(den))} |")
     if "a-bpf" in names and "a-recirc" in names:
         lever = "levers 2 and 3 together"
-        for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
-            lines.append(f"| {lever}: throughput a-bpf/a-recirc, {title} | "
-                         f"{rng(ratio_list(runs, 'a-bpf', 'a-recirc', kind), '.2f')} | - | - |")
-        for proto in ("tcp", "udp"):
-            lines.append(
-                f"| {lever}: {proto.upper()} transaction p50, a-bpf / a-recirc "
-                f"| {rng(lat_ratio(runs, 'a-bpf', 'a-recirc', proto, 'p50_us'), '.2f')} "
-                f"({p50('a-bpf', proto):.0f} vs {p50('a-recirc', proto):.0f} us) | - | - |")
+        lines += gain_rows(lever, "a-bpf", "a-recirc")
         lines.append(f"| {lever}: CPU per 100 Mbit/s, {S} streams, a-bpf vs a-recirc: sum of "
                      f"the processes; whole machine busy (% of a core) | "
                      f"{cpu100('a-bpf'):.0f} vs {cpu100('a-recirc'):.0f}; "
                      f"{mach100('a-bpf'):.0f} vs {mach100('a-recirc'):.0f} | - | - |")
     if "a-bpf" in names:
         lever = "lever 3 (BPF translator) alone"
-        for kind, title in (("multi", f"{S} streams"), ("single", "1 stream")):
-            lines.append(f"| {lever}: throughput a-bpf/a, {title} | "
-                         f"{rng(ratio_list(runs, 'a-bpf', 'a', kind), '.2f')} | - | - |")
-        for proto in ("tcp", "udp"):
-            lines.append(
-                f"| {lever}: {proto.upper()} transaction p50, a-bpf / a "
-                f"| {rng(lat_ratio(runs, 'a-bpf', 'a', proto, 'p50_us'), '.2f')} "
-                f"({p50('a-bpf', proto):.0f} vs {p50('a', proto):.0f} us) | - | - |")
+        lines += gain_rows(lever, "a-bpf", "a")
         lines.append(f"| {lever}: CPU per 100 Mbit/s, {S} streams, a-bpf vs a: sum of the "
                      f"processes; whole machine busy; softirq (% of a core) | "
                      f"{cpu100('a-bpf'):.0f} vs {ca:.0f}; {mach100('a-bpf'):.0f} vs "
