@@ -209,6 +209,25 @@ def print_log_tail(path: Path, lines: int = 40) -> None:
     print("\n".join(errors + ["..."] + text.splitlines()[-lines:]), file=sys.stderr)
 
 
+def switch_engine(lab, node: str, engine: str | None, timeout: float = 30) -> str | None:
+    """Restart ``node``'s agent with translator ``engine`` (None: the lab's) and wait until
+    the BPF translator is on its ``ovs0`` (engine ``bpf``) or off; the attached object's
+    name (None: off)."""
+    from vnet64.node.translator import bpf_attached
+    want = (engine or lab.translator_engine) == "bpf"
+    ns = lab.plan().translator(node).ns
+    lab.restart_agent(node, wait=True, translator_engine=engine)
+    deadline = time.monotonic() + timeout
+    named = engine or lab.translator_engine
+    while (bpf_attached(ns) is not None) != want:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{node}'s agent restarted with engine {named}: "
+                               f"the BPF translator is {'not ' if want else 'still '}attached "
+                               f"to ovs0 after {timeout:g} s")
+        time.sleep(0.1)
+    return bpf_attached(ns)
+
+
 def flow_count(node: OvsNode, table: str | None = None, cookie: str | None = None) -> int:
     """Flows of br-int (in ``table``; with ``cookie`` "VALUE/MASK", only those)."""
     spec = ",".join(([f"table={table}"] if table else []) + ([f"cookie={cookie}"] if cookie else []))

@@ -104,7 +104,7 @@ sys.path.insert(0, str(ROOT / "ovs-setup"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import (CpuMeter, cpu_ticks, report_end, med, note, rng, start_run,  # noqa: E402
-                    thread_ticks, yes_no)
+                    switch_engine, thread_ticks, yes_no)
 from vnet64 import helptext  # noqa: E402
 from vnet64.controller.pipeline import HOST_TABLES, ZONE_V6_DNAT, ZONE_V6_SNAT  # noqa: E402
 from vnet64.nb import api as nbapi  # noqa: E402
@@ -916,13 +916,8 @@ class Bench:
         is on ``ovs0`` (``bpf``) or off (the lab's ``tayga``), a-vm1 answers a UDP and a TCP
         transaction, and the direct path holds (host2's learned entry, host1's flow)."""
         t0 = time.monotonic()
-        self.lab.restart_agent("host1", wait=True, translator_engine=engine)
-        want = engine == "bpf"
-        if not wait_for(lambda: (self.xl1.bpf_attached() is not None) == want, 30):
-            raise RuntimeError(f"host1's agent restarted with engine {engine}: the BPF "
-                               f"translator is {'not ' if want else 'still '}attached to "
-                               "ovs0 after 30 s")
-        if want and (obj := self.xl1.bpf_attached()) not in self.bpf_objects:
+        obj = switch_engine(self.lab, "host1", engine)
+        if obj is not None and obj not in self.bpf_objects:
             self.bpf_objects.append(obj)
         proc = sh.in_ns(self.paths[0].client_ns, [sys.executable, "-c", ONE_UDP, A6,
                                                   str(ECHO_PORT), "tcp"], check=False, timeout=15)

@@ -108,8 +108,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import (CpuMeter, control_text, controller_logs_text, controller_pids, flow_count,
                     log_errors, report_end, med, note,
-                    pct, rng, seconds_until_idle, start_run, summarise_profile, thread_ticks,
-                    yes_no)
+                    pct, rng, seconds_until_idle, start_run, summarise_profile, switch_engine,
+                    thread_ticks, yes_no)
 from vnet64 import helptext  # noqa: E402
 from vnet64 import topology
 from vnet64.controller.pipeline import CT_TIMEOUTS, cookie
@@ -940,12 +940,9 @@ class Bench:
         restarted only when that changes, and then it waits until the BPF program is on
         (or off) ``ovs0``."""
         want = engine or self.lab.translator_engine
-        ns = self.plan.translator("host1").ns
-        if (bpf_attached(ns) is not None) == (want == "bpf"):
+        if (bpf_attached(self.plan.translator("host1").ns) is not None) == (want == "bpf"):
             return
-        self.lab.restart_agent("host1", wait=True, translator_engine=engine)
-        sh.wait_for(lambda: (bpf_attached(ns) is not None) == (want == "bpf"), 20,
-                    f"host1's translator engine to become {want}")
+        switch_engine(self.lab, "host1", engine)
         time.sleep(0.3)
 
     def part2_run(self) -> dict:

@@ -132,12 +132,17 @@ def parse_bpf_stats(dump: list[dict]) -> dict[str, int]:
     return out
 
 
+def bpf_filter(netns: str) -> str:
+    """``tc filter show`` of the BPF translator's filter on ``netns``'s ``ovs0`` (empty:
+    none, or no such namespace)."""
+    return sh.run([sh.tool("tc"), "-n", netns, "filter", "show", "dev", NS_IF, "ingress",
+                   "pref", str(BPF_PREF)], check=False).stdout
+
+
 def bpf_attached(netns: str) -> str | None:
     """The object file (its name) of the BPF translator on ``netns``'s ``ovs0``, None if
     none is attached (or there is no such namespace)."""
-    out = sh.run([sh.tool("tc"), "-n", netns, "filter", "show", "dev", NS_IF, "ingress",
-                  "pref", str(BPF_PREF)], check=False).stdout
-    found = re.search(r"\b(xlat-[0-9a-f]{12}\.o):\[tc\]", out)
+    found = re.search(r"\b(xlat-[0-9a-f]{12}\.o):\[tc\]", bpf_filter(netns))
     return found.group(1) if found else None
 
 
@@ -390,9 +395,7 @@ class Translator:
     def bpf_stats(self) -> dict[str, int] | None:
         """What the attached BPF translator did (:func:`parse_bpf_stats`), read with
         bpftool through the program tc shows on ``ovs0``; None when none is attached."""
-        out = self._tc("filter", "show", "dev", NS_IF, "ingress", "pref", str(BPF_PREF),
-                       check=False).stdout
-        found = re.search(rf"\bid (\d+) name {BPF_PROGRAM}\b", out)
+        found = re.search(rf"\bid (\d+) name {BPF_PROGRAM}\b", bpf_filter(self.netns))
         if not found:
             return None
         bpftool = sh.tool("bpftool")
